@@ -1,0 +1,41 @@
+# Two commands: `make run` (set up + train the default job) and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+JOB     ?= jobs/digits.toml
+export OMPI_ALLOW_RUN_AS_ROOT = 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = 1
+
+.PHONY: setup run test accuracy bench fashion-data clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/horn run $(JOB)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# Fashion-MNIST from Debian's package, for the accuracy runs and benchmarks.
+fashion-data:
+	test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
+	  { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }
+
+# The long accuracy runs (minutes each): not part of `make test`.
+accuracy: setup fashion-data
+	$(BIN)/python -m pytest -q -m slow --run-slow
+
+bench: setup fashion-data
+	$(BIN)/python -m pip install -q torch==2.13.0 || echo "torch not installable: benchmarks skip the PyTorch peer"
+	$(BIN)/python bench/step.py
+	$(BIN)/python bench/barrier.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis build *.egg-info

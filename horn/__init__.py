@@ -1,0 +1,21 @@
+"""horn: communication-efficient BSP training of neural networks over MPI.
+
+The public low-level API for writing layers is re-exported here:
+``Layer``, ``Loss``, ``register_layer`` and ``check_layer``.
+"""
+
+from horn.errors import HornError
+from horn.layer import Layer, Loss
+from horn.registry import register_layer
+
+__version__ = "0.1.0"
+
+
+def check_layer(*args, **kwargs):
+    """Run horn's conformance suite on a layer (see :func:`horn.checks.check_layer`)."""
+    from horn.checks import check_layer as _check
+
+    return _check(*args, **kwargs)
+
+
+__all__ = ["HornError", "Layer", "Loss", "check_layer", "register_layer", "__version__"]

@@ -1,0 +1,100 @@
+"""An uncaught exception on any rank aborts the whole job.
+
+Without this, one rank dying with a Python exception leaves the others blocked
+in their next collective forever (the idea of ``python -m mpi4py``'s run
+wrapper). Each failing rank prints one line naming itself, then calls
+``MPI.COMM_WORLD.Abort`` so Open MPI tears down every other rank within seconds.
+"""
+
+import os
+import sys
+import traceback
+
+from horn.errors import HornError
+
+_context = {"group": None, "worker": None, "debug": False}
+
+
+def set_rank_context(group, worker):
+    """Remember this rank's place in the layout so failure lines can name it."""
+    _context["group"], _context["worker"] = group, worker
+
+
+def set_debug(flag):
+    """Print tracebacks along with the one-line failure message (also: HORN_DEBUG=1)."""
+    _context["debug"] = bool(flag)
+
+
+def _debug():
+    return _context["debug"] or os.environ.get("HORN_DEBUG") == "1"
+
+
+def _multi_rank_world():
+    """COMM_WORLD if MPI is running with more than one rank, else None.
+
+    Looks in sys.modules instead of importing so that single-process commands
+    never initialise MPI just to report an error.
+    """
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return None
+    world = mpi.COMM_WORLD
+    return world if world.Get_size() > 1 else None
+
+
+def _who(rank):
+    if _context["group"] is None:
+        return f"rank {rank}"
+    return f"rank {rank} (group {_context['group']}, worker {_context['worker']})"
+
+
+def _abort(world, exc):
+    """Print the one-line reason (plus traceback in debug mode), then abort every rank."""
+    who = _who(world.Get_rank())
+    text = " ".join(str(exc).split("\n"))
+    if isinstance(exc, HornError):
+        line, code = f"horn: error: {who}: {text}", exc.exit_code
+    else:
+        line, code = f"horn: {who} failed: {type(exc).__name__}: {text}", 1
+    if _debug():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(line, file=sys.stderr, flush=True)
+    world.Abort(code)
+
+
+def install_abort_hook():
+    """Make an uncaught exception on any rank of a multi-rank job abort the job."""
+    previous = sys.excepthook
+
+    def hook(etype, exc, tb):
+        world = _multi_rank_world()
+        if world is None:
+            previous(etype, exc, tb)
+        else:
+            _abort(world, exc)
+
+    sys.excepthook = hook
+
+
+def run_guarded(fn, *, debug=False):
+    """Run a CLI main; return its result, or the HornError's exit code.
+
+    Single rank: a HornError prints ``horn: error: MESSAGE`` and returns its
+    exit code (2, or 3 for divergence); other exceptions propagate unchanged.
+    Several ranks: any exception prints one line naming the rank and aborts
+    the job (exit code 2/3 for HornError, 1 otherwise).
+    """
+    if debug:
+        set_debug(True)
+    try:
+        return fn()
+    except Exception as exc:
+        world = _multi_rank_world()
+        if world is not None:
+            _abort(world, exc)
+        if not isinstance(exc, HornError):
+            raise
+        if _debug():
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        print(f"horn: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code

@@ -1,0 +1,107 @@
+"""The kernel interface every backend implements.
+
+Layers call these instead of writing elementwise numpy so that a backend can
+fuse them (Numba on CPU, CUDA on GPU). Matmuls are not here: they always go to
+BLAS through ``xp.matmul(a, b, out=...)``.
+
+Random masks (dropout, DropConnect) come from a counter-based hash of
+``(key, element index)`` rather than a stateful generator: the mask is a pure
+function, so it never has to be stored between forward and backward, it is the
+same on every backend (tests compare exactly), and parallel kernels need no
+per-thread RNG state.
+"""
+
+ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
+
+GOLDEN = 0x9E3779B97F4A7C15
+MIX1 = 0xBF58476D1CE4E5B9
+MIX2 = 0x94D049BB133111EB
+KEY_MASK = (1 << 63) - 1
+
+
+class Backend:
+    """Kernel set on one array module. All float arrays are float32 and C-contiguous."""
+
+    name = "base"
+    xp = None
+
+    # --- moving data -------------------------------------------------------
+    def asarray(self, a, dtype=None):
+        """Put a host array on this backend's device (no copy where possible)."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_host(self, a):
+        """Return a numpy array (device -> host copy where needed)."""
+        raise NotImplementedError
+
+    def synchronize(self):
+        """Wait for queued device work (a no-op on CPU); call before MPI touches a buffer."""
+
+    # --- fused elementwise -------------------------------------------------
+    def bias_act(self, z, b, act, scale=1.0):
+        """In place: ``z = act(scale * z + b)`` over a (n, m) matrix, b of shape (m,)."""
+        raise NotImplementedError
+
+    def act_backward(self, dy, y, act, db=None):
+        """In place: ``dy *= act'(y)`` where y is the activation's output.
+
+        With ``db`` given, also write the column sums of the result into it (the
+        bias gradient), in the same pass.
+        """
+        raise NotImplementedError
+
+    def activation(self, x, act, out):
+        """``out = act(x)``."""
+        raise NotImplementedError
+
+    def scale(self, a, s):
+        """In place ``a *= s``."""
+        raise NotImplementedError
+
+    # --- masks ---------------------------------------------------------------
+    def dropout(self, x, key, keep, out):
+        """``out = x * m / keep`` with ``m = hash(key, i) < keep``; the same call with
+        the same key is its own backward (pass dy as x)."""
+        raise NotImplementedError
+
+    def mask_weights(self, w, key, keep, out):
+        """DropConnect: ``out = w * m / keep`` elementwise, mask as in :meth:`dropout`."""
+        return self.dropout(w, key, keep, out)
+
+    # --- losses ----------------------------------------------------------------
+    def softmax_xent(self, logits, targets, grad, temperature=1.0, weight=1.0):
+        """Mean cross-entropy of softmax(logits / T) against targets.
+
+        ``targets`` are int class labels of shape (n,) or soft targets (n, c)
+        whose rows sum to 1. Writes ``weight * d(loss)/d(logits)`` into ``grad``
+        (which may alias nothing) and returns the loss as a float.
+        """
+        raise NotImplementedError
+
+    def softmax(self, logits, out, temperature=1.0):
+        """Row-wise ``out = softmax(logits / T)``."""
+        raise NotImplementedError
+
+    # --- sub-network gather/scatter -------------------------------------------
+    def gather(self, parent, rows, cols, out):
+        """``out = parent[rows][:, cols]``; rows/cols are int64 index arrays or None (all)."""
+        raise NotImplementedError
+
+    def scatter(self, compact, rows, cols, parent):
+        """``parent[rows][:, cols] = compact`` (the inverse of :meth:`gather`)."""
+        raise NotImplementedError
+
+    # --- optimizer updates on the flat buffers --------------------------------
+    def sgd_update(self, p, g, v, lr, momentum, weight_decay, nesterov):
+        """One SGD step in place on flat buffers: ``g' = g + wd p; v = mu v + g';
+        p -= lr (g' + mu v if nesterov else v)``. ``v`` may be None when mu == 0."""
+        raise NotImplementedError
+
+    def adam_update(self, p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
+        """One Adam step (bias-corrected, L2 weight decay into the gradient)."""
+        raise NotImplementedError
+
+    # --- reductions ---------------------------------------------------------
+    def all_finite(self, a):
+        """True when every element of a is finite."""
+        return bool(self.xp.isfinite(a).all())

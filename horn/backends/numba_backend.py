@@ -1,0 +1,308 @@
+"""CPU backend: BLAS for matmuls, Numba for every elementwise pass.
+
+Each kernel does in one parallel pass what numpy would do in several (and
+without temporaries): bias + activation, activation backward + bias gradient,
+hash-mask dropout, softmax-cross-entropy, the optimizer updates, and the
+row/column gather/scatter between a parent and its sub-networks.
+"""
+
+import math
+import os
+
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")  # see THREADING_LAYER below
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
+from horn.backends.base import ACTIVATIONS, GOLDEN, MIX1, MIX2, Backend
+
+_ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity, relu, tanh, sigmoid
+_GOLDEN, _MIX1, _MIX2 = np.uint64(GOLDEN), np.uint64(MIX1), np.uint64(MIX2)
+_S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
+_ONE = np.uint64(1)
+_INV24 = np.float32(2.0 ** -24)
+
+# OpenBLAS's worker threads spin after each matmul; GNU OpenMP's spin too, and on
+# a 2-core host the two pools starve each other (measured: 130 ms per step
+# instead of 14). Numba's own workqueue pool does not spin. (The environment
+# variable is set too: numba re-reads its config from it.)
+numba.config.THREADING_LAYER = os.environ["NUMBA_THREADING_LAYER"]
+PARALLEL_MIN = 1 << 16  # elements: below this, waking a thread pool costs more than it saves
+
+
+def _kernel(fn):
+    """Compile ``fn`` twice, serial and parallel; calls pick one by problem size."""
+    return (njit(cache=True, nogil=True)(fn), njit(parallel=True, cache=True, nogil=True)(fn))
+
+
+def _pick(pair, size):
+    return pair[size >= PARALLEL_MIN]
+
+
+@njit(inline="always", cache=True)
+def _uniform(key, i):
+    z = key + (np.uint64(i) + _ONE) * _GOLDEN
+    z ^= z >> _S30
+    z *= _MIX1
+    z ^= z >> _S27
+    z *= _MIX2
+    z ^= z >> _S31
+    return np.float32(z >> _S40) * _INV24
+
+
+@_kernel
+def _bias_act(z, b, act, scale):
+    n, m = z.shape
+    for i in prange(n):
+        row = z[i]
+        if act == 1:
+            for j in range(m):
+                row[j] = max(row[j] * scale + b[j], np.float32(0))
+        elif act == 2:
+            for j in range(m):
+                row[j] = math.tanh(row[j] * scale + b[j])
+        elif act == 3:
+            for j in range(m):
+                row[j] = np.float32(1) / (np.float32(1) + math.exp(-(row[j] * scale + b[j])))
+        else:
+            for j in range(m):
+                row[j] = row[j] * scale + b[j]
+
+
+@njit(inline="always", cache=True)
+def _deriv_row(dy, y, act):
+    m = dy.shape[0]
+    if act == 1:
+        for j in range(m):
+            if y[j] <= 0:
+                dy[j] = 0
+    elif act == 2:
+        for j in range(m):
+            dy[j] *= np.float32(1) - y[j] * y[j]
+    elif act == 3:
+        for j in range(m):
+            dy[j] *= y[j] * (np.float32(1) - y[j])
+
+
+@_kernel
+def _act_backward(dy, y, act):
+    for i in prange(dy.shape[0]):
+        _deriv_row(dy[i], y[i], act)
+
+
+@_kernel
+def _act_backward_bias(dy, y, act, db, threads):
+    n, m = dy.shape
+    chunks = min(threads, n)
+    partial = np.zeros((chunks, m), dtype=np.float32)
+    for c in prange(chunks):
+        lo, hi = c * n // chunks, (c + 1) * n // chunks
+        acc = partial[c]
+        for i in range(lo, hi):
+            _deriv_row(dy[i], y[i], act)
+            row = dy[i]
+            for j in range(m):
+                acc[j] += row[j]
+    for j in range(m):
+        db[j] = 0
+    for c in range(chunks):
+        for j in range(m):
+            db[j] += partial[c, j]
+
+
+@_kernel
+def _activation(x, act, out):
+    for i in prange(x.size):
+        v = x[i]
+        if act == 1:
+            v = max(v, np.float32(0))
+        elif act == 2:
+            v = math.tanh(v)
+        elif act == 3:
+            v = np.float32(1) / (np.float32(1) + math.exp(-v))
+        out[i] = v
+
+
+@_kernel
+def _scale(a, s):
+    for i in prange(a.size):
+        a[i] *= s
+
+
+@_kernel
+def _dropout(x, key, keep, out):
+    inv = np.float32(1.0 / keep)
+    for i in prange(x.size):
+        out[i] = x[i] * inv if _uniform(key, i) < keep else np.float32(0)
+
+
+@_kernel
+def _softmax_xent(logits, labels, soft, use_soft, grad, inv_t, coef):
+    n, c = logits.shape
+    losses = np.empty(n, dtype=np.float64)
+    for i in prange(n):
+        row = logits[i]
+        g = grad[i]
+        zmax = row[0] * inv_t
+        for j in range(1, c):
+            zmax = max(zmax, row[j] * inv_t)
+        total = 0.0
+        for j in range(c):
+            e = math.exp(row[j] * inv_t - zmax)
+            g[j] = e
+            total += e
+        logz = zmax + math.log(total)
+        loss = 0.0
+        for j in range(c):
+            t = soft[i, j] if use_soft else (1.0 if j == labels[i] else 0.0)
+            loss -= t * (row[j] * inv_t - logz)
+            g[j] = (g[j] / total - t) * coef
+        losses[i] = loss
+    return losses.sum() / n
+
+
+@_kernel
+def _softmax(logits, out, inv_t):
+    n, c = logits.shape
+    for i in prange(n):
+        zmax = logits[i, 0] * inv_t
+        for j in range(1, c):
+            zmax = max(zmax, logits[i, j] * inv_t)
+        total = 0.0
+        for j in range(c):
+            e = math.exp(logits[i, j] * inv_t - zmax)
+            out[i, j] = e
+            total += e
+        for j in range(c):
+            out[i, j] /= total
+
+
+@_kernel
+def _gather(parent, rows, cols, out):
+    n, m = out.shape
+    for i in prange(n):
+        src = parent[rows[i]] if rows.size else parent[i]
+        dst = out[i]
+        if cols.size:
+            for j in range(m):
+                dst[j] = src[cols[j]]
+        else:
+            dst[:] = src
+
+
+@_kernel
+def _scatter(compact, rows, cols, parent):
+    n, m = compact.shape
+    for i in prange(n):
+        dst = parent[rows[i]] if rows.size else parent[i]
+        src = compact[i]
+        if cols.size:
+            for j in range(m):
+                dst[cols[j]] = src[j]
+        else:
+            dst[:] = src
+
+
+@_kernel
+def _sgd(p, g, v, lr, mu, wd, nesterov):
+    for i in prange(p.size):
+        gi = g[i] + wd * p[i]
+        if mu != 0:
+            vi = mu * v[i] + gi
+            v[i] = vi
+            gi = gi + mu * vi if nesterov else vi
+        p[i] -= lr * gi
+
+
+@_kernel
+def _adam(p, g, m, v, lr, b1, b2, eps, wd, c1, c2):
+    for i in prange(p.size):
+        gi = g[i] + wd * p[i]
+        mi = b1 * m[i] + (np.float32(1) - b1) * gi
+        vi = b2 * v[i] + (np.float32(1) - b2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
+
+
+@_kernel
+def _all_finite(a):
+    bad = 0
+    for i in prange(a.size):
+        if not math.isfinite(a[i]):
+            bad += 1
+    return bad == 0
+
+
+_NO_INDEX = np.empty(0, dtype=np.int64)
+_NO_SOFT = np.empty((0, 0), dtype=np.float32)
+_NO_LABELS = np.empty(0, dtype=np.int64)
+
+
+def _flat(a):
+    return a.reshape(-1)
+
+
+def _f32(x):
+    return np.float32(x)
+
+
+class NumbaBackend(Backend):
+    name = "numba"
+    xp = np
+
+    def to_host(self, a):
+        return np.asarray(a)
+
+    def bias_act(self, z, b, act, scale=1.0):
+        _pick(_bias_act, z.size)(z, b, _ACT_CODE[act], _f32(scale))
+
+    def act_backward(self, dy, y, act, db=None):
+        if db is None:
+            if act != "identity":
+                _pick(_act_backward, dy.size)(dy, y, _ACT_CODE[act])
+        else:
+            _pick(_act_backward_bias, dy.size)(dy, y, _ACT_CODE[act], db, numba.get_num_threads())
+
+    def activation(self, x, act, out):
+        _pick(_activation, x.size)(_flat(x), _ACT_CODE[act], _flat(out))
+
+    def scale(self, a, s):
+        _pick(_scale, a.size)(_flat(a), _f32(s))
+
+    def dropout(self, x, key, keep, out):
+        _pick(_dropout, x.size)(_flat(x), np.uint64(key), _f32(keep), _flat(out))
+
+    def softmax(self, logits, out, temperature=1.0):
+        _pick(_softmax, logits.size)(logits, out, 1.0 / temperature)
+
+    def softmax_xent(self, logits, targets, grad, temperature=1.0, weight=1.0):
+        coef = weight / (logits.shape[0] * temperature)
+        if targets.ndim == 1:
+            return float(_pick(_softmax_xent, logits.size)(logits, targets.astype(np.int64, copy=False), _NO_SOFT,
+                                       False, grad, 1.0 / temperature, coef))
+        return float(_pick(_softmax_xent, logits.size)(logits, _NO_LABELS, targets, True, grad, 1.0 / temperature, coef))
+
+    def gather(self, parent, rows, cols, out):
+        _pick(_gather, out.size)(parent, _NO_INDEX if rows is None else rows, _NO_INDEX if cols is None else cols, out)
+
+    def scatter(self, compact, rows, cols, parent):
+        _pick(_scatter, compact.size)(compact, _NO_INDEX if rows is None else rows, _NO_INDEX if cols is None else cols,
+                 parent)
+
+    def sgd_update(self, p, g, v, lr, momentum, weight_decay, nesterov):
+        _pick(_sgd, p.size)(p, g, p if v is None else v, _f32(lr), _f32(momentum), _f32(weight_decay),
+             bool(nesterov))
+
+    def adam_update(self, p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
+        _pick(_adam, p.size)(p, g, m, v, _f32(lr), _f32(beta1), _f32(beta2), _f32(eps), _f32(weight_decay),
+              _f32(1 - beta1 ** t), _f32(1 - beta2 ** t))
+
+    def all_finite(self, a):
+        return bool(_pick(_all_finite, a.size)(_flat(a)))
+
+
+def set_threads(n):
+    """Set Numba's thread count (BLAS threads are set separately via threadpoolctl)."""
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))

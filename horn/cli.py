@@ -1,0 +1,168 @@
+"""The ``horn`` command: run, validate, eval, predict, info, hosts check."""
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from horn.abort import run_guarded
+from horn.errors import HornError
+
+
+def _load(args):
+    from horn.jobs import load_job
+
+    return load_job(args.job, args.set or [])
+
+
+def cmd_run(args):
+    from horn.runner import run_job
+
+    job = _load(args)
+    result = run_job(job, progress=not args.quiet)
+    if result is not None:
+        print(f"test accuracy {result['test_accuracy']:.4f}  run directory {result['run_dir']}")
+    return 0
+
+
+def cmd_validate(args):
+    job = _load(args)
+    print(f"{args.job}: ok ({job.name}: {len(job.model.layers)} layers, data {job.data.name}, "
+          f"{job.train.optimizer} lr {job.train.lr}, backend {job.train.backend})")
+    return 0
+
+
+def _model_path(path):
+    path = Path(path)
+    return path / "model.npz" if path.is_dir() else path
+
+
+def _load_model(path, backend):
+    from horn.model import Model
+
+    model, meta = Model.load(_model_path(path), backend)
+    return model, meta
+
+
+def _scaler(meta):
+    from horn.data import Scaler
+
+    s = meta.get("scaler") or {"kind": "none", "offset": 0.0, "scale": 1.0}
+    return Scaler(s["kind"], np.asarray(s["offset"], np.float32), np.asarray(s["scale"], np.float32))
+
+
+def cmd_eval(args):
+    from horn.data import load_dataset
+    from horn.jobs import job_from_dict
+
+    model, meta = _load_model(args.model, args.backend)
+    if "job" not in meta:
+        raise HornError(f"{args.model}: the model file names no job, so its data is unknown")
+    job = job_from_dict(meta["job"], str(_model_path(args.model)))
+    data = load_dataset(job.data, base_dir=os.getcwd())
+    if data.features != model.in_features:
+        raise HornError(f"{args.model}: the model expects {model.in_features} features, the data "
+                        f"({data.name}) has {data.features}")
+    x, y = getattr(data, f"x_{args.split}"), getattr(data, f"y_{args.split}")
+    print(f"{args.split} accuracy {model.accuracy(x, y):.4f} ({len(y)} samples, {data.name})")
+    return 0
+
+
+def cmd_predict(args):
+    from horn.data import load_features
+
+    model, meta = _load_model(args.model, args.backend)
+    x = load_features(args.input)
+    if x.shape[1] != model.in_features:
+        raise HornError(f"{args.input}: the model expects {model.in_features} features per "
+                        f"sample, found {x.shape[1]}")
+    probs = model.predict(_scaler(meta).apply(x))
+    header = "label," + ",".join(f"p{i}" for i in range(probs.shape[1]))
+    rows = np.column_stack([probs.argmax(axis=1), probs])
+    np.savetxt(args.out, rows, delimiter=",", header=header, comments="",
+               fmt=["%d"] + ["%.6f"] * probs.shape[1])
+    print(f"wrote {len(probs)} predictions to {args.out}")
+    return 0
+
+
+def cmd_info(args):
+    import numba
+    from threadpoolctl import threadpool_info
+
+    from horn import __version__
+    from horn.backends import available_backends
+
+    print(f"horn {__version__}  python {platform.python_version()}  numpy {np.__version__}  "
+          f"numba {numba.__version__}")
+    print(f"backends available: {', '.join(available_backends())} (auto = "
+          f"{'numba' if 'numba' in available_backends() else 'numpy'})")
+    for pool in threadpool_info():
+        print(f"{pool['user_api']}: {pool['internal_api']} {pool.get('version')} "
+              f"threads={pool['num_threads']} ({pool.get('architecture', '')})")
+    print(f"cpu cores: {os.cpu_count()}  numba threads: {numba.config.NUMBA_NUM_THREADS}")
+    try:
+        import mpi4py
+        from mpi4py import MPI
+        print(f"mpi4py {mpi4py.__version__}: {MPI.Get_library_version().splitlines()[0]}")
+    except ImportError as exc:
+        print(f"mpi4py: not available ({exc})")
+    return 0
+
+
+def cmd_hosts_check(args):
+    from horn.hosts import check_hostfile
+
+    hosts, total = check_hostfile(args.file)
+    for name, slots in hosts:
+        print(f"{name}  slots={slots}")
+    print(f"{args.file}: ok, {len(hosts)} host(s), {total} slot(s) in total")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="horn", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def job_command(name, func, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("job", help="job file (.toml, or a run's resolved job.json)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a job key, e.g. --set train.lr=0.05 (repeatable)")
+        p.set_defaults(func=func)
+        return p
+
+    job_command("run", cmd_run, "train a job").add_argument(
+        "--quiet", action="store_true", help="no per-epoch progress lines")
+    job_command("validate", cmd_validate, "check a job file without training")
+    for name, func, help_text in (("eval", cmd_eval, "accuracy of a saved model"),
+                                  ("predict", cmd_predict, "predictions for an input file")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("model", help="model .npz or run directory")
+        p.add_argument("--backend", default="numpy", choices=("numpy", "numba", "cupy"))
+        p.set_defaults(func=func)
+        if name == "eval":
+            p.add_argument("--split", default="test", choices=("test", "val", "train"))
+        else:
+            p.add_argument("input", help="features: .npz/.npy/.csv/IDX")
+            p.add_argument("--out", default="predictions.csv", help="CSV to write")
+    sub.add_parser("info", help="versions, backends, BLAS, threads, MPI").set_defaults(
+        func=cmd_info)
+    hosts = sub.add_parser("hosts", help="hostfile tools").add_subparsers(dest="hosts_command",
+                                                                           required=True)
+    check = hosts.add_parser("check", help="validate a hostfile")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_hosts_check)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return run_guarded(lambda: args.func(args), debug=args.debug) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,603 @@
+"""Data sets: load, validate, split and scale training data; read prediction inputs.
+
+Every source (scikit-learn digits, MNIST-format IDX files, ``.npz``, ``.csv``)
+ends in the same checks, so a bad file fails early with a one-line
+:class:`HornError` that names the file, what was expected and what was found,
+instead of a NaN loss or an index error deep inside training.
+"""
+
+import csv
+import gzip
+import math
+import os
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from horn.errors import HornError
+
+DATASET_NAMES = ("digits", "idx", "fashion_mnist", "mnist", "npz", "csv")
+SCALE_KINDS = ("unit", "standard", "none")
+
+# Sources without a fixed test split (digits, npz/csv without test arrays) split
+# one off with this seed, so the test set stays the same whatever data.seed is.
+TEST_SPLIT_SEED = 0
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+IDX_HOMES = {"idx": "fashion-mnist", "fashion_mnist": "fashion-mnist", "mnist": "mnist"}
+SYSTEM_DATASETS = Path("/usr/share/datasets")
+GET_FASHION_MNIST = ("get Fashion-MNIST with `apt-get install dataset-fashion-mnist`, "
+                     "or set data.path or HORN_DATA to a directory holding the IDX files")
+
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+# Deflate cannot expand data more than ~1032:1, so a gzip file of n bytes cannot
+# hold more than this many times n; a header declaring more is forged.
+_GZIP_MAX_RATIO = 1100
+_CHUNK = 1 << 20
+_STD_FLOOR = 1e-6
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True, eq=False)
+class Scaler:
+    """Feature scaling fitted on the training set, stored with a model so predict
+    applies exactly the same transform: ``(x - offset) / scale``."""
+
+    kind: str
+    offset: object  # float, or float32 array of shape (features,)
+    scale: object  # float, or float32 array of shape (features,)
+
+    @classmethod
+    def fit(cls, kind, x):
+        """Statistics from ``x`` (training features only, so val/test don't leak in)."""
+        if kind == "unit":
+            peak = float(np.abs(x).max()) if x.size else 0.0
+            return cls("unit", 0.0, peak if peak > 0 else 1.0)
+        if kind == "standard":
+            mean = x.mean(axis=0, dtype=np.float64)
+            std = x.std(axis=0, dtype=np.float64)
+            return cls("standard", mean.astype(np.float32),
+                       np.maximum(std, _STD_FLOOR).astype(np.float32))
+        if kind == "none":
+            return cls("none", 0.0, 1.0)
+        raise HornError(f"data.scale: expected one of {', '.join(SCALE_KINDS)}, found {kind!r}")
+
+    def apply(self, x):
+        """Scaled float32 C-contiguous copy of the 2-D array ``x``."""
+        x = np.asarray(x, dtype=np.float32)
+        expected = np.size(self.offset) if np.ndim(self.offset) else None
+        if x.ndim != 2 or (expected is not None and x.shape[1] != expected):
+            want = f"(n, {expected})" if expected is not None else "(n, features)"
+            raise HornError(f"scaler: expected features of shape {want}, found {x.shape}")
+        return np.ascontiguousarray((x - self.offset) / self.scale, dtype=np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train/val/test arrays ready for training: float32 (n, features), int64 labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: int
+    name: str
+    source: str
+    scaler: Scaler
+
+    @property
+    def features(self):
+        """Width of one input sample."""
+        return self.x_train.shape[1]
+
+
+@dataclass(frozen=True)
+class _Options:
+    name: str
+    path: object
+    root: object
+    val_fraction: float
+    test_fraction: float
+    scale: str
+    seed: int
+    limit: object
+    label_column: int
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """What a source loader produced, before the common validation."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: object  # None when the source has no fixed test split
+    y_test: object
+    source: str
+    train_where: str  # names used in error messages
+    test_where: str
+    row_name: object = None  # i -> "row i" / "line n" for error messages
+
+
+# --------------------------------------------------------------------------- IDX
+
+
+def read_idx(path):
+    """Read one MNIST-format IDX file (gzipped or not, detected by magic bytes).
+
+    Strict by design: every malformation is a HornError naming the file, and the
+    declared size is checked against the file size before any payload is read,
+    so a forged header cannot make us allocate absurd amounts of memory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HornError(f"{path}: expected an IDX file, found {_missing(path)}")
+    try:
+        with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
+            compressed = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            if not compressed:
+                return _parse_idx(raw, path, size, compressed)
+            with gzip.GzipFile(fileobj=raw) as stream:
+                return _parse_idx(stream, path, size, compressed)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise HornError(f"{path}: expected valid gzip data, found corrupt gzip ({err})") from None
+    except OSError as err:
+        raise HornError(f"{path}: cannot read file ({err.strerror or err})") from None
+
+
+def _parse_idx(stream, path, size, compressed):
+    """Header, size checks, then exactly the declared payload and nothing more."""
+    head = _read_upto(stream, 4)
+    if len(head) < 4:
+        raise HornError(f"{path}: expected a 4-byte IDX header, found {len(head)} bytes")
+    if head[:2] != b"\0\0":
+        raise HornError(f"{path}: expected IDX magic 0x0000 at offset 0, found 0x{head[:2].hex()}")
+    dtype = _IDX_DTYPES.get(head[2])
+    if dtype is None:
+        codes = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+        raise HornError(f"{path}: expected an IDX dtype code ({codes}) at offset 2, "
+                        f"found 0x{head[2]:02X}")
+    ndim = head[3]
+    if ndim == 0:
+        raise HornError(f"{path}: expected at least 1 dimension at offset 3, found 0")
+    dims_raw = _read_upto(stream, 4 * ndim)
+    if len(dims_raw) < 4 * ndim:
+        raise HornError(f"{path}: expected {ndim} dimension sizes (header of {4 + 4 * ndim} "
+                        f"bytes), found a truncated header of {4 + len(dims_raw)} bytes")
+    dims = struct.unpack(f">{ndim}I", dims_raw)
+    if 0 in dims:
+        axis = dims.index(0)
+        raise HornError(f"{path}: expected non-zero dimension sizes, found 0 for axis {axis} "
+                        f"at offset {4 + 4 * axis}")
+    header = 4 + 4 * ndim
+    declared = math.prod(dims) * dtype.itemsize
+    what = f"{_shape_str(dims)} {dtype.name} ({declared} bytes)"
+    if compressed and declared > size * _GZIP_MAX_RATIO:
+        raise HornError(f"{path}: header declares {what}, more than a {size}-byte gzip file "
+                        f"can hold")
+    if not compressed and declared != size - header:
+        problem = "truncated payload" if declared > size - header else "trailing bytes"
+        raise HornError(f"{path}: {problem}: header declares {what} but {size - header} bytes "
+                        f"follow the {header}-byte header")
+    payload = _read_upto(stream, declared)
+    if len(payload) < declared:
+        raise HornError(f"{path}: truncated payload: header declares {what} but the data ends "
+                        f"after {len(payload)} bytes")
+    if stream.read(1):
+        raise HornError(f"{path}: trailing bytes: expected the data to end after {what}, "
+                        f"found more")
+    return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_upto(stream, n):
+    """At most ``n`` bytes, read in chunks so memory grows only with real data."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = stream.read(min(n - len(buf), _CHUNK))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _shape_str(dims):
+    """``60000x28x28``, shortened for absurd ranks so messages stay one line."""
+    shown = "x".join(str(d) for d in dims[:6])
+    return shown + (f"x... ({len(dims)} dims)" if len(dims) > 6 else "")
+
+
+def _load_idx(opts, base_dir):
+    """The four MNIST-format files from the first directory that has them all."""
+    directory, files = _find_idx_dir(opts, base_dir)
+    paths = [_within_root(f, opts.root, base_dir) for f in files]
+    x, y, x_test, y_test = (read_idx(p) for p in paths)
+    return _Raw(x, y, x_test, y_test, source=str(directory),
+                train_where=f"{paths[0]} / {paths[1].name}",
+                test_where=f"{paths[2]} / {paths[3].name}")
+
+
+def _find_idx_dir(opts, base_dir):
+    """Search data.path, then HORN_DATA, then /usr/share/datasets/<name>."""
+    home = IDX_HOMES[opts.name]
+    if opts.path is not None:
+        bases = [_resolve(opts.path, base_dir)]
+    elif os.environ.get("HORN_DATA"):
+        bases = [Path(os.environ["HORN_DATA"]).expanduser().resolve()]
+    else:
+        bases = []
+    candidates = [c for b in bases for c in (b, b / home)] or [SYSTEM_DATASETS / home]
+    tried = []
+    for directory in candidates:
+        files = [_idx_file(directory, name) for name in IDX_FILES]
+        if all(files):
+            return directory, files
+        missing = [f"{n}[.gz]" for n, f in zip(IDX_FILES, files) if f is None]
+        reason = "not a directory" if not directory.is_dir() else f"missing {', '.join(missing)}"
+        tried.append(f"{directory} ({reason})")
+    raise HornError(f"{opts.name}: expected a directory with the four IDX files, tried "
+                    f"{'; '.join(tried)}; {GET_FASHION_MNIST}")
+
+
+def _idx_file(directory, name):
+    """``name`` or ``name.gz`` inside ``directory`` (uncompressed preferred), else None."""
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------- other sources
+
+
+def _load_digits(opts, base_dir):
+    """scikit-learn's embedded 8x8 digits: no download, good for smoke tests."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return _Raw(x, y, None, None, source="sklearn.datasets.load_digits",
+                train_where="digits", test_where="digits")
+
+
+def _load_npz(opts, base_dir):
+    """Arrays ``x``/``y`` and optionally ``x_test``/``y_test`` from one .npz file."""
+    path = _within_root(_require_path(opts, base_dir), opts.root, base_dir)
+    arrays = _read_npz(path)
+    if "x" not in arrays or "y" not in arrays:
+        raise HornError(f"{path}: expected keys 'x' and 'y', found {sorted(arrays) or 'none'}")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise HornError(f"{path}: expected both 'x_test' and 'y_test' or neither, "
+                        f"found {sorted(arrays)}")
+    return _Raw(arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test"),
+                source=str(path), train_where=f"{path} [x/y]",
+                test_where=f"{path} [x_test/y_test]")
+
+
+def _read_npz(path):
+    """All arrays of an .npz, never unpickling (pickles can run arbitrary code)."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise HornError(f"{path}: expected an .npz archive, found a single .npy array")
+        with archive:
+            return {key: archive[key] for key in archive.files}
+    except HornError:
+        raise
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise HornError(f"{path}: expected numeric arrays, found an object array; "
+                            f"refusing pickled data") from None
+        raise HornError(f"{path}: expected a valid .npz file, found {err}") from None
+    except Exception as err:  # zipfile/format errors come in many types; all mean a bad file
+        raise HornError(f"{path}: expected a valid .npz file, found {type(err).__name__}: "
+                        f"{err}") from None
+
+
+def _load_csv(opts, base_dir):
+    """Numeric CSV: one sample per line, the label in ``label_column`` (default last)."""
+    path = _within_root(_require_path(opts, base_dir), opts.root, base_dir)
+    table, lines = _read_csv(path)
+    width = table.shape[1]
+    if width < 2 or not -width <= opts.label_column < width:
+        raise HornError(f"{path}: expected label_column {opts.label_column} plus at least one "
+                        f"feature column, found {width} columns")
+    column = opts.label_column % width
+    x = np.delete(table, column, axis=1)
+    return _Raw(x, table[:, column], None, None, source=str(path), train_where=str(path),
+                test_where=str(path), row_name=lambda i: f"line {lines[i]}")
+
+
+def _read_csv(path):
+    """Float64 table plus each row's line number, so errors can point at the line.
+
+    A first row that is not numeric is taken as a header and skipped.
+    """
+    rows, lines, width = [], [], None
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            for fields in reader:
+                if not any(s.strip() for s in fields):
+                    continue
+                if width is None:
+                    width = len(fields)
+                    if not all(map(_is_number, fields)):
+                        continue  # header
+                if len(fields) != width:
+                    raise HornError(f"{path}: line {reader.line_num}: expected {width} fields, "
+                                    f"found {len(fields)}")
+                rows.append(_numbers(fields, path, reader.line_num))
+                lines.append(reader.line_num)
+    except UnicodeDecodeError as err:
+        raise HornError(f"{path}: expected UTF-8 text, found byte 0x{err.object[err.start]:02x} "
+                        f"at offset {err.start}") from None
+    except csv.Error as err:
+        raise HornError(f"{path}: line {reader.line_num}: expected CSV, found {err}") from None
+    except OSError as err:
+        raise HornError(f"{path}: cannot read file ({err.strerror or err})") from None
+    if not rows:
+        raise HornError(f"{path}: expected at least one data row, found none")
+    return np.array(rows, dtype=np.float64), lines
+
+
+def _is_number(text):
+    """Whether ``float()`` accepts ``text`` (used to spot a header row)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _numbers(fields, path, line):
+    """One CSV row as floats; the first non-number is reported with line and field."""
+    try:
+        return [float(s) for s in fields]
+    except ValueError:
+        column = next(i for i, s in enumerate(fields) if not _is_number(s))
+        raise HornError(f"{path}: line {line}: field {column + 1}: expected a number, "
+                        f"found {fields[column]!r}") from None
+
+
+_LOADERS = {"digits": _load_digits, "idx": _load_idx, "fashion_mnist": _load_idx,
+            "mnist": _load_idx, "npz": _load_npz, "csv": _load_csv}
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def load_dataset(spec, base_dir=None):
+    """Load, validate, split and scale the data set described by ``spec``.
+
+    ``spec`` is the job's ``data`` section: any object (or mapping) with the
+    attributes name, path, root, val_fraction, test_fraction, scale, seed,
+    limit, label_column; missing or None ones take their defaults. Relative
+    paths are resolved against ``base_dir`` (the job file's directory).
+    """
+    opts = _options(spec)
+    raw = _LOADERS[opts.name](opts, base_dir)
+    row_name = raw.row_name or (lambda i: f"row {i}")
+    x = _features(raw.x, raw.train_where, row_name)
+    y = _labels(raw.y, raw.train_where, len(x), row_name)
+    if raw.x_test is None:
+        test, pool = _split(len(x), opts.test_fraction, TEST_SPLIT_SEED, "test_fraction")
+        classes = int(y.max()) + 1
+        x_test, y_test, x, y = x[test], y[test], x[pool], y[pool]
+    else:
+        classes = int(y.max()) + 1
+        x_test = _features(raw.x_test, raw.test_where, lambda i: f"row {i}")
+        y_test = _labels(raw.y_test, raw.test_where, len(x_test), lambda i: f"row {i}")
+        _check_test(x_test, y_test, x.shape[1], classes, raw.test_where)
+    val, train = _split(len(x), opts.val_fraction, opts.seed, "val_fraction")
+    train = train[:opts.limit]
+    x_train = x[train]
+    scaler = Scaler.fit(opts.scale, x_train)
+    return Dataset(
+        x_train=scaler.apply(x_train), y_train=y[train],
+        x_val=scaler.apply(x[val]), y_val=y[val],
+        x_test=scaler.apply(x_test), y_test=y_test,
+        classes=classes, name=opts.name, source=raw.source, scaler=scaler,
+    )
+
+
+def load_features(path):
+    """Unscaled float32 (n, features) inputs for prediction.
+
+    Accepts .npz (key ``x`` or its only array), .npy, .csv without labels, or
+    an IDX file; the first axis is always samples. Apply the model's Scaler next.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".npy", ".csv") and not path.is_file():
+        raise HornError(f"{path}: expected an input file, found {_missing(path)}")
+    if suffix == ".npz":
+        arrays = _read_npz(path)
+        if "x" not in arrays and len(arrays) != 1:
+            raise HornError(f"{path}: expected key 'x' or a single array, found "
+                            f"{sorted(arrays) or 'no arrays'}")
+        return _features(arrays.get("x", next(iter(arrays.values()), None)), str(path),
+                         lambda i: f"row {i}")
+    if suffix == ".npy":
+        return _features(_read_npy(path), str(path), lambda i: f"row {i}")
+    if suffix == ".csv":
+        table, lines = _read_csv(path)
+        return _features(table, str(path), lambda i: f"line {lines[i]}")
+    return _features(read_idx(path), str(path), lambda i: f"row {i}")
+
+
+def _read_npy(path):
+    """One .npy array, never unpickling."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise HornError(f"{path}: expected a numeric array, found an object array; "
+                            f"refusing pickled data") from None
+        raise HornError(f"{path}: expected a valid .npy file, found {err}") from None
+    except Exception as err:  # truncated/garbled files raise various types
+        raise HornError(f"{path}: expected a valid .npy file, found {type(err).__name__}: "
+                        f"{err}") from None
+    if not isinstance(array, np.ndarray):
+        raise HornError(f"{path}: expected a single .npy array, found an .npz archive")
+    return array
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _features(x, where, row_name):
+    """Numeric, finite, non-empty features as float32 C-contiguous (n, features)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise HornError(f"{where}: expected numeric features, found dtype {x.dtype}")
+    if x.ndim == 0 or len(x) == 0 or x.size == 0:
+        raise HornError(f"{where}: expected at least one sample with features, "
+                        f"found shape {x.shape}")
+    floats = x.dtype.kind == "f"
+    x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+    bad = ~np.isfinite(x).all(axis=1) if floats else None  # float64 overflow becomes Inf too
+    if floats and bad.any():
+        raise HornError(f"{where}: expected finite features, found NaN or Inf at "
+                        f"{row_name(int(bad.argmax()))}")
+    return x
+
+
+def _labels(y, where, n, row_name):
+    """Non-negative integer labels, one per feature row, as int64."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise HornError(f"{where}: expected 1-D labels, found shape {y.shape}")
+    if len(y) != n:
+        raise HornError(f"{where}: expected one label per sample ({n}), found {len(y)} labels")
+    if y.dtype.kind not in "iuf":
+        raise HornError(f"{where}: expected integer labels, found dtype {y.dtype}")
+    bad = (y < 0) | (y != np.floor(y)) | (y >= 2**31) if y.dtype.kind == "f" else (y < 0)
+    if bad.any():
+        i = int(bad.argmax())
+        raise HornError(f"{where}: expected non-negative integer labels, found {y[i]} "
+                        f"at {row_name(i)}")
+    return y.astype(np.int64)
+
+
+def _check_test(x_test, y_test, features, classes, where):
+    """The test split must fit the model trained on the training split."""
+    if x_test.shape[1] != features:
+        raise HornError(f"{where}: expected {features} features per sample like the training "
+                        f"data, found {x_test.shape[1]}")
+    if y_test.max() >= classes:
+        i = int(y_test.argmax())
+        raise HornError(f"{where}: expected labels below {classes} (max training label + 1), "
+                        f"found {y_test[i]} at row {i}")
+
+
+def _split(n, fraction, seed, key):
+    """Seeded permutation of range(n) cut into (fraction part, rest); rest never empty."""
+    cut = round(n * fraction)
+    if n - cut < 1 or (key == "test_fraction" and cut < 1):
+        raise HornError(f"data.{key}: {fraction} of {n} samples leaves an empty split; "
+                        f"expected more samples or another fraction")
+    order = np.random.default_rng(seed).permutation(n)
+    return order[:cut], order[cut:]
+
+
+# --------------------------------------------------------------------------- options and paths
+
+
+def _options(spec):
+    """Read and check the data section, so typos fail before any loading."""
+    get = spec.get if isinstance(spec, Mapping) else lambda key: getattr(spec, key, None)
+
+    def value(key, default):
+        found = get(key)
+        return default if found is None else found
+
+    name = value("name", None)
+    if name not in DATASET_NAMES:
+        raise HornError(f"data.name: expected one of {', '.join(DATASET_NAMES)}, found {name!r}")
+    opts = _Options(
+        name=name, path=get("path"), root=get("root"),
+        val_fraction=_number(value("val_fraction", 0.1), "val_fraction", 0.0, True),
+        test_fraction=_number(value("test_fraction", 0.2), "test_fraction", 0.0, False),
+        scale=value("scale", "unit"), seed=_integer(value("seed", 0), "seed", None),
+        limit=None if get("limit") is None else _integer(get("limit"), "limit", 1),
+        label_column=_integer(value("label_column", -1), "label_column", None),
+    )
+    if opts.scale not in SCALE_KINDS:
+        raise HornError(f"data.scale: expected one of {', '.join(SCALE_KINDS)}, "
+                        f"found {opts.scale!r}")
+    for key in ("path", "root"):
+        found = getattr(opts, key)
+        if found is not None and not isinstance(found, (str, os.PathLike)):
+            raise HornError(f"data.{key}: expected a path string, found {found!r}")
+    return opts
+
+
+def _number(found, key, low, low_inclusive):
+    """A fraction in [low, 1) (or (low, 1)), rejecting bools and strings."""
+    ok = isinstance(found, (int, float)) and not isinstance(found, bool) and found < 1
+    if not ok or found < low or (found == low and not low_inclusive):
+        bracket = "[" if low_inclusive else "("
+        raise HornError(f"data.{key}: expected a number in {bracket}{low:g}, 1), found {found!r}")
+    return float(found)
+
+
+def _integer(found, key, low):
+    """An int (numpy ints too, never bools), at least ``low`` when given."""
+    if isinstance(found, bool) or not isinstance(found, (int, np.integer)) or (
+            low is not None and found < low):
+        floor = f" >= {low}" if low is not None else ""
+        raise HornError(f"data.{key}: expected an integer{floor}, found {found!r}")
+    return int(found)
+
+
+def _require_path(opts, base_dir):
+    """data.path resolved; file-based sources cannot guess a default."""
+    if opts.path is None:
+        raise HornError(f"data.path: expected a file for data.name {opts.name!r}, found none")
+    return _resolve(opts.path, base_dir)
+
+
+def _resolve(path, base_dir):
+    """Absolute, symlink-free path; relative ones are relative to the job file."""
+    path = Path(path).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return path.resolve()
+
+
+def _within_root(path, root, base_dir):
+    """``path`` resolved; with data.root set it must not escape it (symlinks included)."""
+    path = Path(path).resolve()
+    if root is not None:
+        root = _resolve(root, base_dir)
+        if not path.is_relative_to(root):
+            raise HornError(f"path {path} escapes data.root {root}")
+    return path
+
+
+def _missing(path):
+    """What sits at ``path`` instead of the expected file, for error messages."""
+    return "a directory" if path.is_dir() else "nothing (no such file)"

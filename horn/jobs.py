@@ -1,0 +1,309 @@
+"""Job files: TOML (or the resolved JSON a run writes) -> validated, frozen dataclasses.
+
+Every problem is one line naming the file, the line where it can be found, the
+key, what was expected and what was found; unknown keys get a "did you mean".
+"""
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from horn.errors import HornError
+
+
+def opt(default, kind, choices=None, lo=None, hi=None, lo_open=False, hi_open=False,
+        nullable=False):
+    """A job key: its default, type and allowed values (checked by :func:`_convert`)."""
+    meta = dict(kind=kind, choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open,
+                nullable=nullable)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    name: str = opt("digits", str, ("digits", "idx", "fashion_mnist", "mnist", "npz", "csv"))
+    path: str = opt(None, str, nullable=True)
+    root: str = opt(None, str, nullable=True)
+    val_fraction: float = opt(0.1, float, lo=0.0, hi=1.0, hi_open=True)
+    test_fraction: float = opt(0.2, float, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    scale: str = opt("unit", str, ("unit", "standard", "none"))
+    limit: int = opt(None, int, lo=1, nullable=True)
+    label_column: int = opt(-1, int)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    layers: list = opt([], list)
+    loss: object = opt("softmax_cross_entropy", (str, dict))
+    inputs: int = opt(None, int, lo=1, nullable=True)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    epochs: int = opt(10, int, lo=1)
+    steps: int = opt(0, int, lo=0)
+    batch_size: int = opt(64, int, lo=1, hi=1 << 20)
+    optimizer: str = opt("sgd", str, ("sgd", "adam"))
+    lr: float = opt(0.05, float, lo=0.0, lo_open=True)
+    momentum: float = opt(0.9, float, lo=0.0, hi=1.0, hi_open=True)
+    nesterov: bool = opt(False, bool)
+    weight_decay: float = opt(0.0, float, lo=0.0)
+    beta1: float = opt(0.9, float, lo=0.0, hi=1.0, hi_open=True)
+    beta2: float = opt(0.999, float, lo=0.0, hi=1.0, hi_open=True)
+    eps: float = opt(1e-8, float, lo=0.0, lo_open=True)
+    schedule: str = opt("cosine", str, ("constant", "step", "cosine"))
+    warmup_steps: int = opt(0, int, lo=0)
+    step_size: int = opt(1000, int, lo=1)
+    gamma: float = opt(0.1, float, lo=0.0, lo_open=True)
+    min_lr: float = opt(0.0, float, lo=0.0)
+    seed: int = opt(0, int, lo=0)
+    backend: str = opt("auto", str, ("auto", "numpy", "numba", "cupy"))
+    threads: int = opt(0, int, lo=0)
+    eval_every: int = opt(1, int, lo=1)
+    on_nan: str = opt("stop", str, ("stop",))
+
+
+@dataclass(frozen=True)
+class ParallelSection:
+    groups: int = opt(0, int, lo=0)
+    workers: int = opt(1, int, lo=1)
+    local_steps: int = opt(1, int, lo=1)
+    barrier: str = opt("average", str, ("none", "average", "ensemble"))
+    global_every: int = opt(1, int, lo=1)
+    average_momentum: bool = opt(False, bool)
+    watchdog_s: float = opt(300.0, float, lo=0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    every: int = opt(0, int, lo=0)
+    keep_last: int = opt(2, int, lo=1)
+
+
+@dataclass(frozen=True)
+class LogSection:
+    dir: str = opt("runs", str)
+    progress: str = opt("lines", str, ("lines", "none"))
+    plot: bool = opt(True, bool)
+
+
+SECTIONS = {"data": DataSection, "model": ModelSection, "train": TrainSection,
+            "parallel": ParallelSection, "checkpoint": CheckpointSection, "log": LogSection}
+TOP_LEVEL = ("name", "description")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    description: str
+    data: DataSection
+    model: ModelSection
+    train: TrainSection
+    parallel: ParallelSection
+    checkpoint: CheckpointSection
+    log: LogSection
+    source: str = ""  # the file it came from: relative data paths resolve against its directory
+
+    def to_dict(self):
+        doc = {"name": self.name, "description": self.description}
+        for key in SECTIONS:
+            doc[key] = dataclasses.asdict(getattr(self, key))
+        return doc
+
+    def digest(self):
+        """A hash of the resolved job: ranks compare it to be sure they run the same job."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def base_dir(self):
+        return str(Path(self.source).resolve().parent) if self.source else None
+
+
+# ---- loading -----------------------------------------------------------------------
+def load_job(path, overrides=()):
+    """Read, override (``section.key=value`` strings) and validate a job file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise HornError(f"{path}: no such job file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HornError(f"{path}: cannot read job file: {exc}") from None
+    try:
+        doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise HornError(f"{path}: malformed {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise HornError(f"{path}: expected a table of sections, found {type(doc).__name__}")
+    for item in overrides:
+        apply_override(doc, item)
+    return job_from_dict(doc, str(path), text, default_name=path.stem)
+
+
+def apply_override(doc, item):
+    """Apply ``a.b.c=value`` to the parsed job; value is a TOML value or a bare string."""
+    if "=" not in item:
+        raise HornError(f"--set {item!r}: expected KEY=VALUE, for example train.lr=0.05")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise HornError(f"--set {item!r}: malformed key {key!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    node = doc
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, item)
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise HornError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a table")
+    if isinstance(node, list):
+        node[_index(node, parts[-1], item)] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _index(items, part, item):
+    if not part.isdigit() or int(part) >= len(items):
+        raise HornError(f"--set {item!r}: expected a list index below {len(items)}, found {part!r}")
+    return int(part)
+
+
+def _list_item(items, part, item):
+    return items[_index(items, part, item)]
+
+
+def _line_of(text, section, key):
+    """The line number where ``key`` is set inside ``[section]`` (None if not found)."""
+    current = None
+    for number, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"\s*\[+\s*([\w.\-]+)\s*\]+", line)
+        if header:
+            current = header.group(1)
+            if section is None and current == key:
+                return number
+            continue
+        if current == section and re.match(rf"\s*{re.escape(key or '')}\s*=", line):
+            return number
+        if section and current is None and re.match(rf"\s*{re.escape(section)}\.{re.escape(key or '')}\s*=", line):
+            return number
+    return None
+
+
+def _where(source, text, section, key):
+    line = _line_of(text, section, key) if text else None
+    loc = f"{source}:{line}" if line else source
+    return f"{loc}: {section + '.' if section else ''}{key}"
+
+
+def _did_you_mean(name, known):
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(meta):
+    kind = meta["kind"]
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list"}
+    base = names.get(kind, "a string or a table")
+    if meta["choices"]:
+        base = "one of " + ", ".join(repr(c) for c in meta["choices"])
+    bounds = []
+    if meta["lo"] is not None:
+        bounds.append(f"{'>' if meta['lo_open'] else '>='} {meta['lo']}")
+    if meta["hi"] is not None:
+        bounds.append(f"{'<' if meta['hi_open'] else '<='} {meta['hi']}")
+    return base + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _convert(value, meta, where):
+    kind = meta["kind"]
+    if value is None and meta["nullable"]:
+        return None
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok or (meta["choices"] and value not in meta["choices"]):
+        raise HornError(f"{where}: expected {_describe(meta)}, found {value!r}")
+    if kind in (int, float):
+        lo, hi = meta["lo"], meta["hi"]
+        if value != value or (lo is not None and (value < lo or (meta["lo_open"] and value == lo))) \
+                or (hi is not None and (value > hi or (meta["hi_open"] and value == hi))):
+            raise HornError(f"{where}: expected {_describe(meta)}, found {value!r}")
+    return value
+
+
+def _section(cls, table, source, text, name):
+    if not isinstance(table, dict):
+        raise HornError(f"{_where(source, text, None, name)}: expected a table, found {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise HornError(f"{_where(source, text, name, key)}: unknown key"
+                            f"{_did_you_mean(key, fields)}; known: {', '.join(fields)}")
+        values[key] = _convert(value, fields[key].metadata, _where(source, text, name, key))
+    return cls(**values)
+
+
+def job_from_dict(doc, source="<job>", text="", default_name="job"):
+    for key in doc:
+        if key not in SECTIONS and key not in TOP_LEVEL:
+            raise HornError(f"{_where(source, text, None, key)}: unknown section or key"
+                            f"{_did_you_mean(key, list(SECTIONS) + list(TOP_LEVEL))}; "
+                            f"known: {', '.join(list(SECTIONS) + list(TOP_LEVEL))}")
+    sections = {name: _section(cls, doc.get(name, {}), source, text, name)
+                for name, cls in SECTIONS.items()}
+    name = doc.get("name", default_name)
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.\-]{1,64}", name):
+        raise HornError(f"{_where(source, text, None, 'name')}: expected a short name of letters, "
+                        f"digits, '-', '_' or '.', found {name!r}")
+    job = Job(name=name, description=str(doc.get("description", "")), source=source, **sections)
+    _check_model(job, text)
+    _check_parallel(job, text)
+    return job
+
+
+def _check_model(job, text):
+    from horn.model import layer_from_spec
+
+    layers = job.model.layers
+    if not layers:
+        raise HornError(f"{_where(job.source, text, 'model', 'layers')}: expected a non-empty "
+                        f"list of layer tables, found {layers!r}")
+    for i, spec in enumerate(layers):
+        layer_from_spec(spec, f"{job.source}: model.layers[{i}]")
+    loss = job.model.loss
+    layer_from_spec({"type": loss} if isinstance(loss, str) else loss, f"{job.source}: model.loss")
+
+
+def _check_parallel(job, text):
+    p = job.parallel
+    if p.barrier == "ensemble":
+        raise HornError(f"{_where(job.source, text, 'parallel', 'barrier')}: the 'ensemble' "
+                        f"barrier is not available in this version; use 'average' or 'none'")
+
+
+def loss_spec(job):
+    loss = job.model.loss
+    return {"type": loss} if isinstance(loss, str) else dict(loss)
+
+
+def model_spec(job, in_features):
+    return {"in_features": in_features, "layers": [dict(s) for s in job.model.layers],
+            "loss": loss_spec(job)}
+
+
+def write_resolved(job, path):
+    """The fully resolved job (every default filled in) as JSON; ``horn run`` accepts it back."""
+    Path(path).write_text(json.dumps(job.to_dict(), indent=2) + "\n")

@@ -1,0 +1,217 @@
+"""A sequential model whose parameters live in one flat buffer.
+
+One contiguous float32 array holds every parameter and another every gradient;
+layers see named views into them. So an optimizer step is one fused kernel
+over one array, and a barrier is one in-place collective.
+"""
+
+import json
+
+import numpy as np
+
+from horn.backends import Backend, get_backend
+from horn.errors import HornError
+from horn.initializers import initialize
+from horn.layer import Layer, Loss, mix64
+from horn.registry import resolve
+
+ALIGN = 16  # elements: every view starts on a 64-byte boundary for aligned SIMD loads
+FORMAT = "horn-model-1"
+
+
+def layer_from_spec(spec, where="layer"):
+    """Build a layer from ``{"type": name, **options}``; bad options are a clear error."""
+    import inspect
+
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise HornError(f"{where}: expected a table with a 'type' key, found {spec!r}")
+    cls = resolve(spec["type"], where)
+    options = {k: v for k, v in spec.items() if k != "type"}
+    params = inspect.signature(cls.__init__).parameters
+    for key in options:
+        if key not in params:
+            import difflib
+            close = difflib.get_close_matches(key, params, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise HornError(f"{where}: unknown option {key!r} for layer {spec['type']!r}{hint}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise HornError(f"{where} ({spec['type']}): {exc}") from None
+
+
+class Model:
+    """Layers + a loss over flat parameter/gradient buffers on one backend."""
+
+    def __init__(self, layers, loss, in_features, backend="numpy", seed=0, dtype=np.float32):
+        self.layers = list(layers)
+        self.loss = loss
+        self.in_features = int(in_features)
+        self.backend = backend if isinstance(backend, Backend) else get_backend(backend)
+        self.xp = self.backend.xp
+        self.dtype = np.dtype(dtype)
+        self.seed = int(seed)
+        self.mask_draws = 0  # how many mask keys were drawn: saved so a resumed run draws the same
+        if not isinstance(loss, Loss):
+            raise HornError(f"the model's loss must be a horn.Loss, found {type(loss).__name__}")
+        self._build()
+
+    # ---- construction --------------------------------------------------------
+    def _bind(self, layer):
+        layer.xp, layer.ops, layer.dtype = self.xp, self.backend, self.dtype
+        layer._keys = self._next_key
+
+    def _build(self):
+        features, slots, offset = self.in_features, [], 0
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer) or isinstance(layer, Loss):
+                raise HornError(f"layer {i}: expected a horn.Layer, found {type(layer).__name__}")
+            self._bind(layer)
+            layer.needs_input_grad = i > 0
+            out = layer.build(features)
+            if not isinstance(out, (int, np.integer)) or out <= 0:
+                raise HornError(f"layer {i} ({layer.spec()['type']}): build() must return a "
+                                f"positive output width, returned {out!r}")
+            for spec in layer._specs:
+                slots.append((layer, spec, offset))
+                offset += -(-spec.size // ALIGN) * ALIGN
+            features = int(out)
+        self._bind(self.loss)
+        self.loss.build(features)
+        self.out_features = features
+        self.size = offset
+        self.params = self.xp.zeros(offset, dtype=self.dtype)
+        self.grads = self.xp.zeros(offset, dtype=self.dtype)
+        self.slots = []  # (qualified name, layer, offset, shape): the layout of the buffers
+        rng = np.random.default_rng(self.seed)
+        host = np.zeros(offset, dtype=self.dtype)
+        for layer, spec, off in slots:
+            view = slice(off, off + spec.size)
+            layer.params[spec.name] = self.params[view].reshape(spec.shape)
+            layer.grads[spec.name] = self.grads[view].reshape(spec.shape)
+            host[view] = initialize(spec.init, rng, spec.shape, spec.fan_in,
+                                    spec.fan_out).reshape(-1)
+            idx = self.layers.index(layer)
+            self.slots.append((f"{idx}.{spec.name}", layer, off, spec.shape))
+        self.params[...] = self.backend.asarray(host)
+
+    @classmethod
+    def from_spec(cls, spec, backend="numpy", seed=0, dtype=np.float32):
+        layers = [layer_from_spec(s, f"model.layers[{i}]") for i, s in enumerate(spec["layers"])]
+        loss = layer_from_spec(spec["loss"], "model.loss")
+        return cls(layers, loss, spec["in_features"], backend, seed, dtype)
+
+    def spec(self):
+        return {"in_features": self.in_features, "layers": [l.spec() for l in self.layers],
+                "loss": self.loss.spec()}
+
+    @property
+    def num_params(self):
+        return sum(int(np.prod(shape)) for *_, shape in self.slots)
+
+    def _next_key(self):
+        self.mask_draws += 1
+        return mix64(self.seed, self.mask_draws)
+
+    # ---- compute ---------------------------------------------------------------
+    def forward(self, x, train=False):
+        for layer in self.layers:
+            x = layer.forward(x, train)
+        return x
+
+    def train_step(self, x, targets):
+        """Forward, loss, backward: fills ``self.grads`` and returns the loss."""
+        self.loss_input = self.forward(x, train=True)
+        value = self.loss.forward(self.loss_input, targets)
+        dy = self.loss.backward()
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return value
+
+    def predict(self, x, batch_size=2048):
+        """Predictions (e.g. class probabilities) for host array x, as a host array."""
+        out = np.empty((len(x), self.out_features), dtype=np.float32)
+        pred = self.xp.empty((min(batch_size, max(len(x), 1)), self.out_features), self.dtype)
+        for lo in range(0, len(x), batch_size):
+            xb = self.backend.asarray(np.ascontiguousarray(x[lo:lo + batch_size], self.dtype))
+            part = pred[:len(xb)]
+            self.loss.predict(self.forward(xb, train=False), part)
+            out[lo:lo + len(xb)] = self.backend.to_host(part)
+        return out
+
+    def accuracy(self, x, y):
+        return float((self.predict(x).argmax(axis=1) == y).mean()) if len(y) else float("nan")
+
+    def first_nonfinite(self):
+        """Name of the first parameter or gradient holding NaN/Inf, or None."""
+        for kind, buf in (("gradient", self.grads), ("parameter", self.params)):
+            if self.backend.all_finite(buf):
+                continue
+            for name, layer, off, shape in self.slots:
+                size = int(np.prod(shape))
+                if not self.backend.all_finite(buf[off:off + size]):
+                    return f"{kind} {name} of layer {layer.spec()['type']}"
+        return None
+
+    # ---- files -----------------------------------------------------------------
+    def state_arrays(self):
+        """Named host copies of every parameter (the model file's content)."""
+        host = self.backend.to_host(self.params)
+        return {f"param/{name}": host[off:off + int(np.prod(shape))].reshape(shape)
+                for name, _, off, shape in self.slots}
+
+    def load_arrays(self, arrays, source="model file"):
+        for name, _, off, shape in self.slots:
+            key = f"param/{name}"
+            if key not in arrays:
+                raise HornError(f"{source}: missing array {key!r}")
+            value = np.asarray(arrays[key])
+            if value.shape != tuple(shape):
+                raise HornError(f"{source}: array {key!r} has shape {value.shape}, the model "
+                                f"expects {tuple(shape)}")
+            self.params[off:off + value.size] = self.backend.asarray(
+                value.reshape(-1).astype(self.dtype))
+
+    def save(self, path, meta=None):
+        """Write ``path`` (.npz): named parameter arrays plus the JSON spec. No pickle."""
+        header = {"format": FORMAT, "spec": self.spec(), "meta": meta or {}}
+        arrays = self.state_arrays()
+        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path, backend="numpy"):
+        """Rebuild a model saved by :meth:`save`; returns ``(model, meta)``."""
+        arrays = read_npz(path)
+        if "__header__" not in arrays:
+            raise HornError(f"{path}: not a horn model file (no __header__ array)")
+        try:
+            header = json.loads(bytes(arrays["__header__"].astype(np.uint8)).decode())
+            fmt, spec = header["format"], header["spec"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HornError(f"{path}: unreadable model header: {exc}") from None
+        if fmt != FORMAT:
+            raise HornError(f"{path}: expected format {FORMAT!r}, found {fmt!r}")
+        try:
+            model = cls.from_spec(spec, backend)
+        except (KeyError, TypeError) as exc:
+            raise HornError(f"{path}: malformed model spec: {exc}") from None
+        model.load_arrays(arrays, str(path))
+        return model, header.get("meta", {})
+
+
+def read_npz(path):
+    """All arrays of an .npz file, refusing pickled objects; a clear error otherwise."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise HornError(f"{path}: no such file") from None
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise HornError(f"{path}: refusing pickled data (object arrays are not allowed)") from None
+        raise HornError(f"{path}: not a valid .npz file: {exc}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise HornError(f"{path}: not a valid .npz file: {exc}") from None

@@ -1,0 +1,45 @@
+"""Optimizers over a model's flat buffers: one fused kernel call per step."""
+
+
+class SGD:
+    """SGD with (Nesterov) momentum and L2 weight decay."""
+
+    def __init__(self, model, momentum=0.0, nesterov=False, weight_decay=0.0):
+        self.model, self.momentum, self.nesterov = model, momentum, nesterov
+        self.weight_decay = weight_decay
+        self.velocity = model.xp.zeros_like(model.params) if momentum else None
+
+    def step(self, lr):
+        m = self.model
+        m.backend.sgd_update(m.params, m.grads, self.velocity, lr, self.momentum,
+                             self.weight_decay, self.nesterov)
+
+    def state(self):
+        """Named state buffers (flat, like the parameters): averaged or checkpointed."""
+        return {} if self.velocity is None else {"velocity": self.velocity}
+
+
+class Adam:
+    """Adam (Kingma & Ba) with bias correction and L2 weight decay."""
+
+    def __init__(self, model, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        self.model, self.beta1, self.beta2, self.eps = model, beta1, beta2, eps
+        self.weight_decay, self.t = weight_decay, 0
+        self.m = model.xp.zeros_like(model.params)
+        self.v = model.xp.zeros_like(model.params)
+
+    def step(self, lr):
+        self.t += 1
+        m = self.model
+        m.backend.adam_update(m.params, m.grads, self.m, self.v, lr, self.beta1, self.beta2,
+                              self.eps, self.weight_decay, self.t)
+
+    def state(self):
+        return {"m": self.m, "v": self.v}
+
+
+def make_optimizer(train, model):
+    """The optimizer a job's [train] section asks for."""
+    if train.optimizer == "adam":
+        return Adam(model, train.beta1, train.beta2, train.eps, train.weight_decay)
+    return SGD(model, train.momentum, train.nesterov, train.weight_decay)

