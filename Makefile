@@ -30,7 +30,7 @@ fashion-data:
 
 # The long accuracy runs (minutes each): not part of `make test`.
 accuracy: setup fashion-data
-	$(BIN)/python -m pytest -q -m slow --run-slow
+	$(BIN)/python -m pytest -q -m slow
 
 bench: setup fashion-data
 	$(BIN)/python -m pip install -q torch==2.13.0 || echo "torch not installable: benchmarks skip the PyTorch peer"

@@ -26,7 +26,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 RANKS = (2, 4)
 PARAMS = (1 << 20, 4 << 20)
-REPS, WARMUP = 50, 5
+REPS, WARMUP = 100, 5
+RATIOS = (("horn_sum", "raw"), ("horn_mean", "raw_mean"), ("horn_mean_unguarded", "raw_mean"))
 
 
 def gloo_all_reduce(world):
@@ -56,6 +57,7 @@ def worker():
 
     world = MPI.COMM_WORLD
     peer = Peer.create(world, groups=None, workers=1)
+    unguarded = Peer.create(world, groups=None, workers=1, guard_collectives=False)
     p = world.size
 
     def raw(buf):
@@ -66,7 +68,8 @@ def worker():
         buf /= p
 
     methods = {"raw": raw, "raw_mean": raw_scaled,
-               "horn_sum": peer.allreduce_sum, "horn_mean": peer.allreduce_mean}
+               "horn_sum": peer.allreduce_sum, "horn_mean": peer.allreduce_mean,
+               "horn_mean_unguarded": unguarded.allreduce_mean}
     gloo = gloo_all_reduce(world)
     if gloo is not None:
         methods["gloo"] = gloo
@@ -84,16 +87,20 @@ def worker():
                 t0 = time.perf_counter()
                 methods[name](buf)
                 times[name].append(time.perf_counter() - t0)
-        horn_bytes = (peer.bytes_sent_total - before) // (2 * (WARMUP + REPS))
+        horn_bytes = (peer.bytes_sent_total - before) // (2 * (WARMUP + REPS))  # sum + mean
         row = {"ranks": p, "params": params, "bytes_per_rank": horn_bytes}
+        slowest = {}
         for name, values in times.items():
-            slowest = np.array(values[WARMUP:])
-            world.Allreduce(MPI.IN_PLACE, slowest, MPI.MAX)
-            row[name] = float(np.median(slowest))
+            slowest[name] = np.array(values[WARMUP:])
+            world.Allreduce(MPI.IN_PLACE, slowest[name], MPI.MAX)
+            row[name] = float(np.median(slowest[name]))
+        for name, base in RATIOS:  # paired: both timed in the same repetition
+            row[f"{name}/{base}"] = float(np.median(slowest[name] / slowest[base]))
         rows.append(row)
     if world.rank == 0:
         print("BENCH " + json.dumps(rows), flush=True)
     peer.close()
+    unguarded.close()
 
 
 def launch(ranks):
@@ -115,15 +122,16 @@ def table(rows):
     ms = lambda v: f"{v * 1e3:.3f}" if v is not None else "n/a"
     lines = [
         "| ranks | params | MB | bytes/rank (model) | raw Allreduce ms | raw + /p ms | horn sum ms "
-        "| horn mean ms | gloo ms | horn sum / raw | horn mean / (raw + /p) | horn mean / raw |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| horn mean ms | horn mean, no guard ms | gloo ms | horn sum / raw | horn mean / (raw + /p) "
+        "| no guard / (raw + /p) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['ranks']} | {r['params'] >> 20}M | {4 * r['params'] / 2**20:.0f} | {r['bytes_per_rank']:,} "
             f"| {ms(r['raw'])} | {ms(r['raw_mean'])} | {ms(r['horn_sum'])} | {ms(r['horn_mean'])} "
-            f"| {ms(r.get('gloo'))} | {r['horn_sum'] / r['raw']:.2f}x "
-            f"| {r['horn_mean'] / r['raw_mean']:.2f}x | {r['horn_mean'] / r['raw']:.2f}x |")
+            f"| {ms(r['horn_mean_unguarded'])} | {ms(r.get('gloo'))} | "
+            + " | ".join(f"{r[f'{name}/{base}']:.2f}x" for name, base in RATIOS) + " |")
     return "\n".join(lines)
 
 
@@ -133,15 +141,20 @@ def main():
     if parser.parse_args().worker:
         worker()
         return
+    load_before = os.getloadavg()[0]
     rows = [row for ranks in RANKS for row in launch(ranks)]
+    load = f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after the run"
     text = table(rows)
     print(text)
+    print(load)
     note = (f"Measured by `python bench/barrier.py` on {os.cpu_count()} CPU cores "
             f"({platform.processor() or platform.machine()}, {platform.system()}), Open MPI shared memory, "
-            f"ranks oversubscribed when ranks > cores. Medians of {REPS} repetitions (after {WARMUP} "
-            "warm-up), each the slowest rank's time. bytes/rank is horn's ring cost model "
+            f"ranks oversubscribed when ranks > cores; {load}. Medians of {REPS} repetitions (after "
+            f"{WARMUP} warm-up), each the slowest rank's time; ratios are medians of per-repetition "
+            "ratios (both timed in the same repetition). bytes/rank is horn's ring cost model "
             "2*(p-1)/p * nbytes, which the other columns move too.\n\n"
             "horn sum/mean = watchdog token barrier + blocking in-place `Allreduce` (+ `/= p` for the mean); "
+            "no guard = `Peer.create(..., guard_collectives=False)`, i.e. without that barrier; "
             "raw = mpi4py `Allreduce(MPI.IN_PLACE, buf, MPI.SUM)`; gloo = `torch.distributed.all_reduce` "
             "over TCP loopback.\n")
     (REPO / "docs").mkdir(exist_ok=True)

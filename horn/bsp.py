@@ -5,9 +5,9 @@ work is split over its workers; the *cross* communicator links worker ``w`` of
 every group, which is where replicas average their parameters.
 
 Everything that moves data uses mpi4py's uppercase, buffer-based calls (no
-pickling on the hot path). Every blocking step is preceded by a watchdog
-barrier so that a dead or stuck rank aborts the job after ``timeout_s`` instead
-of hanging it forever.
+pickling on the hot path). sync() and (unless ``guard_collectives=False``)
+every collective start with a watchdog barrier, so that a dead or stuck rank
+aborts the job after ``timeout_s`` instead of hanging it forever.
 """
 
 import hashlib

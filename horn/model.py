@@ -144,13 +144,14 @@ class Model:
 
     def first_nonfinite(self):
         """Name of the first parameter or gradient holding NaN/Inf, or None."""
-        for kind, buf in (("gradient", self.grads), ("parameter", self.params)):
+        for kind, buf in (("parameter", self.params), ("gradient", self.grads)):
             if self.backend.all_finite(buf):
                 continue
             for name, layer, off, shape in self.slots:
                 size = int(np.prod(shape))
                 if not self.backend.all_finite(buf[off:off + size]):
-                    return f"{kind} {name} of layer {layer.spec()['type']}"
+                    index, pname = name.split(".", 1)
+                    return f"{kind} {pname!r} of layer {index} ({layer.spec()['type']})"
         return None
 
     # ---- files -----------------------------------------------------------------
