@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from horn.abort import run_guarded
+from horn.abort import install_abort_hook, run_guarded
 from horn.errors import HornError
 
 
@@ -19,10 +19,11 @@ def _load(args):
 
 
 def cmd_run(args):
+    from horn.parallel import create_peer
     from horn.runner import run_job
 
     job = _load(args)
-    result = run_job(job, progress=not args.quiet)
+    result = run_job(job, progress=not args.quiet, peer=create_peer(job))
     if result is not None:
         print(f"test accuracy {result['test_accuracy']:.4f}  run directory {result['run_dir']}")
     return 0
@@ -160,6 +161,7 @@ def build_parser():
 
 
 def main(argv=None):
+    install_abort_hook()
     args = build_parser().parse_args(argv)
     return run_guarded(lambda: args.func(args), debug=args.debug) or 0
 

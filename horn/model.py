@@ -50,7 +50,8 @@ class Model:
         self.backend = backend if isinstance(backend, Backend) else get_backend(backend)
         self.xp = self.backend.xp
         self.dtype = np.dtype(dtype)
-        self.seed = int(seed)
+        self.seed = int(seed)  # initial parameters
+        self.mask_seed = self.seed  # dropout/DropConnect keys: differs per rank
         self.mask_draws = 0  # how many mask keys were drawn: saved so a resumed run draws the same
         if not isinstance(loss, Loss):
             raise HornError(f"the model's loss must be a horn.Loss, found {type(loss).__name__}")
@@ -111,7 +112,7 @@ class Model:
 
     def _next_key(self):
         self.mask_draws += 1
-        return mix64(self.seed, self.mask_draws)
+        return mix64(self.mask_seed, self.mask_draws)
 
     # ---- compute ---------------------------------------------------------------
     def forward(self, x, train=False):

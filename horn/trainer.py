@@ -26,6 +26,10 @@ class LocalSync:
         """Extra metrics records (supersteps, bytes) to append to metrics.jsonl."""
         return []
 
+    def reduce_stats(self, values):
+        """Sum per-rank counters (loss sum, correct, seen) over the ranks."""
+        return values
+
 
 class Trainer:
     def __init__(self, model, optimizer, schedule, stream, data, metrics, total_steps,
@@ -62,12 +66,14 @@ class Trainer:
             if stream.position == stream.per_epoch or last:
                 epoch = stream.epoch + 1
                 if epoch % self.eval_every == 0 or last:
+                    loss_sum, correct, seen = self.sync.reduce_stats(
+                        [epoch_loss, epoch_correct, epoch_seen])
                     now = time.perf_counter()
-                    record = {"epoch": epoch, "step": step + 1, "loss": epoch_loss / epoch_seen,
-                              "train_accuracy": epoch_correct / epoch_seen,
+                    record = {"epoch": epoch, "step": step + 1, "loss": loss_sum / seen,
+                              "train_accuracy": correct / seen,
                               "val_accuracy": self.evaluate("val"),
                               "lr": self.schedule(step), "time_s": now - start,
-                              "samples_per_s": epoch_seen / max(now - epoch_start, 1e-9)}
+                              "samples_per_s": seen / max(now - epoch_start, 1e-9)}
                     for extra in self.sync.records():
                         self.metrics.write(extra)
                     self.metrics.write(record)
