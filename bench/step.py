@@ -35,6 +35,7 @@ PEERS = ("horn", "numpy", "torch")
 WARMUP, BLOCKS = 10, 7
 CHECKED_STEPS = 3  # the first losses every peer must agree on
 LOSS_RTOL = 1e-3
+NOISY = 1.25  # slowest / fastest block above this: the machine was not idle
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 TORCH_MISSING = "torch not installed: skipping the PyTorch peer (pip install torch==2.13.0)"
 
@@ -179,7 +180,8 @@ def worker(peer, threads, backend, reps):
         print("RESULT null", flush=True)
         return
     losses, blocks = time_steps(step, sync, reps)
-    print("RESULT " + json.dumps({"losses": losses, "blocks": blocks, "device": device}), flush=True)
+    result = {"losses": losses, "blocks": blocks, "device": device}
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 # ---- driver ------------------------------------------------------------------
@@ -196,8 +198,11 @@ def measure(peer, threads, backend, reps):
         return None
     result["ms"] = 1e3 * statistics.median(result["blocks"])
     blocks = " ".join(f"{1e3 * b:.2f}" for b in result["blocks"])
-    print(f"  {peer:5} {threads} thread(s) on {result['device']}: median {result['ms']:.2f} ms/step "
-          f"(blocks: {blocks})", flush=True)
+    print(f"  {peer:5} {threads} thread(s) on {result['device']}: median {result['ms']:.2f} "
+          f"ms/step (blocks: {blocks})", flush=True)
+    if max(result["blocks"]) > NOISY * min(result["blocks"]):
+        print(f"  warning: blocks differ by more than {NOISY - 1:.0%}: is something else using "
+              "the CPU? (top -bn1)", flush=True)
     return result
 
 
