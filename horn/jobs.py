@@ -78,6 +78,12 @@ class ParallelSection:
     barrier: str = opt("average", str, ("none", "average", "ensemble"))
     global_every: int = opt(1, int, lo=1)
     average_momentum: bool = opt(False, bool)
+    partition: str = opt("balanced", str, ("balanced", "irregular", "weighted"))
+    partition_weights: list = opt([], list)
+    min_share: float = opt(0.5, float, lo=0.0, hi=1.0)
+    subnet_scale: str = opt("inverse", str, ("inverse", "sqrt", "none"))
+    subnet_momentum: str = opt("reset", str, ("reset", "keep"))
+    dropconnect: float = opt(0.0, float, lo=0.0, hi=1.0, hi_open=True)
     watchdog_s: float = opt(300.0, float, lo=0.0, lo_open=True)
 
 

@@ -40,10 +40,38 @@ def layer_from_spec(spec, where="layer"):
         raise HornError(f"{where} ({spec['type']}): {exc}") from None
 
 
+def layout(layers, in_features):
+    """Where each declared parameter lives in a flat buffer.
+
+    Calls ``build`` on each (fresh) layer; returns ``[(layer index, ParamSpec,
+    offset)]``, the output width and the buffer size. Cheap: nothing is allocated,
+    so the layout of another rank's sub-network can be computed locally.
+    """
+    features, placed, offset = in_features, [], 0
+    for i, layer in enumerate(layers):
+        out = layer.build(features)
+        if not isinstance(out, (int, np.integer)) or out <= 0:
+            raise HornError(f"layer {i} ({layer.spec()['type']}): build() must return a "
+                            f"positive output width, returned {out!r}")
+        for spec in layer._specs:
+            placed.append((i, spec, offset))
+            offset += -(-spec.size // ALIGN) * ALIGN
+        features = int(out)
+    return placed, features, offset
+
+
+def spec_layout(spec):
+    """:func:`layout` of a model spec: ``[(qualified name, offset, shape)]`` and the size."""
+    layers = [layer_from_spec(s) for s in spec["layers"]]
+    placed, _, size = layout(layers, spec["in_features"])
+    return [(f"{i}.{p.name}", off, p.shape) for i, p, off in placed], size
+
+
 class Model:
     """Layers + a loss over flat parameter/gradient buffers on one backend."""
 
-    def __init__(self, layers, loss, in_features, backend="numpy", seed=0, dtype=np.float32):
+    def __init__(self, layers, loss, in_features, backend="numpy", seed=0, dtype=np.float32,
+                 initialize_params=True):
         self.layers = list(layers)
         self.loss = loss
         self.in_features = int(in_features)
@@ -55,52 +83,45 @@ class Model:
         self.mask_draws = 0  # how many mask keys were drawn: saved so a resumed run draws the same
         if not isinstance(loss, Loss):
             raise HornError(f"the model's loss must be a horn.Loss, found {type(loss).__name__}")
-        self._build()
+        self._build(initialize_params)
 
     # ---- construction --------------------------------------------------------
     def _bind(self, layer):
         layer.xp, layer.ops, layer.dtype = self.xp, self.backend, self.dtype
         layer._keys = self._next_key
 
-    def _build(self):
-        features, slots, offset = self.in_features, [], 0
+    def _build(self, initialize_params):
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, Layer) or isinstance(layer, Loss):
                 raise HornError(f"layer {i}: expected a horn.Layer, found {type(layer).__name__}")
             self._bind(layer)
             layer.needs_input_grad = i > 0
-            out = layer.build(features)
-            if not isinstance(out, (int, np.integer)) or out <= 0:
-                raise HornError(f"layer {i} ({layer.spec()['type']}): build() must return a "
-                                f"positive output width, returned {out!r}")
-            for spec in layer._specs:
-                slots.append((layer, spec, offset))
-                offset += -(-spec.size // ALIGN) * ALIGN
-            features = int(out)
+        placed, features, self.size = layout(self.layers, self.in_features)
         self._bind(self.loss)
         self.loss.build(features)
         self.out_features = features
-        self.size = offset
-        self.params = self.xp.zeros(offset, dtype=self.dtype)
-        self.grads = self.xp.zeros(offset, dtype=self.dtype)
+        self.params = self.xp.zeros(self.size, dtype=self.dtype)
+        self.grads = self.xp.zeros(self.size, dtype=self.dtype)
         self.slots = []  # (qualified name, layer, offset, shape): the layout of the buffers
         rng = np.random.default_rng(self.seed)
-        host = np.zeros(offset, dtype=self.dtype)
-        for layer, spec, off in slots:
+        host = np.zeros(self.size, dtype=self.dtype)
+        for index, spec, off in placed:
+            layer = self.layers[index]
             view = slice(off, off + spec.size)
             layer.params[spec.name] = self.params[view].reshape(spec.shape)
             layer.grads[spec.name] = self.grads[view].reshape(spec.shape)
-            host[view] = initialize(spec.init, rng, spec.shape, spec.fan_in,
-                                    spec.fan_out).reshape(-1)
-            idx = self.layers.index(layer)
-            self.slots.append((f"{idx}.{spec.name}", layer, off, spec.shape))
-        self.params[...] = self.backend.asarray(host)
+            if initialize_params:
+                host[view] = initialize(spec.init, rng, spec.shape, spec.fan_in,
+                                        spec.fan_out).reshape(-1)
+            self.slots.append((f"{index}.{spec.name}", layer, off, spec.shape))
+        if initialize_params:
+            self.params[...] = self.backend.asarray(host)
 
     @classmethod
-    def from_spec(cls, spec, backend="numpy", seed=0, dtype=np.float32):
+    def from_spec(cls, spec, backend="numpy", seed=0, dtype=np.float32, initialize_params=True):
         layers = [layer_from_spec(s, f"model.layers[{i}]") for i, s in enumerate(spec["layers"])]
         loss = layer_from_spec(spec["loss"], "model.loss")
-        return cls(layers, loss, spec["in_features"], backend, seed, dtype)
+        return cls(layers, loss, spec["in_features"], backend, seed, dtype, initialize_params)
 
     def spec(self):
         return {"in_features": self.in_features, "layers": [l.spec() for l in self.layers],

@@ -16,7 +16,8 @@ from horn.jobs import model_spec, write_resolved
 from horn.metrics import MetricsLog, plot_curves, print_progress
 from horn.model import Model
 from horn.optim import make_optimizer
-from horn.parallel import derive_seed, local_ranks, make_sync, shard_indices
+from horn.barriers import make_sync
+from horn.parallel import derive_seed, local_ranks, shard_indices
 from horn.schedules import make_schedule
 from horn.trainer import Trainer, total_steps
 
@@ -101,7 +102,8 @@ def run_job(job, progress=True, run_dir=None, peer=None):
     local = shard(data, peer, job.train.seed)
     model, optimizer, schedule, stream, steps = build(job, local, backend, group, worker)
     check_fit(job, data, model)
-    sync = make_sync(job, peer, model, optimizer, steps)
+    sync = make_sync(job, peer, model, optimizer, steps,
+                     lambda m: make_optimizer(job.train, m))
     show = root and progress and job.log.progress != "none"
     if root:
         run_dir = Path(run_dir) if run_dir else make_run_dir(job.log.dir, job.name)

@@ -8,27 +8,9 @@ single-process and parallel training cannot drift apart.
 import math
 import time
 
+from horn.barriers.base import Sync
 from horn.errors import DivergenceError
 from horn.metrics import print_progress, progress_line
-
-
-class LocalSync:
-    """No communication: single-process training."""
-
-    def after_step(self, step):
-        """Called after every optimizer step (0-based); a barrier may run here."""
-
-    def eval_model(self, model):
-        """The model whose accuracy is reported (e.g. the averaged one)."""
-        return model
-
-    def records(self):
-        """Extra metrics records (supersteps, bytes) to append to metrics.jsonl."""
-        return []
-
-    def reduce_stats(self, values):
-        """Sum per-rank counters (loss sum, correct, seen) over the ranks."""
-        return values
 
 
 class Trainer:
@@ -37,27 +19,28 @@ class Trainer:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.stream, self.data, self.metrics = stream, data, metrics
         self.total_steps, self.eval_every = total_steps, eval_every
-        self.sync = sync or LocalSync()
+        self.sync = sync or Sync()
         self.progress, self.rank_name = progress, rank_name
         self.history = []
 
-    def _diverged(self, step, loss):
-        where = self.model.first_nonfinite() or "the loss itself"
+    def _diverged(self, model, step, loss):
+        where = model.first_nonfinite() or "the loss itself"
         prefix = f"{self.rank_name}: " if self.rank_name else ""
         raise DivergenceError(f"{prefix}training diverged at step {step}: loss is {loss}; first "
                               f"non-finite value: {where} (lower train.lr or check the data)")
 
     def run(self):
-        model, stream = self.model, self.stream
+        stream = self.stream
         total_epochs = math.ceil(self.total_steps / stream.per_epoch)
         epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
         start = epoch_start = time.perf_counter()
         for step in range(self.total_steps):
             xb, yb = stream.next()
+            model, optimizer = self.sync.trainee(self.model, self.optimizer)
             loss = model.train_step(xb, yb)
             if not math.isfinite(loss):
-                self._diverged(step, loss)
-            self.optimizer.step(self.schedule(step))
+                self._diverged(model, step, loss)
+            optimizer.step(self.schedule(step))
             epoch_loss += loss * len(yb)
             epoch_correct += int((model.loss_input.argmax(axis=1) == yb).sum())
             epoch_seen += len(yb)

@@ -7,7 +7,14 @@ ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
 
 @register_layer("dense")
 class Dense(Layer):
-    """y = act(x @ W + b). Fusing the activation saves a pass over the output."""
+    """y = act(s * (x @ W) + b). Fusing the activation saves a pass over the output.
+
+    ``input_scale`` (s, default 1) is set by sub-network training: a worker that
+    sees only a fraction k of this layer's inputs scales them by 1/k (structured
+    inverted dropout), so the reassembled parent needs no rescaling.
+    """
+
+    input_scale = 1.0
 
     def __init__(self, units, activation="identity", init="he", bias=True):
         if int(units) != units or units <= 0:
@@ -32,14 +39,19 @@ class Dense(Layer):
         y = self.buffer("y", (x.shape[0], self.units))
         self.xp.matmul(x, self.w_used, out=y)
         if self.bias:
-            self.ops.bias_act(y, self.params["b"], self.activation)
-        elif self.activation != "identity":
-            self.ops.activation(y, self.activation, y)
+            self.ops.bias_act(y, self.params["b"], self.activation, self.input_scale)
+        else:
+            if self.input_scale != 1.0:
+                self.ops.scale(y, self.input_scale)
+            if self.activation != "identity":
+                self.ops.activation(y, self.activation, y)
         self.y = y
         return y
 
     def backward(self, dy):
         self.ops.act_backward(dy, self.y, self.activation, self.grads.get("b"))
+        if self.input_scale != 1.0:  # after the bias gradient: the bias is not scaled
+            self.ops.scale(dy, self.input_scale)
         self.xp.matmul(self.x.T, dy, out=self.grads["W"])
         self.weight_grad_done()
         if not self.needs_input_grad:

@@ -113,3 +113,13 @@ def test_layers_are_importable_under_the_horn_namespace_only():
     assert horn.layers.Dense is Dense
     installed_layers = importlib.util.find_spec("layers")
     assert installed_layers is None or "site-packages" not in (installed_layers.origin or "")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_input_scale_passes_check_layer(bias, monkeypatch):
+    monkeypatch.setattr(Dense, "input_scale", 2.5)  # check_layer rebuilds the layer
+    assert horn.check_layer(Dense(4, "tanh", bias=bias))
+    m = Model([Dense(3, bias=bias)], SoftmaxCrossEntropy(), 5, "numpy")
+    x = np.ones((2, 5), np.float32)
+    w = m.layers[0].params["W"]
+    np.testing.assert_allclose(m.forward(x), 2.5 * x @ w, rtol=1e-6)

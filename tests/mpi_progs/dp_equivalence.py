@@ -13,7 +13,8 @@ from horn.data import load_dataset
 from horn.jobs import load_job
 from horn.model import Model
 from horn.optim import make_optimizer
-from horn.parallel import AverageSync, derive_seed
+from horn.barriers.average import AverageSync
+from horn.parallel import derive_seed
 from horn.runner import build, shard
 from horn.schedules import make_schedule
 

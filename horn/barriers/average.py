@@ -1,0 +1,46 @@
+"""Model averaging (MA-DNN / local SGD)."""
+
+from horn.barriers.base import PeerSync
+
+
+class AverageSync(PeerSync):
+    """Every ``local_steps`` steps, one in-place Allreduce-mean of the flat parameter
+    buffer (and, optionally, of the optimizer state) over all ranks."""
+
+    def __init__(self, peer, model, optimizer, local_steps, total_steps, average_state=False):
+        super().__init__(peer)
+        self.model, self.optimizer = model, optimizer
+        self.local_steps, self.total_steps = local_steps, total_steps
+        self.average_state = average_state
+        self.synced_at = 0  # steps done when the replicas were last identical
+        self.steps_done = 0
+        self._scratch = None
+
+    def after_step(self, step):
+        self.steps_done = step + 1
+        if self.is_boundary(self.steps_done, self.local_steps, self.total_steps):
+            average(self.peer, self.model, self.optimizer, self.average_state, "world")
+            self.peer.sync()
+            self.synced_at = self.steps_done
+
+    def eval_model(self, model):
+        """The average of the replicas: the model itself right after a barrier, else an
+        averaged copy (training goes on from the local replicas unchanged)."""
+        if self.synced_at == self.steps_done:
+            return model
+        if self._scratch is None:
+            from horn.model import Model
+            self._scratch = Model.from_spec(model.spec(), model.backend, dtype=model.dtype,
+                                            initialize_params=False)
+        self._scratch.params[...] = model.params
+        self.peer.allreduce_mean(self._scratch.params, "world")
+        return self._scratch
+
+
+def average(peer, model, optimizer, with_state, comm):
+    """Replace the parameters (and optimizer state) by their mean over ``comm``."""
+    model.backend.synchronize()
+    peer.allreduce_mean(model.params, comm)
+    if with_state:
+        for buf in optimizer.state().values():
+            peer.allreduce_mean(buf, comm)

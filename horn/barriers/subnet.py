@@ -1,0 +1,117 @@
+"""Independent sub-network training inside worker groups (HORN-27 / IST).
+
+A round: every worker trains its compact sub-network for ``local_steps`` steps
+with no communication; then the group reassembles the parent with one
+Allgatherv of the workers' compact blocks. Every rank holds the whole parent, so
+the next round's sub-network is gathered locally: no scatter message is needed.
+
+Bytes sent per rank per round (ring Allgatherv): ``4 (W - 1) |theta_w|`` where
+``|theta_w| = sum_l |rows_w,l| |cols_w,l| + |cols_w,l|`` is the worker's compact
+sub-network (about P/W^2 for hidden-to-hidden layers, P/W for the first and
+last), doubled with ``subnet_momentum = "keep"``. Model averaging of the parent
+sends ``4 * 2 (W - 1)/W * P``. Every ``global_every`` rounds, groups average
+their parents across groups (the cross communicator).
+"""
+
+import hashlib
+
+import numpy as np
+
+from horn.barriers.average import average
+from horn.barriers.base import PeerSync
+from horn.model import Model
+from horn.parallel import derive_seed
+from horn.partition import partition
+from horn.subnet import SubnetLayout, gather, scatter
+
+
+class SubnetSync(PeerSync):
+    def __init__(self, peer, parent, parent_optimizer, make_optimizer, job, total_steps):
+        super().__init__(peer)
+        p = job.parallel
+        self.parent, self.parent_optimizer, self.make_optimizer = parent, parent_optimizer, \
+            make_optimizer
+        self.local_steps, self.total_steps = p.local_steps, total_steps
+        self.kind, self.weights, self.min_share = p.partition, p.partition_weights, p.min_share
+        self.keep_state = p.subnet_momentum == "keep"
+        self.cross_average = p.barrier == "average" and peer.groups > 1
+        self.global_every = p.global_every
+        self.seed = job.train.seed
+        self.layout = SubnetLayout(parent, p.dropconnect, p.subnet_scale)
+        self.backend = parent.backend
+        self.round = 0
+        self.mask_draws = 0
+        self._compact = {}  # plan key -> (model, optimizer): reused while sizes repeat
+        self._recv = None
+        self._partitions = []
+        self._begin_round()
+
+    def trainee(self, model, optimizer):
+        return self.model, self.optimizer
+
+    def eval_model(self, model):
+        return self.parent  # reassembled at every round's end
+
+    def records(self):
+        records, self._partitions = self._partitions + self.peer.drain_records(), []
+        return records
+
+    # ---- rounds ----------------------------------------------------------------
+    def _begin_round(self):
+        rng = np.random.default_rng(derive_seed(self.seed + self.round, self.peer.group, 1 << 20))
+        parts = [partition(n, self.peer.workers, self.kind, rng, self.weights, self.min_share)
+                 for n in self.layout.sizes]
+        self.plans = [self.layout.plan(parts, w) for w in range(self.peer.workers)]
+        plan = self.plans[self.peer.worker]
+        model, optimizer = self._compact_for(plan)
+        gather(self.backend, self.layout, plan, self.parent.params, model.params)
+        for name, buf in optimizer.state().items():
+            if self.keep_state:
+                gather(self.backend, self.layout, plan, self.parent_optimizer.state()[name], buf)
+            else:
+                buf[...] = 0
+        for index, layer in enumerate(model.layers):
+            if "W" in layer.params:
+                layer.input_scale = plan.scales.get(index, 1.0)
+        model.mask_draws = self.mask_draws
+        self.model, self.optimizer = model, optimizer
+        digest = hashlib.sha256(b"".join(u.tobytes() for p in parts for u in p)).hexdigest()[:16]
+        self._partitions.append({"round": self.round, "group": self.peer.group,
+                                 "partition_sizes": [[len(u) for u in p] for p in parts],
+                                 "partition_sha256": digest})
+
+    def _compact_for(self, plan):
+        if plan.key not in self._compact:
+            model = Model.from_spec(plan.spec, self.backend, initialize_params=False)
+            model.mask_seed = derive_seed(self.seed, self.peer.group, self.peer.worker)
+            self._compact[plan.key] = (model, self.make_optimizer(model))
+        return self._compact[plan.key]
+
+    def after_step(self, step):
+        done = step + 1
+        if not self.is_boundary(done, self.local_steps, self.total_steps):
+            return
+        self.mask_draws = self.model.mask_draws
+        self._assemble(self.model.params, self.parent.params)
+        if self.keep_state:
+            for name, buf in self.optimizer.state().items():
+                self._assemble(buf, self.parent_optimizer.state()[name])
+        self.round += 1
+        if self.cross_average and (self.round % self.global_every == 0 or done == self.total_steps):
+            average(self.peer, self.parent, self.parent_optimizer, self.keep_state, "cross")
+        self.peer.sync()
+        if done < self.total_steps:
+            self._begin_round()
+
+    def _assemble(self, compact_buf, parent_buf):
+        """Allgatherv every worker's block in the group, then scatter them all."""
+        counts = [plan.size for plan in self.plans]
+        total = sum(counts)
+        if self._recv is None or self._recv.size < total:
+            self._recv = self.parent.xp.empty(total, dtype=self.parent.dtype)
+        recv = self._recv[:total]
+        self.backend.synchronize()
+        self.peer.allgatherv(compact_buf, recv, counts, "group")
+        bounds = np.cumsum([0] + counts)
+        blocks = [recv[bounds[w]:bounds[w + 1]] for w in range(len(counts))]
+        scatter(self.backend, self.layout, self.plans, blocks, parent_buf)
