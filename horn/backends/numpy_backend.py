@@ -58,7 +58,7 @@ class NumpyBackend(Backend):
         return np.asarray(a)
 
     def bias_act(self, z, b, act, scale=1.0):
-        z[...] = _act(z * np.float32(scale) + b, act)
+        z[...] = _act(z * z.dtype.type(scale) + b, act)
 
     def act_backward(self, dy, y, act, db=None):
         dy *= _act_grad(y, act)
@@ -69,11 +69,11 @@ class NumpyBackend(Backend):
         out[...] = _act(x, act)
 
     def scale(self, a, s):
-        a *= np.float32(s)
+        a *= a.dtype.type(s)
 
     def dropout(self, x, key, keep, out):
         m = hash_uniform(key, x.size).reshape(x.shape) < keep
-        out[...] = x * m * np.float32(1.0 / keep)
+        out[...] = x * m * x.dtype.type(1.0 / keep)
 
     def softmax(self, logits, out, temperature=1.0):
         out[...] = np.exp(_log_softmax(logits, temperature))

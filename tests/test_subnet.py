@@ -1,0 +1,221 @@
+"""Sub-networks: partitions, extraction/assembly, equivalence with masked parents,
+gradients, and multi-rank runs against a single-process simulation."""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from horn.backends import get_backend
+from horn.errors import HornError
+from horn.layers import Dense, Dropout, SoftmaxCrossEntropy
+from horn.model import Model
+from horn.partition import PARTITION_KINDS, partition
+from horn.subnet import SubnetLayout, gather, scatter
+from tests.cli import ROOT
+from tests.mpirun import mpirun
+
+
+@pytest.mark.parametrize("kind", PARTITION_KINDS)
+@pytest.mark.parametrize("n,workers", [(10, 2), (1024, 4), (7, 7), (100, 3)])
+def test_partitions_are_disjoint_and_cover_every_unit(kind, n, workers):
+    rng = np.random.default_rng(5)
+    parts = partition(n, workers, kind, rng, weights=list(range(1, workers + 1)), min_share=0.5)
+    assert len(parts) == workers and all(len(p) >= 1 for p in parts)
+    joined = np.concatenate(parts)
+    assert len(joined) == n and np.array_equal(np.sort(joined), np.arange(n))
+    again = partition(n, workers, kind, np.random.default_rng(5), list(range(1, workers + 1)))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again)), "same seed, same partition"
+
+
+def test_partition_kinds_have_their_shapes():
+    rng = np.random.default_rng(0)
+    balanced = [len(p) for p in partition(1000, 3, "balanced", rng)]
+    assert max(balanced) - min(balanced) <= 1
+    weighted = [len(p) for p in partition(1000, 3, "weighted", rng, weights=[1, 2, 5])]
+    assert weighted == [125, 250, 625]
+    sizes = [[len(p) for p in partition(1000, 4, "irregular", rng, min_share=0.5)]
+             for _ in range(20)]
+    assert min(min(s) for s in sizes) >= 125
+    assert len({tuple(s) for s in sizes}) > 1 and any(max(s) - min(s) > 10 for s in sizes)
+    with pytest.raises(HornError, match="cannot split 3 units among 4 workers"):
+        partition(3, 4, "balanced", rng)
+
+
+def parent_model(backend="numpy", dtype=np.float32, dropout=0.0):
+    layers = [Dense(12, "relu"), Dense(10, "tanh")]
+    if dropout:
+        layers.insert(1, Dropout(dropout))
+    return Model(layers + [Dense(4)], SoftmaxCrossEntropy(), 6, backend, seed=3, dtype=dtype)
+
+
+def plans_for(parent, workers, kind="irregular", seed=1, **options):
+    layout = SubnetLayout(parent, **options)
+    rng = np.random.default_rng(seed)
+    parts = [partition(n, workers, kind, rng) for n in layout.sizes]
+    return layout, [layout.plan(parts, w) for w in range(workers)], parts
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_extract_then_assemble_returns_the_parent_bit_for_bit(backend, workers):
+    parent = parent_model(backend)
+    before = parent.params.copy()
+    layout, plans, _ = plans_for(parent, workers)
+    be = get_backend(backend)
+    blocks = []
+    for plan in plans:
+        block = np.empty(plan.size, np.float32)
+        gather(be, layout, plan, parent.params, block)
+        blocks.append(block)
+    parent.params[...] = np.nan  # assembly alone must restore every trained entry
+    scatter(be, layout, plans, blocks, parent.params)
+    untouched = np.isnan(parent.params)
+    assert np.array_equal(parent.params[~untouched], before[~untouched])
+    # what no worker holds are exactly the cross-worker connections (and alignment padding)
+    layer_w = parent.layers[1].params["W"]
+    owned = np.zeros(layer_w.shape, bool)
+    for plan in plans:
+        rows, cols = plan.index["1.W"]
+        owned[np.ix_(rows, cols)] = True
+    assert np.isnan(layer_w[~owned]).all() and not np.isnan(layer_w[owned]).any()
+
+
+@pytest.mark.parametrize("scale", ["inverse", "none", "sqrt"])
+def test_subnetwork_forward_equals_masked_and_scaled_parent(scale):
+    parent = parent_model(dtype=np.float64)
+    layout, plans, parts = plans_for(parent, 3, scale=scale)
+    be = get_backend("numpy")
+    x = np.random.default_rng(0).standard_normal((5, 6))
+    rule = {"inverse": lambda k: 1 / k, "none": lambda k: 1.0, "sqrt": lambda k: k ** -0.5}[scale]
+    for w, plan in enumerate(plans):
+        compact = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
+        gather(be, layout, plan, parent.params, compact.params)
+        for i, s in plan.scales.items():
+            compact.layers[i].input_scale = s
+        got = compact.forward(x)
+        # the parent with every other worker's hidden units zeroed, inputs scaled by 1/kept
+        h = np.maximum(x @ parent.layers[0].params["W"] + parent.layers[0].params["b"], 0)
+        mask1 = np.zeros(12)
+        mask1[parts[0][w]] = 1
+        h = h * mask1 * rule(len(parts[0][w]) / 12)
+        h = np.tanh(h @ parent.layers[1].params["W"] + parent.layers[1].params["b"])
+        mask2 = np.zeros(10)
+        mask2[parts[1][w]] = 1
+        h = h * mask2 * rule(len(parts[1][w]) / 10)
+        expected = h @ parent.layers[2].params["W"] + parent.layers[2].params["b"]
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_through_a_subnetwork_match_finite_differences():
+    parent = parent_model(dtype=np.float64)
+    layout, plans, _ = plans_for(parent, 2, dropconnect=0.0)
+    plan = plans[1]
+    compact = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
+    gather(get_backend("numpy"), layout, plan, parent.params, compact.params)
+    for i, s in plan.scales.items():
+        compact.layers[i].input_scale = s
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((7, 6)), rng.integers(0, 4, 7)
+    compact.train_step(x, y)
+    analytic = compact.grads.copy()
+    eps = 1e-6
+    for i in rng.choice(compact.size, 60, replace=False):
+        keep = compact.params[i]
+        compact.params[i] = keep + eps
+        up = compact.loss.forward(compact.forward(x), y)
+        compact.params[i] = keep - eps
+        down = compact.loss.forward(compact.forward(x), y)
+        compact.params[i] = keep
+        assert abs((up - down) / (2 * eps) - analytic[i]) < 1e-6 + 1e-5 * abs(analytic[i])
+
+
+def test_unpartitionable_models_are_refused():
+    from horn.layers import MSE
+    with pytest.raises(HornError, match="at least two dense layers"):
+        SubnetLayout(Model([Dense(3)], MSE(), 4))
+
+
+# ---- multi-rank runs against a single-process simulation ---------------------------
+JOB = """
+name = "sub"
+[data]
+name = "digits"
+[model]
+layers = [{ type = "dense", units = 24, activation = "relu" },
+          { type = "dense", units = 20, activation = "relu" },
+          { type = "dense", units = 10 }]
+[train]
+steps = 30
+batch_size = 16
+lr = 0.05
+momentum = 0.9
+backend = "numpy"
+[parallel]
+local_steps = 5
+partition = "irregular"
+"""
+
+
+def simulate(job, groups, workers):
+    """The same rounds in one process: every worker's local steps, then assembly
+    (and the cross-group average), with no MPI at all."""
+    from horn.data import load_dataset
+    from horn.optim import make_optimizer
+    from horn.parallel import derive_seed
+    from horn.runner import build, shard
+
+    data = load_dataset(job.data)
+    be = get_backend("numpy")
+    ranks = []
+    for g in range(groups):
+        peer = type("P", (), {"groups": groups, "group": g})()
+        for w in range(workers):
+            ranks.append(build(job, shard(data, peer, job.train.seed), be, g, w))
+    parents = [ranks[g * workers][0] for g in range(groups)]
+    layout = SubnetLayout(parents[0])
+    schedule = ranks[0][2]
+    p, steps = job.parallel, job.train.steps
+    for r in range(steps // p.local_steps):
+        for g in range(groups):
+            rng = np.random.default_rng(derive_seed(job.train.seed + r, g, 1 << 20))
+            parts = [partition(n, workers, p.partition, rng) for n in layout.sizes]
+            plans = [layout.plan(parts, w) for w in range(workers)]
+            blocks = []
+            for w, plan in enumerate(plans):
+                compact = Model.from_spec(plan.spec, be, initialize_params=False)
+                gather(be, layout, plan, parents[g].params, compact.params)
+                for i, s in plan.scales.items():
+                    compact.layers[i].input_scale = s
+                opt = make_optimizer(job.train, compact)
+                stream = ranks[g * workers + w][3]
+                for step in range(r * p.local_steps, (r + 1) * p.local_steps):
+                    compact.train_step(*stream.next())
+                    opt.step(schedule(step))
+                blocks.append(compact.params)
+            scatter(be, layout, plans, blocks, parents[g].params)
+        if groups > 1:
+            mean = np.mean([m.params for m in parents], axis=0, dtype=np.float64)
+            for m in parents:
+                m.params[...] = mean
+    return parents[0].params
+
+
+@pytest.mark.parametrize("groups,workers", [(1, 2), (1, 4), (2, 2)])
+def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, workers):
+    from horn.jobs import load_job
+    path = tmp_path / "sub.toml"
+    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n"
+                    f"[log]\ndir = '{tmp_path}'\n")
+    result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
+    saved, _ = Model.load(f"{run_dir}/model.npz")
+    expected = simulate(load_job(path), groups, workers)
+    np.testing.assert_allclose(saved.params, expected, rtol=1e-5, atol=1e-6)
+    rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
+    rounds = [r for r in rows if "partition_sizes" in r]
+    assert len(rounds) == 30 // 5 and all(sum(s) == n for r in rounds
+                                          for s, n in zip(r["partition_sizes"], [24, 20]))
+    assert all(r["bytes_sent"] > 0 for r in rows if "superstep" in r)
