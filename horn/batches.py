@@ -34,3 +34,13 @@ class BatchStream:
         if self.device:
             return self.backend.asarray(self.xb), self.backend.asarray(self.yb)
         return self.xb, self.yb
+
+    def state(self):
+        """The data-order position: resuming from it replays the same batches."""
+        return {"order": self.order}, {"epoch": self.epoch, "position": self.position,
+                                       "rng": self.rng.bit_generator.state}
+
+    def restore(self, arrays, meta):
+        self.order = np.asarray(arrays["order"], dtype=np.int64)
+        self.epoch, self.position = meta["epoch"], meta["position"]
+        self.rng.bit_generator.state = meta["rng"]

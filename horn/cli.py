@@ -19,12 +19,29 @@ def _load(args):
 
 
 def cmd_run(args):
+    from horn.resume import install_preemption_handlers
+    install_preemption_handlers()  # before the slow start-up: see horn.resume.Preemption
     from horn.parallel import create_peer
     from horn.runner import run_job
 
-    job = _load(args)
-    result = run_job(job, progress=not args.quiet, peer=create_peer(job))
-    if result is not None:
+    if args.resume:
+        if args.job or args.set:
+            raise HornError("--resume RUN_DIR continues a run with its own resolved job; "
+                            "give no JOB and no --set with it")
+        from horn.jobs import load_job
+        job = load_job(Path(args.resume) / "job.json")
+    elif not args.job:
+        raise HornError("horn run: give a JOB file, or --resume RUN_DIR")
+    else:
+        job = _load(args)
+    result = run_job(job, progress=not args.quiet, peer=create_peer(job),
+                     run_dir=args.resume, resume=bool(args.resume))
+    if result is None:
+        return 0
+    if result.get("preempted"):
+        print(f"horn: stopped at step {result['step']} with a checkpoint; continue with: "
+              f"horn run --resume {result['run_dir']}")
+    else:
         print(f"test accuracy {result['test_accuracy']:.4f}  run directory {result['run_dir']}")
     return 0
 
@@ -42,10 +59,10 @@ def _model_path(path):
 
 
 def _load_model(path, backend):
-    from horn.model import Model
+    """A model, or an ensemble of members (a run with parallel.final = "ensemble")."""
+    from horn.ensemble_model import load_predictor
 
-    model, meta = Model.load(_model_path(path), backend)
-    return model, meta
+    return load_predictor(_model_path(path), backend)
 
 
 def _scaler(meta):
@@ -130,14 +147,17 @@ def build_parser():
 
     def job_command(name, func, help_text):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("job", help="job file (.toml, or a run's resolved job.json)")
+        p.add_argument("job", nargs="?" if name == "run" else None,
+                       help="job file (.toml, or a run's resolved job.json)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a job key, e.g. --set train.lr=0.05 (repeatable)")
         p.set_defaults(func=func)
         return p
 
-    job_command("run", cmd_run, "train a job").add_argument(
-        "--quiet", action="store_true", help="no per-epoch progress lines")
+    run = job_command("run", cmd_run, "train a job")
+    run.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue RUN_DIR from its newest valid checkpoint")
     job_command("validate", cmd_validate, "check a job file without training")
     for name, func, help_text in (("eval", cmd_eval, "accuracy of a saved model"),
                                   ("predict", cmd_predict, "predictions for an input file")):

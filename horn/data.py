@@ -8,9 +8,11 @@ instead of a NaN loss or an index error deep inside training.
 
 import csv
 import gzip
+import lzma
 import math
 import os
 import struct
+import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -283,7 +285,7 @@ def _load_digits(opts, base_dir):
 def _load_npz(opts, base_dir):
     """Arrays ``x``/``y`` and optionally ``x_test``/``y_test`` from one .npz file."""
     path = _within_root(_require_path(opts, base_dir), opts.root, base_dir)
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     if "x" not in arrays or "y" not in arrays:
         raise HornError(f"{path}: expected keys 'x' and 'y', found {sorted(arrays) or 'none'}")
     if ("x_test" in arrays) != ("y_test" in arrays):
@@ -294,23 +296,76 @@ def _load_npz(opts, base_dir):
                 test_where=f"{path} [x_test/y_test]")
 
 
-def _read_npz(path):
-    """All arrays of an .npz, never unpickling (pickles can run arbitrary code)."""
+# What zipfile and its decompressors raise on a damaged archive (RuntimeError: an
+# encrypted member; NotImplementedError: an unknown compression method).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError,
+               OSError, ValueError, RuntimeError, NotImplementedError)
+# What numpy lets escape from a malformed .npy header or payload (its header is parsed
+# with ast.literal_eval, so TypeError, RecursionError and friends get through).
+_NPY_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, MemoryError)
+
+
+def read_npz(path):
+    """All arrays of an .npz archive by name, never unpickling (pickles can run code).
+
+    Each member's .npy header is checked before numpy reads the member: object dtypes
+    are refused, and a header declaring more data than the member holds is forged and
+    refused before numpy allocates what it declares.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HornError(f"{path}: expected an .npz file, found {_missing(path)}")
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise HornError(f"{path}: expected an .npz archive, found a single .npy array")
-        with archive:
-            return {key: archive[key] for key in archive.files}
-    except HornError:
-        raise
-    except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise HornError(f"{path}: expected numeric arrays, found an object array; "
-                            f"refusing pickled data") from None
-        raise HornError(f"{path}: expected a valid .npz file, found {err}") from None
-    except Exception as err:  # zipfile/format errors come in many types; all mean a bad file
-        raise HornError(f"{path}: expected a valid .npz file, found {type(err).__name__}: "
+        archive = zipfile.ZipFile(path)
+    except _ZIP_ERRORS as err:
+        with open(path, "rb") as f:
+            single = f.read(6) == b"\x93NUMPY"
+        found = "a single .npy array" if single else f"no zip archive ({err})"
+        raise HornError(f"{path}: expected an .npz archive, found {found}") from None
+    arrays = {}
+    with archive:
+        for info in archive.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if key in arrays:
+                raise HornError(f"{path}: expected one array named {key!r}, found two")
+            arrays[key] = _npz_member(archive, info, f"{path}: array {key!r}")
+    return arrays
+
+
+def _npz_member(archive, info, where):
+    """One member of an .npz archive, its header checked before the payload is read."""
+    try:
+        with archive.open(info) as member:
+            if member.read(6) != b"\x93NUMPY":
+                found = "a directory" if info.is_dir() else "other data"
+                raise HornError(f"{where}: expected a .npy member, found {found}")
+            member.seek(0)
+            try:
+                version = np.lib.format.read_magic(member)
+                if version not in ((1, 0), (2, 0), (3, 0)):
+                    raise ValueError(f"unknown .npy version {version}")
+                # 3.0 differs from 2.0 only in UTF-8 field names: same shape and size
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(member)
+            except _NPY_ERRORS as err:
+                raise HornError(f"{where}: expected a valid .npy header, found {err}") from None
+            if dtype.hasobject:
+                raise HornError(f"{where}: expected numeric arrays, found an object array; "
+                                f"refusing pickled data")
+            if any(d < 0 for d in shape):
+                raise HornError(f"{where}: expected sizes >= 0, found shape {shape}")
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > info.file_size:
+                raise HornError(f"{where}: header declares {_shape_str(shape)} {dtype} "
+                                f"({declared} bytes) but the member holds {info.file_size} bytes")
+            member.seek(0)
+            try:
+                return np.lib.format.read_array(member, allow_pickle=False)
+            except _NPY_ERRORS as err:
+                raise HornError(f"{where}: expected a valid .npy array, found {err}") from None
+    except _ZIP_ERRORS as err:
+        raise HornError(f"{where}: expected a valid zip member, found {type(err).__name__}: "
                         f"{err}") from None
 
 
@@ -432,7 +487,7 @@ def load_features(path):
     if suffix in (".npz", ".npy", ".csv") and not path.is_file():
         raise HornError(f"{path}: expected an input file, found {_missing(path)}")
     if suffix == ".npz":
-        arrays = _read_npz(path)
+        arrays = read_npz(path)
         if "x" not in arrays and len(arrays) != 1:
             raise HornError(f"{path}: expected key 'x' or a single array, found "
                             f"{sorted(arrays) or 'no arrays'}")

@@ -83,8 +83,24 @@ class ParallelSection:
     min_share: float = opt(0.5, float, lo=0.0, hi=1.0)
     subnet_scale: str = opt("inverse", str, ("inverse", "sqrt", "none"))
     subnet_momentum: str = opt("reset", str, ("reset", "keep"))
+    subnet_scale_at: str = opt("input", str, ("input", "weights"))
+    subnet_warmup_steps: int = opt(0, int, lo=0)
     dropconnect: float = opt(0.0, float, lo=0.0, hi=1.0, hi_open=True)
     watchdog_s: float = opt(300.0, float, lo=0.0, lo_open=True)
+    shard: str = opt("iid", str, ("iid", "dirichlet"))
+    shard_alpha: float = opt(0.5, float, lo=0.0, lo_open=True)
+    # barrier = "ensemble" (EC-DNN, horn.barriers.ensemble)
+    teacher_data: str = opt("shared", str, ("shared", "local"))
+    distill_size: int = opt(2048, int, lo=1)
+    distill_file: str = opt(None, str, nullable=True)
+    distill_steps: int = opt(200, int, lo=1)
+    distill_batch: int = opt(0, int, lo=0)
+    distill_lr: float = opt(0.0, float, lo=0.0)
+    temperature: float = opt(2.0, float, lo=0.0, lo_open=True)
+    alpha: float = opt(0.5, float, lo=0.0, hi=1.0, hi_open=True)
+    student: str = opt("local", str, ("local", "average"))
+    final: str = opt("compressed", str, ("compressed", "ensemble"))
+    ensemble_weights: str = opt("average", str, ("average", "validation"))
 
 
 @dataclass(frozen=True)
@@ -142,10 +158,13 @@ def load_job(path, overrides=()):
         raise HornError(f"{path}: no such job file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise HornError(f"{path}: cannot read job file: {exc}") from None
+    kind = path.suffix.lstrip('.') or 'TOML'
     try:
         doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise HornError(f"{path}: malformed {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
+    except ValueError as exc:  # TOMLDecodeError, JSONDecodeError, or an integer over 4300 digits
+        raise HornError(f"{path}: malformed {kind}: {exc}") from None
+    except RecursionError:
+        raise HornError(f"{path}: malformed {kind}: arrays or tables nested too deeply") from None
     if not isinstance(doc, dict):
         raise HornError(f"{path}: expected a table of sections, found {type(doc).__name__}")
     for item in overrides:
@@ -163,7 +182,7 @@ def apply_override(doc, item):
         raise HornError(f"--set {item!r}: malformed key {key!r}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # not a TOML value (or absurdly long/nested)
         value = raw.strip()
     node = doc
     for i, part in enumerate(parts[:-1]):
@@ -172,7 +191,7 @@ def apply_override(doc, item):
         else:
             node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
-            raise HornError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a table")
+            raise HornError(f"--set {item!r}: {'.'.join(parts[:i + 1])!r} is not a table")
     if isinstance(node, list):
         node[_index(node, parts[-1], item)] = value
     else:
@@ -180,7 +199,7 @@ def apply_override(doc, item):
 
 
 def _index(items, part, item):
-    if not part.isdigit() or int(part) >= len(items):
+    if not (part.isascii() and part.isdigit()) or int(part) >= len(items):
         raise HornError(f"--set {item!r}: expected a list index below {len(items)}, found {part!r}")
     return int(part)
 
@@ -209,7 +228,12 @@ def _line_of(text, section, key):
 def _where(source, text, section, key):
     line = _line_of(text, section, key) if text else None
     loc = f"{source}:{line}" if line else source
-    return f"{loc}: {section + '.' if section else ''}{key}"
+    return f"{loc}: {_shown(section) + '.' if section else ''}{_shown(key)}"
+
+
+def _shown(key):
+    """A key as a message shows it: bare when plain, else quoted with escapes (keeps one line)."""
+    return key if re.fullmatch(r"[\w\-]+", key) else repr(key)
 
 
 def _did_you_mean(name, known):
@@ -293,11 +317,24 @@ def _check_model(job, text):
     layer_from_spec({"type": loss} if isinstance(loss, str) else loss, f"{job.source}: model.loss")
 
 
+ENSEMBLE_KEYS = ("teacher_data", "distill_size", "distill_file", "distill_steps", "distill_batch",
+                 "distill_lr", "temperature", "alpha", "student", "final", "ensemble_weights")
+
+
 def _check_parallel(job, text):
     p = job.parallel
-    if p.barrier == "ensemble":
-        raise HornError(f"{_where(job.source, text, 'parallel', 'barrier')}: the 'ensemble' "
-                        f"barrier is not available in this version; use 'average' or 'none'")
+    defaults = ParallelSection()
+    changed = [k for k in ENSEMBLE_KEYS if getattr(p, k) != getattr(defaults, k)]
+    if p.barrier != "ensemble" and changed:
+        raise HornError(f"{_where(job.source, text, 'parallel', changed[0])}: applies only to "
+                        f"barrier = 'ensemble', found barrier = {p.barrier!r}")
+    if p.distill_file is not None and p.teacher_data != "shared":
+        raise HornError(f"{_where(job.source, text, 'parallel', 'distill_file')}: needs "
+                        f"teacher_data = 'shared' (the local teacher distills on each group's "
+                        f"own shard), found {p.teacher_data!r}")
+    if p.shard != "dirichlet" and p.shard_alpha != defaults.shard_alpha:
+        raise HornError(f"{_where(job.source, text, 'parallel', 'shard_alpha')}: applies only "
+                        f"to shard = 'dirichlet', found shard = {p.shard!r}")
 
 
 def loss_spec(job):
@@ -311,5 +348,11 @@ def model_spec(job, in_features):
 
 
 def write_resolved(job, path):
-    """The fully resolved job (every default filled in) as JSON; ``horn run`` accepts it back."""
-    Path(path).write_text(json.dumps(job.to_dict(), indent=2) + "\n")
+    """The fully resolved job (every default filled in, data paths made absolute) as
+    JSON; ``horn run`` (and ``--resume``) accepts it back from anywhere."""
+    doc = job.to_dict()
+    for key in ("path", "root"):
+        value = doc["data"][key]
+        if value and job.base_dir and not Path(value).is_absolute():
+            doc["data"][key] = str(Path(job.base_dir) / value)
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")

@@ -8,9 +8,16 @@ import sys
 class MetricsLog:
     """Append-only JSON lines, flushed per record so a killed run keeps what it logged."""
 
-    def __init__(self, path):
+    def __init__(self, path, truncate_to=None):
         self.path = path
         self.file = open(path, "a") if path else None
+        if self.file and truncate_to is not None:  # a resumed run drops what came after
+            self.file.truncate(truncate_to)       # its checkpoint
+            self.file.seek(truncate_to)
+
+    def tell(self):
+        """Bytes written so far (a checkpoint records it to truncate to on resume)."""
+        return self.file.tell() if self.file else 0
 
     def write(self, record):
         if self.file:

@@ -5,18 +5,24 @@ layers see named views into them. So an optimizer step is one fused kernel
 over one array, and a barrier is one in-place collective.
 """
 
+import datetime
 import json
+import math
+import numbers
 
 import numpy as np
 
 from horn.backends import Backend, get_backend
 from horn.errors import HornError
-from horn.initializers import initialize
+from horn.initializers import INITIALIZERS, initialize
 from horn.layer import Layer, Loss, mix64
 from horn.registry import resolve
 
 ALIGN = 16  # elements: every view starts on a 64-byte boundary for aligned SIMD loads
 FORMAT = "horn-model-1"
+# A sanity limit: a spec (job or model file) asking for more parameters than this is
+# refused before anything is allocated, instead of failing deep inside numpy.
+MAX_PARAMS = 2**31
 
 
 def layer_from_spec(spec, where="layer"):
@@ -27,6 +33,11 @@ def layer_from_spec(spec, where="layer"):
         raise HornError(f"{where}: expected a table with a 'type' key, found {spec!r}")
     cls = resolve(spec["type"], where)
     options = {k: v for k, v in spec.items() if k != "type"}
+    for key, value in options.items():
+        bad = _not_plain(value)
+        if bad is not None:  # specs are saved as JSON: dates, NaN or Inf cannot round-trip
+            raise HornError(f"{where}: option {key!r} for layer {spec['type']!r}: expected "
+                            f"finite numbers, strings, booleans, lists or tables, found {bad!r}")
     params = inspect.signature(cls.__init__).parameters
     for key in options:
         if key not in params:
@@ -38,6 +49,19 @@ def layer_from_spec(spec, where="layer"):
         return cls(**options)
     except (TypeError, ValueError) as exc:
         raise HornError(f"{where} ({spec['type']}): {exc}") from None
+
+
+def _not_plain(value):
+    """The first NaN/Inf or date/time inside an option value (TOML and JSON can hold them,
+    a saved spec cannot round-trip them), else None. Python values (callables) pass."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return None if math.isfinite(value) else value
+    if isinstance(value, (list, tuple, dict)):
+        items = value.values() if isinstance(value, dict) else value
+        return next((bad for bad in map(_not_plain, items) if bad is not None), None)
+    return None
 
 
 def layout(layers, in_features):
@@ -54,8 +78,17 @@ def layout(layers, in_features):
             raise HornError(f"layer {i} ({layer.spec()['type']}): build() must return a "
                             f"positive output width, returned {out!r}")
         for spec in layer._specs:
+            where = f"layer {i} ({layer.spec()['type']}): parameter {spec.name!r}"
+            if not (callable(spec.init) or (isinstance(spec.init, str) and spec.init in INITIALIZERS)):
+                raise HornError(f"{where}: expected an initializer ({', '.join(INITIALIZERS)}), "
+                                f"found {spec.init!r}")
+            if any(d < 0 for d in spec.shape):
+                raise HornError(f"{where}: expected a shape of sizes >= 0, found {spec.shape}")
             placed.append((i, spec, offset))
-            offset += -(-spec.size // ALIGN) * ALIGN
+            offset += -(-math.prod(spec.shape) // ALIGN) * ALIGN  # exact: np.prod can wrap around
+            if offset > MAX_PARAMS:
+                raise HornError(f"{where}: shape {spec.shape} takes the model past {MAX_PARAMS} "
+                                f"parameters; refusing to allocate it")
         features = int(out)
     return placed, features, offset
 
@@ -119,6 +152,14 @@ class Model:
 
     @classmethod
     def from_spec(cls, spec, backend="numpy", seed=0, dtype=np.float32, initialize_params=True):
+        if not (isinstance(spec, dict) and isinstance(spec.get("layers"), list) and "loss" in spec):
+            found = f"keys {sorted(spec)}" if isinstance(spec, dict) else type(spec).__name__
+            raise HornError(f"model spec: expected a table with in_features, layers (a list) and "
+                            f"loss, found {found}")
+        n = spec.get("in_features")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise HornError(f"model spec: in_features: expected a positive integer, found "
+                            f"{n if isinstance(n, (int, float, str)) else type(n).__name__!r}")
         layers = [layer_from_spec(s, f"model.layers[{i}]") for i, s in enumerate(spec["layers"])]
         loss = layer_from_spec(spec["loss"], "model.loss")
         return cls(layers, loss, spec["in_features"], backend, seed, dtype, initialize_params)
@@ -189,6 +230,9 @@ class Model:
             if key not in arrays:
                 raise HornError(f"{source}: missing array {key!r}")
             value = np.asarray(arrays[key])
+            if value.dtype.kind not in "biuf":
+                raise HornError(f"{source}: array {key!r} has dtype {value.dtype}, expected "
+                                f"real numbers")
             if value.shape != tuple(shape):
                 raise HornError(f"{source}: array {key!r} has shape {value.shape}, the model "
                                 f"expects {tuple(shape)}")
@@ -208,33 +252,45 @@ class Model:
         arrays = read_npz(path)
         if "__header__" not in arrays:
             raise HornError(f"{path}: not a horn model file (no __header__ array)")
+        raw = arrays["__header__"]
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise HornError(f"{path}: expected __header__ to be 1-D uint8 (JSON text), found "
+                            f"{raw.dtype} of shape {raw.shape}")
         try:
-            header = json.loads(bytes(arrays["__header__"].astype(np.uint8)).decode())
-            fmt, spec = header["format"], header["spec"]
-        except (ValueError, KeyError, TypeError) as exc:
+            header = json.loads(raw.tobytes().decode())
+        except ValueError as exc:  # also UnicodeDecodeError, and integers over 4300 digits
             raise HornError(f"{path}: unreadable model header: {exc}") from None
+        except RecursionError:
+            raise HornError(f"{path}: unreadable model header: nested too deeply") from None
+        if not (isinstance(header, dict) and "format" in header and "spec" in header):
+            found = f"keys {sorted(header)}" if isinstance(header, dict) else type(header).__name__
+            raise HornError(f"{path}: unreadable model header: expected a table with format and "
+                            f"spec, found {found}")
+        fmt, spec, meta = header["format"], header["spec"], header.get("meta", {})
         if fmt != FORMAT:
             raise HornError(f"{path}: expected format {FORMAT!r}, found {fmt!r}")
-        try:
-            model = cls.from_spec(spec, backend)
+        if not isinstance(meta, dict):
+            raise HornError(f"{path}: expected the header's meta to be a table, found "
+                            f"{type(meta).__name__}")
+        try:  # every parameter comes from the file: no initialization, only zeroed buffers
+            model = cls.from_spec(spec, backend, initialize_params=False)
+        except HornError as exc:
+            raise HornError(f"{path}: {exc}") from None
         except (KeyError, TypeError) as exc:
             raise HornError(f"{path}: malformed model spec: {exc}") from None
         model.load_arrays(arrays, str(path))
-        return model, header.get("meta", {})
+        bad = model.first_nonfinite()
+        if bad:
+            raise HornError(f"{path}: expected finite parameters, found NaN or Inf in {bad}")
+        return model, meta
 
 
 def read_npz(path):
-    """All arrays of an .npz file, refusing pickled objects; a clear error otherwise."""
-    import zipfile
+    """All arrays of an .npz file, refusing pickled objects; a clear error otherwise.
 
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise HornError(f"{path}: no such file") from None
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            raise HornError(f"{path}: refusing pickled data (object arrays are not allowed)") from None
-        raise HornError(f"{path}: not a valid .npz file: {exc}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise HornError(f"{path}: not a valid .npz file: {exc}") from None
+    The same strict reader as data files (:func:`horn.data.read_npz`): every header is
+    checked before numpy reads it, so a forged one cannot allocate absurd memory.
+    """
+    from horn.data import read_npz as read
+
+    return read(path)

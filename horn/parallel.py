@@ -24,6 +24,37 @@ def shard_indices(n, groups, group, seed):
     return np.sort(np.array_split(order, groups)[group])
 
 
+def dirichlet_shard_indices(labels, groups, group, alpha, seed):
+    """Group ``group``'s share of a label-skewed split (Hsu et al., 2019): each group's
+    class mix is drawn from Dirichlet(alpha) and filled without replacement, spilling
+    over to the group's next-likeliest classes when one runs out.
+
+    Shards keep equal sizes, so every group runs the same number of steps per epoch
+    and the ranks' barriers line up; small ``alpha`` means few classes per group.
+    """
+    labels = np.asarray(labels)
+    if groups == 1:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(derive_seed(seed, groups, 1))
+    classes = int(labels.max()) + 1
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(classes)]
+    room = np.array([len(p) for p in pools])
+    start = np.zeros(classes, np.int64)
+    for g, size in enumerate(len(s) for s in np.array_split(np.arange(len(labels)), groups)):
+        mix = rng.dirichlet(np.full(classes, alpha))
+        counts = np.zeros(classes, np.int64)
+        while counts.sum() < size:  # each pass fills a class or finishes: <= classes passes
+            open_ = room - counts > 0
+            weights = mix * open_ if (mix * open_).sum() > 0 else open_.astype(float)
+            draw = rng.multinomial(size - counts.sum(), weights / weights.sum())
+            counts += np.minimum(draw, room - counts)
+        if g == group:
+            return np.sort(np.concatenate([pools[c][start[c]:start[c] + counts[c]]
+                                           for c in range(classes)]))
+        start += counts
+        room -= counts
+
+
 def launched_by_mpirun():
     """True when this process is a rank of an mpirun/mpiexec job."""
     return any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK",

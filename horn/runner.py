@@ -10,6 +10,7 @@ import numpy as np
 
 from horn.backends import get_backend
 from horn.batches import BatchStream
+from horn.checkpoint import Checkpointer, load_latest
 from horn.data import load_dataset
 from horn.errors import HornError
 from horn.jobs import model_spec, write_resolved
@@ -17,7 +18,8 @@ from horn.metrics import MetricsLog, plot_curves, print_progress
 from horn.model import Model
 from horn.optim import make_optimizer
 from horn.barriers import make_sync
-from horn.parallel import derive_seed, local_ranks, shard_indices
+from horn.parallel import derive_seed, dirichlet_shard_indices, local_ranks, shard_indices
+from horn.resume import Preemption, RunState, install_preemption_handlers
 from horn.schedules import make_schedule
 from horn.trainer import Trainer, total_steps
 
@@ -80,45 +82,83 @@ def build(job, data, backend, group=0, worker=0):
     return model, make_optimizer(job.train, model), make_schedule(job.train, steps), stream, steps
 
 
-def shard(data, peer, seed):
-    """This rank's group's disjoint part of the training set."""
+def shard(data, peer, seed, kind="iid", alpha=0.5):
+    """This rank's group's disjoint part of the training set: a uniform random share
+    (``kind = "iid"``) or a label-skewed one (``"dirichlet"`` with concentration ``alpha``)."""
     if peer is None or peer.groups == 1:
         return data
-    idx = shard_indices(len(data.y_train), peer.groups, peer.group, seed)
+    if kind == "dirichlet":
+        idx = dirichlet_shard_indices(data.y_train, peer.groups, peer.group, alpha, seed)
+    else:
+        idx = shard_indices(len(data.y_train), peer.groups, peer.group, seed)
     return dataclasses.replace(data, x_train=data.x_train[idx], y_train=data.y_train[idx])
 
 
-def run_job(job, progress=True, run_dir=None, peer=None):
+def run_job(job, progress=True, run_dir=None, peer=None, resume=False):
     """Train ``job`` on this rank (a world of one without a peer).
 
-    Rank 0 writes the run directory and returns a dict with test_accuracy and
-    run_dir; other ranks return None.
+    With ``resume``, ``run_dir`` is an earlier run's directory and training goes on
+    from its newest valid checkpoint. Rank 0 writes the run directory and returns
+    a dict with test_accuracy and run_dir; other ranks return None.
     """
     root = peer is None or peer.rank == 0
+    run_dir = Path(run_dir) if run_dir else None
     group, worker = (peer.group, peer.worker) if peer else (0, 0)
     threads = configure_threads(job.train.threads, local_ranks())
     backend = get_backend(job.train.backend)
     data = load_dataset(job.data, base_dir=job.base_dir)
-    local = shard(data, peer, job.train.seed)
+    local = shard(data, peer, job.train.seed, job.parallel.shard, job.parallel.shard_alpha)
     model, optimizer, schedule, stream, steps = build(job, local, backend, group, worker)
     check_fit(job, data, model)
     sync = make_sync(job, peer, model, optimizer, steps,
-                     lambda m: make_optimizer(job.train, m))
+                     lambda m: make_optimizer(job.train, m), data, local)
     show = root and progress and job.log.progress != "none"
-    if root:
-        run_dir = Path(run_dir) if run_dir else make_run_dir(job.log.dir, job.name)
+    if root and not resume:
+        run_dir = run_dir or make_run_dir(job.log.dir, job.name)
         write_resolved(job, run_dir / "job.json")
     if peer is not None and show:
         print_progress(f"horn: {peer.layout_text()}", show)
     print_progress(f"horn: {job.name}: {data.name} {len(local.y_train)}/{len(data.y_val)}/"
                    f"{len(data.y_test)} train (per group)/val/test, {model.num_params:,} "
                    f"parameters, backend {backend.name}, {threads} thread(s), {steps} steps", show)
-    metrics = MetricsLog(run_dir / "metrics.jsonl" if root else None)
+    state = RunState(model, optimizer, stream, sync, peer)
+    layout = {"world": peer.size if peer else 1, "groups": peer.groups if peer else 1,
+              "workers": peer.workers if peer else 1}
+    start_step, counters, offset = 0, (0.0, 0, 0), None
+    if resume:
+        manifest, arrays = load_latest(run_dir)
+        start_step, counters = state.restore(manifest, arrays, layout)
+        offset = manifest["metrics_bytes"]
+        print_progress(f"horn: resuming {run_dir} at step {start_step} of {steps}", show)
+    metrics = MetricsLog(run_dir / "metrics.jsonl" if root else None, truncate_to=offset)
+    checkpointer = Checkpointer(run_dir, peer, job.checkpoint.keep_last)
+    every = job.checkpoint.every
+    rounds = [manifest["round"] if resume else 0]  # barriers completed (a checkpoint counts them)
+
+    def on_round_end(done, epoch_counters):
+        rounds[0] += 1
+        stop = preemption.agreed()
+        if stop or (every and (rounds[0] % every == 0 or done == steps)):
+            for record in sync.records():  # what the checkpoint's metrics offset covers
+                metrics.write(record)
+            own, shared, meta = state.snapshot(done, epoch_counters)
+            checkpointer.save(done, own, meta, shared, {
+                "layout": layout, "job_digest": job.digest(), "round": rounds[0],
+                "metrics_bytes": metrics.tell()})
+        return stop
+
+    preemption = Preemption(peer)
+    install_preemption_handlers()
     start = time.perf_counter()
     try:
-        Trainer(model, optimizer, schedule, stream, data, metrics, steps, sync=sync,
-                eval_every=job.train.eval_every, progress=show,
-                rank_name=f"rank {peer.rank}" if peer else "").run()
+        trainer = Trainer(model, optimizer, schedule, stream, data, metrics, steps, sync=sync,
+                          eval_every=job.train.eval_every, progress=show,
+                          rank_name=f"rank {peer.rank}" if peer else "",
+                          on_round_end=on_round_end)
+        trainer.run(start_step, counters)
+        if trainer.stopped_at is not None:
+            return {"preempted": True, "step": trainer.stopped_at, "run_dir": str(run_dir)} \
+                if root else None
         final_model = sync.eval_model(model)
         final = {"final": True, "test_accuracy": final_model.accuracy(data.x_test, data.y_test),
                  "val_accuracy": final_model.accuracy(data.x_val, data.y_val),

@@ -6,6 +6,18 @@ units and the columns of its own output units (all inputs for the first layer,
 all outputs for the last). It is stored *compacted* -- a small dense model --
 for the whole round, so local steps run at full BLAS speed; gather and scatter
 happen once per round.
+
+Where the scale goes (``scale_at``): "input" multiplies a layer's inputs by s in
+every forward and backward pass (Dense.input_scale). The gradient of W then
+carries a factor s, and so does the input gradient, so SGD on the parent's
+coordinates takes steps about s^2 too large for the function the sub-network
+computes (x4 units kept out of 4 -> x16 on hidden-to-hidden weights).
+"weights" folds s into the gathered weights instead (W_c = s W) and divides it
+out at scatter: the same forward function, but SGD now runs on the compact
+network's own coordinates, i.e. a per-layer learning-rate correction of 1/s^2
+with no per-step cost (one pass over the compact block per round). Optimizer
+state is folded like the parameters: the SGD velocity is a sum of steps, so it
+lives in parameter units.
 """
 
 import math
@@ -17,13 +29,17 @@ from horn.model import layer_from_spec, spec_layout
 
 SCALE_RULES = {"inverse": lambda k: 1.0 / k, "sqrt": lambda k: 1.0 / math.sqrt(k),
                "none": lambda k: 1.0}
+SCALE_AT = ("input", "weights")
 
 
 class SubnetLayout:
     """The partitionable structure of a parent: its dense layers and hidden widths."""
 
-    def __init__(self, parent, dropconnect=0.0, scale="inverse"):
+    def __init__(self, parent, dropconnect=0.0, scale="inverse", scale_at="input"):
+        if scale_at not in SCALE_AT:
+            raise HornError(f"sub-networks: scale_at must be one of {SCALE_AT}, found {scale_at!r}")
         self.parent, self.dropconnect, self.scale_rule = parent, dropconnect, SCALE_RULES[scale]
+        self.fold = scale_at == "weights"
         self.spec = parent.spec()
         self.dense = []
         for i, layer in enumerate(parent.layers):
@@ -56,7 +72,7 @@ class WorkerPlan:
     def __init__(self, layout, units):
         spec = {**layout.spec, "layers": [dict(s) for s in layout.spec["layers"]]}
         self.index = {}  # parameter name -> (rows, cols) in the parent, None = all
-        self.scales = {}  # dense layer index -> input scale
+        self.scales = {}  # dense layer index -> the scale rule's factor for its inputs
         for j, i in enumerate(layout.dense):
             rows = units[j - 1] if j > 0 else None
             cols = units[j] if j < len(layout.dense) - 1 else None
@@ -72,6 +88,10 @@ class WorkerPlan:
         self.spec = spec
         self.slots, self.size = spec_layout(spec)
         self.key = tuple(len(u) for u in units)
+        # where the factors go: Dense.input_scale, or folded into the gathered weights
+        self.input_scales = {} if layout.fold else dict(self.scales)
+        self.weight_scales = {f"{i}.W": s for i, s in self.scales.items()
+                              if layout.fold and s != 1.0}
 
     def views(self, parent_buf, compact_buf, layout):
         """Yield (name, parent 2-D view, compact 2-D view, rows, cols) per parameter."""
@@ -86,20 +106,26 @@ class WorkerPlan:
 
 
 def gather(backend, layout, plan, parent_buf, compact_buf):
-    """compact <- the plan's rows/cols of the parent (parameters or optimizer state)."""
-    for _, p2, c2, rows, cols in plan.views(parent_buf, compact_buf, layout):
+    """compact <- the plan's rows/cols of the parent (parameters or optimizer state),
+    times the folded scale where ``scale_at = "weights"``."""
+    for name, p2, c2, rows, cols in plan.views(parent_buf, compact_buf, layout):
         backend.gather(p2, rows, cols, c2)
+        if name in plan.weight_scales:
+            backend.scale(c2, plan.weight_scales[name])
 
 
 def scatter(backend, layout, plans, blocks, parent_buf):
     """parent <- every worker's compact block; shared parameters (kept whole by every
-    worker, e.g. the output bias) become the mean of the workers' copies."""
+    worker, e.g. the output bias) become the mean of the workers' copies. A folded
+    scale is divided out of the block in place first (blocks are scratch here)."""
     shared = {}
     for plan, block in zip(plans, blocks):
         for name, p2, c2, rows, cols in plan.views(parent_buf, block, layout):
             if rows is None and cols is None:
                 shared[name] = c2.astype(np.float64) + shared.get(name, 0.0)
             else:
+                if name in plan.weight_scales:
+                    backend.scale(c2, 1.0 / plan.weight_scales[name])
                 backend.scatter(c2, rows, cols, p2)
     for name, total in shared.items():
         poff, pshape = layout.parent_slots[name]

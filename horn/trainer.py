@@ -15,13 +15,15 @@ from horn.metrics import print_progress, progress_line
 
 class Trainer:
     def __init__(self, model, optimizer, schedule, stream, data, metrics, total_steps,
-                 sync=None, eval_every=1, progress=True, rank_name=""):
+                 sync=None, eval_every=1, progress=True, rank_name="", on_round_end=None):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.stream, self.data, self.metrics = stream, data, metrics
         self.total_steps, self.eval_every = total_steps, eval_every
         self.sync = sync or Sync()
         self.progress, self.rank_name = progress, rank_name
+        self.on_round_end = on_round_end  # (steps done, epoch counters) -> True to stop early
         self.history = []
+        self.stopped_at = None
 
     def _diverged(self, model, step, loss):
         where = model.first_nonfinite() or "the loss itself"
@@ -29,12 +31,14 @@ class Trainer:
         raise DivergenceError(f"{prefix}training diverged at step {step}: loss is {loss}; first "
                               f"non-finite value: {where} (lower train.lr or check the data)")
 
-    def run(self):
+    def run(self, start_step=0, counters=(0.0, 0, 0)):
+        """Train from ``start_step`` (a resumed run passes its checkpoint's step and
+        the epoch's running loss sum, correct and seen counts)."""
         stream = self.stream
         total_epochs = math.ceil(self.total_steps / stream.per_epoch)
-        epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
+        epoch_loss, epoch_correct, epoch_seen = counters
         start = epoch_start = time.perf_counter()
-        for step in range(self.total_steps):
+        for step in range(start_step, self.total_steps):
             xb, yb = stream.next()
             model, optimizer = self.sync.trainee(self.model, self.optimizer)
             loss = model.train_step(xb, yb)
@@ -64,6 +68,11 @@ class Trainer:
                     print_progress(progress_line(record, total_epochs), self.progress)
                     epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
                     epoch_start = time.perf_counter()
+            done = step + 1
+            if self.on_round_end and self.sync.at_boundary(done) and \
+                    self.on_round_end(done, (epoch_loss, epoch_correct, epoch_seen)):
+                self.stopped_at = done
+                break
         return self.history
 
     def evaluate(self, split):

@@ -42,7 +42,10 @@ def test_good_job_is_frozen_with_defaults(tmp_path):
     (GOOD.replace('"dense", units = 8', '"__import__(\'os\')", units = 8'), r"unknown layer type"),
     (GOOD.replace("units = 8", "units = -8"), r"units must be a positive integer, found -8"),
     (GOOD + "[data]\nname = 'digit'\n", r"job.toml:9: data.name: expected one of 'digits'"),
-    (GOOD + "[parallel]\nbarrier = 'ensemble'\n", r"parallel.barrier: the 'ensemble' barrier"),
+    (GOOD + "[parallel]\nalpha = 0.2\n", r"job.toml:9: parallel.alpha: applies only to barrier = 'ensemble'"),
+    (GOOD + "[parallel]\nbarrier = 'ensemble'\nteacher_data = 'local'\ndistill_file = 'x.npz'\n",
+     r"job.toml:11: parallel.distill_file: needs teacher_data = 'shared'"),
+    (GOOD + "[parallel]\nshard_alpha = 0.1\n", r"job.toml:9: parallel.shard_alpha: applies only to shard = 'dirichlet'"),
 ])
 def test_bad_jobs_give_one_clear_line(tmp_path, text, pattern):
     with pytest.raises(HornError, match=pattern) as info:

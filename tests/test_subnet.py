@@ -131,6 +131,63 @@ def test_gradients_through_a_subnetwork_match_finite_differences():
         assert abs((up - down) / (2 * eps) - analytic[i]) < 1e-6 + 1e-5 * abs(analytic[i])
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_folded_scale_gives_the_same_function_and_round_trips(workers):
+    """scale_at="weights": gathering s*W gives the forward of input_scale = s, and
+    scatter divides s back out, so extract -> assemble returns the parent."""
+    parent = parent_model(dtype=np.float64)
+    before = parent.params.copy()
+    be = get_backend("numpy")
+    x = np.random.default_rng(0).standard_normal((5, 6))
+    _, plans_in, parts = plans_for(parent, workers)
+    layout, plans, _ = plans_for(parent, workers, scale_at="weights")
+    blocks = []
+    for plan_in, plan in zip(plans_in, plans):
+        assert plan.input_scales == {} and plan.weight_scales
+        folded = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
+        gather(be, layout, plan, parent.params, folded.params)
+        scaled = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
+        gather(be, layout, plan_in, parent.params, scaled.params)
+        for i, s in plan_in.input_scales.items():
+            scaled.layers[i].input_scale = s
+        np.testing.assert_allclose(folded.forward(x), scaled.forward(x), rtol=1e-12)
+        blocks.append(folded.params.copy())
+    parent.params[...] = 0
+    scatter(be, layout, plans, blocks, parent.params)
+    owned = parent.params != 0
+    np.testing.assert_allclose(parent.params[owned], before[owned], rtol=1e-12)
+
+
+def test_folded_scale_is_a_per_layer_learning_rate_correction():
+    """One SGD step with the scale folded into the weights moves the parent's scaled
+    weights by 1/s^2 of the step with input_scale = s, and everything else alike."""
+    parent = parent_model(dtype=np.float64)
+    be = get_backend("numpy")
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((7, 6)), rng.integers(0, 4, 7)
+    deltas = {}
+    for scale_at in ("input", "weights"):
+        layout, plans, _ = plans_for(parent, 2, scale_at=scale_at)
+        plan = plans[0]
+        compact = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
+        gather(be, layout, plan, parent.params, compact.params)
+        for i, s in plan.input_scales.items():
+            compact.layers[i].input_scale = s
+        compact.train_step(x, y)
+        compact.params -= 0.1 * compact.grads
+        after = parent.params.copy()
+        scatter(be, layout, [plan], [compact.params.copy()], after)
+        deltas[scale_at] = after - parent.params
+    layout, plans, _ = plans_for(parent, 2)
+    factor = np.ones_like(parent.params)
+    for i, s in plans[0].scales.items():
+        off, shape = layout.parent_slots[f"{i}.W"]
+        factor[off:off + int(np.prod(shape))] = 1 / s ** 2
+    np.testing.assert_allclose(deltas["weights"], deltas["input"] * factor, rtol=1e-9,
+                               atol=1e-15)
+    assert np.abs(deltas["input"]).max() > 0
+
+
 def test_unpartitionable_models_are_refused():
     from horn.layers import MSE
     with pytest.raises(HornError, match="at least two dense layers"):
@@ -159,8 +216,9 @@ partition = "irregular"
 
 
 def simulate(job, groups, workers):
-    """The same rounds in one process: every worker's local steps, then assembly
-    (and the cross-group average), with no MPI at all."""
+    """The same rounds in one process: the warm-up (every rank trains the whole parent,
+    averaged over all ranks every local_steps), then every worker's local steps and
+    assembly (and the cross-group average), with no MPI at all."""
     from horn.data import load_dataset
     from horn.optim import make_optimizer
     from horn.parallel import derive_seed
@@ -174,10 +232,19 @@ def simulate(job, groups, workers):
         for w in range(workers):
             ranks.append(build(job, shard(data, peer, job.train.seed), be, g, w))
     parents = [ranks[g * workers][0] for g in range(groups)]
-    layout = SubnetLayout(parents[0])
-    schedule = ranks[0][2]
     p, steps = job.parallel, job.train.steps
-    for r in range(steps // p.local_steps):
+    layout = SubnetLayout(parents[0], scale_at=p.subnet_scale_at)
+    schedule = ranks[0][2]
+    warmup = p.subnet_warmup_steps
+    for start in range(0, warmup, p.local_steps):
+        for model, opt, _, stream, _ in ranks:
+            for step in range(start, min(start + p.local_steps, warmup)):
+                model.train_step(*stream.next())
+                opt.step(schedule(step))
+        mean = np.mean([r[0].params for r in ranks], axis=0, dtype=np.float64)
+        for r in ranks:
+            r[0].params[...] = mean
+    for r in range((steps - warmup) // p.local_steps):
         for g in range(groups):
             rng = np.random.default_rng(derive_seed(job.train.seed + r, g, 1 << 20))
             parts = [partition(n, workers, p.partition, rng) for n in layout.sizes]
@@ -186,11 +253,12 @@ def simulate(job, groups, workers):
             for w, plan in enumerate(plans):
                 compact = Model.from_spec(plan.spec, be, initialize_params=False)
                 gather(be, layout, plan, parents[g].params, compact.params)
-                for i, s in plan.scales.items():
+                for i, s in plan.input_scales.items():
                     compact.layers[i].input_scale = s
                 opt = make_optimizer(job.train, compact)
                 stream = ranks[g * workers + w][3]
-                for step in range(r * p.local_steps, (r + 1) * p.local_steps):
+                first = warmup + r * p.local_steps
+                for step in range(first, first + p.local_steps):
                     compact.train_step(*stream.next())
                     opt.step(schedule(step))
                 blocks.append(compact.params)
@@ -202,11 +270,14 @@ def simulate(job, groups, workers):
     return parents[0].params
 
 
-@pytest.mark.parametrize("groups,workers", [(1, 2), (1, 4), (2, 2)])
-def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, workers):
+@pytest.mark.parametrize("groups,workers,extra", [
+    (1, 2, ""), (1, 4, ""), (2, 2, ""),
+    (1, 2, 'subnet_scale_at = "weights"\nsubnet_warmup_steps = 10\n'),
+    (2, 2, 'subnet_scale_at = "weights"\nsubnet_warmup_steps = 10\n')])
+def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, workers, extra):
     from horn.jobs import load_job
     path = tmp_path / "sub.toml"
-    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n"
+    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n{extra}"
                     f"[log]\ndir = '{tmp_path}'\n")
     result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=120)
     assert result.returncode == 0, result.stderr
@@ -216,6 +287,7 @@ def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, 
     np.testing.assert_allclose(saved.params, expected, rtol=1e-5, atol=1e-6)
     rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
     rounds = [r for r in rows if "partition_sizes" in r]
-    assert len(rounds) == 30 // 5 and all(sum(s) == n for r in rounds
+    warmup = load_job(path).parallel.subnet_warmup_steps
+    assert len(rounds) == (30 - warmup) // 5 and all(sum(s) == n for r in rounds
                                           for s, n in zip(r["partition_sizes"], [24, 20]))
     assert all(r["bytes_sent"] > 0 for r in rows if "superstep" in r)

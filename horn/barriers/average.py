@@ -12,7 +12,6 @@ class AverageSync(PeerSync):
         self.model, self.optimizer = model, optimizer
         self.local_steps, self.total_steps = local_steps, total_steps
         self.average_state = average_state
-        self.synced_at = 0  # steps done when the replicas were last identical
         self.steps_done = 0
         self._scratch = None
 
@@ -21,12 +20,24 @@ class AverageSync(PeerSync):
         if self.is_boundary(self.steps_done, self.local_steps, self.total_steps):
             average(self.peer, self.model, self.optimizer, self.average_state, "world")
             self.peer.sync()
-            self.synced_at = self.steps_done
+            self.boundary_at = self.steps_done
+
+    def checkpoint_buffers(self, model, optimizer):
+        state_key = "world" if self.average_state else None  # momentum differs per rank
+        buffers = {"params": ("world", model.params)}
+        buffers.update({f"opt.{k}": (state_key, v) for k, v in optimizer.state().items()})
+        return buffers
+
+    def restore_meta(self, meta):
+        self.boundary_at = self.steps_done = meta.get("steps_done", 0)
+
+    def checkpoint_meta(self):
+        return {"steps_done": self.steps_done}
 
     def eval_model(self, model):
         """The average of the replicas: the model itself right after a barrier, else an
         averaged copy (training goes on from the local replicas unchanged)."""
-        if self.synced_at == self.steps_done:
+        if self.boundary_at == self.steps_done:
             return model
         if self._scratch is None:
             from horn.model import Model

@@ -15,6 +15,11 @@ class Sync:
         """The model whose accuracy is reported (e.g. the averaged or reassembled one)."""
         return model
 
+    def at_boundary(self, steps_done):
+        """True when a barrier has just completed, so every rank's state is consistent
+        and a checkpoint may be taken (every step, without communication)."""
+        return True
+
     def reduce_stats(self, values):
         """Sum per-rank counters (loss sum, correct, seen) over the ranks."""
         return values
@@ -23,12 +28,32 @@ class Sync:
         """Extra metrics records (supersteps, bytes, partitions) for metrics.jsonl."""
         return []
 
+    # ---- checkpoints (called at round boundaries) --------------------------------
+    def checkpoint_buffers(self, model, optimizer):
+        """What to save: ``{name: (shared key or None, array)}``. A shared key (e.g.
+        "world", "group1") marks a buffer identical on every rank passing that key,
+        so only one copy is written."""
+        buffers = {"params": (None, model.params)}
+        buffers.update({f"opt.{k}": (None, v) for k, v in optimizer.state().items()})
+        return buffers
+
+    def checkpoint_meta(self):
+        """JSON-able strategy state (round counters, ...)."""
+        return {}
+
+    def restore_meta(self, meta):
+        """Undo :meth:`checkpoint_meta` after the buffers were loaded."""
+
 
 class PeerSync(Sync):
     """A strategy over a BSP peer: world-wide statistics and superstep records."""
 
     def __init__(self, peer):
         self.peer = peer
+        self.boundary_at = 0  # steps done when the last barrier completed
+
+    def at_boundary(self, steps_done):
+        return self.boundary_at == steps_done
 
     def reduce_stats(self, values):
         import numpy as np
@@ -39,6 +64,9 @@ class PeerSync(Sync):
 
     def records(self):
         return self.peer.drain_records()
+
+    def after_step(self, step):
+        self.boundary_at = step + 1  # no barrier at all: every step is a boundary
 
     def is_boundary(self, steps_done, every, total):
         """True at the end of a round of ``every`` steps, and at the very end."""

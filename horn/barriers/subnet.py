@@ -11,6 +11,12 @@ sub-network (about P/W^2 for hidden-to-hidden layers, P/W for the first and
 last), doubled with ``subnet_momentum = "keep"``. Model averaging of the parent
 sends ``4 * 2 (W - 1)/W * P``. Every ``global_every`` rounds, groups average
 their parents across groups (the cross communicator).
+
+Warm-up (``subnet_warmup_steps``, the ResIST recipe): the first steps train the
+whole parent on every rank, averaged over the world every ``local_steps`` steps
+(model averaging, ``4 * 2 (R - 1)/R * P`` bytes per barrier on R ranks), so that
+partitioning starts from features the sub-networks can share instead of from
+random ones that each worker would pull its own way.
 """
 
 import hashlib
@@ -37,14 +43,19 @@ class SubnetSync(PeerSync):
         self.cross_average = p.barrier == "average" and peer.groups > 1
         self.global_every = p.global_every
         self.seed = job.train.seed
-        self.layout = SubnetLayout(parent, p.dropconnect, p.subnet_scale)
+        self.layout = SubnetLayout(parent, p.dropconnect, p.subnet_scale, p.subnet_scale_at)
+        self.warmup_steps = min(p.subnet_warmup_steps, total_steps)
+        self.steps_done = 0
         self.backend = parent.backend
         self.round = 0
         self.mask_draws = 0
         self._compact = {}  # plan key -> (model, optimizer): reused while sizes repeat
         self._recv = None
         self._partitions = []
-        self._begin_round()
+        if self.warmup_steps:
+            self.model, self.optimizer = parent, parent_optimizer
+        else:
+            self._begin_round()
 
     def trainee(self, model, optimizer):
         return self.model, self.optimizer
@@ -55,6 +66,36 @@ class SubnetSync(PeerSync):
     def records(self):
         records, self._partitions = self._partitions + self.peer.drain_records(), []
         return records
+
+    # ---- hooks for a cross-group strategy on top (horn.barriers.ensemble) -------------
+    def commit(self):
+        """Write the current sub-networks into the parent (one Allgatherv in the group)."""
+        self._assemble(self.model.params, self.parent.params)
+
+    def refresh(self):
+        """Re-gather this worker's sub-network after the parent was replaced."""
+        gather(self.backend, self.layout, self.plans[self.peer.worker], self.parent.params,
+               self.model.params)
+
+    def checkpoint_buffers(self, model, optimizer):
+        """The group's parent (and its optimizer state when it is kept across rounds):
+        a round's sub-network is re-gathered from it on resume."""
+        key = f"group{self.peer.group}"
+        buffers = {"parent": (key, self.parent.params)}
+        if self.keep_state:
+            buffers.update({f"opt.{k}": (key, v)
+                            for k, v in self.parent_optimizer.state().items()})
+        return buffers
+
+    def checkpoint_meta(self):
+        return {"round": self.round, "mask_draws": self.mask_draws, "steps_done": self.steps_done}
+
+    def restore_meta(self, meta):
+        self.round, self.mask_draws = meta["round"], meta["mask_draws"]
+        self.steps_done = self.boundary_at = meta.get("steps_done", 0)
+        if self.steps_done >= self.warmup_steps:  # else: still warming up the whole parent
+            self._begin_round()
+        self._partitions = []  # this round's record went out with the checkpoint
 
     # ---- rounds ----------------------------------------------------------------
     def _begin_round(self):
@@ -72,7 +113,7 @@ class SubnetSync(PeerSync):
                 buf[...] = 0
         for index, layer in enumerate(model.layers):
             if "W" in layer.params:
-                layer.input_scale = plan.scales.get(index, 1.0)
+                layer.input_scale = plan.input_scales.get(index, 1.0)
         model.mask_draws = self.mask_draws
         self.model, self.optimizer = model, optimizer
         digest = hashlib.sha256(b"".join(u.tobytes() for p in parts for u in p)).hexdigest()[:16]
@@ -88,8 +129,12 @@ class SubnetSync(PeerSync):
         return self._compact[plan.key]
 
     def after_step(self, step):
-        done = step + 1
-        if not self.is_boundary(done, self.local_steps, self.total_steps):
+        done = self.steps_done = step + 1
+        if done <= self.warmup_steps:
+            self._warmup_barrier(done)
+            return
+        if not self.is_boundary(done - self.warmup_steps, self.local_steps,
+                                self.total_steps - self.warmup_steps):
             return
         self.mask_draws = self.model.mask_draws
         self._assemble(self.model.params, self.parent.params)
@@ -100,7 +145,20 @@ class SubnetSync(PeerSync):
         if self.cross_average and (self.round % self.global_every == 0 or done == self.total_steps):
             average(self.peer, self.parent, self.parent_optimizer, self.keep_state, "cross")
         self.peer.sync()
+        self.boundary_at = done
         if done < self.total_steps:
+            self._begin_round()
+
+    def _warmup_barrier(self, done):
+        """Model averaging of the whole parent; the first round begins after the last."""
+        if not (self.is_boundary(done, self.local_steps, self.total_steps)
+                or done == self.warmup_steps):
+            return
+        average(self.peer, self.parent, self.parent_optimizer, self.keep_state, "world")
+        self.peer.sync()
+        self.boundary_at = done
+        if done == self.warmup_steps and done < self.total_steps:
+            self.mask_draws = self.parent.mask_draws
             self._begin_round()
 
     def _assemble(self, compact_buf, parent_buf):

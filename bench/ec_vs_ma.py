@@ -1,0 +1,355 @@
+"""EC-DNN (ensemble compression) against model averaging on Fashion-MNIST (issue 5).
+
+    python bench/ec_vs_ma.py               # ~30 min on 2 cores: docs/ec_vs_ma.md and .png
+    python bench/ec_vs_ma.py --calibrate   # the validation-only runs that chose EC's settings
+
+The job is jobs/fashion_ec.toml (MLP 784-256-256-10, 10 epochs of 210 steps per group).
+Two series, each one mpirun launch of this file (``--worker``) whose ranks run every
+configuration in turn through ``horn.runner.run_job`` (one start-up and one data load
+per series): 4 groups x 1 worker (4 ranks) and sub-network groups, 4 groups x 2
+workers (8 ranks), oversubscribed on the machine's cores. Every configuration runs on
+IID and Dirichlet(0.1) label-skewed shards with 3 seeds (the seed also draws the shards).
+
+Compute is matched: EC's B barriers x D distillation steps are given to MA as extra
+SGD steps (``train.steps = local steps + B D``), and MA's tau (steps between averages)
+is swept from 25 steps to the whole run. Bytes are per rank: the mean over ranks of
+what horn's Peer counted, less what EC spent measuring its per-barrier metrics (MA
+measures nothing until the end). Results append to runs/ec_vs_ma/results.jsonl, so an
+interrupted bench resumes where it stopped. Model selection uses the validation split
+only; test accuracy is reported, never used to choose.
+"""
+
+import argparse
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = REPO / "jobs/fashion_ec.toml"
+OUT = REPO / "runs/ec_vs_ma"
+DOCS = REPO / "docs"
+SEEDS = (0, 1, 2)
+CALIBRATION_SEED = 100  # never one of SEEDS
+SHARDS = {"IID": {}, "Dirichlet(0.1)": {"shard": "dirichlet", "shard_alpha": 0.1}}
+LOCAL_STEPS = 10 * 210  # 10 epochs of a quarter of the 54,000 training images, batch 64
+BARRIERS, DISTILL = 3, 200
+ROUND = 50  # sub-network round (steps between a group's reassemblies)
+ENSEMBLE_KEYS = ("teacher_data", "distill_size", "distill_file", "distill_steps",
+                 "distill_batch", "distill_lr", "temperature", "alpha", "student", "final",
+                 "ensemble_weights")
+
+
+# ---- configurations ------------------------------------------------------------------
+def ec(barriers=BARRIERS, distill=DISTILL, **parallel):
+    """An EC configuration: the job file's settings, ``barriers`` evenly spaced over the
+    local steps with ``distill`` distillation steps each (barriers x distill = B x D keeps
+    the compute MA is matched to)."""
+    return {"train": {"epochs": LOCAL_STEPS // 210},
+            "parallel": {"local_steps": LOCAL_STEPS // barriers, "distill_steps": distill,
+                         **parallel}}
+
+
+def ma(averages, subnet=False):
+    """Model averaging with matched compute: ``averages`` barriers in the whole run."""
+    steps = LOCAL_STEPS + BARRIERS * DISTILL
+    if subnet:  # sub-network rounds of ROUND steps; parents averaged every k rounds
+        parallel = {"local_steps": ROUND, "global_every": steps // ROUND // averages}
+    else:
+        parallel = {"local_steps": steps // averages}
+    return {"train": {"steps": steps}, "parallel": {"barrier": "average", **parallel}}
+
+
+SERIES = {
+    "4 groups x 1 worker": {
+        "ranks": 4, "workers": 1,
+        "methods": {
+            **{f"MA x{n}": ma(n) for n in (1, 3, 9, 27, 108)},
+            "EC shared": ec(),
+            "EC shared, final ensemble": ec(final="ensemble"),
+            "EC local (paper)": ec(teacher_data="local"),
+            "EC hybrid (average student)": ec(student="average"),
+        }},
+    "4 groups x 2 workers (sub-networks)": {
+        "ranks": 8, "workers": 2,
+        "methods": {
+            **{f"MA x{n}": ma(n, subnet=True) for n in (1, 3, 9)},
+            "EC shared": {**ec(), "parallel": {**ec()["parallel"], "local_steps": ROUND,
+                                               "global_every": LOCAL_STEPS // ROUND // BARRIERS}},
+        }},
+}
+
+CALIBRATION = {  # EC variants on the validation split (seed CALIBRATION_SEED, IID shards)
+    f"T={t} alpha={a} distill_lr={lr or 'train.lr'}": ec(temperature=t, alpha=a, distill_lr=lr)
+    for t, a, lr in ((2.0, 0.5, 0.0), (1.0, 0.5, 0.0), (4.0, 0.5, 0.0), (2.0, 0.0, 0.0),
+                     (2.0, 0.8, 0.0), (2.0, 0.5, 0.01))
+}
+
+
+def job_doc(method, shard, seed, workers, log_dir):
+    """The job file with one configuration's overrides, as a dict for job_from_dict."""
+    doc = tomllib.loads(BASE.read_text())
+    for section, values in method.items():
+        doc.setdefault(section, {}).update(values)
+    parallel = doc["parallel"]
+    parallel.update(SHARDS[shard], workers=workers)
+    if parallel["barrier"] != "ensemble":
+        for key in ENSEMBLE_KEYS:
+            parallel.pop(key, None)
+    doc["train"].update(seed=seed, eval_every=1000)  # evaluate only at the end
+    doc["log"] = {"dir": str(log_dir), "progress": "none", "plot": False}
+    return doc
+
+
+def plan(series, calibrate):
+    spec = SERIES[series]
+    methods = CALIBRATION if calibrate else spec["methods"]
+    shards = ["IID"] if calibrate else list(SHARDS)
+    seeds = [CALIBRATION_SEED] if calibrate else SEEDS
+    return [{"series": series, "shard": shard, "seed": seed, "method": name,
+             "job": job_doc(method, shard, seed, spec["workers"], OUT / "runs")}
+            for shard in shards for seed in seeds for name, method in methods.items()]
+
+
+def key(row):
+    return (row["series"], row["shard"], row["seed"], row["method"])
+
+
+# ---- one series on every rank ----------------------------------------------------------
+def worker(plan_path, results_path):
+    from mpi4py import MPI
+
+    from horn import runner
+    from horn.abort import install_abort_hook
+    from horn.bsp import Peer
+    from horn.jobs import job_from_dict
+
+    install_abort_hook()
+    runner.load_dataset = functools.lru_cache(maxsize=1)(runner.load_dataset)  # one load
+    configs = json.loads(Path(plan_path).read_text())
+    done = set()
+    if Path(results_path).exists():
+        done = {key(json.loads(line)) for line in open(results_path)}
+    peer = None
+    for config in configs:
+        if key(config) in done:
+            continue
+        job = job_from_dict(config["job"], str(BASE), default_name="fashion_ec")
+        if peer is None:
+            peer = Peer.create(MPI.COMM_WORLD, job.parallel.groups, job.parallel.workers,
+                               timeout_s=900)
+        peer.verify_same("world", job.digest(), what="the configuration")
+        before, start = peer.bytes_sent_total, time.perf_counter()
+        result = runner.run_job(job, progress=False, peer=peer)
+        wall = time.perf_counter() - start
+        spent = np.array([peer.bytes_sent_total - before], np.float64)
+        peer.allreduce_mean(spent, "world")
+        if peer.rank == 0:
+            row = summarise(config, result, float(spent[0]), wall)
+            with open(results_path, "a") as out:
+                out.write(json.dumps(row) + "\n")
+            print(f"  {row['series']} | {row['shard']} | seed {row['seed']} | {row['method']}: "
+                  f"test {row['test_accuracy']:.4f} val {row['val_accuracy']:.4f} "
+                  f"{row['bytes'] / 1e6:.2f} MB {wall:.0f} s", flush=True)
+
+
+def summarise(config, result, bytes_mean, wall):
+    rows = [json.loads(line) for line in open(Path(result["run_dir"]) / "metrics.jsonl")]
+    barriers = [r for r in rows if "ensemble_barrier" in r]
+    final = rows[-1]
+    row = {k: config[k] for k in ("series", "shard", "seed", "method")}
+    row.update(test_accuracy=final["test_accuracy"], val_accuracy=final["val_accuracy"],
+               steps=final["steps"], wall_s=wall, run_dir=result["run_dir"],
+               bytes=bytes_mean - sum(b["metric_bytes"] for b in barriers))
+    if barriers:
+        last = barriers[-1]
+        row.update(barriers=len(barriers), ensemble_val=last["ensemble_val_accuracy"],
+                   member_val=last["member_val_accuracy"],
+                   compressed_val=last.get("compressed_val_accuracy"),
+                   distill_s=sum(b.get("distill_s", 0.0) for b in barriers))
+    return row
+
+
+# ---- driver ----------------------------------------------------------------------------
+def launch(series, calibrate, results_path):
+    OUT.mkdir(parents=True, exist_ok=True)
+    plan_path = OUT / f"plan-{'cal-' if calibrate else ''}{list(SERIES).index(series)}.json"
+    plan_path.write_text(json.dumps(plan(series, calibrate)))
+    mpirun = Path(sys.prefix) / "bin" / "mpirun"
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    cmd = [str(mpirun if mpirun.exists() else "mpirun"), "--oversubscribe", "-n",
+           str(SERIES[series]["ranks"]), sys.executable, __file__, "--worker", str(plan_path),
+           str(results_path)]
+    print(f"{series}: {' '.join(cmd[:4])} ...", flush=True)
+    subprocess.run(cmd, env=env, check=True)
+
+
+def mean_std(values):
+    values = np.asarray(values, np.float64)
+    return values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+
+
+def aggregate(rows):
+    """{(series, shard, method): summary over seeds}."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["series"], row["shard"], row["method"]), []).append(row)
+    out = {}
+    for k, rs in groups.items():
+        acc, acc_sd = mean_std([r["test_accuracy"] for r in rs])
+        out[k] = {"n": len(rs), "acc": acc, "acc_sd": acc_sd,
+                  "mb": np.mean([r["bytes"] for r in rs]) / 1e6,
+                  "wall": np.mean([r["wall_s"] for r in rs]),
+                  "distill": np.mean([r["distill_s"] for r in rs]) if "distill_s" in rs[0] else None,
+                  "ens_val": np.mean([r["ensemble_val"] for r in rs]) if "ensemble_val" in rs[0] else None,
+                  "val": np.mean([r["val_accuracy"] for r in rs])}
+    return out
+
+
+def ma_at(summary, series, shard, mb):
+    """MA's cheapest configuration moving at least ``mb`` MB per rank (the most MA can do
+    on EC's budget is then at most this), or its largest when none moves that much."""
+    points = sorted((v["mb"], m) for (s, sh, m), v in summary.items()
+                    if s == series and sh == shard and m.startswith("MA"))
+    for point_mb, name in points:
+        if point_mb >= mb:
+            return name
+    return points[-1][1]
+
+
+def report(rows, elapsed):
+    summary = aggregate(rows)
+    lines = [
+        "# EC-DNN vs model averaging (Fashion-MNIST)", "",
+        f"Measured by `python bench/ec_vs_ma.py` on {os.cpu_count()} cores "
+        f"({platform.machine()}, Python {platform.python_version()}), ranks oversubscribed; "
+        f"{elapsed / 60:.0f} min in all. The machine was shared with other work, so times are "
+        f"indicative only.", "",
+        "Setup: jobs/fashion_ec.toml, MLP 784-256-256-10, SGD (Nesterov 0.9, lr 0.05 cosine, "
+        "wd 1e-4), batch 64; 4 groups, each training 10 epochs (2100 steps) on its shard of "
+        "the 54,000 training images. EC: a barrier every 700 steps (3 in all, the last at the "
+        f"end), {DISTILL} distillation steps each (batch 64, T = 2, alpha = 0.5, 2048 shared "
+        "inputs). MA gets the 600 distillation steps as extra SGD steps (2700 in all); "
+        "'MA xk' averages k times (tau = 2700/k). Sub-network series: 2 workers per group, "
+        f"rounds of {ROUND} steps (IST), MA averages parents across groups every k-th of the "
+        "run, EC's barrier every 14 rounds.", "",
+        "Accuracy: final test accuracy, mean +- std over seeds 0, 1, 2 (the seed also draws "
+        "the shards). EC keeps the compressed model best on validation (`final = compressed`), "
+        "or all members (`final = ensemble`). MB: per rank, mean over ranks, EC's metric "
+        "collectives excluded. ens val: the members' ensemble at EC's last barrier, "
+        "on validation.", ""]
+    for series in SERIES:
+        lines += [f"## {series}", "",
+                  "| shards | method | test accuracy | MB per rank | ens val | wall s | distill s |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for shard in SHARDS:
+            for method in SERIES[series]["methods"]:
+                v = summary.get((series, shard, method))
+                if v is None:
+                    continue
+                ens = f"{v['ens_val']:.4f}" if v["ens_val"] is not None else ""
+                dist = f"{v['distill']:.1f}" if v["distill"] is not None else ""
+                lines.append(f"| {shard} | {method} | {v['acc']:.4f} +- {v['acc_sd']:.4f} | "
+                             f"{v['mb']:.2f} | {ens} | {v['wall']:.0f} | {dist} |")
+        lines.append("")
+    lines += ["## EC against MA at equal bytes", "",
+              "Each EC configuration against MA's cheapest configuration that moves at least as "
+              "many bytes (MA's accuracy at EC's budget is at most that).", "",
+              "| series | shards | EC method | EC acc | EC MB | MA at >= bytes | MA acc | MA MB | "
+              "EC - MA (points) |", "|---|---|---|---:|---:|---|---:|---:|---:|"]
+    verdicts = []
+    for (series, shard, method), v in summary.items():
+        if not method.startswith("EC"):
+            continue
+        name = ma_at(summary, series, shard, v["mb"])
+        m = summary[(series, shard, name)]
+        diff = 100 * (v["acc"] - m["acc"])
+        lines.append(f"| {series} | {shard} | {method} | {v['acc']:.4f} | {v['mb']:.2f} | {name} | "
+                     f"{m['acc']:.4f} | {m['mb']:.2f} | {diff:+.2f} |")
+        verdicts.append((series, shard, method, diff))
+    lines += ["", "## Targets (IID, 4 groups x 1 worker)", ""]
+    for series, shard, method, diff in verdicts:
+        if series != "4 groups x 1 worker" or shard != "IID":
+            continue
+        if method == "EC shared":
+            lines.append(f"- EC's single compressed model >= MA at equal bytes: "
+                         f"{'MET' if diff >= 0 else 'MISSED'} ({diff:+.2f} points)")
+        if method == "EC shared, final ensemble":
+            lines.append(f"- EC's ensemble >= MA + 0.5 points at equal bytes: "
+                         f"{'MET' if diff >= 0.5 else 'MISSED'} ({diff:+.2f} points)")
+    lines.append("")
+    (DOCS / "ec_vs_ma.md").write_text("\n".join(lines))
+    plot(summary)
+    print("\n".join(lines))
+
+
+def plot(summary):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SHARDS), figsize=(12, 4.5))
+    markers = {"EC shared": "o", "EC shared, final ensemble": "*", "EC local (paper)": "s",
+               "EC hybrid (average student)": "D"}
+    for ax, shard in zip(axes, SHARDS):
+        for series, style in zip(SERIES, ("-", "--")):
+            ma_points = sorted((v["mb"], v["acc"], v["acc_sd"]) for (s, sh, m), v in summary.items()
+                               if s == series and sh == shard and m.startswith("MA"))
+            if ma_points:
+                x, y, e = zip(*ma_points)
+                ax.errorbar(x, y, yerr=e, fmt="k" + style, marker=".", capsize=2,
+                            alpha=1.0 if style == "-" else 0.5, label=f"MA, {series}")
+            for (s, sh, m), v in summary.items():
+                if s == series and sh == shard and m in markers:
+                    ax.errorbar(v["mb"], v["acc"], yerr=v["acc_sd"], marker=markers[m],
+                                linestyle="none", capsize=2, markersize=8,
+                                fillstyle="full" if style == "-" else "none",
+                                label=f"{m}, {series}")
+        ax.set_xscale("log")
+        ax.set_xlabel("MB sent per rank")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"Fashion-MNIST, 4 groups, {shard} shards")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(DOCS / "ec_vs_ma.png", dpi=100)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=2, metavar=("PLAN", "RESULTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="run EC's calibration variants (validation only) instead")
+    parser.add_argument("--series", choices=list(SERIES), action="append",
+                        help="run only this series (repeatable)")
+    args = parser.parse_args()
+    if args.worker:
+        return worker(*args.worker)
+    results = OUT / ("calibration.jsonl" if args.calibrate else "results.jsonl")
+    start = time.perf_counter()
+    series_list = args.series or (list(SERIES)[:1] if args.calibrate else list(SERIES))
+    for series in series_list:
+        launch(series, args.calibrate, results)
+    rows = [json.loads(line) for line in open(results)]
+    if args.calibrate:
+        for row in rows:
+            print(f"{row['method']}: compressed val {row['val_accuracy']:.4f}, ensemble val "
+                  f"{row['ensemble_val']:.4f}")
+        return None
+    elapsed = sum(r["wall_s"] for r in rows) if rows else time.perf_counter() - start
+    report(rows, elapsed)
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Ensemble compression (EC-DNN, Sun et al., arXiv 1606.00575).
+
+Groups train independently. Every ``global_every`` rounds (a round is ``local_steps``
+steps) and at the end of training, the groups' models are combined by averaging
+their **outputs**, and the ensemble is compressed back into each group's model by
+distillation (:mod:`horn.distill`). Groups then go on from their compressed models,
+so the members stay diverse.
+
+Teachers (``teacher_data``), with G groups, C classes, P parameters:
+
+- "shared": every rank holds the same N distillation inputs; each member's outputs
+  on them are summed by one Allreduce of N*C + 1 floats (the +1 carries the weight
+  sum): ``4 * 2 (G-1)/G * (N C + 1)`` bytes per rank, whatever the model size.
+- "local" (the paper's): members' flat parameters are exchanged once (Allgather,
+  ``4 (G-1) (P + 1)`` bytes per rank) and every group evaluates the ensemble on N
+  rows of its own shard.
+
+Member weights are 1 (EC-DNN) or each member's validation accuracy ("generalized
+ensemble"). After the last barrier rank 0, which saves and reports the run, receives the
+final model: the compressed model best on validation (``final = "compressed"``) or
+every member (``"ensemble"``), one message per model; other ranks keep their own. The student starts from the group's own model, or from the parameter
+average (``student = "average"``, FedDF-like). With sub-network groups (workers > 1)
+the rounds inside a group are SubnetSync's: worker w distills its sub-network on its
+share of the rows, and the group reassembles its parent (one Allgatherv).
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from horn.barriers.average import average
+from horn.barriers.base import PeerSync
+from horn.data import load_features
+from horn.distill import DistillBatches, DistillLoss, distill, soft_outputs
+from horn.ensemble_model import Ensemble
+from horn.errors import HornError
+from horn.model import Model
+
+_STREAM = 0xEC  # seeds the distillation rows and batch orders apart from training's
+
+
+class EnsembleSync(PeerSync):
+    """``data`` is the whole data set (validation split, shared inputs), ``local`` this
+    group's shard; ``inner`` the SubnetSync of a group of several workers, or None."""
+
+    def __init__(self, peer, model, make_optimizer, job, total_steps, data, local, inner=None):
+        super().__init__(peer)
+        if peer.groups < 2:
+            raise HornError(f"{job.source}: parallel.barrier = 'ensemble' needs at least 2 "
+                            f"groups; the layout has {peer.groups}")
+        if model.loss.spec()["type"] != "softmax_cross_entropy":
+            raise HornError(f"{job.source}: parallel.barrier = 'ensemble' distills class "
+                            f"probabilities: model.loss must be softmax_cross_entropy")
+        if inner is not None and inner.model is inner.parent:
+            raise HornError(f"{job.source}: sub-network warm-up is not combined with "
+                            f"parallel.barrier = 'ensemble'")
+        p = job.parallel
+        self.model, self.inner, self.make_optimizer = model, inner, make_optimizer
+        self.p, self.total_steps, self.seed = p, total_steps, job.train.seed
+        self.val, self.local = (data.x_val, data.y_val), local
+        self.loss = DistillLoss(p.alpha, p.temperature)
+        self.batch = p.distill_batch or job.train.batch_size
+        self.lr = p.distill_lr or job.train.lr
+        if p.teacher_data == "shared":
+            self.teacher = SharedTeacher(peer, shared_inputs(job, data, peer), p.temperature)
+        else:
+            self.teacher = LocalTeacher(peer, local, p.distill_size, p.temperature, self.seed,
+                                        model)
+        self.round = self.barrier = 0
+        self.final = None  # the model training ends with, once the last barrier is done
+        self._records = []
+
+    # ---- the group's model: its parent with sub-network groups ---------------------
+    @property
+    def member(self):
+        return self.inner.parent if self.inner else self.model
+
+    @property
+    def student(self):
+        return self.inner.model if self.inner else self.model
+
+    def trainee(self, model, optimizer):
+        return self.inner.trainee(model, optimizer) if self.inner else (model, optimizer)
+
+    def eval_model(self, model):
+        """The group's model; after the last barrier, on rank 0, the final model."""
+        return self.final if self.final is not None else self.member
+
+    def records(self):
+        inner = self.inner.records() if self.inner else self.peer.drain_records()
+        records, self._records = self._records + inner, []
+        return records
+
+    def checkpoint_buffers(self, model, optimizer):
+        if self.inner:
+            return self.inner.checkpoint_buffers(model, optimizer)
+        return super().checkpoint_buffers(model, optimizer)
+
+    def checkpoint_meta(self):
+        meta = {"round": self.round, "barrier": self.barrier}
+        return {**meta, "inner": self.inner.checkpoint_meta()} if self.inner else meta
+
+    def restore_meta(self, meta):
+        self.round, self.barrier = meta["round"], meta["barrier"]
+        if self.inner:
+            self.inner.restore_meta(meta["inner"])
+
+    # ---- barriers ------------------------------------------------------------------
+    def after_step(self, step):
+        if self.inner:
+            self.inner.after_step(step)
+        done = step + 1
+        if not self.is_boundary(done, self.p.local_steps, self.total_steps):
+            return
+        self.round += 1
+        if self.round % self.p.global_every == 0 or done == self.total_steps:
+            self._records.append(self._ensemble_step(done))
+            self.barrier += 1
+            self.peer.sync()
+
+    def _ensemble_step(self, done):
+        """One barrier; returns its metrics record. ``bytes`` are what the algorithm
+        moved from this rank, ``metric_bytes`` what measuring it cost on top."""
+        p, member, tally = self.p, self.member, _Tally(self.peer)
+        member_acc = member.accuracy(*self.val)
+        weight = member_acc if p.ensemble_weights == "validation" else 1.0
+        record = {"ensemble_barrier": self.barrier, "step": done, "teacher_data": p.teacher_data}
+        if done == self.total_steps and p.final == "ensemble":
+            accs = self._gather([member_acc])
+            record.update(member_val_accuracy=accs[:, 0].tolist(), metric_bytes=tally.take())
+            params = self._to_root(member, range(self.peer.groups))
+            record["bytes"] = tally.take()
+            if params is not None:
+                weights = accs[:, 0] if p.ensemble_weights == "validation" else None
+                self.final = Ensemble.from_flat(member.spec(), params, weights, member.backend)
+                record["ensemble_val_accuracy"] = self.final.accuracy(*self.val)
+            return record
+        start = time.perf_counter()
+        x, teacher, labels = self.teacher.targets(member, weight, self.barrier)
+        record["teacher_s"] = time.perf_counter() - start
+        bytes_ = tally.take()
+        ensemble_acc = self.teacher.ensemble_accuracy(member, weight, *self.val)
+        metric_bytes = tally.take()
+        start = time.perf_counter()
+        if p.student == "average":
+            self.teacher.average(member)
+            if self.inner:
+                self.inner.refresh()
+        student = self.student
+        rng = np.random.default_rng((self.seed, _STREAM, self.barrier, self.peer.group,
+                                     self.peer.worker))
+        own = (self.local.x_train, self.local.y_train) if labels is None and p.alpha else None
+        batches = DistillBatches(student.backend, x, teacher, self.batch, rng, labels, own)
+        first, last = distill(student, self.make_optimizer(student), self.loss, batches,
+                              p.distill_steps, self.lr)
+        if self.inner:
+            self.inner.commit()
+        record["distill_s"] = time.perf_counter() - start
+        bytes_ += tally.take()
+        accs = self._gather([member_acc, member.accuracy(*self.val)])
+        metric_bytes += tally.take()
+        if done == self.total_steps:
+            record["final_group"] = winner = int(np.argmax(accs[:, 1]))
+            params = self._to_root(member, [winner])
+            if params is not None:
+                self.final = Model.from_spec(member.spec(), member.backend,
+                                             initialize_params=False)
+                self.final.params[...] = self.final.backend.asarray(params[0])
+            bytes_ += tally.take()
+        record.update(member_val_accuracy=accs[:, 0].tolist(), ensemble_val_accuracy=ensemble_acc,
+                      compressed_val_accuracy=accs[:, 1].tolist(), distill_loss=[first, last],
+                      bytes=bytes_, metric_bytes=metric_bytes)
+        return record
+
+    def _gather(self, values):
+        """Every group's ``values`` (metrics), one row per group."""
+        send = np.asarray(values, np.float64)
+        recv = np.empty((self.peer.groups, len(values)), np.float64)
+        self.peer.allgather(send, recv, "cross")
+        return recv
+
+    def _to_root(self, member, groups):
+        """The flat parameters of ``groups``' models on world rank 0, which saves and
+        reports the final model (None elsewhere): each group's first worker sends its
+        model to rank 0 once, in one superstep."""
+        peer, host = self.peer, member.backend.to_host
+        if peer.worker == 0 and peer.group in groups and peer.rank != 0:
+            member.backend.synchronize()
+            peer.send(0, host(member.params))
+        peer.sync()
+        if peer.rank != 0:
+            return None
+        return [host(member.params) if g == peer.group else peer.received(g * peer.workers)[0]
+                for g in groups]
+
+
+class _Tally:
+    """Bytes this rank sent since the last ``take``."""
+
+    def __init__(self, peer):
+        self.peer, self.mark = peer, peer.bytes_sent_total
+
+    def take(self):
+        spent, self.mark = self.peer.bytes_sent_total - self.mark, self.peer.bytes_sent_total
+        return spent
+
+
+# ---- teachers --------------------------------------------------------------------
+def shared_inputs(job, data, peer):
+    """This rank's share of the distillation inputs every rank holds: a seeded sample of
+    ``distill_size`` rows of the training inputs or of ``distill_file`` (scaled like the
+    training data), split across a group's workers."""
+    p = job.parallel
+    if p.distill_file is None:
+        source = data.x_train
+    else:
+        path = Path(job.base_dir or ".") / p.distill_file
+        source = data.scaler.apply(load_features(path))
+        if source.shape[1] != data.features:
+            raise HornError(f"{path}: parallel.distill_file has {source.shape[1]} features per "
+                            f"row, the data ({data.name}) has {data.features}")
+    rng = np.random.default_rng((job.train.seed, _STREAM))
+    rows = np.sort(rng.choice(len(source), min(p.distill_size, len(source)), replace=False))
+    return source[np.array_split(rows, peer.workers)[peer.worker]]
+
+
+def weighted_mean(peer, member, x, temperature, weight):
+    """``sum_g w_g softmax(f_g(x) / T) / sum_g w_g`` over the groups: one Allreduce of
+    ``len(x) * C + 1`` float32 (the last entry sums the weights)."""
+    n, classes = len(x), member.out_features
+    buf = np.empty(n * classes + 1, np.float32)
+    outputs = buf[:-1].reshape(n, classes)
+    soft_outputs(member, x, temperature, outputs)
+    outputs *= weight
+    buf[-1] = weight
+    peer.allreduce_sum(buf, "cross")
+    return outputs / buf[-1]
+
+
+def gather_members(peer, member, weight):
+    """Every group's flat parameters and weight, ``(G x P, G)``: one Allgather."""
+    send = np.empty(member.size + 1, np.float32)
+    send[:-1] = member.backend.to_host(member.params)
+    send[-1] = weight
+    recv = np.empty((peer.groups, member.size + 1), np.float32)
+    peer.allgather(send, recv, "cross")
+    return recv[:, :-1], recv[:, -1]
+
+
+class SharedTeacher:
+    """The same inputs on every rank; the ensemble's outputs on them are one Allreduce."""
+
+    def __init__(self, peer, x, temperature):
+        self.peer, self.x, self.temperature = peer, x, temperature
+
+    def targets(self, member, weight, barrier):
+        """``(inputs, teacher probabilities, labels or None)`` to distill this rank on."""
+        return self.x, weighted_mean(self.peer, member, self.x, self.temperature, weight), None
+
+    def ensemble_accuracy(self, member, weight, x, y):
+        return float((weighted_mean(self.peer, member, x, 1.0, weight).argmax(1) == y).mean())
+
+    def average(self, member):
+        """Replace the member by the groups' parameter average (one Allreduce)."""
+        average(self.peer, member, None, False, "cross")
+
+
+class LocalTeacher:
+    """Each group distills on its own shard: the members' parameters are gathered once
+    and every rank evaluates the ensemble on ``size`` rows of its group's shard (split
+    across the group's workers), drawn afresh at each barrier."""
+
+    def __init__(self, peer, local, size, temperature, seed, model):
+        self.peer, self.local, self.size = peer, local, size
+        self.temperature, self.seed = temperature, seed
+        self.scratch = Model.from_spec(model.spec(), model.backend, initialize_params=False)
+        self.params = self.weights = None
+
+    def targets(self, member, weight, barrier):
+        self.params, self.weights = gather_members(self.peer, member, weight)
+        n = len(self.local.y_train)
+        rng = np.random.default_rng((self.seed, _STREAM, barrier, self.peer.group))
+        rows = np.sort(rng.choice(n, min(self.size, n), replace=False))
+        rows = np.array_split(rows, self.peer.workers)[self.peer.worker]
+        x = self.local.x_train[rows]
+        return x, self._mean(x, self.temperature), self.local.y_train[rows]
+
+    def _mean(self, x, temperature):
+        total = np.zeros((len(x), self.scratch.out_features), np.float32)
+        out = np.empty_like(total)
+        for params, weight in zip(self.params, self.weights):
+            self.scratch.params[...] = self.scratch.backend.asarray(params)
+            total += weight * soft_outputs(self.scratch, x, temperature, out)
+        return total / self.weights.sum()
+
+    def ensemble_accuracy(self, member, weight, x, y):
+        return float((self._mean(x, 1.0).argmax(1) == y).mean())
+
+    def average(self, member):
+        """Replace the member by the gathered parameters' mean (no further bytes)."""
+        member.params[...] = member.backend.asarray(self.params.mean(axis=0))

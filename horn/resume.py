@@ -1,0 +1,113 @@
+"""What a checkpoint holds for one rank, how a run resumes from it, and graceful
+preemption (SIGTERM/SIGINT: finish the superstep, checkpoint, exit cleanly)."""
+
+import signal
+
+import numpy as np
+
+from horn.errors import HornError
+
+
+class RunState:
+    """One rank's training state at a round boundary: strategy buffers (parameters,
+    optimizer state), data-order position, mask-key counter, epoch counters."""
+
+    def __init__(self, model, optimizer, stream, sync, peer):
+        self.model, self.optimizer, self.stream = model, optimizer, stream
+        self.sync, self.peer = sync, peer
+
+    def snapshot(self, step, counters):
+        """``(own arrays, shared {name: (key, array)}, meta)`` for Checkpointer.save."""
+        backend = self.model.backend
+        backend.synchronize()
+        own, shared = {}, {}
+        for name, (key, buf) in self.sync.checkpoint_buffers(self.model, self.optimizer).items():
+            host = backend.to_host(buf).copy()
+            if key is None:
+                own[name] = host
+            else:
+                shared[name] = (key, host)
+        stream_arrays, stream_meta = self.stream.state()
+        own.update({f"stream.{k}": v for k, v in stream_arrays.items()})
+        meta = {"step": step, "counters": list(counters), "stream": stream_meta,
+                "mask_draws": self.model.mask_draws, "sync": self.sync.checkpoint_meta(),
+                "adam_t": getattr(self.optimizer, "t", None)}
+        if self.peer is not None:
+            meta["peer"] = self.peer.counters()
+        return own, shared, meta
+
+    def restore(self, manifest, arrays, layout):
+        """Load this rank's part of a checkpoint; returns (step, epoch counters)."""
+        rank = self.peer.rank if self.peer else 0
+        same_layout = manifest["layout"] == layout
+        if not same_layout:
+            return self._restore_averaged(manifest, arrays, layout)
+        meta = manifest["ranks"][str(rank)]
+        backend = self.model.backend
+        for name, (key, buf) in self.sync.checkpoint_buffers(self.model, self.optimizer).items():
+            saved = arrays[f"rank{rank}/{name}" if key is None else f"{key}/{name}"]
+            buf[...] = backend.asarray(saved.reshape(buf.shape))
+        self.stream.restore({"order": arrays[f"rank{rank}/stream.order"]}, meta["stream"])
+        self.model.mask_draws = meta["mask_draws"]
+        if meta.get("adam_t") is not None:
+            self.optimizer.t = meta["adam_t"]
+        if self.peer is not None:
+            self.peer.restore_counters(meta["peer"])
+        self.sync.restore_meta(meta["sync"])
+        return meta["step"], tuple(meta["counters"])
+
+    def _restore_averaged(self, manifest, arrays, layout):
+        """Another world size: only model averaging's state (the averaged model) carries
+        over; optimizer state restarts and every rank starts a fresh epoch order."""
+        old = manifest["layout"]
+        if old["workers"] != 1 or layout["workers"] != 1 or "world/params" not in arrays:
+            raise HornError(
+                f"checkpoint was written by {old['world']} rank(s) as {old['groups']} group(s) x "
+                f"{old['workers']} worker(s); this run has {layout['world']} as "
+                f"{layout['groups']} x {layout['workers']}. Only model averaging (workers = 1) "
+                f"can resume on another world size: its averaged model is the whole state, "
+                f"while sub-network partitions and per-rank optimizer state are tied to the "
+                f"layout. Resume with {old['world']} rank(s).")
+        self.model.params[...] = self.model.backend.asarray(arrays["world/params"])
+        meta = manifest["ranks"]["0"]
+        self.stream.epoch = meta["stream"]["epoch"]
+        self.sync.restore_meta(meta["sync"])
+        return meta["step"], (0.0, 0, 0)
+
+
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+_requested = []  # signals received: set by the handler, read at round boundaries
+
+
+def _handle(signum, frame):
+    if _requested and signum == signal.SIGINT:
+        raise KeyboardInterrupt  # a second Ctrl-C really interrupts
+    _requested.append(signum)
+
+
+def install_preemption_handlers():
+    """Catch the stop signals from the very start (a signal while the data loads
+    must not kill the run either); called by ``horn run``."""
+    for sig in PREEMPT_SIGNALS:
+        signal.signal(sig, _handle)
+
+
+class Preemption:
+    """SIGTERM, SIGINT or SIGUSR1 ask the run to stop at the next round boundary; all
+    ranks agree with one tiny Allreduce, checkpoint, and exit cleanly.
+
+    Open MPI 5's mpirun does not forward SIGTERM/SIGINT (it kills the ranks), but it
+    forwards SIGUSR1: preempt an mpirun job with ``kill -USR1 <mpirun pid>`` (Slurm:
+    ``--signal=B:USR1@120``); a single-process run also stops on SIGTERM or Ctrl-C.
+    """
+
+    def __init__(self, peer):
+        self.peer = peer
+
+    def agreed(self):
+        """True on every rank when any rank was asked to stop."""
+        if self.peer is None:
+            return bool(_requested)
+        flag = np.array([1.0 if _requested else 0.0])
+        self.peer.allreduce_sum(flag, "world")
+        return bool(flag[0] > 0)

@@ -1,0 +1,861 @@
+"""Hostile input (issue 6): fuzz every reader of user files.
+
+Each target feeds 2,000 generated inputs (random bytes or text, and structured
+near-misses of the real formats) to one public entry point. The only exception
+allowed to escape is HornError, and its message must be one line naming the
+input. Whatever loads must be usable (a job resolves to JSON and back, a data
+set is finite float32 with in-range labels). Runs are derandomized, so CI sees
+the same inputs every time; inputs stay small, so nothing can hang.
+"""
+
+import builtins
+import importlib
+import io
+import json
+import math
+import os
+import re
+import struct
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from horn import registry
+from horn.data import load_dataset, load_features
+from horn.errors import HornError
+from horn.hosts import check_hostfile
+from horn.jobs import SECTIONS, load_job, write_resolved
+from horn.layers import Dense, SoftmaxCrossEntropy
+from horn.model import FORMAT, Model
+
+FUZZ = settings(max_examples=2000, deadline=None, derandomize=True, database=None,
+                suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def only_loaded_modules():
+    """Fuzzed layer types name arbitrary modules ("pkg.mod:Cls"). Let horn import only
+    modules that are already loaded (or horn's own), so a generated name can never run
+    some real module's import-time code; any other name behaves as a missing module."""
+    real = importlib.import_module
+
+    class Guard:
+        @staticmethod
+        def import_module(name, package=None):
+            if name in sys.modules or name == "horn" or name.startswith("horn."):
+                return real(name, package)
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(registry, "importlib", Guard)
+    yield
+    patch.undo()
+
+
+def only_horn_errors(call, *names):
+    """``call()``'s result, or None after a HornError: one line naming one of ``names``.
+
+    Any other exception propagates and fails the test (hypothesis shrinks the input).
+    """
+    try:
+        return call()
+    except HornError as exc:
+        message = str(exc)
+        assert message and "\n" not in message and "\r" not in message, repr(message)
+        assert not names or any(n in message for n in names), message
+        return None
+
+
+TEXT = st.characters(exclude_categories=("Cs",))  # no lone surrogates: they cannot be written
+NASTY_CHARS = ["\x00", "\x7f", "\r", "\t", "\x0b", "\x85", "\u2028", "\ufeff", "é", "\u0663",
+               "\u00b2", "\uff11", "\U0001f600"]
+
+
+# =========================================================================== job files
+GOOD_JOB = """name = "t"
+[model]
+layers = [{ type = "dense", units = 8, activation = "relu" }, { type = "dense", units = 3 }]
+[train]
+epochs = 2
+lr = 0.1
+"""
+
+
+class Big(str):
+    """A long string that prints short, so failure reports stay readable."""
+
+    def __repr__(self):
+        return f"<{len(self)} chars: {str.__repr__(self[:12])}...>" if len(self) > 40 \
+            else str.__repr__(self)
+
+
+class Raw(Big):
+    """A TOML literal written as is (dates, huge integers, deep nesting)."""
+
+
+def toml_key(key):
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def toml_value(value):
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # TOML basic strings share JSON's escapes
+    if isinstance(value, list):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
+    return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+
+
+def toml_document(doc, array_tables):
+    """TOML text for ``doc``: tables as [headers]; lists of tables maybe as [[headers]]."""
+    lines = [f"{toml_key(k)} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    for name, table in doc.items():
+        if not isinstance(table, dict):
+            continue
+        lines.append(f"[{toml_key(name)}]")
+        later = []
+        for key, value in table.items():
+            if array_tables and isinstance(value, list) and value and all(
+                    isinstance(v, dict) and not isinstance(v, Raw) for v in value):
+                later.append((key, value))
+            else:
+                lines.append(f"{toml_key(key)} = {toml_value(value)}")
+        for key, items in later:
+            for item in items:
+                lines.append(f"[[{toml_key(name)}.{toml_key(key)}]]")
+                lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in item.items())
+    return "\n".join(lines) + "\n"
+
+
+SPECIAL_FLOATS = [0.0, -0.0, 1.0, 0.5, 1e-300, 1e300, 5e-324, math.nan, math.inf, -math.inf]
+SPECIAL_INTS = [0, -1, 1, 2, 2**31, 2**31 - 1, 2**63 - 1, -2**63, 2**64, 10**12, 10**30]
+JUNK_KEYS = st.one_of(st.sampled_from(["lrr", "epoch", "Layers", "", " ", "a.b", "type", "units",
+                                       "\n", "x\ny", "\x00", "é", "self", "kwargs", "args"]),
+                      st.text(TEXT, max_size=6))
+SCALARS = st.one_of(
+    st.booleans(),
+    st.integers(-3, 100),
+    st.sampled_from(SPECIAL_INTS),
+    st.integers(-2**80, 2**80),
+    st.sampled_from(SPECIAL_FLOATS),
+    st.floats(),
+    st.text(TEXT, max_size=10),
+    st.sampled_from(["", "dense", "relu", "sgd", "digits", "os:system", "nan", "1"] + NASTY_CHARS),
+    st.sampled_from([Raw("1979-05-27T07:32:00Z"), Raw("1979-05-27"), Raw("07:32:00"),
+                     Raw("1979-05-27T00:32:00.999999-07:00"), Raw("9" * 5000),
+                     Raw("[" * 1500 + "]" * 1500), Raw("{a = " * 800 + "1" + "}" * 800)]),
+)
+JUNK = st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(JUNK_KEYS, inner, max_size=3)), max_leaves=6)
+
+LAYER_TYPES = [
+    "dense", "dropout", "relu", "tanh", "sigmoid", "dropconnect_dense", "softmax_cross_entropy",
+    "mse", "dens", "Dense", "", " dense", "os:system", "builtins:eval", "builtins:exec",
+    "builtins:__import__", "builtins:type", "builtins:object", "x.y:Z", "__import__('os')",
+    "__import__('os').system('true')", "os.path:join", "os:_exit", "sys:exit", "subprocess:Popen",
+    "pathlib:Path", "horn.layers.dense:Dense", "horn.layers:Dropout", "horn.layer:Layer",
+    "horn.layer:Loss", "horn.errors:HornError", "horn.nope:X", "horn.layers.dense:Nope",
+    "zz_fuzz.mod:Cls", "a..b:C", "os.:x", "os:system\n", ":", "a:", ":b", "a:b:c", "é:É",
+]
+LAYER_OPTIONS = {
+    "units": st.one_of(st.integers(-2, 40), st.sampled_from(SPECIAL_INTS + SPECIAL_FLOATS),
+                       st.sampled_from(["8", True, 2.0, 1.5, [8]])),
+    "activation": st.sampled_from(["identity", "relu", "tanh", "sigmoid", "softmax", "", 1, "None"]),
+    "p": st.one_of(st.sampled_from(SPECIAL_FLOATS + [0.99, 1, -1, "0.5", True]), st.floats()),
+    "init": st.sampled_from(["he", "xavier", "normal", "zeros", "ones", "bogus", 3, [1], {}]),
+    "bias": st.one_of(st.booleans(), SCALARS),
+    "temperature": st.one_of(st.sampled_from(SPECIAL_FLOATS + [-1, "1"]), st.floats()),
+}
+LAYER_TABLE = st.builds(
+    lambda kind, options, junk: {"type": kind, **options, **junk},
+    st.one_of(st.sampled_from(LAYER_TYPES), SCALARS),
+    st.fixed_dictionaries({}, optional=LAYER_OPTIONS),
+    st.dictionaries(JUNK_KEYS, JUNK, max_size=1),
+) | st.fixed_dictionaries({}, optional={"units": st.integers(1, 9), "type": SCALARS})
+LAYER_LIST = st.lists(st.one_of(LAYER_TABLE, LAYER_TABLE, LAYER_TABLE, JUNK), max_size=4)
+
+
+def key_values(meta):
+    """Values for one job key: mostly the right type near its bounds, sometimes junk."""
+    kind, choices = meta["kind"], meta["choices"]
+    options = [JUNK]
+    if choices:
+        options.append(st.sampled_from(choices))
+    if kind is int:
+        edges = [b + d for b in (meta["lo"], meta["hi"]) if b is not None for d in (-1, 0, 1)]
+        options += [st.integers(-3, 70), st.sampled_from(edges + SPECIAL_INTS)]
+    elif kind is float:
+        edges = [b for b in (meta["lo"], meta["hi"]) if b is not None]
+        options += [st.floats(-2, 2), st.sampled_from(edges + SPECIAL_FLOATS), st.integers(-2, 5)]
+    elif kind is bool:
+        options.append(st.booleans())
+    elif kind is str:
+        options.append(st.text(TEXT, max_size=8))
+    elif kind is list:
+        options.append(st.lists(st.one_of(st.floats(0, 2), SCALARS), max_size=4))
+    return st.one_of(*options)
+
+
+def section_strategy(name, cls):
+    import dataclasses
+
+    fields = {f.name: key_values(f.metadata) for f in dataclasses.fields(cls)}
+    if name == "model":
+        fields["layers"] = st.one_of(LAYER_LIST, LAYER_LIST, LAYER_LIST, JUNK)
+        fields["loss"] = st.one_of(st.sampled_from(LAYER_TYPES), LAYER_TABLE, JUNK)
+    table = st.builds(lambda known, junk: {**known, **junk},
+                      st.fixed_dictionaries({}, optional=fields),
+                      st.dictionaries(JUNK_KEYS, JUNK, max_size=1))
+    return table if name == "model" else st.one_of(table, table, table, JUNK)
+
+
+JOB_DOCS = st.builds(
+    lambda model, others, junk: {**others, "model": model, **junk},
+    section_strategy("model", SECTIONS["model"]),
+    st.fixed_dictionaries({}, optional={
+        **{name: section_strategy(name, cls) for name, cls in SECTIONS.items() if name != "model"},
+        "name": st.one_of(st.sampled_from(["t", "a-b.c_d", "x" * 65, "", "a b", "é"]), JUNK),
+        "description": JUNK,
+    }),
+    st.dictionaries(st.one_of(JUNK_KEYS, st.sampled_from(["trian", "models", "train.x"])), JUNK,
+                    max_size=1),
+)
+
+
+def check_job(job, work):
+    """A job that loads must resolve to JSON and load back identically (what a run does)."""
+    resolved = work / "resolved.json"
+    write_resolved(job, resolved)
+    again, doc = load_job(resolved).to_dict(), job.to_dict()
+    for key in ("path", "root"):  # written absolute, relative to the job file
+        if doc["data"][key]:
+            assert again["data"][key] == str(Path(job.base_dir) / doc["data"][key])
+            again["data"][key] = doc["data"][key]
+    assert again == doc
+    assert job.model.layers and all(isinstance(s, dict) for s in job.model.layers)
+
+
+@FUZZ
+@given(doc=JOB_DOCS, array_tables=st.booleans())
+def test_fuzz_structured_job_files(work, doc, array_tables):
+    path = work / "job.toml"
+    path.write_text(toml_document(doc, array_tables), encoding="utf-8")
+    job = only_horn_errors(lambda: load_job(path), str(path))
+    if job is not None:
+        check_job(job, work)
+
+
+TOML_TOKENS = st.sampled_from([
+    "\n", " ", "=", " = ", "[", "]", "[[", "]]", "{", "}", ",", ".", '"', "'", '"""', "'''", "#",
+    "\\", "\\u00", "name", "model", "layers", "type", "dense", "units", "train", "lr", "epochs",
+    "data", "parallel", "loss", "0", "1", "-1", "1.5", "1e999", "nan", "inf", "+inf", "-nan",
+    "true", "0x1F", "0o7", "0b2", "1_000", "01", "1979-05-27T07:32:00Z", "07:32:00", '"os:system"',
+    '"builtins:eval"', Big("9" * 5000), Big("[" * 1200), Big("{a=" * 600),
+    Big("a." * 300 + "b = 1\n"),
+] + NASTY_CHARS)
+TOML_TEXT = st.one_of(
+    st.text(TEXT, max_size=200),
+    st.lists(TOML_TOKENS, max_size=60).map("".join),
+    st.builds(lambda at, cut, tokens: GOOD_JOB[:at] + "".join(tokens) + GOOD_JOB[at + cut:],
+              st.integers(0, len(GOOD_JOB)), st.integers(0, 4), st.lists(TOML_TOKENS, max_size=3)),
+)
+
+
+@FUZZ
+@given(data=st.one_of(TOML_TEXT.map(lambda s: s.encode("utf-8")), st.binary(max_size=200),
+                      st.text(max_size=50).map(lambda s: s.encode("utf-8", "surrogatepass"))),
+       suffix=st.sampled_from([".toml", ".toml", ".json"]))
+def test_fuzz_random_job_text(work, data, suffix):
+    path = work / f"random{suffix}"
+    path.write_bytes(data)
+    job = only_horn_errors(lambda: load_job(path), str(path))
+    if job is not None:
+        check_job(job, work)
+
+
+OVERRIDE_KEYS = st.one_of(
+    st.sampled_from([
+        "train.lr", "train.epochs", "train.batch_size", "train.nesterov", "train.optimizer",
+        "train.seed", "data.name", "data.path", "data.limit", "data.val_fraction", "parallel.workers",
+        "parallel.partition_weights", "log.dir", "name", "description", "model.loss",
+        "model.loss.temperature", "model.layers", "model.layers.0", "model.layers.0.units",
+        "model.layers.1.type", "model.layers.0.type", "model.layers.0.activation",
+        "model.layers.0.bogus", "model.layers.9.units", "model.layers.\u00b2.units",
+        "model.layers.\u0663.units", "model.layers.-1", "model.layers.01.units", "model.layers.0.x.y",
+        "train.lr.x", "train", "", ".", "a..b", "train.", ".train", " train . lr ", Big("x" * 300),
+    ]),
+    st.lists(st.one_of(st.sampled_from(["model", "layers", "0", "1", "train", "lr", "type"]),
+                       st.text(TEXT, max_size=5)), min_size=1, max_size=4).map(".".join),
+)
+OVERRIDE_VALUES = st.one_of(
+    st.sampled_from([
+        "1", "0", "-1", "0.5", "1e999", "nan", "inf", "-inf", "true", '"dense"', "dense",
+        "[1, 2]", "[]", "{}", "{type = 'dense', units = 4}", "{type = 'os:system'}", '"os:system"',
+        "os:system", "'builtins:eval'", "__import__('os').system('true')",
+        "[{type='dense', units=3}]", Big("9" * 5000), Big("[" * 3000), Big("{a=" * 1000), "1979-05-27", "",
+        "=", "1\nname = 'x'", "1 # c", "'''a\nb'''", "10000000000000", "1e-310",
+    ] + NASTY_CHARS),
+    st.text(TEXT, max_size=20),
+    SCALARS.map(toml_value),
+)
+OVERRIDES = st.one_of(st.builds(lambda k, v: f"{k}={v}", OVERRIDE_KEYS, OVERRIDE_VALUES),
+                      st.text(TEXT, max_size=20))
+
+
+@pytest.fixture(scope="module")
+def good_job(work):
+    path = work / "good.toml"
+    path.write_text(GOOD_JOB)
+    load_job(path)
+    return path
+
+
+@FUZZ
+@given(items=st.lists(OVERRIDES, min_size=1, max_size=4))
+def test_fuzz_set_overrides(work, good_job, items):
+    job = only_horn_errors(lambda: load_job(good_job, items), str(good_job), "--set")
+    if job is not None:
+        check_job(job, work)
+
+
+# =========================================================================== hostfiles
+ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+LABEL = st.builds(lambda a, mid, b: a + mid + b if b else a, st.sampled_from(ALNUM),
+                  st.text(ALNUM + "-", max_size=6), st.sampled_from(["", *ALNUM]))
+NAME = st.lists(LABEL, min_size=1, max_size=3).map(".".join).filter(
+    lambda n: not all(label.isdigit() for label in n.split(".")))
+HOST = st.one_of(NAME, st.ip_addresses(v=4).map(str))
+BLANKS = st.sampled_from([" ", "  ", "\t", " \t "])
+EOL = st.sampled_from(["\n", "\r\n", "  \n", " # comment\n", "# x = y\n", "\t#\n"])
+
+
+@st.composite
+def valid_hostfiles(draw):
+    """A valid hostfile in either syntax with random spacing/comments, and its parse."""
+    names = draw(st.lists(HOST, min_size=1, max_size=6, unique_by=str.lower))
+    text, expected = draw(st.sampled_from(["", "# cluster\n", "\n\n"])), []
+    for name in names:
+        slots = draw(st.one_of(st.none(), st.integers(1, 1_000_000)))
+        if slots is not None and draw(st.booleans()):
+            line = f"{name}:{slots}"
+        else:
+            line = name
+            options = []
+            if slots is not None:
+                options.append(("slots", slots))
+            if draw(st.booleans()):
+                options.append(("max_slots", draw(st.integers(slots or 1, 1_000_000))))
+            for key, value in draw(st.permutations(options)):
+                eq = draw(st.sampled_from(["=", " = ", "= ", " ="]))
+                line += f"{draw(BLANKS)}{key}{eq}{value}"
+        text += draw(st.sampled_from(["", " ", "\t"])) + line + draw(EOL)
+        expected.append((name, slots or 1))
+    return text, expected
+
+
+@FUZZ
+@given(case=valid_hostfiles())
+def test_fuzz_valid_hostfiles_parse_exactly(work, case):
+    text, expected = case
+    path = work / "valid.hosts"
+    path.write_bytes(text.encode())
+    assert check_hostfile(path) == (expected, sum(slots for _, slots in expected))
+
+
+HOST_WORDS = st.one_of(HOST, st.sampled_from([
+    "node1", "NODE1", "node_2", "-node", "node-", "a..b", ".a", "a.", Big("x" * 64), Big("x" * 63),
+    Big(("a" * 63 + ".") * 4 + "a"), "10.0.0.256", "1.2.3", "01.2.3.4", "1.2.3.4.5", "\u0663.1.1.1",
+    "\u00b2", "localhost", "127.0.0.1", "::1", "[::1]", "node\x00", "n\u00e9", "*", "%s", "{}",
+]))
+SLOT_VALUES = st.one_of(st.integers(-2, 12).map(str), st.sampled_from([
+    "1000000", "1000001", "99999999", "0", "00", "007", "-0", "+3", "2.5", "1e3", "", "x",
+    "\u0663", "\uff11", "0x10", "4 4", Big("9" * 30),
+]))
+HOST_KEYS = st.sampled_from(["slots", "max_slots", "slot", "maxslots", "SLOTS", "", "cpu", "="])
+
+
+@st.composite
+def junk_host_lines(draw):
+    head = draw(HOST_WORDS)
+    if draw(st.booleans()):
+        head += ":" + draw(SLOT_VALUES)
+    words = [head] + [draw(HOST_KEYS) + draw(st.sampled_from(["=", " = ", "", "=="]))
+                      + draw(SLOT_VALUES) for _ in range(draw(st.integers(0, 3)))]
+    return draw(BLANKS).join(words) + draw(st.one_of(EOL, st.sampled_from(["\r", "", "\x85"])))
+
+
+@FUZZ
+@given(lines=st.lists(st.one_of(junk_host_lines(), valid_hostfiles().map(lambda c: c[0])),
+                      min_size=0, max_size=6))
+def test_fuzz_structured_hostfiles(work, lines):
+    path = work / "junk.hosts"
+    path.write_bytes("".join(lines).encode())
+    parsed = only_horn_errors(lambda: check_hostfile(path), f"{path}:", f"{path}: no hosts")
+    if parsed is not None:
+        hosts, total = parsed
+        assert hosts and total == sum(s for _, s in hosts)
+        assert all(1 <= s <= 1_000_000 and h and not any(c.isspace() for c in h) for h, s in hosts)
+        assert len({h.lower() for h, _ in hosts}) == len(hosts)
+
+
+# =========================================================================== npz containers
+def npy(array):
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def npy_raw(header, payload=b"", version=(1, 0)):
+    """A .npy member with a forged header text (and header length field)."""
+    text = header.encode("latin1", "replace") if isinstance(header, str) else header
+    size = struct.pack("<H" if version[0] == 1 else "<I", len(text) % (1 << 16)) \
+        if version[0] in (1, 2, 3) else b"\xff\xff"
+    return b"\x93NUMPY" + bytes(version) + size + text + payload
+
+
+def zip_bytes(members, compression=zipfile.ZIP_STORED):
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate member names are part of the fuzz
+        with zipfile.ZipFile(buf, "w", compression=compression) as archive:
+            for name, data in members:
+                archive.writestr(name, data)
+    return buf.getvalue()
+
+
+DESCRS = ["<f4", "<f8", ">f8", "<f2", "|b1", "<i8", ">i4", "<u8", "|u1", "<c16", "<U3", "|S2",
+          "|O", "<M8[D]", "<m8[s]", "|V4", "|V0", "|S0", [("a", "<i4"), ("b", "<f4")],
+          [("o", "|O")], "<f4 ", "f", "garbage", 3, None, ("<f4", (2,)), "<f16"]
+SHAPES = st.one_of(
+    st.lists(st.integers(0, 6), max_size=3).map(tuple),
+    st.lists(st.sampled_from([0, 1, 2, -1, 2**31, 2**32, 2**40, 2**62, 2**63, 2**70]),
+             max_size=3).map(tuple),
+    st.sampled_from([(), (1,) * 40, [3], (3.0,), (True,), "(3,)", None]),
+)
+HEADERS = st.one_of(
+    st.builds(lambda d, f, s: "{'descr': %r, 'fortran_order': %r, 'shape': %r, }" % (d, f, s),
+              st.sampled_from(DESCRS), st.sampled_from([False, True, 0, "no"]), SHAPES),
+    st.sampled_from(["", "{}", "[]", "{[]: 1}", Big("(" * 300 + ")" * 300), "{'descr': '<f4'}",
+                     "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}",
+                     "__import__('os').system('true')", Big("x" * 20000), "{'descr': '<f4',"]),
+    st.text(TEXT, max_size=40),
+)
+FORGED_NPY = st.builds(npy_raw, HEADERS, st.binary(max_size=64),
+                       st.sampled_from([(1, 0), (2, 0), (3, 0), (1, 0), (9, 9), (0, 0)]))
+
+DTYPES = st.one_of(hnp.floating_dtypes(), hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(),
+                   hnp.boolean_dtypes(), hnp.complex_number_dtypes(), hnp.byte_string_dtypes(max_len=3),
+                   hnp.unicode_string_dtypes(max_len=3), hnp.datetime64_dtypes(),
+                   hnp.timedelta64_dtypes())
+ANY_ARRAY = hnp.arrays(DTYPES, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
+OBJECT_ARRAY = st.sampled_from([np.array([1, "a", None], dtype=object),
+                                np.array([{"a": 1}], dtype=object), np.empty((0,), dtype=object)])
+
+
+@st.composite
+def xy_arrays(draw):
+    """Features and labels that are mostly well-formed, each with some way to go wrong."""
+    n = draw(st.integers(0, 10))
+    shape = (n,) + tuple(draw(st.lists(st.integers(0 if draw(st.booleans()) else 1, 4),
+                                       max_size=2)))
+    x_dtype = draw(st.one_of(st.sampled_from([np.float32, np.float64, np.uint8, np.int64]), DTYPES))
+    finite = draw(st.booleans())
+    elements = None
+    if np.dtype(x_dtype).kind == "f" and finite:
+        width = min(64, np.dtype(x_dtype).itemsize * 8)
+        elements = st.floats(-6e4, 6e4, width=width)
+    x = draw(hnp.arrays(x_dtype, shape, elements=elements))
+    m = n + draw(st.sampled_from([0, 0, 0, 0, 1, -1]))
+    y_dtype = draw(st.one_of(st.sampled_from([np.int64, np.uint8, np.float64, np.uint64]), DTYPES))
+    y_shape = draw(st.sampled_from([(max(m, 0),), (max(m, 0),), (max(m, 0), 1), (max(m, 0), 2), ()]))
+    if np.dtype(y_dtype).kind in "iu" and draw(st.booleans()):
+        y = draw(hnp.arrays(y_dtype, y_shape, elements=st.integers(0, 3)))
+    else:
+        y = draw(hnp.arrays(y_dtype, y_shape))
+    return x, y
+
+
+@st.composite
+def npz_files(draw, names):
+    """An .npz-like zip: real arrays, forged headers, pickles, raw members, odd names."""
+    members = []
+    if draw(st.booleans()):
+        x, y = draw(xy_arrays())
+        members += [("x.npy", npy(x)), ("y.npy", npy(y))]
+        if draw(st.booleans()):
+            xt, yt = draw(xy_arrays())
+            members += [("x_test.npy", npy(xt)), ("y_test.npy", npy(yt))][:draw(st.integers(1, 2))]
+    extra = st.tuples(st.one_of(st.sampled_from(names), st.text(TEXT, min_size=1, max_size=8)),
+                      st.one_of(ANY_ARRAY.map(npy), FORGED_NPY, OBJECT_ARRAY.map(npy),
+                                st.binary(max_size=32)))
+    members += draw(st.lists(extra, max_size=3))
+    members = draw(st.permutations(members))
+    compression = draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED,
+                                        zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]))
+    data = zip_bytes(members, compression)
+    action = draw(st.sampled_from(["none", "none", "none", "flip", "cut"]))
+    if action != "none" and data:
+        at = draw(st.integers(0, len(data) - 1))
+        data = data[:at] + (bytes([draw(st.integers(0, 255))]) + data[at + 1:]
+                            if action == "flip" else b"")
+    return data
+
+
+DATA_NAMES = ["x.npy", "y.npy", "x_test.npy", "y_test.npy", "x", "y", "x.NPY", "dir/",
+              "../x.npy", "/abs.npy", "x.npy.npy", ".npy"]
+
+
+def check_features(x):
+    assert isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 2
+    assert x.flags.c_contiguous and x.shape[0] >= 1 and x.shape[1] >= 1 and np.isfinite(x).all()
+
+
+def check_dataset(data):
+    width = data.x_train.shape[1]
+    for x, y in ((data.x_train, data.y_train), (data.x_val, data.y_val),
+                 (data.x_test, data.y_test)):
+        assert x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == width and x.flags.c_contiguous
+        assert np.isfinite(x).all(), "scaled features must stay finite"
+        assert y.dtype == np.int64 and y.shape == (len(x),)
+        assert ((0 <= y) & (y < data.classes)).all()
+    assert len(data.x_train) >= 1 and len(data.x_test) >= 1 and data.classes >= 1
+
+
+DATA_OPTIONS = st.fixed_dictionaries({
+    "scale": st.sampled_from(["unit", "standard", "none"]),
+    "val_fraction": st.sampled_from([0.0, 0.1, 0.5, 0.9]),
+    "test_fraction": st.sampled_from([0.2, 0.5]),
+    "limit": st.sampled_from([None, None, 1, 5]),
+})
+
+
+@FUZZ
+@given(data=st.one_of(npz_files(DATA_NAMES), npz_files(DATA_NAMES), st.binary(max_size=200),
+                      st.binary(max_size=64).map(lambda b: b"PK\x03\x04" + b),
+                      FORGED_NPY, ANY_ARRAY.map(npy)),
+       options=DATA_OPTIONS)
+def test_fuzz_npz_data(work, data, options):
+    path = work / "data.npz"
+    path.write_bytes(data)
+    loaded = only_horn_errors(lambda: load_dataset({"name": "npz", "path": str(path), **options}),
+                              str(path), "data.")
+    if loaded is not None:
+        check_dataset(loaded)
+    x = only_horn_errors(lambda: load_features(path), str(path))
+    if x is not None:
+        check_features(x)
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=200), FORGED_NPY, ANY_ARRAY.map(npy),
+                      OBJECT_ARRAY.map(npy), npz_files(DATA_NAMES)))
+def test_fuzz_npy_features(work, data):
+    path = work / "inputs.npy"
+    path.write_bytes(data)
+    x = only_horn_errors(lambda: load_features(path), str(path))
+    if x is not None:
+        check_features(x)
+
+
+# =========================================================================== CSV
+CSV_CELLS = st.one_of(
+    st.integers(-5, 5).map(str),
+    st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr),
+    st.sampled_from(["0", "1", "2", "-0", "1.5", "nan", "NaN", "inf", "-inf", "1e999", "1e-999",
+                     "1_000", " 3 ", "0x10", "", " ", "abc", "label", "x1", '"1"', '"1,2"', '"',
+                     '""', "'1'", "1;2", "\t4", "١", "\uff11", "\u00b2", Big("9" * 400),
+                     "-" * 3, "+1", ".5", "5.", "e5", "\x00", "\ufeff1"]),
+    st.text(TEXT, max_size=4),
+)
+
+
+@st.composite
+def csv_texts(draw):
+    width = draw(st.integers(1, 5))
+    rows = []
+    if draw(st.booleans()):
+        rows.append([draw(st.sampled_from(["f", "x", "label", "1", ""])) + str(i)
+                     for i in range(width)])
+    for _ in range(draw(st.integers(0, 12))):
+        w = width + draw(st.sampled_from([0, 0, 0, 0, 0, 0, 1, -1]))
+        if draw(st.booleans()):
+            row = [draw(st.integers(-3, 9).map(str)) for _ in range(max(w, 0))]
+        else:
+            row = [draw(CSV_CELLS) for _ in range(max(w, 0))]
+        rows.append(row)
+    sep = draw(st.sampled_from([",", ",", ",", ", ", ";", "\t"]))
+    eol = draw(st.sampled_from(["\n", "\r\n", "\r", "\n\n"]))
+    return eol.join(sep.join(row) for row in rows) + draw(st.sampled_from(["", eol]))
+
+
+@FUZZ
+@given(text=st.one_of(csv_texts(), csv_texts(), csv_texts(), st.text(max_size=120)),
+       label_column=st.one_of(st.just(-1), st.integers(-6, 6)), options=DATA_OPTIONS)
+def test_fuzz_csv_data(work, text, label_column, options):
+    path = work / "data.csv"
+    path.write_bytes(text.encode("utf-8", "surrogatepass"))
+    loaded = only_horn_errors(lambda: load_dataset(
+        {"name": "csv", "path": str(path), "label_column": label_column, **options}), str(path),
+        "data.")
+    if loaded is not None:
+        check_dataset(loaded)
+    x = only_horn_errors(lambda: load_features(path), str(path))
+    if x is not None:
+        check_features(x)
+
+
+# =========================================================================== model files
+def small_model():
+    return Model([Dense(4, "relu"), Dense(3)], SoftmaxCrossEntropy(), 5, "numpy", seed=1)
+
+
+BASE = small_model()
+BASE_ARRAYS = BASE.state_arrays()
+BASE_HEADER = {"format": FORMAT, "spec": BASE.spec(), "meta": {"classes": 3}}
+
+JSON_JUNK = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+              st.text(TEXT, max_size=8), st.sampled_from(SPECIAL_INTS)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(TEXT, max_size=6), inner, max_size=3)),
+    max_leaves=6)
+SPEC_LAYER = st.builds(
+    lambda kind, options: {"type": kind, **options},
+    st.sampled_from(LAYER_TYPES),
+    st.fixed_dictionaries({}, optional={**LAYER_OPTIONS, "units": st.one_of(
+        st.sampled_from([4, 3, 1, 0, -4, 10**12, 2**31, 2**40, 2**63, 1.5, 4.0, math.inf, "4"]),
+        st.integers(1, 8))}),
+)
+SPECS = st.fixed_dictionaries({}, optional={
+    "in_features": st.one_of(st.sampled_from([5, 5, 5, 1, 0, -5, 1.5, 5.0, "5", None, True, [5],
+                                              10**12, 2**31, 2**63, 10**30, math.nan, math.inf]),
+                             JSON_JUNK),
+    "layers": st.one_of(st.lists(st.one_of(SPEC_LAYER, SPEC_LAYER, JSON_JUNK), max_size=3),
+                        st.just(BASE.spec()["layers"]), JSON_JUNK),
+    "loss": st.one_of(st.sampled_from([{"type": "softmax_cross_entropy"}, {"type": "mse"},
+                                       {"type": "dense", "units": 2}, {"type": "os:system"},
+                                       {"type": "builtins:eval"}, "softmax_cross_entropy", {}]),
+                      SPEC_LAYER, JSON_JUNK),
+})
+HEADER_DOCS = st.one_of(
+    st.builds(lambda fmt, spec, meta, drop: {k: v for k, v in
+                                             {"format": fmt, "spec": spec, "meta": meta}.items()
+                                             if k not in drop},
+              st.sampled_from([FORMAT, FORMAT, FORMAT, "horn-model-2", "", None, 1]),
+              st.one_of(SPECS, st.just(BASE.spec()), JSON_JUNK),
+              st.one_of(st.just({"classes": 3}), JSON_JUNK),
+              st.sets(st.sampled_from(["format", "spec", "meta"]), max_size=1)),
+    JSON_JUNK,
+)
+HEADER_TEXT = st.one_of(
+    HEADER_DOCS.map(json.dumps), HEADER_DOCS.map(json.dumps), st.text(TEXT, max_size=40),
+    st.sampled_from([Big("[" * 100000), Big('{"a":' * 50000), Big("9" * 5000), '{"format": 1e999}', "",
+                     json.dumps(BASE_HEADER)[:-1], "\ufeff" + json.dumps(BASE_HEADER)]),
+)
+
+
+def header_array(text, encoding):
+    raw = text.encode("utf-8", "surrogatepass")
+    u8 = np.frombuffer(raw, dtype=np.uint8)
+    return {
+        "uint8": u8,
+        "int64": u8.astype(np.int64),
+        "float": u8.astype(np.float64) + 0.5,
+        "2d": u8[:len(u8) // 2 * 2].reshape(-1, 2) if len(u8) > 1 else u8.reshape(1, -1),
+        "string": np.array([text[:50]]),
+        "0d": np.array(len(raw)),
+        "negative": u8.astype(np.int16) - 300,
+    }[encoding]
+
+
+@st.composite
+def param_arrays(draw):
+    """The model's arrays, some dropped, reshaped, retyped, poisoned or added."""
+    arrays = dict(BASE_ARRAYS)
+    for key in list(arrays):
+        action = draw(st.sampled_from(["keep"] * 6 + ["drop", "shape", "dtype", "nan", "junk"]))
+        if action == "drop":
+            del arrays[key]
+        elif action == "shape":
+            arrays[key] = np.zeros(draw(hnp.array_shapes(min_dims=0, max_dims=3, max_side=5)),
+                                   np.float32)
+        elif action == "dtype":
+            dtype = draw(DTYPES)
+            arrays[key] = np.zeros(arrays[key].shape, dtype)
+        elif action == "nan":
+            arrays[key] = np.full(arrays[key].shape, draw(st.sampled_from([np.nan, np.inf])),
+                                  np.float32)
+        elif action == "junk":
+            arrays[key] = draw(st.one_of(ANY_ARRAY, OBJECT_ARRAY))
+    return arrays
+
+
+@st.composite
+def model_files(draw):
+    arrays = draw(param_arrays())
+    members = [(f"{k}.npy", npy(v)) for k, v in arrays.items()]
+    how = draw(st.sampled_from(["array", "array", "array", "raw", "forged", "none"]))
+    if how == "array":
+        text = draw(HEADER_TEXT)
+        encoding = draw(st.sampled_from(["uint8"] * 6 + ["int64", "float", "2d", "string",
+                                                        "0d", "negative"]))
+        members.append(("__header__.npy", npy(header_array(text, encoding))))
+    elif how == "raw":  # a member without the .npy magic: numpy hands back raw bytes
+        members.append(("__header__", json.dumps(BASE_HEADER).encode()))
+    elif how == "forged":
+        members.append(("__header__.npy", draw(FORGED_NPY)))
+    members += draw(st.lists(st.tuples(st.sampled_from(["extra.npy", "param/0.W.npy", "x"]),
+                                       st.one_of(FORGED_NPY, st.binary(max_size=16))), max_size=1))
+    return zip_bytes(draw(st.permutations(members)))
+
+
+@FUZZ
+@given(data=st.one_of(model_files(), model_files(), model_files(), st.binary(max_size=200),
+                      npz_files(["__header__.npy", "param/0.W.npy", "param/0.b.npy", "__header__"]),
+                      ANY_ARRAY.map(npy)))
+def test_fuzz_model_files(work, data):
+    path = work / "model.npz"
+    path.write_bytes(data)
+    loaded = only_horn_errors(lambda: Model.load(path), str(path))
+    if loaded is not None:
+        model, meta = loaded
+        assert model.params.shape == (model.size,) and model.num_params <= 2**31
+        x = np.ones((2, model.in_features), np.float32)
+        assert model.predict(x).shape == (2, model.out_features)
+
+
+def test_model_round_trip_survives_the_fuzz_helpers(tmp_path):
+    """The generators build on a real model file: make sure an untouched one loads."""
+    path = tmp_path / "m.npz"
+    members = [(f"{k}.npy", npy(v)) for k, v in BASE_ARRAYS.items()]
+    members.append(("__header__.npy", npy(header_array(json.dumps(BASE_HEADER), "uint8"))))
+    path.write_bytes(zip_bytes(members))
+    model, meta = Model.load(path)
+    assert meta == {"classes": 3} and np.array_equal(model.params, BASE.params)
+
+
+@pytest.mark.parametrize("units", [10**12, 2**40, 2**31])
+def test_model_file_with_absurd_size_is_refused_before_allocating(tmp_path, units):
+    header = {"format": FORMAT, "meta": {}, "spec": {
+        "in_features": 5, "layers": [{"type": "dense", "units": units}],
+        "loss": {"type": "softmax_cross_entropy"}}}
+    path = tmp_path / "huge.npz"
+    path.write_bytes(zip_bytes([("__header__.npy", npy(header_array(json.dumps(header), "uint8")))]))
+    with pytest.raises(HornError, match="huge.npz.*parameters"):
+        Model.load(path)
+
+
+# =========================================================================== code execution
+PWNED = []
+
+
+def _pwn(tag):
+    PWNED.append(tag)
+    return tag
+
+
+class Evil:
+    """Unpickling this calls _pwn: proof that a loader ran code from a file."""
+
+    def __reduce__(self):
+        return (_pwn, ("unpickled",))
+
+
+@pytest.fixture
+def tripwires(monkeypatch):
+    """Fail loudly if anything reaches os.system, eval, exec or the pickle payload."""
+    calls = []
+
+    def trap(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} was called with {args!r}")
+        return call
+
+    for module, name in ((os, "system"), (os, "popen"), (builtins, "eval"), (builtins, "exec")):
+        monkeypatch.setattr(module, name, trap(name))
+    PWNED.clear()
+    yield calls
+    assert not calls and not PWNED, (calls, PWNED)
+
+
+def evil_npy():
+    return npy(np.array([Evil(), 1], dtype=object))
+
+
+@pytest.mark.parametrize("where", ["x", "y", "x_test"])
+def test_pickled_npz_refused_by_data_loaders(tmp_path, tripwires, where):
+    arrays = {"x": npy(np.ones((10, 2))), "y": npy(np.arange(10) % 2),
+              "x_test": npy(np.ones((3, 2))), "y_test": npy(np.zeros(3, int))}
+    arrays[where] = evil_npy()
+    path = tmp_path / "evil.npz"
+    path.write_bytes(zip_bytes([(f"{k}.npy", v) for k, v in arrays.items()]))
+    with pytest.raises(HornError, match=r"evil\.npz.*pickled"):
+        load_dataset({"name": "npz", "path": str(path)})
+    with pytest.raises(HornError, match=r"evil\.npz.*pickled"):
+        load_features(path)
+    npy_path = tmp_path / "evil.npy"
+    npy_path.write_bytes(evil_npy())
+    with pytest.raises(HornError, match=r"evil\.npy.*pickled"):
+        load_features(npy_path)
+
+
+@pytest.mark.parametrize("where", ["__header__", "param/0.W", "param/1.b"])
+def test_pickled_npz_refused_by_model_loader(tmp_path, tripwires, where):
+    members = {f"{k}.npy": npy(v) for k, v in BASE_ARRAYS.items()}
+    members["__header__.npy"] = npy(header_array(json.dumps(BASE_HEADER), "uint8"))
+    members[f"{where}.npy"] = evil_npy()
+    path = tmp_path / "evil.npz"
+    path.write_bytes(zip_bytes(members.items()))
+    with pytest.raises(HornError, match=r"evil\.npz.*pickled"):
+        Model.load(path)
+
+
+CODE_TYPES = ["os:system", "builtins:eval", "builtins:exec", "os:popen", "__import__('os')",
+              "__import__('os').system('touch /tmp/horn-pwned')", "eval", "exec"]
+
+
+@pytest.mark.parametrize("kind", CODE_TYPES)
+def test_job_naming_code_as_layer_is_refused_without_calling_it(tmp_path, tripwires, kind):
+    path = tmp_path / "job.toml"
+    path.write_text(GOOD_JOB.replace('"dense", units = 8', f"{json.dumps(kind)}, units = 8"))
+    with pytest.raises(HornError, match="job.toml: model.layers\\[0\\]"):
+        load_job(path)
+    path.write_text(GOOD_JOB)
+    with pytest.raises(HornError, match="job.toml: model.loss"):
+        load_job(path, [f"model.loss={kind}"])
+    with pytest.raises(HornError, match="job.toml: model.layers\\[1\\]"):
+        load_job(path, [f"model.layers.1.type={kind}"])
+
+
+@pytest.mark.parametrize("kind", CODE_TYPES)
+def test_model_file_naming_code_as_layer_is_refused_without_calling_it(tmp_path, tripwires, kind):
+    header = json.loads(json.dumps(BASE_HEADER))
+    header["spec"]["layers"][0]["type"] = kind
+    members = [(f"{k}.npy", npy(v)) for k, v in BASE_ARRAYS.items()]
+    members.append(("__header__.npy", npy(header_array(json.dumps(header), "uint8"))))
+    path = tmp_path / "evil.npz"
+    path.write_bytes(zip_bytes(members))
+    with pytest.raises(HornError, match="evil.npz"):
+        Model.load(path)
