@@ -67,7 +67,7 @@ class TrainSection:
     backend: str = opt("auto", str, ("auto", "numpy", "numba", "cupy"))
     threads: int = opt(0, int, lo=0)
     eval_every: int = opt(1, int, lo=1)
-    on_nan: str = opt("stop", str, ("stop",))
+    on_nan: str = opt("stop", str, ("stop", "skip_batch"))
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class RunState:
         meta = manifest["ranks"]["0"]
         self.stream.epoch = meta["stream"]["epoch"]
         self.sync.restore_meta(meta["sync"])
-        return meta["step"], (0.0, 0, 0)
+        return meta["step"], (0.0, 0, 0, 0)
 
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)

@@ -124,7 +124,7 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False):
     state = RunState(model, optimizer, stream, sync, peer)
     layout = {"world": peer.size if peer else 1, "groups": peer.groups if peer else 1,
               "workers": peer.workers if peer else 1}
-    start_step, counters, offset = 0, (0.0, 0, 0), None
+    start_step, counters, offset = 0, (0.0, 0, 0, 0), None
     if resume:
         manifest, arrays = load_latest(run_dir)
         start_step, counters = state.restore(manifest, arrays, layout)
@@ -154,7 +154,8 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False):
         trainer = Trainer(model, optimizer, schedule, stream, data, metrics, steps, sync=sync,
                           eval_every=job.train.eval_every, progress=show,
                           rank_name=f"rank {peer.rank}" if peer else "",
-                          on_round_end=on_round_end)
+                          on_round_end=on_round_end,
+                          skip_bad_batches=job.train.on_nan == "skip_batch")
         trainer.run(start_step, counters)
         if trainer.stopped_at is not None:
             return {"preempted": True, "step": trainer.stopped_at, "run_dir": str(run_dir)} \

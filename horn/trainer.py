@@ -15,13 +15,15 @@ from horn.metrics import print_progress, progress_line
 
 class Trainer:
     def __init__(self, model, optimizer, schedule, stream, data, metrics, total_steps,
-                 sync=None, eval_every=1, progress=True, rank_name="", on_round_end=None):
+                 sync=None, eval_every=1, progress=True, rank_name="", on_round_end=None,
+                 skip_bad_batches=False):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.stream, self.data, self.metrics = stream, data, metrics
         self.total_steps, self.eval_every = total_steps, eval_every
         self.sync = sync or Sync()
         self.progress, self.rank_name = progress, rank_name
         self.on_round_end = on_round_end  # (steps done, epoch counters) -> True to stop early
+        self.skip_bad_batches = skip_bad_batches  # train.on_nan = "skip_batch"
         self.history = []
         self.stopped_at = None
 
@@ -31,49 +33,62 @@ class Trainer:
         raise DivergenceError(f"{prefix}training diverged at step {step}: loss is {loss}; first "
                               f"non-finite value: {where} (lower train.lr or check the data)")
 
-    def run(self, start_step=0, counters=(0.0, 0, 0)):
+    def run(self, start_step=0, counters=(0.0, 0, 0, 0)):
         """Train from ``start_step`` (a resumed run passes its checkpoint's step and
-        the epoch's running loss sum, correct and seen counts)."""
+        the epoch's running loss sum, correct, seen and skipped counts)."""
         stream = self.stream
         total_epochs = math.ceil(self.total_steps / stream.per_epoch)
-        epoch_loss, epoch_correct, epoch_seen = counters
+        epoch_loss, epoch_correct, epoch_seen, epoch_skipped = counters
         start = epoch_start = time.perf_counter()
         for step in range(start_step, self.total_steps):
             xb, yb = stream.next()
             model, optimizer = self.sync.trainee(self.model, self.optimizer)
             loss = model.train_step(xb, yb)
-            if not math.isfinite(loss):
+            skip = self.skip_bad_batches  # on_nan = "skip_batch": drop a poisoned batch's update
+            if math.isfinite(loss) and (not skip or model.backend.all_finite(model.grads)):
+                optimizer.step(self.schedule(step))
+                epoch_loss += loss * len(yb)
+                epoch_correct += int((model.loss_input.argmax(axis=1) == yb).sum())
+                epoch_seen += len(yb)
+            elif skip and model.backend.all_finite(model.params):
+                epoch_skipped += 1
+            else:
                 self._diverged(model, step, loss)
-            optimizer.step(self.schedule(step))
-            epoch_loss += loss * len(yb)
-            epoch_correct += int((model.loss_input.argmax(axis=1) == yb).sum())
-            epoch_seen += len(yb)
             self.sync.after_step(step)
             last = step + 1 == self.total_steps
             if stream.position == stream.per_epoch or last:
-                epoch = stream.epoch + 1
-                if epoch % self.eval_every == 0 or last:
-                    loss_sum, correct, seen = self.sync.reduce_stats(
-                        [epoch_loss, epoch_correct, epoch_seen])
+                if (stream.epoch + 1) % self.eval_every == 0 or last:
                     now = time.perf_counter()
-                    record = {"epoch": epoch, "step": step + 1, "loss": loss_sum / seen,
-                              "train_accuracy": correct / seen,
-                              "val_accuracy": self.evaluate("val"),
-                              "lr": self.schedule(step), "time_s": now - start,
-                              "samples_per_s": seen / max(now - epoch_start, 1e-9)}
-                    for extra in self.sync.records():
-                        self.metrics.write(extra)
-                    self.metrics.write(record)
-                    self.history.append(record)
-                    print_progress(progress_line(record, total_epochs), self.progress)
-                    epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
+                    self._log_epoch(step, (epoch_loss, epoch_correct, epoch_seen, epoch_skipped),
+                                    now - epoch_start, now - start, total_epochs)
+                    epoch_loss, epoch_correct, epoch_seen, epoch_skipped = 0.0, 0, 0, 0
                     epoch_start = time.perf_counter()
             done = step + 1
             if self.on_round_end and self.sync.at_boundary(done) and \
-                    self.on_round_end(done, (epoch_loss, epoch_correct, epoch_seen)):
+                    self.on_round_end(done, (epoch_loss, epoch_correct, epoch_seen, epoch_skipped)):
                 self.stopped_at = done
                 break
         return self.history
+
+    def _log_epoch(self, step, counters, epoch_s, elapsed_s, total_epochs):
+        """One metrics record (and progress line) for the epoch that just ended."""
+        loss_sum, correct, seen, skipped = self.sync.reduce_stats(list(counters))
+        if not seen:
+            raise DivergenceError(f"training diverged: every batch of epoch "
+                                  f"{self.stream.epoch + 1} had a NaN/Inf loss or gradient and "
+                                  f"was skipped (on_nan = \"skip_batch\")")
+        record = {"epoch": self.stream.epoch + 1, "step": step + 1,
+                  "loss": loss_sum / seen if seen else float("nan"),
+                  "train_accuracy": correct / seen if seen else float("nan"),
+                  "val_accuracy": self.evaluate("val"), "lr": self.schedule(step),
+                  "time_s": elapsed_s, "samples_per_s": seen / max(epoch_s, 1e-9)}
+        if self.skip_bad_batches:
+            record["skipped_batches"] = int(skipped)
+        for extra in self.sync.records():
+            self.metrics.write(extra)
+        self.metrics.write(record)
+        self.history.append(record)
+        print_progress(progress_line(record, total_epochs), self.progress)
 
     def evaluate(self, split):
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")

@@ -1,0 +1,63 @@
+"""The training loop's own rules: NaN handling and resumable counters."""
+
+import numpy as np
+import pytest
+
+from horn.backends import get_backend
+from horn.batches import BatchStream
+from horn.errors import DivergenceError
+from horn.layers import Dense, SoftmaxCrossEntropy
+from horn.metrics import MetricsLog
+from horn.model import Model
+from horn.optim import SGD
+from horn.schedules import Schedule
+from horn.trainer import Trainer
+
+
+class Poisoned(BatchStream):
+    """Every ``every``-th batch carries a NaN feature."""
+
+    def __init__(self, *args, every, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.every, self.count = every, 0
+
+    def next(self):
+        xb, yb = super().next()
+        self.count += 1
+        if self.every and self.count % self.every == 0:
+            xb = xb.copy()
+            xb[0, 0] = np.nan
+        return xb, yb
+
+
+def trainer(every, skip, epochs=4):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    data = type("D", (), {"x_val": x[:100], "y_val": y[:100]})()
+    model = Model([Dense(8, "relu"), Dense(2)], SoftmaxCrossEntropy(), 6, "numpy", seed=1)
+    stream = Poisoned(x, y, 20, 0, get_backend("numpy"), every=every)
+    steps = epochs * stream.per_epoch
+    return Trainer(model, SGD(model, 0.9), Schedule("constant", 0.1, steps), stream, data,
+                   MetricsLog(None), steps, progress=False, skip_bad_batches=skip), model
+
+
+def test_skip_batch_drops_poisoned_updates_and_keeps_learning():
+    t, model = trainer(every=3, skip=True)
+    history = t.run()
+    assert all(r["skipped_batches"] > 0 for r in history)
+    assert sum(r["skipped_batches"] for r in history) == 4 * 20 // 3
+    assert np.isfinite(model.params).all() and history[-1]["val_accuracy"] > 0.9
+
+
+def test_stop_names_step_and_layer():
+    t, _ = trainer(every=3, skip=False)
+    with pytest.raises(DivergenceError, match=r"diverged at step 2: loss is nan; first "
+                                              r"non-finite value: gradient 'W' of layer 0 \(dense\)"):
+        t.run()
+
+
+def test_an_epoch_with_every_batch_skipped_stops():
+    t, _ = trainer(every=1, skip=True)
+    with pytest.raises(DivergenceError, match="every batch of epoch 1"):
+        t.run()
