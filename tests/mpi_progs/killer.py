@@ -1,16 +1,25 @@
-import os, signal
+import os
+import signal
+import time
+
 import horn
 
 
 class KillAt(horn.Layer):
-    """Identity; SIGKILLs its own process at training forward number HORN_TEST_KILL_AT
-    on the rank named by HORN_TEST_KILL_RANK (a fault injector for tests)."""
+    """Identity, and a fault injector for tests: at training forward number
+    HORN_TEST_KILL_AT, on the rank named by HORN_TEST_KILL_RANK, it does what
+    HORN_TEST_FAULT says: "kill" (SIGKILL itself, the default), "raise", or "hang"."""
 
     def forward(self, x, train):
         if train:
             self.calls = getattr(self, "calls", 0) + 1
             if (os.environ.get("HORN_TEST_KILL_RANK") == os.environ.get("OMPI_COMM_WORLD_RANK")
                     and str(self.calls) == os.environ.get("HORN_TEST_KILL_AT")):
+                fault = os.environ.get("HORN_TEST_FAULT", "kill")
+                if fault == "raise":
+                    raise RuntimeError("injected fault")
+                if fault == "hang":
+                    time.sleep(3600)
                 os.kill(os.getpid(), signal.SIGKILL)
         return x
 
