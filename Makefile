@@ -36,6 +36,7 @@ bench: setup fashion-data
 	$(BIN)/python -m pip install -q torch==2.13.0 || echo "torch not installable: benchmarks skip the PyTorch peer"
 	$(BIN)/python bench/step.py
 	$(BIN)/python bench/barrier.py
+	$(BIN)/python bench/vs_torch.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis build *.egg-info

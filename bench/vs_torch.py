@@ -93,8 +93,8 @@ CONFIGS = {
 TUNED = {
     "ma_tuned": {"label": "horn model averaging, tuned (jobs/bench_ma.toml), 2 ranks",
                  "kind": "horn", "procs": 2, "job": "jobs/bench_ma.toml"},
-    "sync_tuned": {"label": "horn sync data-parallel, tuned (jobs/bench_sync.toml), 2 ranks",
-                   "kind": "horn", "procs": 2, "job": "jobs/bench_sync.toml"},
+    "subnet_tuned": {"label": "horn sub-networks 1 x 2, tuned (jobs/bench_subnet.toml), 2 ranks",
+                     "kind": "horn", "procs": 2, "job": "jobs/bench_subnet.toml"},
 }
 for _name, _config in TUNED.items():
     if (REPO / _config["job"]).exists():
@@ -103,8 +103,11 @@ BASELINE = "ddp"
 
 
 # ---- jobs ------------------------------------------------------------------------------
-def job_doc(config, seed, epochs, limit, width):
-    """The horn job (a dict for ``job_from_dict``) of one configuration and seed."""
+def job_doc(config, seed, epochs, limit, width, sets=()):
+    """The horn job (a dict for ``job_from_dict``) of one configuration and seed;
+    ``sets`` are ``--set section.key=value`` overrides (tuning sweeps), applied last."""
+    from horn.jobs import apply_override
+
     path = REPO / config.get("job", BASE)
     doc = tomllib.loads(path.read_text())
     if width:
@@ -124,6 +127,8 @@ def job_doc(config, seed, epochs, limit, width):
         per_epoch = max(1, (limit or 54000) // groups // train["batch_size"])
         doc["parallel"]["local_steps"] = per_epoch * config["ec_epochs"]
     doc["log"] = {"dir": str(OUT / "runs"), "progress": "none", "plot": False}
+    for item in sets:
+        apply_override(doc, item)
     return doc, str(path)
 
 
@@ -148,6 +153,7 @@ def horn_worker(spec_path, out_path):
     peer = create_peer(job)
     rank = peer.rank if peer else 0
     snapshots = {}  # target -> (spec, backend, host params) of the first model reaching it
+    stop_at = spec.get("stop_at")
 
     def evaluate(self, split):
         """horn's Trainer.evaluate, which also keeps (on rank 0) the evaluated model's
@@ -162,6 +168,8 @@ def horn_worker(spec_path, out_path):
                 if acc >= target and target not in snapshots:
                     snapshots[target] = (model.spec(), model.backend,
                                          model.backend.to_host(model.params).copy())
+        if split == "val" and stop_at is not None and acc >= stop_at:
+            request_stop()
         return acc
 
     trainer_module.Trainer.evaluate = evaluate
@@ -178,6 +186,7 @@ def horn_worker(spec_path, out_path):
         model.params[...] = backend.asarray(params)
         test_at[str(target)] = model.accuracy(data.x_test, data.y_test)
     rows = [json.loads(line) for line in open(Path(result["run_dir"]) / "metrics.jsonl")]
+    final = next((r for r in rows if r.get("final")), None)  # None: stopped at the target
     epochs, sent = [], 0
     for r in rows:
         if "superstep" in r and "bytes_sent" in r:
@@ -186,13 +195,26 @@ def horn_worker(spec_path, out_path):
             epochs.append({"epoch": r["epoch"], "step": r["step"], "time_s": r["time_s"],
                            "val_accuracy": r["val_accuracy"],
                            "samples_per_s": r["samples_per_s"], "bytes": sent})
-    final = rows[-1]
-    out = {"epochs": epochs, "test_at": test_at, "final_test_accuracy": final["test_accuracy"],
-           "final_val_accuracy": final["val_accuracy"], "train_s": final["time_s"],
-           "bytes_total": final.get("bytes_sent_rank0", 0), "maxrss_mb": rss_all,
-           "steps": final["steps"], "params": model_size(job, data),
-           "run_dir": result["run_dir"]}
+    out = {"epochs": epochs, "test_at": test_at, "maxrss_mb": rss_all,
+           "params": model_size(job, data), "run_dir": result["run_dir"],
+           "full_budget": final is not None,
+           "final_test_accuracy": final and final["test_accuracy"],
+           "final_val_accuracy": final and final["val_accuracy"],
+           "train_s": final["time_s"] if final else epochs[-1]["time_s"],
+           "bytes_total": final.get("bytes_sent_rank0", 0) if final else sent,
+           "steps": final["steps"] if final else result.get("step")}
     Path(out_path).write_text(json.dumps(out))
+
+
+def request_stop():
+    """Stop a horn run early, cleanly, through its preemption path: the ranks agree (one
+    tiny Allreduce) at the next round boundary and run_job returns. Training time up to
+    the evaluation that asked is unaffected. (Runs the full budget when horn lacks it.)"""
+    from horn import resume
+
+    requested = getattr(resume, "_requested", None)
+    if isinstance(requested, list) and not requested:
+        requested.append(0)
 
 
 def model_size(job, data):
@@ -285,6 +307,8 @@ def torch_worker(spec_path, out_path, rank, world, threads):
     if world > 1:
         dist.barrier()
     epochs, snapshots, step = [], {}, 0
+    stop_at = spec.get("stop_at")
+    stop = torch.zeros(1)
     start = epoch_start = time.perf_counter()
     for epoch in range(t.epochs):
         order = np.random.default_rng((t.seed, epoch)).permutation(n)[rank::world]
@@ -313,18 +337,25 @@ def torch_worker(spec_path, out_path, rank, world, threads):
             for target in TARGETS:
                 if val >= target and target not in snapshots:
                     snapshots[target] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            stop[0] = float(stop_at is not None and val >= stop_at)
+        if stop_at is not None and world > 1:
+            dist.broadcast(stop, src=0)  # rank 1 would wait for rank 0's evaluation anyway
+        if stop[0]:
+            break
         epoch_start = time.perf_counter()
     train_s = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"maxrss_mb": [rss], "rank": rank}
     if rank == 0:
-        final_test = accuracy(data.x_test, data.y_test)
-        final_val = accuracy(data.x_val, data.y_val)
+        full = not stop[0]
+        final_test = accuracy(data.x_test, data.y_test) if full else None
+        final_val = accuracy(data.x_val, data.y_val) if full else None
+        train_s = train_s if full else epochs[-1]["time_s"]
         test_at = {}
         for target, state in snapshots.items():
             net.load_state_dict(state)
             test_at[str(target)] = accuracy(data.x_test, data.y_test)
-        out.update(epochs=epochs, test_at=test_at, final_test_accuracy=final_test,
+        out.update(epochs=epochs, test_at=test_at, final_test_accuracy=final_test, full_budget=full,
                    final_val_accuracy=final_val, train_s=train_s,
                    bytes_total=step * bytes_per_step, steps=step, params=params)
     if world > 1:
@@ -347,14 +378,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_once(name, config, seed, args):
-    """One run of one configuration: its result dict, or None when torch is missing."""
-    doc, source = job_doc(config, seed, args.epochs, args.limit, args.width)
+def run_once(name, config, seed, args, stop_at=None):
+    """One run of one configuration: its result dict, or None when torch is missing.
+    ``stop_at``: end the run at the first evaluation reaching that validation accuracy."""
+    doc, source = job_doc(config, seed, args.epochs, args.limit, args.width, args.set)
     procs = config["procs"]
     tag = f"{name}-s{seed}-{os.getpid()}"
     spec_path, out_path = OUT / "specs" / f"{tag}.json", OUT / "specs" / f"{tag}.out"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
-    spec = {"job": doc, "source": source, "global_batch": global_batch(doc, RANKS)}
+    spec = {"job": doc, "source": source, "global_batch": global_batch(doc, RANKS),
+            "stop_at": stop_at}
     spec_path.write_text(json.dumps(spec))
     me = [sys.executable, str(Path(__file__).resolve())]
     start = time.perf_counter()
@@ -406,7 +439,8 @@ def run_once(name, config, seed, args):
 
 
 def signature(args):
-    return {"epochs": args.epochs, "limit": args.limit, "width": args.width}
+    return {"epochs": args.epochs, "limit": args.limit, "width": args.width, "set": args.set,
+            "full_runs": args.full_runs}
 
 
 def first_reach(result, target):
@@ -429,14 +463,15 @@ def median(values):
 
 
 def summarise(name, runs):
-    row = {"config": name, "label": CONFIGS[name]["label"], "runs": len(runs),
-           "final_test": median([r["final_test_accuracy"] for r in runs]),
-           "final_val": median([r["final_val_accuracy"] for r in runs]),
+    full = [r for r in runs if r.get("full_budget", True)]
+    row = {"config": name, "label": CONFIGS[name]["label"], "runs": len(runs), "full": len(full),
+           "final_test": median([r["final_test_accuracy"] for r in full]),
+           "final_val": median([r["final_val_accuracy"] for r in full]),
            "samples_per_s": median([statistics.median([e["samples_per_s"] for e in r["epochs"]])
                                     for r in runs]),
            "ms_per_step": median([ms_per_step(r) for r in runs]),
-           "train_s": median([r["train_s"] for r in runs]),
-           "wall_s": median([r["wall_s"] for r in runs]),
+           "train_s": median([r["train_s"] for r in full]),
+           "wall_s": median([r["wall_s"] for r in full]),
            "bytes_total": median([r["bytes_total"] for r in runs]),
            "rss_mb": median([max(r["maxrss_mb"]) for r in runs]),
            "procs": runs[0]["procs"], "per_rank_batch": runs[0]["per_rank_batch"]}
@@ -482,6 +517,7 @@ def table(rows):
              "| samples/s | ms/step | vs DDP | peak RSS MB/process | train s (budget) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        n_full = f" (n={r['full']})" if r["full"] < r["runs"] else ""
         reach = {t: (f"{fmt(r[f'time_{t}'], 's')}" +
                      (f" ({r[f'reached_{t}']}/{r['runs']})" if r[f"reached_{t}"] < r["runs"] else ""))
                  for t in TARGETS}
@@ -489,8 +525,8 @@ def table(rows):
             f"| {r['config']}: {r['label']} | {r['procs']} x {r['per_rank_batch']} "
             f"| {reach[0.85]} | {reach[0.88]} | {fmt(ratio(r['time_0.88'], b.get('time_0.88')), 'x')} "
             f"| {fmt(r['bytes_0.88'], 'mb')} | {fmt(ratio(r['bytes_0.88'], b.get('bytes_0.88')), 'x')} "
-            f"| {fmt(r['test_at_0.88'], 'acc')} | {fmt(r['final_test'], 'acc')} "
-            f"| {fmt(r['final_val'], 'acc')} | {fmt(r['samples_per_s'], 'n')} "
+            f"| {fmt(r['test_at_0.88'], 'acc')} | {fmt(r['final_test'], 'acc')}{n_full} "
+            f"| {fmt(r['final_val'], 'acc')}{n_full} | {fmt(r['samples_per_s'], 'n')} "
             f"| {r['ms_per_step']:.1f} | {fmt(ratio(r['ms_per_step'], b.get('ms_per_step')), 'x')} "
             f"| {fmt(r['rss_mb'], 'n')} | {fmt(r['train_s'], 's')} |")
     return "\n".join(lines)
@@ -580,7 +616,11 @@ def write_doc(rows, runs_by_config, args, loads, elapsed):
         f"Nesterov momentum 0.9, weight decay 1e-4, lr 0.05 with 100 warm-up steps then cosine "
         f"over the run (jobs/bench_vs_torch.toml; tuned horn rows name their own job), "
         f"{budget}, validation accuracy after every epoch. Medians over {args.runs} run(s) "
-        f"(seeds 0..{args.runs - 1}; configurations interleaved within each seed). "
+        f"(seeds {args.seed0}..{args.seed0 + args.runs - 1}; configurations interleaved within each seed)"
+        + (f"; the first {args.full_runs} seed(s) train the whole budget (final accuracies, "
+           f"train s), the others stop at the first evaluation >= {max(TARGETS)} (horn through "
+           f"its preemption path) to keep the bench short. " if args.full_runs < args.runs
+           else ". ") +
         "\"s to 0.88 val\" is the training clock (first step to the end of the epoch whose "
         "validation accuracy first reached 0.88, earlier evaluations included, process "
         "start-up and data loading excluded; a run that never reached it counts as infinitely "
@@ -610,9 +650,17 @@ def main():
     parser.add_argument("--runs", type=int, default=3, help="runs (seeds) per configuration")
     parser.add_argument("--configs", default="all",
                         help=f"comma-separated subset of: {', '.join(CONFIGS)}")
-    parser.add_argument("--epochs", type=int, default=None, help="budget in epochs (default 8)")
+    parser.add_argument("--epochs", type=int, default=None, help="budget in epochs (default 5)")
     parser.add_argument("--limit", type=int, default=None, help="training samples (data.limit)")
     parser.add_argument("--width", type=int, default=0, help="hidden width (default 1024)")
+    parser.add_argument("--full-runs", type=int, default=None,
+                        help="runs (the first seeds) that train the whole budget; the others "
+                             "stop at the first evaluation >= 0.88 val (default: all)")
+    parser.add_argument("--stop-at", type=float, default=max(TARGETS), help=argparse.SUPPRESS)
+    parser.add_argument("--seed0", type=int, default=0,
+                        help="first seed (tuning: 100 and up, results in results-tune.jsonl)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override every configuration's job (tuning sweeps only)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per run")
     parser.add_argument("--resume", action="store_true",
                         help="reuse matching results from runs/vs_torch/results.jsonl")
@@ -632,7 +680,8 @@ def main():
         args.runs = 1
         args.epochs = args.epochs or QUICK["epochs"]
         args.limit = args.limit or QUICK["limit"]
-    args.epochs = args.epochs or 8
+    args.epochs = args.epochs or 5
+    args.full_runs = args.runs if args.full_runs is None else min(args.full_runs, args.runs)
     write = args.doc if args.doc is not None else not args.quick
     names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
     unknown = [n for n in names if n not in CONFIGS]
@@ -647,24 +696,29 @@ def main():
         print(TORCH_MISSING)
         names = [n for n in names if CONFIGS[n]["kind"] == "horn"]
     OUT.mkdir(parents=True, exist_ok=True)
-    results_path = OUT / ("results-quick.jsonl" if args.quick else "results.jsonl")
+    tuning = bool(args.seed0 or args.set)
+    write = write and not tuning
+    results_path = OUT / ("results-quick.jsonl" if args.quick else
+                          "results-tune.jsonl" if tuning else "results.jsonl")
     done = {}
     if args.resume and results_path.exists():
         for line in open(results_path):
             r = json.loads(line)
             if r.get("signature") == signature(args):
                 done[(r["config"], r["seed"])] = r
-    elif results_path.exists():
+    elif results_path.exists() and not tuning:
         results_path.unlink()
     began, loads = time.perf_counter(), []
     runs_by_config = {n: [] for n in names}
-    for seed in range(args.runs):
+    for seed in range(args.seed0, args.seed0 + args.runs):
         for name in names:
             if (name, seed) in done:
                 result = done[(name, seed)]
             else:
                 loads.append(os.getloadavg()[0])
-                result = run_once(name, CONFIGS[name], seed, args)
+                full = seed < args.seed0 + args.full_runs
+                result = run_once(name, CONFIGS[name], seed, args,
+                                  None if full else args.stop_at)
                 if result is None:
                     print(TORCH_MISSING)
                     continue
@@ -676,8 +730,9 @@ def main():
             print(f"  {name:10} seed {seed}: " + "  ".join(
                 f"{t}: {h[0]:.1f}s/{h[1] / 1e6:.0f}MB" if h else f"{t}: not reached"
                 for t, h in hit.items())
-                + f"  final test {result['final_test_accuracy']:.4f}  "
-                f"{ms_per_step(result):.1f} ms/step  {result['train_s']:.0f}s train, "
+                + (f"  final test {result['final_test_accuracy']:.4f}  "
+                   if result.get("full_budget", True) else f"  stopped at {args.stop_at}  ")
+                + f"{ms_per_step(result):.1f} ms/step  {result['train_s']:.0f}s train, "
                 f"{result['wall_s']:.0f}s wall, load {result['load']:.1f}", flush=True)
     runs_by_config = {n: r for n, r in runs_by_config.items() if r}
     rows = [summarise(n, r) for n, r in runs_by_config.items()]

@@ -12,6 +12,7 @@ import lzma
 import math
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -301,8 +302,9 @@ def _load_npz(opts, base_dir):
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError,
                OSError, ValueError, RuntimeError, NotImplementedError)
 # What numpy lets escape from a malformed .npy header or payload (its header is parsed
-# with ast.literal_eval, so TypeError, RecursionError and friends get through).
-_NPY_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, MemoryError)
+# with ast.literal_eval and tokenize, so SyntaxError, TypeError and friends get through).
+_NPY_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, MemoryError, SyntaxError,
+               tokenize.TokenError)
 
 
 def read_npz(path):
@@ -320,7 +322,7 @@ def read_npz(path):
     except _ZIP_ERRORS as err:
         with open(path, "rb") as f:
             single = f.read(6) == b"\x93NUMPY"
-        found = "a single .npy array" if single else f"no zip archive ({err})"
+        found = "a single .npy array" if single else f"no zip archive ({_first_line(err)})"
         raise HornError(f"{path}: expected an .npz archive, found {found}") from None
     arrays = {}
     with archive:
@@ -349,7 +351,8 @@ def _npz_member(archive, info, where):
                                else np.lib.format.read_array_header_2_0)
                 shape, _, dtype = read_header(member)
             except _NPY_ERRORS as err:
-                raise HornError(f"{where}: expected a valid .npy header, found {err}") from None
+                raise HornError(f"{where}: expected a valid .npy header, found "
+                                f"{_first_line(err)}") from None
             if dtype.hasobject:
                 raise HornError(f"{where}: expected numeric arrays, found an object array; "
                                 f"refusing pickled data")
@@ -363,10 +366,17 @@ def _npz_member(archive, info, where):
             try:
                 return np.lib.format.read_array(member, allow_pickle=False)
             except _NPY_ERRORS as err:
-                raise HornError(f"{where}: expected a valid .npy array, found {err}") from None
+                raise HornError(f"{where}: expected a valid .npy array, found "
+                                f"{_first_line(err)}") from None
     except _ZIP_ERRORS as err:
         raise HornError(f"{where}: expected a valid zip member, found {type(err).__name__}: "
-                        f"{err}") from None
+                        f"{_first_line(err)}") from None
+
+
+def _first_line(err):
+    """An exception's message cut to its first line (numpy's run to several)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _load_csv(opts, base_dir):

@@ -63,9 +63,6 @@ class DistillLoss(Loss):
     def backward(self):
         return self.grad
 
-    def predict(self, x, out):
-        self.ops.softmax(x, out)
-
 
 def soft_outputs(model, x, temperature, out, batch_size=2048):
     """``out[:] = softmax(model(x) / T)`` in evaluation mode, for host inputs and a host

@@ -257,19 +257,24 @@ def _describe(meta):
 
 
 def _convert(value, meta, where):
+    """``value`` checked against ``meta``; ``where()`` names it in errors (finding the line
+    costs a scan of the file, so only an error pays for it)."""
     kind = meta["kind"]
     if value is None and meta["nullable"]:
         return None
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
+        try:
+            value, ok = float(value), True
+        except OverflowError:  # an integer beyond any float
+            ok = False
     if not ok or (meta["choices"] and value not in meta["choices"]):
-        raise HornError(f"{where}: expected {_describe(meta)}, found {value!r}")
+        raise HornError(f"{where()}: expected {_describe(meta)}, found {value!r}")
     if kind in (int, float):
         lo, hi = meta["lo"], meta["hi"]
         if value != value or (lo is not None and (value < lo or (meta["lo_open"] and value == lo))) \
                 or (hi is not None and (value > hi or (meta["hi_open"] and value == hi))):
-            raise HornError(f"{where}: expected {_describe(meta)}, found {value!r}")
+            raise HornError(f"{where()}: expected {_describe(meta)}, found {value!r}")
     return value
 
 
@@ -282,7 +287,8 @@ def _section(cls, table, source, text, name):
         if key not in fields:
             raise HornError(f"{_where(source, text, name, key)}: unknown key"
                             f"{_did_you_mean(key, fields)}; known: {', '.join(fields)}")
-        values[key] = _convert(value, fields[key].metadata, _where(source, text, name, key))
+        values[key] = _convert(value, fields[key].metadata,
+                               lambda: _where(source, text, name, key))
     return cls(**values)
 
 

@@ -84,6 +84,9 @@ class Trainer:
                   "time_s": elapsed_s, "samples_per_s": seen / max(epoch_s, 1e-9)}
         if self.skip_bad_batches:
             record["skipped_batches"] = int(skipped)
+        per_rank = self.sync.bytes_per_rank()
+        if per_rank is not None:
+            record["bytes_sent_per_rank"] = per_rank
         for extra in self.sync.records():
             self.metrics.write(extra)
         self.metrics.write(record)

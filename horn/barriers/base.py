@@ -1,5 +1,7 @@
 """The interface between the training loop and a parallel strategy."""
 
+import numpy as np
+
 
 class Sync:
     """No communication: single-process training. Strategies override the hooks."""
@@ -27,6 +29,10 @@ class Sync:
     def records(self):
         """Extra metrics records (supersteps, bytes, partitions) for metrics.jsonl."""
         return []
+
+    def bytes_per_rank(self):
+        """Bytes each rank has sent so far (None without communication)."""
+        return None
 
     # ---- checkpoints (called at round boundaries) --------------------------------
     def checkpoint_buffers(self, model, optimizer):
@@ -56,14 +62,18 @@ class PeerSync(Sync):
         return self.boundary_at == steps_done
 
     def reduce_stats(self, values):
-        import numpy as np
-
         stats = np.asarray(values, dtype=np.float64)
         self.peer.allreduce_sum(stats, "world")
         return stats.tolist()
 
     def records(self):
         return self.peer.drain_records()
+
+    def bytes_per_rank(self):
+        """One small Allgather: leaders and workers move different amounts."""
+        totals = np.zeros(self.peer.size, np.int64)
+        self.peer.allgather(np.array([self.peer.bytes_sent_total], np.int64), totals, "world")
+        return totals.tolist()
 
     def after_step(self, step):
         self.boundary_at = step + 1  # no barrier at all: every step is a boundary

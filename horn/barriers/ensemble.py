@@ -122,43 +122,26 @@ class EnsembleSync(PeerSync):
     def _ensemble_step(self, done):
         """One barrier; returns its metrics record. ``bytes`` are what the algorithm
         moved from this rank, ``metric_bytes`` what measuring it cost on top."""
-        p, member, tally = self.p, self.member, _Tally(self.peer)
-        member_acc = member.accuracy(*self.val)
-        weight = member_acc if p.ensemble_weights == "validation" else 1.0
-        record = {"ensemble_barrier": self.barrier, "step": done, "teacher_data": p.teacher_data}
-        if done == self.total_steps and p.final == "ensemble":
-            accs = self._gather([member_acc])
-            record.update(member_val_accuracy=accs[:, 0].tolist(), metric_bytes=tally.take())
-            params = self._to_root(member, range(self.peer.groups))
-            record["bytes"] = tally.take()
-            if params is not None:
-                weights = accs[:, 0] if p.ensemble_weights == "validation" else None
-                self.final = Ensemble.from_flat(member.spec(), params, weights, member.backend)
-                record["ensemble_val_accuracy"] = self.final.accuracy(*self.val)
-            return record
+        member, tally = self.member, _Tally(self.peer)
+        x_val, y_val = self.val
+        val_probs = member.predict(x_val)
+        member_acc = float((val_probs.argmax(axis=1) == y_val).mean())
+        weight = member_acc if self.p.ensemble_weights == "validation" else 1.0
+        record = {"ensemble_barrier": self.barrier, "step": done,
+                  "teacher_data": self.p.teacher_data}
+        if done == self.total_steps and self.p.final == "ensemble":
+            return self._keep_ensemble(record, member, member_acc, tally)
         start = time.perf_counter()
         x, teacher, labels = self.teacher.targets(member, weight, self.barrier)
         record["teacher_s"] = time.perf_counter() - start
         bytes_ = tally.take()
-        ensemble_acc = self.teacher.ensemble_accuracy(member, weight, *self.val)
+        ensemble_acc = self.teacher.ensemble_accuracy(val_probs, weight, x_val, y_val)
         metric_bytes = tally.take()
         start = time.perf_counter()
-        if p.student == "average":
-            self.teacher.average(member)
-            if self.inner:
-                self.inner.refresh()
-        student = self.student
-        rng = np.random.default_rng((self.seed, _STREAM, self.barrier, self.peer.group,
-                                     self.peer.worker))
-        own = (self.local.x_train, self.local.y_train) if labels is None and p.alpha else None
-        batches = DistillBatches(student.backend, x, teacher, self.batch, rng, labels, own)
-        first, last = distill(student, self.make_optimizer(student), self.loss, batches,
-                              p.distill_steps, self.lr)
-        if self.inner:
-            self.inner.commit()
+        record["distill_loss"] = self._compress(member, x, teacher, labels)
         record["distill_s"] = time.perf_counter() - start
         bytes_ += tally.take()
-        accs = self._gather([member_acc, member.accuracy(*self.val)])
+        accs = self._gather([member_acc, member.accuracy(x_val, y_val)])
         metric_bytes += tally.take()
         if done == self.total_steps:
             record["final_group"] = winner = int(np.argmax(accs[:, 1]))
@@ -169,8 +152,39 @@ class EnsembleSync(PeerSync):
                 self.final.params[...] = self.final.backend.asarray(params[0])
             bytes_ += tally.take()
         record.update(member_val_accuracy=accs[:, 0].tolist(), ensemble_val_accuracy=ensemble_acc,
-                      compressed_val_accuracy=accs[:, 1].tolist(), distill_loss=[first, last],
-                      bytes=bytes_, metric_bytes=metric_bytes)
+                      compressed_val_accuracy=accs[:, 1].tolist(), bytes=bytes_,
+                      metric_bytes=metric_bytes)
+        return record
+
+    def _compress(self, member, x, teacher, labels):
+        """Distill the teacher into the group's student (its model, or the parameter
+        average); returns the first and last distillation loss."""
+        p = self.p
+        if p.student == "average":
+            self.teacher.average(member)
+            if self.inner:
+                self.inner.refresh()
+        student = self.student
+        rng = np.random.default_rng((self.seed, _STREAM, self.barrier, self.peer.group,
+                                     self.peer.worker))
+        own = (self.local.x_train, self.local.y_train) if labels is None and p.alpha else None
+        batches = DistillBatches(student.backend, x, teacher, self.batch, rng, labels, own)
+        losses = distill(student, self.make_optimizer(student), self.loss, batches,
+                         p.distill_steps, self.lr)
+        if self.inner:
+            self.inner.commit()
+        return list(losses)
+
+    def _keep_ensemble(self, record, member, member_acc, tally):
+        """The last barrier of ``final = "ensemble"``: every member goes to rank 0."""
+        accs = self._gather([member_acc])
+        record.update(member_val_accuracy=accs[:, 0].tolist(), metric_bytes=tally.take())
+        params = self._to_root(member, range(self.peer.groups))
+        record["bytes"] = tally.take()
+        if params is not None:
+            weights = accs[:, 0] if self.p.ensemble_weights == "validation" else None
+            self.final = Ensemble.from_flat(member.spec(), params, weights, member.backend)
+            record["ensemble_val_accuracy"] = self.final.accuracy(*self.val)
         return record
 
     def _gather(self, values):
@@ -225,17 +239,15 @@ def shared_inputs(job, data, peer):
     return source[np.array_split(rows, peer.workers)[peer.worker]]
 
 
-def weighted_mean(peer, member, x, temperature, weight):
-    """``sum_g w_g softmax(f_g(x) / T) / sum_g w_g`` over the groups: one Allreduce of
-    ``len(x) * C + 1`` float32 (the last entry sums the weights)."""
-    n, classes = len(x), member.out_features
-    buf = np.empty(n * classes + 1, np.float32)
-    outputs = buf[:-1].reshape(n, classes)
-    soft_outputs(member, x, temperature, outputs)
-    outputs *= weight
+def weighted_mean(peer, outputs, weight):
+    """``sum_g w_g outputs_g / sum_g w_g`` over the groups: one Allreduce of
+    ``outputs.size + 1`` float32 (the last entry sums the weights)."""
+    buf = np.empty(outputs.size + 1, np.float32)
+    buf[:-1] = outputs.reshape(-1)
+    buf[:-1] *= weight
     buf[-1] = weight
     peer.allreduce_sum(buf, "cross")
-    return outputs / buf[-1]
+    return buf[:-1].reshape(outputs.shape) / buf[-1]
 
 
 def gather_members(peer, member, weight):
@@ -256,10 +268,13 @@ class SharedTeacher:
 
     def targets(self, member, weight, barrier):
         """``(inputs, teacher probabilities, labels or None)`` to distill this rank on."""
-        return self.x, weighted_mean(self.peer, member, self.x, self.temperature, weight), None
+        outputs = np.empty((len(self.x), member.out_features), np.float32)
+        soft_outputs(member, self.x, self.temperature, outputs)
+        return self.x, weighted_mean(self.peer, outputs, weight), None
 
-    def ensemble_accuracy(self, member, weight, x, y):
-        return float((weighted_mean(self.peer, member, x, 1.0, weight).argmax(1) == y).mean())
+    def ensemble_accuracy(self, probs, weight, x, y):
+        """The ensemble's accuracy on (x, y), given this member's probabilities there."""
+        return float((weighted_mean(self.peer, probs, weight).argmax(axis=1) == y).mean())
 
     def average(self, member):
         """Replace the member by the groups' parameter average (one Allreduce)."""
@@ -294,8 +309,8 @@ class LocalTeacher:
             total += weight * soft_outputs(self.scratch, x, temperature, out)
         return total / self.weights.sum()
 
-    def ensemble_accuracy(self, member, weight, x, y):
-        return float((self._mean(x, 1.0).argmax(1) == y).mean())
+    def ensemble_accuracy(self, probs, weight, x, y):
+        return float((self._mean(x, 1.0).argmax(axis=1) == y).mean())
 
     def average(self, member):
         """Replace the member by the gathered parameters' mean (no further bytes)."""
