@@ -357,8 +357,8 @@ def write_resolved(job, path):
     """The fully resolved job (every default filled in, data paths made absolute) as
     JSON; ``horn run`` (and ``--resume``) accepts it back from anywhere."""
     doc = job.to_dict()
-    for key in ("path", "root"):
-        value = doc["data"][key]
+    for section, key in (("data", "path"), ("data", "root"), ("parallel", "distill_file")):
+        value = doc[section][key]
         if value and job.base_dir and not Path(value).is_absolute():
-            doc["data"][key] = str(Path(job.base_dir) / value)
+            doc[section][key] = str(Path(job.base_dir) / value)
     Path(path).write_text(json.dumps(doc, indent=2) + "\n")

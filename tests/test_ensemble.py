@@ -125,6 +125,15 @@ def test_shared_inputs_are_a_seeded_sample_split_across_workers(tmp_path):
                           np.full((8, 3), 2.0))
 
 
+def test_resolved_job_keeps_the_distill_file_findable(tmp_path):
+    from horn.jobs import load_job, write_resolved
+
+    (tmp_path / "job.toml").write_text(textwrap.dedent(JOB) + "distill_file = 'u.npz'\n")
+    write_resolved(load_job(tmp_path / "job.toml"), tmp_path / "job.json")
+    resolved = json.loads((tmp_path / "job.json").read_text())["parallel"]["distill_file"]
+    assert resolved == str(tmp_path / "u.npz")
+
+
 # ---- shards --------------------------------------------------------------------------
 def test_dirichlet_shards_are_disjoint_equal_sized_and_skewed():
     labels = np.repeat(np.arange(10), 300)[np.random.default_rng(5).permutation(3000)]
@@ -201,7 +210,7 @@ def test_shared_teacher_on_4_groups_reports_every_barrier(tmp_path):
         assert b["distill_s"] > 0 and b["metric_bytes"] > 0
     assert all(b["bytes"] == allreduce for b in barriers[:-1])
     last = barriers[-1]
-    assert last["bytes"] >= allreduce  # + the winner's broadcast when rank 0 sends it
+    assert last["bytes"] >= allreduce  # + the winning model, sent to rank 0 unless its own
     assert last["final_group"] == int(np.argmax(last["compressed_val_accuracy"]))
     assert final["val_accuracy"] == max(last["compressed_val_accuracy"])
     assert final["test_accuracy"] > 0.85
@@ -252,3 +261,30 @@ def test_sub_network_groups_with_the_local_teacher(tmp_path):
     rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
     assert any("partition_sizes" in r for r in rows)
     assert final["test_accuracy"] > 0.8
+
+
+def test_killed_ensemble_run_resumes_bit_for_bit(tmp_path):
+    """Barrier counters go into checkpoints; the teacher and distillation rows are
+    drawn from seeds, so a resumed run repeats the uninterrupted one exactly."""
+    killer = textwrap.dedent(JOB).replace(
+        '{ type = "dense", units = 10 }', '{ type = "killer:KillAt" }, { type = "dense", units = 10 }'
+    ).replace("local_steps = 40", "local_steps = 20\nglobal_every = 2")
+    env = {"PYTHONPATH": f"{ROOT / 'tests/mpi_progs'}:{ROOT}"}
+    dirs = {}
+    for name, extra in (("whole", {}), ("killed", {"HORN_TEST_KILL_RANK": "1",
+                                                    "HORN_TEST_KILL_AT": "70"})):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(killer + "[checkpoint]\nevery = 1\n"
+                        f"[log]\ndir = '{tmp_path / name}'\nplot = false\n")
+        result = mpirun(2, ["-m", "horn.cli", "run", path, "--quiet"], 120, {**env, **extra})
+        assert (result.returncode == 0) == (name == "whole"), result.stderr
+        (dirs[name],) = (tmp_path / name).iterdir()
+    resumed = mpirun(2, ["-m", "horn.cli", "run", "--resume", dirs["killed"], "--quiet"], 120, env)
+    assert resumed.returncode == 0, resumed.stderr
+    timing = ("time_s", "samples_per_s", "compute_s", "comm_s", "teacher_s", "distill_s")
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
+             for line in open(d / "metrics.jsonl")] for d in dirs.values()]
+    assert rows[0] == rows[1] and sum("ensemble_barrier" in r for r in rows[0]) >= 3
+    a, b = (np.load(d / "model.npz") for d in dirs.values())
+    params = [k for k in a.files if k.startswith("param/")]
+    assert params and all(np.array_equal(a[k], b[k]) for k in params)

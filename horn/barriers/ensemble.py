@@ -118,6 +118,7 @@ class EnsembleSync(PeerSync):
             self._records.append(self._ensemble_step(done))
             self.barrier += 1
             self.peer.sync()
+        self.boundary_at = done  # groups do not talk between barriers: a checkpoint may go here
 
     def _ensemble_step(self, done):
         """One barrier; returns its metrics record. ``bytes`` are what the algorithm
