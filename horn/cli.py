@@ -69,7 +69,11 @@ def _scaler(meta):
     from horn.data import Scaler
 
     s = meta.get("scaler") or {"kind": "none", "offset": 0.0, "scale": 1.0}
-    return Scaler(s["kind"], np.asarray(s["offset"], np.float32), np.asarray(s["scale"], np.float32))
+    try:
+        return Scaler(s["kind"], np.asarray(s["offset"], np.float32),
+                      np.asarray(s["scale"], np.float32))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HornError(f"model file: malformed scaler in its metadata ({exc!r})") from None
 
 
 def cmd_eval(args):

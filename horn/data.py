@@ -84,14 +84,19 @@ class Scaler:
             return cls("none", 0.0, 1.0)
         raise HornError(f"data.scale: expected one of {', '.join(SCALE_KINDS)}, found {kind!r}")
 
-    def apply(self, x):
-        """Scaled float32 C-contiguous copy of the 2-D array ``x``."""
+    def apply(self, x, where="scaler"):
+        """Scaled float32 C-contiguous copy of the 2-D array ``x`` (``where`` names it in errors)."""
         x = np.asarray(x, dtype=np.float32)
         expected = np.size(self.offset) if np.ndim(self.offset) else None
         if x.ndim != 2 or (expected is not None and x.shape[1] != expected):
             want = f"(n, {expected})" if expected is not None else "(n, features)"
             raise HornError(f"scaler: expected features of shape {want}, found {x.shape}")
-        return np.ascontiguousarray((x - self.offset) / self.scale, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.ascontiguousarray((x - self.offset) / self.scale, dtype=np.float32)
+        if not np.isfinite(out).all():  # finite input, e.g. +-3e38, can overflow x - mean
+            raise HornError(f"{where}: expected features that stay finite after {self.kind} "
+                            f"scaling, found NaN or Inf (values beyond float32 range)")
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -479,9 +484,9 @@ def load_dataset(spec, base_dir=None):
     x_train = x[train]
     scaler = Scaler.fit(opts.scale, x_train)
     return Dataset(
-        x_train=scaler.apply(x_train), y_train=y[train],
-        x_val=scaler.apply(x[val]), y_val=y[val],
-        x_test=scaler.apply(x_test), y_test=y_test,
+        x_train=scaler.apply(x_train, raw.train_where), y_train=y[train],
+        x_val=scaler.apply(x[val], raw.train_where), y_val=y[val],
+        x_test=scaler.apply(x_test, raw.test_where), y_test=y_test,
         classes=classes, name=opts.name, source=raw.source, scaler=scaler,
     )
 
@@ -559,7 +564,11 @@ def _labels(y, where, n, row_name):
         raise HornError(f"{where}: expected one label per sample ({n}), found {len(y)} labels")
     if y.dtype.kind not in "iuf":
         raise HornError(f"{where}: expected integer labels, found dtype {y.dtype}")
-    bad = (y < 0) | (y != np.floor(y)) | (y >= 2**31) if y.dtype.kind == "f" else (y < 0)
+    # The same bound for every dtype: a uint64 label past 2**63 would wrap negative in int64.
+    with np.errstate(over="ignore"):  # 2**31 is Inf as float16, which is fine here
+        bad = (y < 0) | (y >= 2**31)
+    if y.dtype.kind == "f":
+        bad |= y != np.floor(y)
     if bad.any():
         i = int(bad.argmax())
         raise HornError(f"{where}: expected non-negative integer labels, found {y[i]} "

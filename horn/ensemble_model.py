@@ -62,7 +62,7 @@ def load_predictor(path, backend="numpy"):
     try:
         header = json.loads(bytes(arrays["__header__"].astype(np.uint8)).decode())
         fmt = header["format"]
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, RecursionError):
         fmt = None
     if fmt != FORMAT:
         if fmt not in (MODEL_FORMAT, None):

@@ -272,7 +272,7 @@ def _convert(value, meta, where):
         raise HornError(f"{where()}: expected {_describe(meta)}, found {value!r}")
     if kind in (int, float):
         lo, hi = meta["lo"], meta["hi"]
-        if value != value or (lo is not None and (value < lo or (meta["lo_open"] and value == lo))) \
+        if value != value or value in (float("inf"), float("-inf")) or (lo is not None and (value < lo or (meta["lo_open"] and value == lo))) \
                 or (hi is not None and (value > hi or (meta["hi_open"] and value == hi))):
             raise HornError(f"{where()}: expected {_describe(meta)}, found {value!r}")
     return value

@@ -236,8 +236,9 @@ class Model:
             if value.shape != tuple(shape):
                 raise HornError(f"{source}: array {key!r} has shape {value.shape}, the model "
                                 f"expects {tuple(shape)}")
-            self.params[off:off + value.size] = self.backend.asarray(
-                value.reshape(-1).astype(self.dtype))
+            with np.errstate(over="ignore"):  # beyond float32 becomes Inf: callers check
+                value = value.reshape(-1).astype(self.dtype)
+            self.params[off:off + value.size] = self.backend.asarray(value)
 
     def save(self, path, meta=None):
         """Write ``path`` (.npz): named parameter arrays plus the JSON spec. No pickle."""

@@ -35,7 +35,7 @@ def resolve(type_name, where="layer"):
     if not isinstance(type_name, str):
         raise HornError(f"{where}: expected a layer type name (string), found {type_name!r}")
     if ":" in type_name:
-        if not _CUSTOM.match(type_name):
+        if not _CUSTOM.fullmatch(type_name):  # match() would let a trailing newline through
             raise HornError(f"{where}: custom layers are named 'package.module:ClassName', "
                             f"found {type_name!r}")
         module, cls_name = type_name.split(":")
