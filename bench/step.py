@@ -12,8 +12,10 @@ MLP 784-1024-1024-10 on a float32 batch of 256, at 1 and 2 threads, for:
 Every (peer, threads) pair runs in a fresh subprocess (``--worker``) that sets
 the thread environment before numpy/numba/torch are imported: thread pools
 cannot be resized reliably in-process once torch and numpy's OpenBLAS coexist.
-All peers start from the same weights and batch; their first losses must agree.
-Prints a table of median ms/step and writes it to docs/step.md.
+The three workers of a thread count stay alive and take turns, one timed block
+each, so load from other processes falls on every peer alike. All peers start
+from the same weights and batch; their first losses must agree. Prints a table
+of median ms/step and writes it to docs/step.md.
 """
 
 import argparse
@@ -33,6 +35,8 @@ BATCH, LR, MOMENTUM, SEED = 256, 0.01, 0.9, 0
 THREADS = (1, 2)
 PEERS = ("horn", "numpy", "torch")
 WARMUP, BLOCKS = 10, 7
+REWARM = 2  # untimed steps before each block: the worker sat idle while the others ran
+IDLE_GAP = 0.25  # seconds between blocks: OpenBLAS threads spin ~0.1 s after their last call
 CHECKED_STEPS = 3  # the first losses every peer must agree on
 LOSS_RTOL = 1e-3
 NOISY = 1.25  # slowest / fastest block above this: the machine was not idle
@@ -51,22 +55,6 @@ def problem():
     x = rng.random((BATCH, SIZES[0]), dtype=np.float32)
     labels = rng.integers(0, SIZES[-1], BATCH)
     return layers, x, labels
-
-
-def time_steps(step, sync, reps):
-    """Losses of the first steps, then seconds per step of BLOCKS blocks of ``reps`` steps."""
-    losses = [step() for _ in range(CHECKED_STEPS)]
-    for _ in range(WARMUP - CHECKED_STEPS):
-        step()
-    sync()
-    blocks = []
-    for _ in range(BLOCKS):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            step()
-        sync()
-        blocks.append((time.perf_counter() - t0) / reps)
-    return losses, blocks
 
 
 # ---- peers: each returns (step, sync, device) ---------------------------------
@@ -94,7 +82,7 @@ def horn_peer(backend, threads):
     return step, model.backend.synchronize, backend
 
 
-def numpy_peer(threads):
+def numpy_peer():
     import numpy as np
 
     layers, x, labels = problem()
@@ -160,13 +148,14 @@ def make_peer(peer, threads, backend):
     if peer == "horn":
         return horn_peer(backend, threads)
     if peer == "numpy":
-        return numpy_peer(threads)
+        return numpy_peer()
     return torch_peer(threads, want_cuda=backend == "cupy")
 
 
 def worker(peer, threads, backend, reps):
-    """Runs in a fresh process: pin the thread count, time one peer, print its result
-    (``RESULT null`` when torch does not import)."""
+    """Runs in a fresh process: pin the thread count, build and warm up one peer, print
+    ``READY {losses, device}`` (``READY null`` when torch does not import), then time one
+    block of ``reps`` steps per line read from stdin, answering ``BLOCK <seconds/step>``."""
     for var in THREAD_VARS:
         os.environ[var] = str(threads)
     import horn.backends.numba_backend  # noqa: F401  first: pins Numba's threading layer
@@ -177,33 +166,77 @@ def worker(peer, threads, backend, reps):
         if peer != "torch":
             raise
         print(f"import torch failed: {exc}", file=sys.stderr)
-        print("RESULT null", flush=True)
+        print("READY null", flush=True)
         return
-    losses, blocks = time_steps(step, sync, reps)
-    result = {"losses": losses, "blocks": blocks, "device": device}
-    print("RESULT " + json.dumps(result), flush=True)
+    losses = [step() for _ in range(CHECKED_STEPS)]
+    for _ in range(WARMUP - CHECKED_STEPS):
+        step()
+    sync()
+    print("READY " + json.dumps({"losses": losses, "device": device}), flush=True)
+    for _ in sys.stdin:
+        for _ in range(REWARM):
+            step()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            step()
+        sync()
+        print(f"BLOCK {(time.perf_counter() - t0) / reps!r}", flush=True)
 
 
 # ---- driver ------------------------------------------------------------------
-def measure(peer, threads, backend, reps):
-    """Run one worker subprocess; its result dict, or None when torch does not import."""
+def expect(proc, tag, what):
+    """The payload of the worker's next ``tag`` line; exits if the worker died first."""
+    for line in proc.stdout:
+        if line.startswith(tag + " "):
+            return line[len(tag) + 1:]
+    sys.exit(f"{what} worker failed (exit status {proc.wait()}); its stderr is above")
+
+
+def start_worker(peer, threads, backend, reps):
+    """A warmed-up worker process: {proc, what, losses, device, blocks}, or None (no torch)."""
     cmd = [sys.executable, __file__, "--worker", peer, "--threads", str(threads),
            "--backend", backend, "--reps", str(reps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        sys.exit(f"{peer} worker at {threads} thread(s) failed:\n{proc.stdout}{proc.stderr}")
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
-    if result is None:
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    what = f"{peer} at {threads} thread(s)"
+    info = json.loads(expect(proc, "READY", what))
+    if info is None:
+        proc.wait()
         return None
+    return {"proc": proc, "what": what, "blocks": [], **info}
+
+
+def run_block(worker):
+    """Let the previous worker's spinning BLAS/OpenMP threads sleep, then time one block."""
+    time.sleep(IDLE_GAP)
+    worker["proc"].stdin.write("block\n")
+    worker["proc"].stdin.flush()
+    worker["blocks"].append(float(expect(worker["proc"], "BLOCK", worker["what"])))
+
+
+def measure(threads, peers, backend, reps):
+    """{peer: result} at ``threads``: blocks interleaved across the live workers (rotating
+    order), so load from other processes falls on every peer alike."""
+    workers = {peer: start_worker(peer, threads, backend, reps) for peer in peers}
+    live = [peer for peer, w in workers.items() if w is not None]
+    for block in range(BLOCKS):
+        for peer in live[block % len(live):] + live[:block % len(live)]:
+            run_block(workers[peer])
+    for peer in live:
+        workers[peer]["proc"].stdin.close()
+        workers[peer]["proc"].wait()
+        report(workers[peer])
+    return workers
+
+
+def report(result):
     result["ms"] = 1e3 * statistics.median(result["blocks"])
     blocks = " ".join(f"{1e3 * b:.2f}" for b in result["blocks"])
-    print(f"  {peer:5} {threads} thread(s) on {result['device']}: median {result['ms']:.2f} "
-          f"ms/step (blocks: {blocks})", flush=True)
+    print(f"  {result['what']} on {result['device']}: median {result['ms']:.2f} ms/step "
+          f"(blocks: {blocks})", flush=True)
     if max(result["blocks"]) > NOISY * min(result["blocks"]):
         print(f"  warning: blocks differ by more than {NOISY - 1:.0%}: is something else using "
               "the CPU? (top -bn1)", flush=True)
-    return result
 
 
 def check_same_math(results):
@@ -256,7 +289,9 @@ def write_doc(text, target, backend, reps, torch_device):
             f"update of an MLP {'-'.join(map(str, SIZES))} (ReLU), float32, batch {BATCH}. "
             "Each (peer, threads) pair runs in a fresh process with OMP/OPENBLAS/MKL/NUMBA "
             f"thread variables set before import; {WARMUP} warm-up steps, then the median over "
-            f"{BLOCKS} blocks of {reps} steps. All peers start from the same weights and batch "
+            f"{BLOCKS} blocks of {reps} steps, the peers taking turns block by block (rotating "
+            f"order, {IDLE_GAP} s apart, {REWARM} untimed steps before each block). All peers "
+            "start from the same weights and batch "
             f"and their first {CHECKED_STEPS} losses agree to {LOSS_RTOL:g} relative.\n\n"
             f"horn = `Model.train_step` + `SGD.step` on the {backend} backend; numpy = a "
             "hand-written step (`@`, `np.maximum`, max-shifted softmax, in-place momentum, no "
@@ -295,7 +330,7 @@ def main():
         return
     peers, rows, torch_device = list(PEERS), [], None
     for threads in THREADS:
-        results = {peer: measure(peer, threads, args.backend, args.reps) for peer in peers}
+        results = measure(threads, peers, args.backend, args.reps)
         if "torch" in results and results["torch"] is None:
             print(TORCH_MISSING)
             peers.remove("torch")

@@ -95,11 +95,16 @@ TUNED = {
                  "kind": "horn", "procs": 2, "job": "jobs/bench_ma.toml"},
     "subnet_tuned": {"label": "horn sub-networks 1 x 2, tuned (jobs/bench_subnet.toml), 2 ranks",
                      "kind": "horn", "procs": 2, "job": "jobs/bench_subnet.toml"},
+    # control: PyTorch DDP given ma_tuned's training settings (batch 2 x 64, same lr, epochs),
+    # so that what the tuning bought is not credited to horn
+    "ddp_tuned": {"label": "control: PyTorch DDP with ma_tuned's settings (jobs/bench_ma.toml)",
+                  "kind": "ddp", "procs": RANKS, "threads": 1, "job": "jobs/bench_ma.toml"},
 }
 for _name, _config in TUNED.items():
     if (REPO / _config["job"]).exists():
         CONFIGS[_name] = _config
 BASELINE = "ddp"
+ANALYSIS = "## Analysis"  # docs/vs_torch.md keeps this section (written by hand) on a re-run
 
 
 # ---- jobs ------------------------------------------------------------------------------
@@ -173,7 +178,18 @@ def horn_worker(spec_path, out_path):
         return acc
 
     trainer_module.Trainer.evaluate = evaluate
-    result = run_job(job, progress=False, peer=peer)
+    profile = os.environ.get("VS_TORCH_PROFILE")  # --profile: cProfile of rank 0's run
+    if profile and rank == 0:
+        import cProfile
+        import pstats
+        profiler = cProfile.Profile()
+        result = profiler.runcall(run_job, job, progress=False, peer=peer)
+        with open(profile, "w") as f:
+            stats = pstats.Stats(profiler, stream=f).sort_stats("tottime")
+            stats.print_stats(30)
+            stats.sort_stats("cumulative").print_stats(40)
+    else:
+        result = run_job(job, progress=False, peer=peer)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rss_all = peer.world.gather(rss, root=0) if peer else [rss]
     if rank != 0:
@@ -397,6 +413,8 @@ def run_once(name, config, seed, args, stop_at=None):
                "--bind-to", "none", "-n", str(procs), *me, "--worker", "horn",
                str(spec_path), str(out_path)]
         env = thread_env(1, {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
+        if args.profile:
+            env["VS_TORCH_PROFILE"] = str(OUT / f"profile-{name}.txt")
         procs_list = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)]
         outs = [out_path]
@@ -474,7 +492,8 @@ def summarise(name, runs):
            "wall_s": median([r["wall_s"] for r in full]),
            "bytes_total": median([r["bytes_total"] for r in runs]),
            "rss_mb": median([max(r["maxrss_mb"]) for r in runs]),
-           "procs": runs[0]["procs"], "per_rank_batch": runs[0]["per_rank_batch"]}
+           "procs": runs[0]["procs"], "per_rank_batch": runs[0]["per_rank_batch"],
+           "ms_by_seed": {r["seed"]: ms_per_step(r) for r in runs}}
     for target in TARGETS:
         hits = [first_reach(r, target) for r in runs]
         reached = [h for h in hits if h is not None]
@@ -554,8 +573,18 @@ def targets(rows):
             ratio(best and best["time_0.88"], by.get("torch", {}).get("time_0.88")), 0.7)
     verdict("horn sync data-parallel time per step vs PyTorch DDP",
             ratio(by.get("sync", {}).get("ms_per_step"), by.get("ddp", {}).get("ms_per_step")), 1.1)
+    if "sync" in by and "ddp" in by:  # runs next to each other share the machine's load
+        seeds = sorted(set(by["sync"]["ms_by_seed"]) & set(by["ddp"]["ms_by_seed"]))
+        paired = [by["sync"]["ms_by_seed"][s] / by["ddp"]["ms_by_seed"][s] for s in seeds]
+        if paired:
+            lines.append(f"  (paired by seed, sync and DDP run back to back: "
+                         f"{', '.join(f'{x:.2f}x' for x in paired)}; median "
+                         f"{statistics.median(paired):.2f}x)")
     verdict(f"horn's bytes to 0.88 val vs PyTorch DDP{tag}",
             ratio(best and best["bytes_0.88"], by.get("ddp", {}).get("bytes_0.88")), 0.1)
+    if best and "ddp_tuned" in by and best["config"] == "ma_tuned":
+        verdict("control, same settings: ma_tuned's time to 0.88 vs PyTorch DDP with those "
+                "settings (ddp_tuned)", ratio(best["time_0.88"], by["ddp_tuned"]["time_0.88"]), 0.5)
     return "\n".join(lines)
 
 
@@ -575,9 +604,9 @@ def plot(runs_by_config, path):
             ys = [e["val_accuracy"] for e in r["epochs"]]
             label = name if j == 0 else None
             ax_t.plot(xs, ys, style, marker=".", color=color, alpha=0.7, label=label)
-            bs = [max(e["bytes"], 1) / 1e6 for e in r["epochs"]]
-            if r["bytes_total"]:
-                ax_b.plot(bs, ys, style, marker=".", color=color, alpha=0.7, label=label)
+            sent = [(e["bytes"] / 1e6, e["val_accuracy"]) for e in r["epochs"] if e["bytes"]]
+            if sent:  # log axis: evaluations before the first byte are left out
+                ax_b.plot(*zip(*sent), style, marker=".", color=color, alpha=0.7, label=label)
     for ax in (ax_t, ax_b):
         for target in TARGETS:
             ax.axhline(target, color="grey", lw=0.8, ls=":")
@@ -605,12 +634,12 @@ def write_doc(rows, runs_by_config, args, loads, elapsed):
     width = args.width or 1024
     note = (
         f"Measured {datetime.now():%Y-%m-%d %H:%M} by `python bench/vs_torch.py "
-        f"{' '.join(sys.argv[1:])}` on {cpu} ({os.cpu_count()} logical CPUs, no GPU); "
+        f"{' '.join(a for a in sys.argv[1:] if a != '--resume')}".rstrip() + f"` on {cpu} ({os.cpu_count()} logical CPUs, no GPU); "
         f"python {platform.python_version()}, numpy {metadata.version('numpy')}, numba "
         f"{metadata.version('numba')}, torch {torch_version}. **1-minute load average** before "
         f"each run: min {min(loads):.1f}, median {statistics.median(loads):.1f}, max "
         f"{max(loads):.1f} (the machine was shared with other work; 2 cores). "
-        f"{elapsed / 60:.0f} minutes in all.\n\n"
+        f"The runs took {elapsed / 60:.0f} minutes of wall time in all (start-up included).\n\n"
         f"Fashion-MNIST, horn's split (54,000 train / 6,000 validation / 10,000 test), MLP "
         f"784-{width}-{width}-10 (ReLU), float32, the same initial weights per seed, SGD with "
         f"Nesterov momentum 0.9, weight decay 1e-4, lr 0.05 with 100 warm-up steps then cosine "
@@ -634,10 +663,14 @@ def write_doc(rows, runs_by_config, args, loads, elapsed):
         "accuracy, not ms/step. Peak RSS is ru_maxrss, the largest process. All horn rows run "
         "under `mpirun --bind-to none` with 1 BLAS/Numba thread per rank; PyTorch processes are "
         "unpinned too.\n")
-    (DOCS / "vs_torch.md").write_text(
+    doc = DOCS / "vs_torch.md"
+    kept = ""  # a hand-written "## Analysis" section (and what follows) survives a re-run
+    if doc.exists() and ANALYSIS in doc.read_text():
+        kept = "\n" + doc.read_text()[doc.read_text().index(ANALYSIS):]
+    doc.write_text(
         "# horn vs PyTorch: time and bytes to accuracy\n\n" + note + "\n" + text + "\n\n"
         "Targets (ratios of medians):\n\n" + verdicts + "\n\n"
-        "![validation accuracy vs wall seconds and vs bytes](vs_torch.png)\n")
+        "![validation accuracy vs wall seconds and vs bytes](vs_torch.png)\n" + kept)
     plot(runs_by_config, DOCS / "vs_torch.png")
     return text, verdicts
 
@@ -656,6 +689,8 @@ def main():
     parser.add_argument("--full-runs", type=int, default=None,
                         help="runs (the first seeds) that train the whole budget; the others "
                              "stop at the first evaluation >= 0.88 val (default: all)")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile rank 0 of each horn run into runs/vs_torch/profile-NAME.txt")
     parser.add_argument("--stop-at", type=float, default=max(TARGETS), help=argparse.SUPPRESS)
     parser.add_argument("--seed0", type=int, default=0,
                         help="first seed (tuning: 100 and up, results in results-tune.jsonl)")
@@ -696,7 +731,7 @@ def main():
         print(TORCH_MISSING)
         names = [n for n in names if CONFIGS[n]["kind"] == "horn"]
     OUT.mkdir(parents=True, exist_ok=True)
-    tuning = bool(args.seed0 or args.set)
+    tuning = bool(args.seed0 or args.set or args.profile)
     write = write and not tuning
     results_path = OUT / ("results-quick.jsonl" if args.quick else
                           "results-tune.jsonl" if tuning else "results.jsonl")
@@ -708,7 +743,7 @@ def main():
                 done[(r["config"], r["seed"])] = r
     elif results_path.exists() and not tuning:
         results_path.unlink()
-    began, loads = time.perf_counter(), []
+    loads = []
     runs_by_config = {n: [] for n in names}
     for seed in range(args.seed0, args.seed0 + args.runs):
         for name in names:
@@ -740,7 +775,8 @@ def main():
     print(text)
     print(verdicts)
     if write and rows:
-        write_doc(rows, runs_by_config, args, loads, time.perf_counter() - began)
+        elapsed = sum(r["wall_s"] for runs in runs_by_config.values() for r in runs)
+        write_doc(rows, runs_by_config, args, loads, elapsed)
         print(f"wrote {DOCS / 'vs_torch.md'} and {DOCS / 'vs_torch.png'}")
 
 
