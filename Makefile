@@ -7,7 +7,7 @@ JOB     ?= jobs/digits.toml
 export OMPI_ALLOW_RUN_AS_ROOT = 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = 1
 
-.PHONY: setup run test accuracy bench fashion-data clean
+.PHONY: setup run test accuracy bench bench-ec fashion-data clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,13 @@ bench: setup fashion-data
 	$(BIN)/python -m pip install -q torch==2.13.0 || echo "torch not installable: benchmarks skip the PyTorch peer"
 	$(BIN)/python bench/step.py
 	$(BIN)/python bench/barrier.py
+	$(BIN)/python bench/subnet.py
+	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/vs_torch.py
+
+# EC-DNN against model averaging: about 30 minutes on 2 cores.
+bench-ec: setup fashion-data
+	$(BIN)/python bench/ec_vs_ma.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis build *.egg-info
