@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from horn.layer import Layer, Loss
+from horn.layer import Loss
 from horn.model import Model
 
 

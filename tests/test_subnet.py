@@ -13,7 +13,6 @@ from horn.layers import Dense, Dropout, SoftmaxCrossEntropy
 from horn.model import Model
 from horn.partition import PARTITION_KINDS, partition
 from horn.subnet import SubnetLayout, gather, scatter
-from tests.cli import ROOT
 from tests.mpirun import mpirun
 
 
