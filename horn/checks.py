@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from horn.layer import Loss
+from horn.layer import Loss, as_shape, batch_shape
 from horn.model import Model
 
 
@@ -54,6 +54,8 @@ def check_layer(layer, in_features=6, batch=4, targets=None, seed=0, eps=1e-6, r
                 atol=1e-6, max_entries=40, backends=("numpy", "numba")):
     """Check ``layer`` (a Layer or a Loss instance) against horn's layer contract.
 
+    ``in_features`` is one input sample's shape: an int (flat vectors) or a tuple
+    such as ``(C, H, W)`` for a layer on images.
     ``targets`` (losses only): ``"labels"`` (default) or ``"soft"``.
     Raises :class:`LayerCheckError` naming the failed check; returns the list of
     checks that passed.
@@ -68,7 +70,7 @@ def check_layer(layer, in_features=6, batch=4, targets=None, seed=0, eps=1e-6, r
         _fail(layer, "rebuilding from config gives a different config")
     passed.append("spec")
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, in_features))
+    x = rng.standard_normal(batch_shape(batch, as_shape(in_features)))
     if isinstance(layer, Loss):
         passed += _check_loss(layer, x, targets or "labels", rng, eps, rtol, atol, max_entries)
     else:
@@ -85,15 +87,15 @@ def _harness(layer, in_features, backend="numpy", dtype=np.float64, probe=None):
 
 def _check_plain(layer, x, rng, eps, rtol, atol, max_entries, backends):
     passed = []
-    n, features = x.shape
+    n, features = len(x), as_shape(x.shape[1:])
     model, lay = _harness(layer, features)
     lay._keys = lambda: 12345  # a fixed mask key: the function is then deterministic
     out = model.out_features
     x0 = x.copy()
     y = lay.forward(x, train=True)
-    if y.shape != (n, out):
-        _fail(layer, f"forward returned shape {y.shape}, expected {(n, out)} "
-                     f"(batch, build()'s width)")
+    if y.shape != batch_shape(n, out):
+        _fail(layer, f"forward returned shape {y.shape}, expected {batch_shape(n, out)} "
+                     f"(batch, build()'s shape)")
     if y.dtype != x.dtype:
         _fail(layer, f"forward returned dtype {y.dtype} for {x.dtype} input")
     if not np.array_equal(x, x0):
@@ -104,7 +106,7 @@ def _check_plain(layer, x, rng, eps, rtol, atol, max_entries, backends):
         _fail(layer, "evaluation (train=False) is not deterministic")
     passed += ["shapes", "input untouched", "eval deterministic"]
 
-    r = rng.standard_normal((n, out))
+    r = rng.standard_normal(batch_shape(n, out))
 
     def loss_at():
         return float((lay.forward(x, train=True) * r).sum())
@@ -126,6 +128,9 @@ def _check_plain(layer, x, rng, eps, rtol, atol, max_entries, backends):
             _fail(layer, f"grads[{name!r}] differ between two identical backward calls "
                          f"(accumulating instead of overwriting?)")
     passed.append("grads overwritten")
+    for spec in lay._specs:
+        if not spec.trainable and np.any(g1[spec.name]):
+            _fail(layer, f"grads[{spec.name!r}] of a trainable=False statistic must be zero")
     if dx is None or dx.shape != x.shape:
         _fail(layer, f"backward returned {None if dx is None else dx.shape} for input of shape "
                      f"{x.shape} with needs_input_grad=True")
@@ -137,14 +142,30 @@ def _check_plain(layer, x, rng, eps, rtol, atol, max_entries, backends):
     for backend in backends:
         if backend == "numpy":
             continue
-        other, olay = _harness(layer, features, backend=backend, dtype=np.float32)
-        other.params[...] = model.params.astype(np.float32)
-        got = olay.forward(x.astype(np.float32), train=False)
-        if not np.allclose(got, e1, rtol=1e-3, atol=1e-4):
-            _fail(layer, f"float32 forward on backend {backend!r} differs from the float64 "
-                         f"numpy reference (max abs diff {np.abs(got - e1).max():.3g})")
+        _same_on_backend(layer, backend, model, lay, x, r)
         passed.append(f"backend {backend}")
     return passed
+
+
+def _same_on_backend(layer, backend, model, lay, x, r):
+    """Evaluation, training forward, input and parameter gradients in float32 on
+    ``backend`` agree with the float64 numpy reference at the same parameters."""
+    other, olay = _harness(layer, as_shape(x.shape[1:]), backend=backend, dtype=np.float32)
+    olay._keys = lay._keys
+    other.params[...] = model.params.astype(np.float32)
+    x32, r32 = x.astype(np.float32), r.astype(np.float32)
+
+    def compare(what, got, want):
+        got = other.backend.to_host(got)
+        if not np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max())):
+            _fail(layer, f"float32 {what} on backend {backend!r} differs from the float64 "
+                         f"numpy reference (max abs diff {np.abs(got - want).max():.3g})")
+
+    compare("forward (train=False)", olay.forward(x32, train=False), lay.forward(x, train=False))
+    compare("forward (train=True)", olay.forward(x32, train=True), lay.forward(x, train=True))
+    compare("input gradient", olay.backward(r32.copy()), lay.backward(r.copy()))
+    for name, g in lay.grads.items():
+        compare(f"grads[{name!r}]", olay.grads[name], g)
 
 
 def _check_loss(layer, x, kind, rng, eps, rtol, atol, max_entries):

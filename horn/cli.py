@@ -85,8 +85,8 @@ def cmd_eval(args):
         raise HornError(f"{args.model}: the model file names no job, so its data is unknown")
     job = job_from_dict(meta["job"], str(_model_path(args.model)))
     data = load_dataset(job.data, base_dir=os.getcwd())
-    if data.features != model.in_features:
-        raise HornError(f"{args.model}: the model expects {model.in_features} features, the data "
+    if data.features != model.input_size:
+        raise HornError(f"{args.model}: the model expects {model.input_size} features, the data "
                         f"({data.name}) has {data.features}")
     x, y = getattr(data, f"x_{args.split}"), getattr(data, f"y_{args.split}")
     print(f"{args.split} accuracy {model.accuracy(x, y):.4f} ({len(y)} samples, {data.name})")
@@ -98,8 +98,8 @@ def cmd_predict(args):
 
     model, meta = _load_model(args.model, args.backend)
     x = load_features(args.input)
-    if x.shape[1] != model.in_features:
-        raise HornError(f"{args.input}: the model expects {model.in_features} features per "
+    if x.shape[1] != model.input_size:
+        raise HornError(f"{args.input}: the model expects {model.input_size} features per "
                         f"sample, found {x.shape[1]}")
     probs = model.predict(_scaler(meta).apply(x))
     header = "label," + ",".join(f"p{i}" for i in range(probs.shape[1]))

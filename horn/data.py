@@ -113,6 +113,10 @@ class Dataset:
     name: str
     source: str
     scaler: Scaler
+    # One sample's shape in the source: (C, H, W) for images (IDX and digits are
+    # (1, H, W); an npz ``x`` of (n, H, W) is (1, H, W), (n, C, H, W) stays), else the
+    # width. The arrays stay flat rows; a model that takes images reshapes (a view).
+    sample_shape: object = None
 
     @property
     def features(self):
@@ -284,7 +288,7 @@ def _load_digits(opts, base_dir):
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    return _Raw(x, y, None, None, source="sklearn.datasets.load_digits",
+    return _Raw(x.reshape(len(x), 8, 8), y, None, None, source="sklearn.datasets.load_digits",
                 train_where="digits", test_where="digits")
 
 
@@ -468,6 +472,7 @@ def load_dataset(spec, base_dir=None):
     opts = _options(spec)
     raw = _LOADERS[opts.name](opts, base_dir)
     row_name = raw.row_name or (lambda i: f"row {i}")
+    shape = sample_shape(np.shape(raw.x))
     x = _features(raw.x, raw.train_where, row_name)
     y = _labels(raw.y, raw.train_where, len(x), row_name)
     if raw.x_test is None:
@@ -487,8 +492,19 @@ def load_dataset(spec, base_dir=None):
         x_train=scaler.apply(x_train, raw.train_where), y_train=y[train],
         x_val=scaler.apply(x[val], raw.train_where), y_val=y[val],
         x_test=scaler.apply(x_test, raw.test_where), y_test=y_test,
-        classes=classes, name=opts.name, source=raw.source, scaler=scaler,
+        classes=classes, name=opts.name, source=raw.source, scaler=scaler, sample_shape=shape,
     )
+
+
+def sample_shape(array_shape):
+    """One sample's shape from a source array's shape (first axis: samples): an image
+    (H, W) gets one channel, (C, H, W) stays, anything else is its flat width."""
+    rest = tuple(int(d) for d in array_shape[1:])
+    if len(rest) == 2:
+        return (1, *rest)
+    if len(rest) == 3:
+        return rest
+    return math.prod(rest)
 
 
 def load_features(path):

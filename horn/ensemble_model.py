@@ -25,6 +25,7 @@ class Ensemble:
         w = np.ones(len(members)) if weights is None else np.asarray(weights, np.float64)
         self.weights = w / w.sum()
         self.in_features = members[0].in_features
+        self.input_size = members[0].input_size
         self.out_features = members[0].out_features
 
     @classmethod

@@ -42,7 +42,7 @@ class DataSection:
 class ModelSection:
     layers: list = opt([], list)
     loss: object = opt("softmax_cross_entropy", (str, dict))
-    inputs: int = opt(None, int, lo=1, nullable=True)
+    inputs: object = opt(None, (int, list), nullable=True)  # 784, or a shape [1, 28, 28]
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ def _did_you_mean(name, known):
 def _describe(meta):
     kind = meta["kind"]
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "a list"}
+             list: "a list", (int, list): "an integer or a list of them"}
     base = names.get(kind, "a string or a table")
     if meta["choices"]:
         base = "one of " + ", ".join(repr(c) for c in meta["choices"])
@@ -311,6 +311,7 @@ def job_from_dict(doc, source="<job>", text="", default_name="job"):
 
 
 def _check_model(job, text):
+    from horn.layer import as_shape
     from horn.model import layer_from_spec
 
     layers = job.model.layers
@@ -321,6 +322,11 @@ def _check_model(job, text):
         layer_from_spec(spec, f"{job.source}: model.layers[{i}]")
     loss = job.model.loss
     layer_from_spec({"type": loss} if isinstance(loss, str) else loss, f"{job.source}: model.loss")
+    inputs = job.model.inputs
+    if inputs is not None and as_shape(inputs) is None:
+        raise HornError(f"{_where(job.source, text, 'model', 'inputs')}: expected a positive "
+                        f"integer or a list of them (a sample shape such as [1, 28, 28]), "
+                        f"found {inputs!r}")
 
 
 ENSEMBLE_KEYS = ("teacher_data", "distill_size", "distill_file", "distill_steps", "distill_batch",
@@ -349,6 +355,9 @@ def loss_spec(job):
 
 
 def model_spec(job, in_features):
+    """The model spec of ``job`` for samples of shape ``in_features`` (int or tuple)."""
+    if not isinstance(in_features, int):
+        in_features = list(in_features)
     return {"in_features": in_features, "layers": [dict(s) for s in job.model.layers],
             "loss": loss_spec(job)}
 

@@ -7,9 +7,16 @@ accumulating) its parameter gradients. It never imports numpy or cupy: the
 model hands it ``self.xp`` (the array module) and ``self.ops`` (the backend's
 fused kernels). Parameters and gradients are views into the model's single
 flat buffers, so a barrier moves a whole model in one collective.
+
+Shapes: ``build`` receives the shape of one sample and returns the shape of one
+output sample. A flat vector's shape is an int (what Dense and every layer
+written before images existed expect); an image's is a tuple ``(C, H, W)``,
+and a batch of them arrives as an (N, C, H, W) array. :func:`as_shape`
+normalises: a 1-tuple is an int, so a 1-D shape always reaches ``build`` as an int.
 """
 
 import inspect
+import math
 
 import numpy as np
 
@@ -26,14 +33,40 @@ def mix64(a, b):
     return (z ^ (z >> 31)) & ((1 << 63) - 1)
 
 
+def as_shape(shape):
+    """One sample's shape as horn passes it: an int for a flat vector, a tuple for more
+    axes; ``None`` when ``shape`` is neither (non-positive sizes included)."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        return int(shape) if shape > 0 else None
+    if not isinstance(shape, (tuple, list)) or not shape or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape):
+        return None
+    return int(shape[0]) if len(shape) == 1 else tuple(int(d) for d in shape)
+
+
+def shape_size(shape):
+    """Number of values in one sample of ``shape`` (an int or a tuple)."""
+    return int(shape) if isinstance(shape, int) else math.prod(shape)
+
+
+def batch_shape(n, shape):
+    """The array shape of ``n`` samples of ``shape``."""
+    return (n, shape) if isinstance(shape, int) else (n, *shape)
+
+
 class ParamSpec:
-    """A declared parameter: where it lives in the flat buffer is the model's business."""
+    """A declared parameter: where it lives in the flat buffer is the model's business.
 
-    __slots__ = ("name", "shape", "init", "fan_in", "fan_out")
+    ``trainable=False`` declares a statistic (batch norm's running mean): it lives in
+    the flat parameter buffer, so model files, checkpoints and barriers carry it like
+    a weight, but the optimizer never steps it (its gradient stays zero).
+    """
 
-    def __init__(self, name, shape, init, fan_in, fan_out):
+    __slots__ = ("name", "shape", "init", "fan_in", "fan_out", "trainable")
+
+    def __init__(self, name, shape, init, fan_in, fan_out, trainable=True):
         self.name, self.shape, self.init = name, tuple(int(s) for s in shape), init
-        self.fan_in, self.fan_out = fan_in, fan_out
+        self.fan_in, self.fan_out, self.trainable = fan_in, fan_out, bool(trainable)
 
     @property
     def size(self):
@@ -50,6 +83,9 @@ class Layer:
     """
 
     type_name = None  # set by horn.registry.register_layer
+    #: Axes per sample the layer needs (3 for images (C, H, W)); None: any shape. When the
+    #: first layer needs 3, the model takes image data in its (C, H, W) shape.
+    input_rank = None
 
     def __new__(cls, *args, **kwargs):
         # Record the constructor arguments so a model can be saved as a spec and rebuilt.
@@ -67,11 +103,15 @@ class Layer:
 
     # ---- what a layer implements -------------------------------------------
     def build(self, in_features):
-        """Declare parameters with :meth:`declare`; return the output width."""
+        """Declare parameters with :meth:`declare`; return the output shape.
+
+        ``in_features`` is one input sample's shape: an int (a flat vector) or a
+        tuple such as ``(C, H, W)``; return an int or a tuple the same way.
+        """
         return in_features
 
     def forward(self, x, train):
-        """Return the output for input ``x`` (n, in_features); keep what backward needs."""
+        """Return the output for input ``x`` (n, *in shape); keep what backward needs."""
         raise NotImplementedError
 
     def backward(self, dy):
@@ -82,18 +122,22 @@ class Layer:
         raise NotImplementedError
 
     # ---- helpers a layer calls ---------------------------------------------
-    def declare(self, name, shape, init="zeros", fan_in=None, fan_out=None):
+    def declare(self, name, shape, init="zeros", fan_in=None, fan_out=None, trainable=True):
         """Declare a parameter; ``init`` is a name from horn.initializers or a
-        callable ``(rng, shape, fan_in, fan_out) -> array``."""
+        callable ``(rng, shape, fan_in, fan_out) -> array``. ``trainable=False``: a
+        statistic the layer updates itself (see :class:`ParamSpec`); backward fills
+        its gradient with zeros like any other."""
         if any(s.name == name for s in self._specs):
             raise ValueError(f"parameter {name!r} declared twice")
-        self._specs.append(ParamSpec(name, shape, init, fan_in, fan_out))
+        self._specs.append(ParamSpec(name, shape, init, fan_in, fan_out, trainable))
 
-    def buffer(self, name, shape):
-        """A reusable work array: allocated once per shape, so steps allocate nothing."""
+    def buffer(self, name, shape, dtype=None):
+        """A reusable work array (of the model's dtype unless ``dtype`` is given, e.g.
+        int32 for pooling's argmax): allocated once per shape, so steps allocate nothing."""
+        dtype = self.dtype if dtype is None else dtype
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != tuple(shape):
-            buf = self.xp.empty(shape, dtype=self.dtype)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = self.xp.empty(shape, dtype=dtype)
             self._buffers[name] = buf
         return buf
 

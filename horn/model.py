@@ -15,7 +15,7 @@ import numpy as np
 from horn.backends import Backend, get_backend
 from horn.errors import HornError
 from horn.initializers import INITIALIZERS, initialize
-from horn.layer import Layer, Loss, mix64
+from horn.layer import Layer, Loss, as_shape, batch_shape, mix64, shape_size
 from horn.registry import resolve
 
 ALIGN = 16  # elements: every view starts on a 64-byte boundary for aligned SIMD loads
@@ -67,16 +67,21 @@ def _not_plain(value):
 def layout(layers, in_features):
     """Where each declared parameter lives in a flat buffer.
 
-    Calls ``build`` on each (fresh) layer; returns ``[(layer index, ParamSpec,
-    offset)]``, the output width and the buffer size. Cheap: nothing is allocated,
-    so the layout of another rank's sub-network can be computed locally.
+    Calls ``build`` on each (fresh) layer with one sample's shape (an int or a tuple,
+    see :func:`horn.layer.as_shape`); returns ``[(layer index, ParamSpec, offset)]``,
+    the output shape, the buffer size and the size of its trainable prefix (every
+    ``trainable=False`` statistic is placed after all trainable parameters, so an
+    optimizer steps one contiguous prefix). Cheap: nothing is allocated, so the
+    layout of another rank's sub-network can be computed locally.
     """
-    features, placed, offset = in_features, [], 0
+    features, declared = as_shape(in_features), []
     for i, layer in enumerate(layers):
-        out = layer.build(features)
-        if not isinstance(out, (int, np.integer)) or out <= 0:
+        built = layer.build(features)
+        out = as_shape(built)
+        if out is None:
             raise HornError(f"layer {i} ({layer.spec()['type']}): build() must return a "
-                            f"positive output width, returned {out!r}")
+                            f"positive output width or a shape tuple of them, returned "
+                            f"{built!r}")
         for spec in layer._specs:
             where = f"layer {i} ({layer.spec()['type']}): parameter {spec.name!r}"
             if not (callable(spec.init) or (isinstance(spec.init, str) and spec.init in INITIALIZERS)):
@@ -84,19 +89,24 @@ def layout(layers, in_features):
                                 f"found {spec.init!r}")
             if any(d < 0 for d in spec.shape):
                 raise HornError(f"{where}: expected a shape of sizes >= 0, found {spec.shape}")
-            placed.append((i, spec, offset))
-            offset += -(-math.prod(spec.shape) // ALIGN) * ALIGN  # exact: np.prod can wrap around
-            if offset > MAX_PARAMS:
-                raise HornError(f"{where}: shape {spec.shape} takes the model past {MAX_PARAMS} "
-                                f"parameters; refusing to allocate it")
-        features = int(out)
-    return placed, features, offset
+            declared.append((i, spec, where))
+        features = out
+    placed, offset, trainable = [], 0, 0
+    for i, spec, where in sorted(declared, key=lambda d: not d[1].trainable):  # stable
+        placed.append((i, spec, offset))
+        offset += -(-math.prod(spec.shape) // ALIGN) * ALIGN  # exact: np.prod can wrap around
+        if offset > MAX_PARAMS:
+            raise HornError(f"{where}: shape {spec.shape} takes the model past {MAX_PARAMS} "
+                            f"parameters; refusing to allocate it")
+        if spec.trainable:
+            trainable = offset
+    return placed, features, offset, trainable
 
 
 def spec_layout(spec):
     """:func:`layout` of a model spec: ``[(qualified name, offset, shape)]`` and the size."""
     layers = [layer_from_spec(s) for s in spec["layers"]]
-    placed, _, size = layout(layers, spec["in_features"])
+    placed, _, size, _ = layout(layers, spec["in_features"])
     return [(f"{i}.{p.name}", off, p.shape) for i, p, off in placed], size
 
 
@@ -107,7 +117,10 @@ class Model:
                  initialize_params=True):
         self.layers = list(layers)
         self.loss = loss
-        self.in_features = int(in_features)
+        self.in_features = as_shape(in_features)  # one sample: an int, or a tuple (C, H, W)
+        if self.in_features is None:
+            raise HornError(f"the model's input shape must be a positive integer or a tuple "
+                            f"of them, found {in_features!r}")
         self.backend = backend if isinstance(backend, Backend) else get_backend(backend)
         self.xp = self.backend.xp
         self.dtype = np.dtype(dtype)
@@ -129,7 +142,7 @@ class Model:
                 raise HornError(f"layer {i}: expected a horn.Layer, found {type(layer).__name__}")
             self._bind(layer)
             layer.needs_input_grad = i > 0
-        placed, features, self.size = layout(self.layers, self.in_features)
+        placed, features, self.size, self.trainable_size = layout(self.layers, self.in_features)
         self._bind(self.loss)
         self.loss.build(features)
         self.out_features = features
@@ -157,7 +170,12 @@ class Model:
             raise HornError(f"model spec: expected a table with in_features, layers (a list) and "
                             f"loss, found {found}")
         n = spec.get("in_features")
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        if isinstance(n, list):
+            if as_shape(n) is None or shape_size(as_shape(n)) > MAX_PARAMS:
+                raise HornError(f"model spec: in_features: expected a sample shape of "
+                                f"positive integers (at most {MAX_PARAMS} values), found "
+                                f"{str(n)[:80]}")
+        elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise HornError(f"model spec: in_features: expected a positive integer, found "
                             f"{n if isinstance(n, (int, float, str)) else type(n).__name__!r}")
         layers = [layer_from_spec(s, f"model.layers[{i}]") for i, s in enumerate(spec["layers"])]
@@ -165,8 +183,14 @@ class Model:
         return cls(layers, loss, spec["in_features"], backend, seed, dtype, initialize_params)
 
     def spec(self):
-        return {"in_features": self.in_features, "layers": [l.spec() for l in self.layers],
-                "loss": self.loss.spec()}
+        shape = self.in_features
+        return {"in_features": shape if isinstance(shape, int) else list(shape),
+                "layers": [l.spec() for l in self.layers], "loss": self.loss.spec()}
+
+    @property
+    def input_size(self):
+        """Values per input sample: data always arrives flat, (n, input_size)."""
+        return shape_size(self.in_features)
 
     @property
     def num_params(self):
@@ -178,6 +202,9 @@ class Model:
 
     # ---- compute ---------------------------------------------------------------
     def forward(self, x, train=False):
+        """Output for ``x``: flat rows (n, input_size) or already (n, *in_features)."""
+        if not isinstance(self.in_features, int) and x.ndim == 2:
+            x = x.reshape(batch_shape(len(x), self.in_features))  # a view: rows are C-order images
         for layer in self.layers:
             x = layer.forward(x, train)
         return x
@@ -193,8 +220,9 @@ class Model:
 
     def predict(self, x, batch_size=2048):
         """Predictions (e.g. class probabilities) for host array x, as a host array."""
-        out = np.empty((len(x), self.out_features), dtype=np.float32)
-        pred = self.xp.empty((min(batch_size, max(len(x), 1)), self.out_features), self.dtype)
+        out = np.empty(batch_shape(len(x), self.out_features), dtype=np.float32)
+        pred = self.xp.empty(batch_shape(min(batch_size, max(len(x), 1)), self.out_features),
+                             self.dtype)
         for lo in range(0, len(x), batch_size):
             xb = self.backend.asarray(np.ascontiguousarray(x[lo:lo + batch_size], self.dtype))
             part = pred[:len(xb)]

@@ -1,4 +1,8 @@
-"""Optimizers over a model's flat buffers: one fused kernel call per step."""
+"""Optimizers over a model's flat buffers: one fused kernel call per step.
+
+They step the buffers' trainable prefix (``model.trainable_size``): statistics a
+layer declares with ``trainable=False`` sit after it and are never decayed or moved.
+"""
 
 
 class SGD:
@@ -10,9 +14,10 @@ class SGD:
         self.velocity = model.xp.zeros_like(model.params) if momentum else None
 
     def step(self, lr):
-        m = self.model
-        m.backend.sgd_update(m.params, m.grads, self.velocity, lr, self.momentum,
-                             self.weight_decay, self.nesterov)
+        m, k = self.model, self.model.trainable_size
+        m.backend.sgd_update(m.params[:k], m.grads[:k],
+                             None if self.velocity is None else self.velocity[:k], lr,
+                             self.momentum, self.weight_decay, self.nesterov)
 
     def state(self):
         """Named state buffers (flat, like the parameters): averaged or checkpointed."""
@@ -30,9 +35,9 @@ class Adam:
 
     def step(self, lr):
         self.t += 1
-        m = self.model
-        m.backend.adam_update(m.params, m.grads, self.m, self.v, lr, self.beta1, self.beta2,
-                              self.eps, self.weight_decay, self.t)
+        m, k = self.model, self.model.trainable_size
+        m.backend.adam_update(m.params[:k], m.grads[:k], self.m[:k], self.v[:k], lr, self.beta1,
+                              self.beta2, self.eps, self.weight_decay, self.t)
 
     def state(self):
         return {"m": self.m, "v": self.v}

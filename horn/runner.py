@@ -15,9 +15,11 @@ from horn.data import load_dataset
 from horn.errors import HornError
 from horn.jobs import model_spec, write_resolved
 from horn.metrics import MetricsLog, plot_curves, print_progress
+from horn.layer import as_shape, shape_size
 from horn.model import Model
 from horn.optim import make_optimizer
 from horn.barriers import make_sync
+from horn.registry import resolve
 from horn.parallel import derive_seed, dirichlet_shard_indices, local_ranks, shard_indices
 from horn.resume import Preemption, RunState, install_preemption_handlers
 from horn.schedules import make_schedule
@@ -53,11 +55,38 @@ def make_run_dir(log_dir, name):
     return path
 
 
+def input_shape(job, data):
+    """One sample's shape as the model takes it; data always travels as flat rows.
+
+    ``model.inputs`` when the job sets it (an int, or a list such as [1, 28, 28]; its
+    size must be the data's width); else the data's image shape (C, H, W) when the
+    first layer needs images (``input_rank = 3``: conv2d, the pools); else flat vectors.
+    """
+    inputs = job.model.inputs
+    if inputs is not None:
+        shape = as_shape(inputs)
+        if shape is None or shape_size(shape) != data.features:
+            raise HornError(f"{job.source}: model.inputs is {inputs} but the data "
+                            f"({data.name}) has {data.features} features")
+        return shape
+    first = job.model.layers[0]
+    rank = resolve(first["type"], f"{job.source}: model.layers[0]").input_rank
+    if rank is None or rank == 1:
+        return data.features
+    shape = data.sample_shape
+    if isinstance(shape, tuple) and len(shape) == rank:
+        return shape
+    raise HornError(f"{job.source}: model.layers[0] ({first['type']}) takes samples of "
+                    f"{rank} axes (C, H, W) but the data ({data.name}) gives flat vectors of "
+                    f"{data.features} values; set model.inputs = [C, H, W]")
+
+
 def check_fit(job, data, model):
-    """The model's input and output widths must match the data."""
-    if job.model.inputs is not None and job.model.inputs != data.features:
-        raise HornError(f"{job.source}: model.inputs is {job.model.inputs} but the data "
-                        f"({data.name}) has {data.features} features")
+    """The model's output must be one value per class of the data."""
+    if not isinstance(model.out_features, int):
+        raise HornError(f"{job.source}: the model outputs samples of shape "
+                        f"{model.out_features}; end its image layers with flatten or "
+                        f"global_avg_pool")
     if model.out_features != data.classes:
         last = max(i for i, spec in enumerate(job.model.layers) if "units" in spec) \
             if any("units" in spec for spec in job.model.layers) else len(job.model.layers) - 1
@@ -74,7 +103,7 @@ def scaler_meta(scaler):
 def build(job, data, backend, group=0, worker=0):
     """The model, optimizer, schedule and batch stream of one rank of a job."""
     seed = job.train.seed
-    model = Model.from_spec(model_spec(job, data.features), backend, seed=seed)
+    model = Model.from_spec(model_spec(job, input_shape(job, data)), backend, seed=seed)
     model.mask_seed = derive_seed(seed, group, worker)
     stream = BatchStream(data.x_train, data.y_train, job.train.batch_size,
                          derive_seed(seed, group, worker), backend)

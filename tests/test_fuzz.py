@@ -33,6 +33,7 @@ from horn.data import load_dataset, load_features
 from horn.errors import HornError
 from horn.hosts import check_hostfile
 from horn.jobs import SECTIONS, load_job, write_resolved
+from horn.layer import batch_shape
 from horn.layers import Dense, SoftmaxCrossEntropy
 from horn.model import FORMAT, Model, spec_layout
 
@@ -919,8 +920,8 @@ def test_fuzz_model_files(work, data):
     if loaded is not None:
         model, meta = loaded
         assert model.params.shape == (model.size,) and model.num_params <= 2**31
-        x = np.ones((2, model.in_features), np.float32)
-        assert model.predict(x).shape == (2, model.out_features)
+        x = np.ones((2, model.input_size), np.float32)
+        assert model.predict(x).shape == batch_shape(2, model.out_features)
 
 
 def test_model_round_trip_survives_the_fuzz_helpers(tmp_path):

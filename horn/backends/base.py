@@ -91,6 +91,48 @@ class Backend:
         """``parent[rows][:, cols] = compact`` (the inverse of :meth:`gather`)."""
         raise NotImplementedError
 
+    # --- convolution and pooling on (N, C, H, W) images --------------------------
+    # ``kernel``, ``stride`` and ``pad`` are (height, width) pairs of ints. An output
+    # size is ``(H + 2 pad - kernel) // stride + 1``; padding reads as zero for the
+    # lowering and average pooling, and is never chosen by max pooling.
+    def im2col(self, x, kernel, stride, pad, out):
+        """Lower images x (N, C, H, W) to ``out`` (N*OH*OW, C*KH*KW): row ``(n, oh, ow)``
+        holds the receptive field of output pixel (oh, ow) of sample n in (c, kh, kw)
+        order, so a convolution is one BLAS matmul with the (O, C*KH*KW) weights."""
+        raise NotImplementedError
+
+    def col2im(self, cols, kernel, stride, pad, out):
+        """The adjoint of :meth:`im2col`: ``out`` (N, C, H, W) = the sum of every
+        column entry into the pixel it was read from (the input gradient)."""
+        raise NotImplementedError
+
+    def bias_act_nchw(self, z, b, act, out):
+        """Convolution epilogue: ``z`` (N*P, O), the matmul of im2col rows with the
+        weights, to ``out`` (N, O, P) = act(z + b) transposed per sample, in one pass."""
+        raise NotImplementedError
+
+    def act_backward_nchw(self, dy, y, act, dz, db):
+        """Backward of :meth:`bias_act_nchw`: ``dz`` (N*P, O) = (dy * act'(y)) transposed
+        per sample from dy, y (N, O, P); ``db`` (O,) = its sums over n and p."""
+        raise NotImplementedError
+
+    def max_pool(self, x, kernel, stride, pad, out, argmax):
+        """``out`` (N, C, OH, OW) = window maxima of x; ``argmax`` (int32, same shape)
+        = the winner's index in its H*W plane (the first maximum in row-major order)."""
+        raise NotImplementedError
+
+    def max_pool_backward(self, dy, argmax, dx):
+        """``dx`` (N, C, H, W) = dy routed to the winners (summed where windows overlap)."""
+        raise NotImplementedError
+
+    def avg_pool(self, x, kernel, stride, pad, out):
+        """``out`` = window means, padding counted as zeros (divides by KH*KW)."""
+        raise NotImplementedError
+
+    def avg_pool_backward(self, dy, kernel, stride, pad, dx):
+        """``dx`` (N, C, H, W) = dy / (KH*KW) spread over each window, summed."""
+        raise NotImplementedError
+
     # --- optimizer updates on the flat buffers --------------------------------
     def sgd_update(self, p, g, v, lr, momentum, weight_decay, nesterov):
         """One SGD step in place on flat buffers: ``g' = g + wd p; v = mu v + g';

@@ -204,6 +204,176 @@ def _scatter(compact, rows, cols, parent):
             dst[:] = src
 
 
+# ---- convolution and pooling: every kernel runs one sample (or one (n, c) plane) per
+# thread, so no two threads write the same output and the sums are deterministic.
+
+@_kernel
+def _im2col(x, kh, kw, sh, sw, ph, pw, out):
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    for s in prange(n):
+        for i in range(oh):
+            for j in range(ow):
+                row = out[(s * oh + i) * ow + j]
+                k = 0
+                for ch in range(c):
+                    for a in range(kh):
+                        r = i * sh - ph + a
+                        inside = 0 <= r < h
+                        for b in range(kw):
+                            col = j * sw - pw + b
+                            row[k] = x[s, ch, r, col] if inside and 0 <= col < w else 0
+                            k += 1
+
+
+@_kernel
+def _col2im(cols, kh, kw, sh, sw, ph, pw, out):
+    n, c, h, w = out.shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    for s in prange(n):
+        out[s] = 0
+        for i in range(oh):
+            for j in range(ow):
+                row = cols[(s * oh + i) * ow + j]
+                k = 0
+                for ch in range(c):
+                    for a in range(kh):
+                        r = i * sh - ph + a
+                        for b in range(kw):
+                            col = j * sw - pw + b
+                            if 0 <= r < h and 0 <= col < w:
+                                out[s, ch, r, col] += row[k]
+                            k += 1
+
+
+@njit(inline="always", cache=True)
+def _act1(v, act):
+    if act == 1:
+        return max(v, np.float32(0))
+    if act == 2:
+        return math.tanh(v)
+    if act == 3:
+        return np.float32(1) / (np.float32(1) + math.exp(-v))
+    return v
+
+
+@njit(inline="always", cache=True)
+def _deriv1(y, act):
+    if act == 1:
+        return np.float32(1) if y > 0 else np.float32(0)
+    if act == 2:
+        return np.float32(1) - y * y
+    if act == 3:
+        return y * (np.float32(1) - y)
+    return np.float32(1)
+
+
+@_kernel
+def _bias_act_nchw(z, b, act, out):
+    n, o, p = out.shape
+    for s in prange(n):
+        block = z[s * p:(s + 1) * p]
+        for q in range(p):  # read z row by row (contiguous), write out with stride p
+            row = block[q]
+            for k in range(o):
+                out[s, k, q] = _act1(row[k] + b[k], act)
+
+
+@_kernel
+def _act_backward_nchw(dy, y, act, dz, db):
+    n, o, p = dy.shape
+    partial = np.zeros((n, o), dtype=np.float32)  # per-sample bias sums, added in order
+    for s in prange(n):
+        block = dz[s * p:(s + 1) * p]
+        for k in range(o):
+            total = np.float32(0)
+            for q in range(p):
+                g = dy[s, k, q] * _deriv1(y[s, k, q], act)
+                block[q, k] = g
+                total += g
+            partial[s, k] = total
+    for k in range(o):
+        db[k] = 0
+    for s in range(n):
+        for k in range(o):
+            db[k] += partial[s, k]
+
+
+@_kernel
+def _max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for plane in prange(n * c):
+        s, ch = plane // c, plane % c
+        src = x[s, ch]
+        for i in range(oh):
+            for j in range(ow):
+                best, where = -np.inf, -1
+                for a in range(kh):
+                    r = i * sh - ph + a
+                    if 0 <= r < h:
+                        for b in range(kw):
+                            col = j * sw - pw + b
+                            if 0 <= col < w and src[r, col] > best:
+                                best, where = src[r, col], r * w + col
+                out[s, ch, i, j] = best
+                argmax[s, ch, i, j] = where
+
+
+@_kernel
+def _max_pool_backward(dy, argmax, dx):
+    n, c, h, w = dx.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    for plane in prange(n * c):
+        s, ch = plane // c, plane % c
+        dst = dx[s, ch].reshape(h * w)
+        dst[:] = 0
+        for i in range(oh):
+            for j in range(ow):
+                dst[argmax[s, ch, i, j]] += dy[s, ch, i, j]
+
+
+@_kernel
+def _avg_pool(x, kh, kw, sh, sw, ph, pw, out):
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    inv = np.float32(1.0 / (kh * kw))
+    for plane in prange(n * c):
+        s, ch = plane // c, plane % c
+        for i in range(oh):
+            for j in range(ow):
+                total = np.float32(0)
+                for a in range(kh):
+                    r = i * sh - ph + a
+                    if 0 <= r < h:
+                        for b in range(kw):
+                            col = j * sw - pw + b
+                            if 0 <= col < w:
+                                total += x[s, ch, r, col]
+                out[s, ch, i, j] = total * inv
+
+
+@_kernel
+def _avg_pool_backward(dy, kh, kw, sh, sw, ph, pw, dx):
+    n, c, h, w = dx.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    inv = np.float32(1.0 / (kh * kw))
+    for plane in prange(n * c):
+        s, ch = plane // c, plane % c
+        dst = dx[s, ch]
+        dst[:, :] = 0
+        for i in range(oh):
+            for j in range(ow):
+                g = dy[s, ch, i, j] * inv
+                for a in range(kh):
+                    r = i * sh - ph + a
+                    if 0 <= r < h:
+                        for b in range(kw):
+                            col = j * sw - pw + b
+                            if 0 <= col < w:
+                                dst[r, col] += g
+
+
 @_kernel
 def _sgd(p, g, v, lr, mu, wd, nesterov):
     for i in prange(p.size):
@@ -290,6 +460,30 @@ class NumbaBackend(Backend):
     def scatter(self, compact, rows, cols, parent):
         _pick(_scatter, compact.size)(compact, _NO_INDEX if rows is None else rows, _NO_INDEX if cols is None else cols,
                  parent)
+
+    def im2col(self, x, kernel, stride, pad, out):
+        _pick(_im2col, out.size)(x, *kernel, *stride, *pad, out)
+
+    def col2im(self, cols, kernel, stride, pad, out):
+        _pick(_col2im, cols.size)(cols, *kernel, *stride, *pad, out)
+
+    def bias_act_nchw(self, z, b, act, out):
+        _pick(_bias_act_nchw, z.size)(z, b, _ACT_CODE[act], out)
+
+    def act_backward_nchw(self, dy, y, act, dz, db):
+        _pick(_act_backward_nchw, dy.size)(dy, y, _ACT_CODE[act], dz, db)
+
+    def max_pool(self, x, kernel, stride, pad, out, argmax):
+        _pick(_max_pool, x.size)(x, *kernel, *stride, *pad, out, argmax)
+
+    def max_pool_backward(self, dy, argmax, dx):
+        _pick(_max_pool_backward, dx.size)(dy, argmax, dx)
+
+    def avg_pool(self, x, kernel, stride, pad, out):
+        _pick(_avg_pool, x.size)(x, *kernel, *stride, *pad, out)
+
+    def avg_pool_backward(self, dy, kernel, stride, pad, dx):
+        _pick(_avg_pool_backward, dx.size)(dy, *kernel, *stride, *pad, dx)
 
     def sgd_update(self, p, g, v, lr, momentum, weight_decay, nesterov):
         _pick(_sgd, p.size)(p, g, p if v is None else v, _f32(lr), _f32(momentum), _f32(weight_decay),

@@ -44,6 +44,38 @@ def _act_grad(y, act):
     raise ValueError(f"unknown activation {act!r}")
 
 
+def out_size(size, kernel, stride, pad):
+    """Output length of a window sliding over ``size`` (+ padding on both sides)."""
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def _windows(x, kernel, stride, pad, fill):
+    """(N, C, KH, KW, OH, OW) view-copies: entry [..., i, j, oh, ow] is the pixel that
+    kernel position (i, j) of output pixel (oh, ow) reads (``fill`` in the padding)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    padded = np.full((n, c, h + 2 * ph, w + 2 * pw), fill, dtype=x.dtype)
+    padded[:, :, ph:ph + h, pw:pw + w] = x
+    win = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            win[:, :, i, j] = padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+    return win
+
+
+def _unwindow(win, kernel, stride, pad, shape):
+    """Adjoint of :func:`_windows`: every window entry added back into its pixel."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    n, c, h, w = shape
+    oh, ow = win.shape[4:]
+    padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=win.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += win[:, :, i, j]
+    return padded[:, :, ph:ph + h, pw:pw + w]
+
+
 def _log_softmax(logits, temperature):
     z = logits.astype(np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
@@ -102,6 +134,55 @@ class NumpyBackend(Backend):
             parent[np.ix_(rows, cols)] = compact
         else:
             parent[r, c] = compact
+
+    def im2col(self, x, kernel, stride, pad, out):
+        win = _windows(x, kernel, stride, pad, 0)  # (N, C, KH, KW, OH, OW)
+        n, oh, ow = x.shape[0], win.shape[4], win.shape[5]
+        out[...] = win.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, -1)
+
+    def col2im(self, cols, kernel, stride, pad, out):
+        n, c, h, w = out.shape
+        oh = out_size(h, kernel[0], stride[0], pad[0])
+        ow = out_size(w, kernel[1], stride[1], pad[1])
+        win = cols.reshape(n, oh, ow, c, kernel[0], kernel[1]).transpose(0, 3, 4, 5, 1, 2)
+        out[...] = _unwindow(win, kernel, stride, pad, out.shape)
+
+    def bias_act_nchw(self, z, b, act, out):
+        n, o = out.shape[:2]
+        out[...] = _act(z + b, act).reshape(n, -1, o).transpose(0, 2, 1)
+
+    def act_backward_nchw(self, dy, y, act, dz, db):
+        n, o = dy.shape[:2]
+        g = dy * _act_grad(y, act)
+        dz[...] = g.transpose(0, 2, 1).reshape(-1, o)
+        db[...] = g.sum(axis=(0, 2))
+
+    def max_pool(self, x, kernel, stride, pad, out, argmax):
+        win = _windows(x, kernel, stride, pad, -np.inf)
+        n, c, kh, kw, oh, ow = win.shape
+        flat = win.reshape(n, c, kh * kw, oh, ow)
+        best = flat.argmax(axis=2)  # the first maximum in (i, j) row-major order
+        out[...] = np.take_along_axis(flat, best[:, :, None], axis=2)[:, :, 0]
+        i, j = best // kw, best % kw
+        rows = np.arange(oh)[:, None] * stride[0] - pad[0] + i
+        cols = np.arange(ow)[None, :] * stride[1] - pad[1] + j
+        argmax[...] = rows * x.shape[3] + cols
+
+    def max_pool_backward(self, dy, argmax, dx):
+        n, c, h, w = dx.shape
+        planes = np.zeros((n * c, h * w), dtype=dx.dtype)
+        idx = argmax.reshape(n * c, -1)
+        np.add.at(planes, (np.arange(n * c)[:, None], idx), dy.reshape(n * c, -1))
+        dx[...] = planes.reshape(dx.shape)
+
+    def avg_pool(self, x, kernel, stride, pad, out):
+        out[...] = _windows(x, kernel, stride, pad, 0).mean(axis=(2, 3))
+
+    def avg_pool_backward(self, dy, kernel, stride, pad, dx):
+        kh, kw = kernel
+        win = np.broadcast_to((dy / (kh * kw))[:, :, None, None], dy.shape[:2] + (kh, kw) +
+                              dy.shape[2:])
+        dx[...] = _unwindow(win, kernel, stride, pad, dx.shape)
 
     def sgd_update(self, p, g, v, lr, momentum, weight_decay, nesterov):
         g = g + np.float32(weight_decay) * p if weight_decay else g

@@ -1,0 +1,73 @@
+"""2-D convolution lowered to one BLAS matmul (im2col), with a fused epilogue."""
+
+from horn import Layer, register_layer
+from horn.layers._windows import image_shape, output_hw, pair
+
+ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
+
+
+@register_layer("conv2d")
+class Conv2d(Layer):
+    """y = act(W * x + b) on (N, C, H, W) images; W has PyTorch's (O, C, KH, KW) layout.
+
+    Forward: ``ops.im2col`` lowers the batch to (N*OH*OW, C*KH*KW) rows, one matmul
+    with W gives (N*OH*OW, O), and ``ops.bias_act_nchw`` adds the bias, applies the
+    activation and transposes to (N, O, OH, OW) in one pass. Backward is the same
+    three steps in reverse: ``ops.act_backward_nchw`` (with the bias gradient), two
+    matmuls (dW, d columns), ``ops.col2im`` (skipped for the first layer).
+    """
+
+    input_rank = 3
+
+    def __init__(self, channels, kernel=3, stride=1, padding=0, activation="identity",
+                 init="he", bias=True):
+        if not (isinstance(channels, int) and not isinstance(channels, bool) and channels > 0):
+            raise ValueError(f"channels must be a positive integer, found {channels!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, found {activation!r}")
+        self.channels, self.activation, self.init, self.bias = channels, activation, init, bias
+        self.kernel, self.stride = pair(kernel, "kernel", 1), pair(stride, "stride", 1)
+        self.padding = pair(padding, "padding", 0)
+
+    def build(self, in_shape):
+        c, h, w = image_shape(in_shape, "conv2d")
+        kh, kw = self.kernel
+        self.out_hw = output_hw(h, w, self.kernel, self.stride, self.padding, "conv2d")
+        self.declare("W", (self.channels, c, kh, kw), init=self.init, fan_in=c * kh * kw,
+                     fan_out=self.channels * kh * kw)
+        if self.bias:
+            self.declare("b", (self.channels,), init="zeros")
+        return (self.channels, *self.out_hw)
+
+    def forward(self, x, train):
+        n = x.shape[0]
+        rows = n * self.out_hw[0] * self.out_hw[1]
+        weights = self.params["W"].reshape(self.channels, -1)
+        self.x = x
+        self.cols = self.buffer("cols", (rows, weights.shape[1]))
+        self.ops.im2col(x, self.kernel, self.stride, self.padding, self.cols)
+        z = self.buffer("z", (rows, self.channels))
+        self.xp.matmul(self.cols, weights.T, out=z)
+        self.y = self.buffer("y", (n, self.channels, *self.out_hw))
+        bias = self.params["b"] if self.bias else self._zeros()
+        self.ops.bias_act_nchw(z, bias, self.activation, self.y.reshape(n, self.channels, -1))
+        return self.y
+
+    def backward(self, dy):
+        n = dy.shape[0]
+        dz = self.buffer("z", (self.cols.shape[0], self.channels))  # z is dead: reuse it
+        db = self.grads["b"] if self.bias else self.buffer("db", (self.channels,))
+        self.ops.act_backward_nchw(dy.reshape(n, self.channels, -1),
+                                   self.y.reshape(n, self.channels, -1), self.activation, dz, db)
+        self.xp.matmul(dz.T, self.cols, out=self.grads["W"].reshape(self.channels, -1))
+        if not self.needs_input_grad:
+            return None
+        self.xp.matmul(dz, self.params["W"].reshape(self.channels, -1), out=self.cols)
+        dx = self.buffer("dx", self.x.shape)
+        self.ops.col2im(self.cols, self.kernel, self.stride, self.padding, dx)
+        return dx
+
+    def _zeros(self):
+        zeros = self.buffer("no_bias", (self.channels,))
+        zeros[...] = 0
+        return zeros
