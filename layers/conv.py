@@ -10,9 +10,9 @@ ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
 class Conv2d(Layer):
     """y = act(W * x + b) on (N, C, H, W) images; W has PyTorch's (O, C, KH, KW) layout.
 
-    Forward: ``ops.im2col`` lowers the batch to (N*OH*OW, C*KH*KW) rows, one matmul
-    with W gives (N*OH*OW, O), and ``ops.bias_act_nchw`` adds the bias, applies the
-    activation and transposes to (N, O, OH, OW) in one pass. Backward is the same
+    Forward: ``ops.im2col`` lowers the batch to (C*KH*KW, N*OH*OW) columns, one
+    matmul with W gives (O, N*OH*OW), and ``ops.bias_act_nchw`` adds the bias,
+    applies the activation and reorders to (N, O, OH, OW) in one pass. Backward is the same
     three steps in reverse: ``ops.act_backward_nchw`` (with the bias gradient), two
     matmuls (dW, d columns), ``ops.col2im`` (skipped for the first layer).
     """
@@ -44,10 +44,10 @@ class Conv2d(Layer):
         rows = n * self.out_hw[0] * self.out_hw[1]
         weights = self.params["W"].reshape(self.channels, -1)
         self.x = x
-        self.cols = self.buffer("cols", (rows, weights.shape[1]))
+        self.cols = self.buffer("cols", (weights.shape[1], rows))
         self.ops.im2col(x, self.kernel, self.stride, self.padding, self.cols)
-        z = self.buffer("z", (rows, self.channels))
-        self.xp.matmul(self.cols, weights.T, out=z)
+        z = self.buffer("z", (self.channels, rows))
+        self.xp.matmul(weights, self.cols, out=z)
         self.y = self.buffer("y", (n, self.channels, *self.out_hw))
         bias = self.params["b"] if self.bias else self._zeros()
         self.ops.bias_act_nchw(z, bias, self.activation, self.y.reshape(n, self.channels, -1))
@@ -55,14 +55,14 @@ class Conv2d(Layer):
 
     def backward(self, dy):
         n = dy.shape[0]
-        dz = self.buffer("z", (self.cols.shape[0], self.channels))  # z is dead: reuse it
+        dz = self.buffer("z", (self.channels, self.cols.shape[1]))  # z is dead: reuse it
         db = self.grads["b"] if self.bias else self.buffer("db", (self.channels,))
         self.ops.act_backward_nchw(dy.reshape(n, self.channels, -1),
                                    self.y.reshape(n, self.channels, -1), self.activation, dz, db)
-        self.xp.matmul(dz.T, self.cols, out=self.grads["W"].reshape(self.channels, -1))
+        self.xp.matmul(dz, self.cols.T, out=self.grads["W"].reshape(self.channels, -1))
         if not self.needs_input_grad:
             return None
-        self.xp.matmul(dz, self.params["W"].reshape(self.channels, -1), out=self.cols)
+        self.xp.matmul(self.params["W"].reshape(self.channels, -1).T, dz, out=self.cols)
         dx = self.buffer("dx", self.x.shape)
         self.ops.col2im(self.cols, self.kernel, self.stride, self.padding, dx)
         return dx

@@ -41,7 +41,7 @@ class MaxPool2d(_Pool2d):
 
     def backward(self, dy):
         dx = self.buffer("dx", self.in_shape)
-        self.ops.max_pool_backward(dy, self.argmax, dx)
+        self.ops.max_pool_backward(dy, self.argmax, self.kernel, self.stride, self.padding, dx)
         return dx
 
 

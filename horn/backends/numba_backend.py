@@ -207,43 +207,64 @@ def _scatter(compact, rows, cols, parent):
 # ---- convolution and pooling: every kernel runs one sample (or one (n, c) plane) per
 # thread, so no two threads write the same output and the sums are deterministic.
 
+@njit(inline="always", cache=True)
+def _valid(size, out, stride, offset):
+    """[j0, j1): the output positions j whose input j * stride + offset is in [0, size)."""
+    j0, j1 = 0, out
+    while j0 < out and j0 * stride + offset < 0:
+        j0 += 1
+    while j1 > j0 and (j1 - 1) * stride + offset >= size:
+        j1 -= 1
+    return j0, j1
+
+
 @_kernel
 def _im2col(x, kh, kw, sh, sw, ph, pw, out):
     n, c, h, w = x.shape
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    for s in prange(n):
-        for i in range(oh):
-            for j in range(ow):
-                row = out[(s * oh + i) * ow + j]
-                k = 0
-                for ch in range(c):
-                    for a in range(kh):
-                        r = i * sh - ph + a
-                        inside = 0 <= r < h
-                        for b in range(kw):
-                            col = j * sw - pw + b
-                            row[k] = x[s, ch, r, col] if inside and 0 <= col < w else 0
-                            k += 1
+    for s in prange(n):  # sample s fills columns [s*oh*ow, (s+1)*oh*ow) of every row
+        for ch in range(c):
+            for a in range(kh):
+                i0, i1 = _valid(h, oh, sh, a - ph)
+                for b in range(kw):
+                    j0, j1 = _valid(w, ow, sw, b - pw)
+                    dst = out[(ch * kh + a) * kw + b, s * oh * ow:(s + 1) * oh * ow]
+                    for i in range(oh):
+                        row = dst[i * ow:(i + 1) * ow]
+                        if i < i0 or i >= i1:
+                            row[:] = 0
+                            continue
+                        src = x[s, ch, i * sh + a - ph]
+                        for j in range(j0):
+                            row[j] = 0
+                        for j in range(j0, j1):
+                            row[j] = src[j * sw + b - pw]
+                        for j in range(j1, ow):
+                            row[j] = 0
 
 
 @_kernel
 def _col2im(cols, kh, kw, sh, sw, ph, pw, out):
     n, c, h, w = out.shape
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    for s in prange(n):
-        out[s] = 0
-        for i in range(oh):
-            for j in range(ow):
-                row = cols[(s * oh + i) * ow + j]
-                k = 0
-                for ch in range(c):
-                    for a in range(kh):
-                        r = i * sh - ph + a
-                        for b in range(kw):
-                            col = j * sw - pw + b
-                            if 0 <= r < h and 0 <= col < w:
-                                out[s, ch, r, col] += row[k]
-                            k += 1
+    p = oh * ow
+    flat = out.reshape(-1)
+    # Flat offsets, not nested slices: slicing every 14-element row made this 2.7x slower.
+    for s in prange(n):  # sample s owns out[s]: no two threads add into one pixel
+        for q in range(s * c * h * w, (s + 1) * c * h * w):
+            flat[q] = 0
+        for ch in range(c):
+            plane = (s * c + ch) * h * w
+            for a in range(kh):
+                i0, i1 = _valid(h, oh, sh, a - ph)
+                for b in range(kw):
+                    j0, j1 = _valid(w, ow, sw, b - pw)
+                    src = cols[(ch * kh + a) * kw + b]
+                    for i in range(i0, i1):
+                        row = s * p + i * ow
+                        dst = plane + (i * sh + a - ph) * w + b - pw
+                        for j in range(j0, j1):
+                            flat[dst + j * sw] += src[row + j]
 
 
 @njit(inline="always", cache=True)
@@ -272,11 +293,10 @@ def _deriv1(y, act):
 def _bias_act_nchw(z, b, act, out):
     n, o, p = out.shape
     for s in prange(n):
-        block = z[s * p:(s + 1) * p]
-        for q in range(p):  # read z row by row (contiguous), write out with stride p
-            row = block[q]
-            for k in range(o):
-                out[s, k, q] = _act1(row[k] + b[k], act)
+        for k in range(o):
+            src, dst, bias = z[k, s * p:(s + 1) * p], out[s, k], b[k]
+            for q in range(p):
+                dst[q] = _act1(src[q] + bias, act)
 
 
 @_kernel
@@ -284,13 +304,13 @@ def _act_backward_nchw(dy, y, act, dz, db):
     n, o, p = dy.shape
     partial = np.zeros((n, o), dtype=np.float32)  # per-sample bias sums, added in order
     for s in prange(n):
-        block = dz[s * p:(s + 1) * p]
         for k in range(o):
+            dst, g, v = dz[k, s * p:(s + 1) * p], dy[s, k], y[s, k]
             total = np.float32(0)
             for q in range(p):
-                g = dy[s, k, q] * _deriv1(y[s, k, q], act)
-                block[q, k] = g
-                total += g
+                d = g[q] * _deriv1(v[q], act)
+                dst[q] = d
+                total += d
             partial[s, k] = total
     for k in range(o):
         db[k] = 0
@@ -305,19 +325,43 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
     oh, ow = out.shape[2], out.shape[3]
     for plane in prange(n * c):
         s, ch = plane // c, plane % c
-        src = x[s, ch]
+        src, dst, arg = x[s, ch], out[s, ch], argmax[s, ch]
         for i in range(oh):
+            a0, a1 = max(0, ph - i * sh), min(kh, h + ph - i * sh)  # rows inside the image
             for j in range(ow):
-                best, where = -np.inf, -1
-                for a in range(kh):
+                b0, b1 = max(0, pw - j * sw), min(kw, w + pw - j * sw)
+                r, col = i * sh - ph + a0, j * sw - pw + b0
+                best, where = src[r, col], r * w + col
+                for a in range(a0, a1):
                     r = i * sh - ph + a
-                    if 0 <= r < h:
-                        for b in range(kw):
-                            col = j * sw - pw + b
-                            if 0 <= col < w and src[r, col] > best:
-                                best, where = src[r, col], r * w + col
-                out[s, ch, i, j] = best
-                argmax[s, ch, i, j] = where
+                    for b in range(b0, b1):
+                        v = src[r, j * sw - pw + b]
+                        if v > best:
+                            best, where = v, r * w + j * sw - pw + b
+                dst[i, j] = best
+                arg[i, j] = where
+
+
+@_kernel
+def _max_pool_2x2(x, out, argmax):
+    """The common 2x2, stride 2, unpadded case, unrolled: 3-4x the general kernel's speed."""
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for plane in prange(n * c):
+        s, ch = plane // c, plane % c
+        src, dst, arg = x[s, ch], out[s, ch], argmax[s, ch]
+        for i in range(oh):
+            top, bottom = src[2 * i], src[2 * i + 1]
+            for j in range(ow):
+                best, where = top[2 * j], 2 * i * w + 2 * j
+                if top[2 * j + 1] > best:
+                    best, where = top[2 * j + 1], 2 * i * w + 2 * j + 1
+                if bottom[2 * j] > best:
+                    best, where = bottom[2 * j], (2 * i + 1) * w + 2 * j
+                if bottom[2 * j + 1] > best:
+                    best, where = bottom[2 * j + 1], (2 * i + 1) * w + 2 * j + 1
+                dst[i, j] = best
+                arg[i, j] = where
 
 
 @_kernel
@@ -474,9 +518,12 @@ class NumbaBackend(Backend):
         _pick(_act_backward_nchw, dy.size)(dy, y, _ACT_CODE[act], dz, db)
 
     def max_pool(self, x, kernel, stride, pad, out, argmax):
-        _pick(_max_pool, x.size)(x, *kernel, *stride, *pad, out, argmax)
+        if kernel == stride == (2, 2) and pad == (0, 0):
+            _pick(_max_pool_2x2, x.size)(x, out, argmax)
+        else:
+            _pick(_max_pool, x.size)(x, *kernel, *stride, *pad, out, argmax)
 
-    def max_pool_backward(self, dy, argmax, dx):
+    def max_pool_backward(self, dy, argmax, kernel, stride, pad, dx):
         _pick(_max_pool_backward, dx.size)(dy, argmax, dx)
 
     def avg_pool(self, x, kernel, stride, pad, out):

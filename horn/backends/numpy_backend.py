@@ -137,24 +137,22 @@ class NumpyBackend(Backend):
 
     def im2col(self, x, kernel, stride, pad, out):
         win = _windows(x, kernel, stride, pad, 0)  # (N, C, KH, KW, OH, OW)
-        n, oh, ow = x.shape[0], win.shape[4], win.shape[5]
-        out[...] = win.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, -1)
+        out[...] = win.transpose(1, 2, 3, 0, 4, 5).reshape(out.shape)
 
     def col2im(self, cols, kernel, stride, pad, out):
         n, c, h, w = out.shape
         oh = out_size(h, kernel[0], stride[0], pad[0])
         ow = out_size(w, kernel[1], stride[1], pad[1])
-        win = cols.reshape(n, oh, ow, c, kernel[0], kernel[1]).transpose(0, 3, 4, 5, 1, 2)
+        win = cols.reshape(c, kernel[0], kernel[1], n, oh, ow).transpose(3, 0, 1, 2, 4, 5)
         out[...] = _unwindow(win, kernel, stride, pad, out.shape)
 
     def bias_act_nchw(self, z, b, act, out):
-        n, o = out.shape[:2]
-        out[...] = _act(z + b, act).reshape(n, -1, o).transpose(0, 2, 1)
+        n, o, p = out.shape
+        out[...] = _act(z + b[:, None], act).reshape(o, n, p).transpose(1, 0, 2)
 
     def act_backward_nchw(self, dy, y, act, dz, db):
-        n, o = dy.shape[:2]
         g = dy * _act_grad(y, act)
-        dz[...] = g.transpose(0, 2, 1).reshape(-1, o)
+        dz[...] = g.transpose(1, 0, 2).reshape(dz.shape)
         db[...] = g.sum(axis=(0, 2))
 
     def max_pool(self, x, kernel, stride, pad, out, argmax):
@@ -168,7 +166,7 @@ class NumpyBackend(Backend):
         cols = np.arange(ow)[None, :] * stride[1] - pad[1] + j
         argmax[...] = rows * x.shape[3] + cols
 
-    def max_pool_backward(self, dy, argmax, dx):
+    def max_pool_backward(self, dy, argmax, kernel, stride, pad, dx):
         n, c, h, w = dx.shape
         planes = np.zeros((n * c, h * w), dtype=dx.dtype)
         idx = argmax.reshape(n * c, -1)
