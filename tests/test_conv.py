@@ -1,0 +1,264 @@
+"""Convolution, pooling, flatten and batch norm: kernels against the numpy reference and
+an independent direct convolution, every layer through check_layer, and the shape rule."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import horn
+from horn.backends import get_backend
+from horn.backends.numba_backend import PARALLEL_MIN
+from horn.backends.numpy_backend import out_size
+from horn.layers import (AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, GlobalAvgPool,
+                         MaxPool2d, SoftmaxCrossEntropy)
+from horn.model import Model
+from horn.optim import SGD
+
+REF, NB = get_backend("numpy"), get_backend("numba")
+ACTS = ("identity", "relu", "tanh", "sigmoid")
+KERNEL_SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None)
+
+
+def rand(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def direct_conv(x, w, b, stride, pad):
+    """Convolution by its definition (float64): a sum over kernel offsets of shifted images."""
+    (sh, sw), (ph, pw) = stride, pad
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = out_size(h, kh, sh, ph), out_size(wd, kw, sw, pw)
+    padded = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
+    padded[:, :, ph:ph + h, pw:pw + wd] = x
+    y = np.zeros((n, o, oh, ow)) + b[None, :, None, None]
+    for i in range(kh):
+        for j in range(kw):
+            patch = padded[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            y += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j].astype(np.float64))
+    return y
+
+
+@st.composite
+def windows(draw, max_pad=2):
+    """A batch shape and a window (kernel, stride, padding) that fits it."""
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pad = tuple(draw(st.integers(0, min(max_pad, k // 2 if max_pad < 2 else 2))) for k in kernel)
+    h = draw(st.integers(max(1, kernel[0] - 2 * pad[0]), 8))
+    w = draw(st.integers(max(1, kernel[1] - 2 * pad[1]), 8))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    return (n, c, h, w), kernel, stride, pad
+
+
+@KERNEL_SETTINGS
+@given(windows(), st.integers(1, 4), st.sampled_from(["numpy", "numba"]), st.integers(0, 99))
+def test_conv2d_im2col_equals_direct_convolution(window, channels, backend, seed):
+    shape, kernel, stride, pad = window
+    x = rand(shape, seed)
+    layer = Conv2d(channels, list(kernel), list(stride), list(pad))
+    model = Model([layer, Flatten()], SoftmaxCrossEntropy(), shape[1:], backend=backend,
+                  seed=seed)
+    b = rand(channels, seed + 1)
+    layer.params["b"][...] = b
+    got = layer.forward(x, train=False)
+    want = direct_conv(x, layer.params["W"], b, stride, pad)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    flat = model.forward(x.reshape(len(x), -1))  # flat rows are reshaped to images: a view
+    np.testing.assert_array_equal(flat, got.reshape(len(x), -1))
+
+
+def im2col(backend, x, kernel, stride, pad):
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
+    cols = np.full((c * kernel[0] * kernel[1], n * oh * ow), np.nan, np.float32)
+    backend.im2col(x, kernel, stride, pad, cols)
+    return cols
+
+
+@KERNEL_SETTINGS
+@given(windows(), st.integers(0, 99))
+def test_im2col_col2im_match_the_reference_and_are_adjoint(window, seed):
+    shape, kernel, stride, pad = window
+    x = rand(shape, seed)
+    cols = im2col(NB, x, kernel, stride, pad)
+    np.testing.assert_array_equal(cols, im2col(REF, x, kernel, stride, pad))
+    c = rand(cols.shape, seed + 1)
+    dx1, dx2 = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+    NB.col2im(c, kernel, stride, pad, dx1)
+    REF.col2im(c, kernel, stride, pad, dx2)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-5, atol=1e-5)
+    # <im2col(x), c> = <x, col2im(c)>: col2im is the input gradient of the lowering
+    assert np.isclose(np.vdot(cols.astype(np.float64), c), np.vdot(x.astype(np.float64), dx1),
+                      rtol=1e-4, atol=1e-4)
+
+
+def pool_out(x, kernel, stride, pad, dtype=np.float32):
+    n, c, h, w = x.shape
+    return np.full((n, c, out_size(h, kernel[0], stride[0], pad[0]),
+                    out_size(w, kernel[1], stride[1], pad[1])), -7, dtype)
+
+
+@KERNEL_SETTINGS
+@given(windows(max_pad=1), st.integers(0, 99), st.booleans())
+def test_pooling_kernels_match_the_reference(window, seed, ties):
+    shape, kernel, stride, pad = window
+    pad = tuple(min(p, k // 2) for p, k in zip(pad, kernel))  # what the layers allow
+    x = rand(shape, seed)
+    if ties:  # equal values: the first maximum in row-major order wins on every backend
+        x = np.round(x)
+    outs, args = [], []
+    for backend in (NB, REF):
+        out, arg = pool_out(x, kernel, stride, pad), pool_out(x, kernel, stride, pad, np.int32)
+        backend.max_pool(x, kernel, stride, pad, out, arg)
+        outs.append(out)
+        args.append(arg)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(args[0], args[1])
+    dy = rand(outs[0].shape, seed + 2)
+    grads = []
+    for backend in (NB, REF):
+        dx = np.full(shape, np.nan, np.float32)
+        backend.max_pool_backward(dy, args[0], kernel, stride, pad, dx)
+        grads.append(dx)
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-6)
+    means, backs = [], []
+    for backend in (NB, REF):
+        out, dx = pool_out(x, kernel, stride, pad), np.full(shape, np.nan, np.float32)
+        backend.avg_pool(x, kernel, stride, pad, out)
+        backend.avg_pool_backward(dy, kernel, stride, pad, dx)
+        means.append(out)
+        backs.append(dx)
+    np.testing.assert_allclose(means[0], means[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(backs[0], backs[1], rtol=1e-5, atol=1e-6)
+
+
+# shapes below and above the serial/parallel switch; 2x2 stride 2 has its own kernel
+LARGE = [((2, 3, 7, 9), (2, 2), (2, 2), (0, 0)), ((16, 8, 28, 27), (2, 2), (2, 2), (0, 0)),
+         ((16, 8, 28, 28), (3, 3), (1, 1), (1, 1)), ((8, 16, 15, 14), (3, 2), (2, 1), (1, 1))]
+assert max(np.prod(s) for s, *_ in LARGE) >= PARALLEL_MIN
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad", LARGE)
+def test_kernels_on_large_inputs(shape, kernel, stride, pad):
+    x = rand(shape, 5)
+    np.testing.assert_array_equal(im2col(NB, x, kernel, stride, pad),
+                                  im2col(REF, x, kernel, stride, pad))
+    out = [pool_out(x, kernel, stride, pad) for _ in range(2)]
+    arg = [pool_out(x, kernel, stride, pad, np.int32) for _ in range(2)]
+    NB.max_pool(x, kernel, stride, pad, out[0], arg[0])
+    REF.max_pool(x, kernel, stride, pad, out[1], arg[1])
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(arg[0], arg[1])
+
+
+@pytest.mark.parametrize("n,o,p", [(2, 3, 5), (64, 32, 196)])
+@pytest.mark.parametrize("act", ACTS)
+def test_conv_epilogue_and_its_backward(n, o, p, act):
+    z, b = rand((o, n * p), 1), rand(o, 2)
+    ys = [np.full((n, o, p), np.nan, np.float32) for _ in range(2)]
+    NB.bias_act_nchw(z, b, act, ys[0])
+    REF.bias_act_nchw(z, b, act, ys[1])
+    np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-6)
+    dy = rand((n, o, p), 3)
+    dz = [np.full((o, n * p), np.nan, np.float32) for _ in range(2)]
+    db = [np.full(o, np.nan, np.float32) for _ in range(2)]
+    NB.act_backward_nchw(dy, ys[1], act, dz[0], db[0])
+    REF.act_backward_nchw(dy, ys[1], act, dz[1], db[1])
+    np.testing.assert_allclose(dz[0], dz[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(db[0], db[1], rtol=1e-4, atol=1e-4)
+
+
+LAYERS = [
+    (Conv2d(4, 3, 1, 1, "relu"), (2, 6, 5)),
+    (Conv2d(3, [2, 3], [2, 1], [0, 1], "tanh"), (2, 7, 6)),
+    (Conv2d(2, 1, activation="sigmoid", init="xavier"), (3, 4, 4)),
+    (Conv2d(2, 3, bias=False), (1, 5, 5)),
+    (MaxPool2d(2), (3, 6, 6)), (MaxPool2d(2), (2, 5, 7)), (MaxPool2d(3, 2, 1), (2, 7, 7)),
+    (AvgPool2d(2), (3, 6, 5)), (AvgPool2d([3, 2], [2, 1], [1, 0]), (2, 7, 7)),
+    (GlobalAvgPool(), (3, 4, 5)), (Flatten(), (3, 4, 5)), (Flatten(), 6),
+    (BatchNorm(), (3, 4, 5)), (BatchNorm(0.5, 1e-3), 6),
+]
+
+
+@pytest.mark.parametrize("layer,shape", LAYERS, ids=lambda v: repr(v))
+def test_image_layers_pass_check_layer(layer, shape):
+    passed = horn.check_layer(layer, in_features=shape)
+    assert "gradients (finite differences, float64)" in passed and "backend numba" in passed
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda: Conv2d(0), "channels must be a positive integer"),
+    (lambda: Conv2d(4, kernel=0), "kernel must be an integer >= 1"),
+    (lambda: Conv2d(4, padding=[1, 2, 3]), "padding must be an integer >= 0 or a pair"),
+    (lambda: MaxPool2d(2, padding=2), "padding must be at most half the kernel"),
+    (lambda: BatchNorm(momentum=0), "momentum must be in"),
+])
+def test_bad_options_are_clear_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        bad()
+
+
+def test_image_layers_refuse_flat_inputs_and_oversized_windows():
+    with pytest.raises(ValueError, match=r"conv2d takes images \(C, H, W\), found samples of "
+                                         r"shape 784"):
+        Model([Conv2d(4)], SoftmaxCrossEntropy(), 784)
+    with pytest.raises(ValueError, match="a 5x5 window with padding .* does not fit a 3x3"):
+        Model([Conv2d(4, 5), Flatten()], SoftmaxCrossEntropy(), (1, 3, 3))
+
+
+def cnn(backend="numpy", seed=0, shape=(1, 8, 8)):
+    layers = [Conv2d(4, 3, padding=1, activation="relu"), BatchNorm(), MaxPool2d(2),
+              Conv2d(6, 3, padding=1, activation="relu"), GlobalAvgPool(), Dense(10)]
+    return Model(layers, SoftmaxCrossEntropy(), shape, backend=backend, seed=seed)
+
+
+def test_a_cnn_model_round_trips_through_its_spec_and_file(tmp_path):
+    model = cnn()
+    assert model.in_features == (1, 8, 8) and model.input_size == 64
+    assert model.spec()["in_features"] == [1, 8, 8]
+    x = rand((5, 64))
+    model.save(tmp_path / "m.npz")
+    loaded, _ = Model.load(tmp_path / "m.npz")
+    assert loaded.in_features == (1, 8, 8)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_first_layer_skips_the_input_gradient_and_numba_trains_like_numpy():
+    x, y = rand((16, 64), 3), np.arange(16) % 10
+    models = [cnn("numpy"), cnn("numba")]
+    opts = [SGD(m, momentum=0.9) for m in models]
+    for _ in range(3):
+        losses = [m.train_step(x, y) for m in models]
+        for opt in opts:
+            opt.step(0.05)
+        assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    np.testing.assert_allclose(models[0].params, models[1].params, rtol=1e-3, atol=1e-4)
+    first = models[0].layers[0]
+    assert first.needs_input_grad is False and "dx" not in first._buffers
+
+
+def test_batch_norm_statistics_are_parameters_the_optimizer_never_steps():
+    model = cnn()
+    bn = model.layers[1]
+    names = [name for name, *_ in model.slots]
+    stats = [names.index("1.running_mean"), names.index("1.running_var")]
+    offsets = [model.slots[i][2] for i in stats]
+    assert min(offsets) >= model.trainable_size  # after every trainable parameter
+    x, y = rand((32, 64), 4), np.arange(32) % 10
+    # SGD with weight decay: the statistics change only through the layer itself
+    opt = SGD(model, momentum=0.9, weight_decay=0.5)
+    h = model.layers[0].forward(x.reshape(32, 1, 8, 8), train=False)
+    mean, var = h.mean(axis=(0, 2, 3)), h.var(axis=(0, 2, 3)) * (h[:, 0].size / (h[:, 0].size - 1))
+    before = bn.params["running_mean"].copy(), bn.params["running_var"].copy()
+    model.train_step(x, y)
+    opt.step(0.1)
+    np.testing.assert_allclose(bn.params["running_mean"], 0.9 * before[0] + 0.1 * mean,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.params["running_var"], 0.9 * before[1] + 0.1 * var,
+                               rtol=1e-5, atol=1e-6)
+    assert not np.any(bn.grads["running_mean"]) and not np.any(bn.grads["running_var"])
+    # evaluation normalizes with the running statistics: independent of the batch
+    np.testing.assert_allclose(model.predict(x[:1]), model.predict(x)[:1], rtol=1e-5)
+    assert "param/1.running_mean" in model.state_arrays()  # saved and checkpointed with W
