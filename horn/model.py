@@ -76,7 +76,18 @@ def layout(layers, in_features):
     """
     features, declared = as_shape(in_features), []
     for i, layer in enumerate(layers):
-        built = layer.build(features)
+        where = f"layer {i} ({layer.spec()['type']})"
+        rank = 1 if isinstance(features, int) else len(features)
+        if layer.input_rank is not None and layer.input_rank != rank:
+            wants, hint = (("flat vectors", "put a flatten layer before it")
+                           if layer.input_rank == 1 else
+                           (f"samples of {layer.input_rank} axes",
+                            "set model.inputs to an image shape or use image data"))
+            raise HornError(f"{where} takes {wants}, found samples of shape {features}: {hint}")
+        try:
+            built = layer.build(features)
+        except ValueError as exc:  # the layer's own word on what does not fit
+            raise HornError(f"{where}: {exc}") from None
         out = as_shape(built)
         if out is None:
             raise HornError(f"layer {i} ({layer.spec()['type']}): build() must return a "

@@ -15,6 +15,7 @@ class Dense(Layer):
     """
 
     input_scale = 1.0
+    input_rank = 1  # flat vectors: images go through flatten first
 
     def __init__(self, units, activation="identity", init="he", bias=True):
         if int(units) != units or units <= 0:

@@ -1,6 +1,9 @@
 """Convolution, pooling, flatten and batch norm: kernels against the numpy reference and
 an independent direct convolution, every layer through check_layer, and the shape rule."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,10 +13,18 @@ import horn
 from horn.backends import get_backend
 from horn.backends.numba_backend import PARALLEL_MIN
 from horn.backends.numpy_backend import out_size
-from horn.layers import (AvgPool2d, BatchNorm, Conv2d, Dense, Flatten, GlobalAvgPool,
-                         MaxPool2d, SoftmaxCrossEntropy)
+from horn.data import load_dataset
+from horn.errors import HornError
+from horn.jobs import load_job
+from horn.layers import (AvgPool2d, BatchNorm, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool,
+                         MaxPool2d, ReLU, SoftmaxCrossEntropy, Tanh)
 from horn.model import Model
 from horn.optim import SGD
+from horn.runner import build, check_fit, input_shape
+from tests.cli import ROOT
+from tests.cli import horn as horn_cli
+from tests.mpirun import PROGS, mpirun
+from tests.test_resume import run_dir_in, same_run
 
 REF, NB = get_backend("numpy"), get_backend("numba")
 ACTS = ("identity", "relu", "tanh", "sigmoid")
@@ -179,6 +190,7 @@ LAYERS = [
     (AvgPool2d(2), (3, 6, 5)), (AvgPool2d([3, 2], [2, 1], [1, 0]), (2, 7, 7)),
     (GlobalAvgPool(), (3, 4, 5)), (Flatten(), (3, 4, 5)), (Flatten(), 6),
     (BatchNorm(), (3, 4, 5)), (BatchNorm(0.5, 1e-3), 6),
+    (ReLU(), (2, 3, 4)), (Tanh(), (2, 3, 4)), (Dropout(0.3), (2, 3, 4)),  # any shape
 ]
 
 
@@ -200,11 +212,15 @@ def test_bad_options_are_clear_errors(bad, message):
         bad()
 
 
-def test_image_layers_refuse_flat_inputs_and_oversized_windows():
-    with pytest.raises(ValueError, match=r"conv2d takes images \(C, H, W\), found samples of "
-                                         r"shape 784"):
+def test_layers_refuse_samples_of_the_wrong_rank_and_oversized_windows():
+    with pytest.raises(HornError, match=r"layer 0 \(conv2d\) takes samples of 3 axes, found "
+                                        r"samples of shape 784: set model.inputs"):
         Model([Conv2d(4)], SoftmaxCrossEntropy(), 784)
-    with pytest.raises(ValueError, match="a 5x5 window with padding .* does not fit a 3x3"):
+    with pytest.raises(HornError, match=r"layer 1 \(dense\) takes flat vectors, found "
+                                        r"samples of shape \(4, 3, 3\): put a flatten layer"):
+        Model([Conv2d(4, padding=1), Dense(3)], SoftmaxCrossEntropy(), (1, 3, 3))
+    with pytest.raises(HornError, match=r"layer 0 \(conv2d\): conv2d: a 5x5 window with "
+                                        r"padding .* does not fit a 3x3"):
         Model([Conv2d(4, 5), Flatten()], SoftmaxCrossEntropy(), (1, 3, 3))
 
 
@@ -262,3 +278,115 @@ def test_batch_norm_statistics_are_parameters_the_optimizer_never_steps():
     # evaluation normalizes with the running statistics: independent of the batch
     np.testing.assert_allclose(model.predict(x[:1]), model.predict(x)[:1], rtol=1e-5)
     assert "param/1.running_mean" in model.state_arrays()  # saved and checkpointed with W
+
+
+# ---- data shapes, the input-shape rule, jobs ---------------------------------------------
+
+def test_image_sources_keep_their_sample_shape(tmp_path):
+    assert load_dataset({"name": "digits"}).sample_shape == (1, 8, 8)
+    for x_shape, want in [((30, 5, 6), (1, 5, 6)), ((30, 2, 3, 4), (2, 3, 4)), ((30, 7), 7)]:
+        path = tmp_path / f"d{len(x_shape)}.npz"
+        np.savez(path, x=rand(x_shape), y=np.arange(30) % 3)
+        data = load_dataset({"name": "npz", "path": str(path)})
+        assert data.sample_shape == want and data.x_train.ndim == 2  # rows stay flat
+
+
+def job_text(layers, extra=""):
+    return f"[data]\nname = 'digits'\n[model]\nlayers = [{layers}]\n{extra}"
+
+
+CONV = "{ type = 'conv2d', channels = 4, padding = 1, activation = 'relu' }, "
+
+
+@pytest.mark.parametrize("layers,extra,shape", [
+    ("{ type = 'dense', units = 10 }", "", 64),                    # flat, as every MLP job
+    (CONV + "{ type = 'global_avg_pool' }, { type = 'dense', units = 10 }", "", (1, 8, 8)),
+    (CONV + "{ type = 'flatten' }, { type = 'dense', units = 10 }", "inputs = [1, 4, 16]\n",
+     (1, 4, 16)),
+    ("{ type = 'dense', units = 10 }", "inputs = 64\n", 64),
+])
+def test_the_model_input_shape_comes_from_the_data_or_model_inputs(tmp_path, layers, extra,
+                                                                    shape):
+    path = tmp_path / "j.toml"
+    path.write_text(job_text(layers, extra))
+    job = load_job(path)
+    data = load_dataset(job.data)
+    assert input_shape(job, data) == shape
+    model, *_ = build(job, data, get_backend("numpy"))
+    check_fit(job, data, model)
+    assert model.in_features == shape
+
+
+@pytest.mark.parametrize("layers,extra,data,message", [
+    (CONV + "{ type = 'flatten' }, { type = 'dense', units = 10 }", "inputs = [1, 8, 9]\n",
+     "digits", r"model.inputs is \[1, 8, 9\] but the data \(digits\) has 64 features"),
+    (CONV + "{ type = 'flatten' }, { type = 'dense', units = 10 }", "", "csv",
+     r"model.layers\[0\] \(conv2d\) takes samples of 3 axes \(C, H, W\) but the data \(csv\) "
+     r"gives flat vectors of 64 values; set model.inputs = \[C, H, W\]"),
+    (CONV + "{ type = 'dense', units = 10 }", "", "digits",
+     r"layer 1 \(dense\) takes flat vectors, found samples of shape \(4, 8, 8\)"),
+    (CONV[:-2], "", "digits", r"the model outputs samples of shape \(4, 8, 8\); end its image "
+                              r"layers with flatten or global_avg_pool"),
+])
+def test_shape_mistakes_are_one_line_errors(tmp_path, layers, extra, data, message):
+    csv = tmp_path / "d.csv"
+    np.savetxt(csv, np.column_stack([rand((40, 64)), np.arange(40) % 10]), delimiter=",")
+    path = tmp_path / "j.toml"
+    path.write_text(job_text(layers, extra).replace(
+        "name = 'digits'", "name = 'digits'" if data == "digits" else f"name = 'csv'\npath = '{csv}'"))
+    result = horn_cli("run", path, "--quiet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.search(message, result.stderr), result.stderr
+
+
+def test_model_inputs_must_be_a_shape(tmp_path):
+    path = tmp_path / "j.toml"
+    path.write_text(job_text("{ type = 'dense', units = 10 }", "inputs = [8, 0]\n"))
+    with pytest.raises(HornError, match=r"j.toml:5: model.inputs: expected a positive integer "
+                                        r"or a list of them"):
+        load_job(path)
+
+
+def test_model_averaging_averages_batch_norm_statistics_with_the_weights():
+    result = mpirun(2, [PROGS / "cnn_average.py"], 120)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line[7:]) for line in result.stdout.splitlines()
+            if line.startswith("RESULT ")]
+    assert len(rows) == 2 and all(r["averaged"] and r["stats_differed"] for r in rows)
+    assert rows[0]["running_mean"] == rows[1]["running_mean"]
+
+
+CNN_JOB = """
+name = "cnn"
+[data]
+name = "digits"
+[model]
+layers = [{ type = "conv2d", channels = 4, padding = 1, activation = "relu" },
+          { type = "killer:KillAt" }, { type = "batch_norm" }, { type = "max_pool2d" },
+          { type = "dropout", p = 0.1 }, { type = "flatten" }, { type = "dense", units = 10 }]
+[train]
+epochs = 4
+batch_size = 16
+backend = "numpy"
+[parallel]
+local_steps = 4
+[checkpoint]
+every = 5
+"""
+
+
+def test_a_cnn_job_with_model_averaging_resumes_bit_identically(tmp_path):
+    for name in ("whole", "killed"):
+        (tmp_path / f"{name}.toml").write_text(CNN_JOB + f"[log]\ndir = '{tmp_path / name}'\n")
+    env = {"PYTHONPATH": f"{PROGS}:{ROOT}"}
+    whole = mpirun(2, ["-m", "horn.cli", "run", tmp_path / "whole.toml", "--quiet"], 240, env)
+    assert whole.returncode == 0, whole.stderr
+    killed = mpirun(2, ["-m", "horn.cli", "run", tmp_path / "killed.toml", "--quiet"], 240,
+                    {**env, "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "100"})
+    assert killed.returncode != 0
+    run_dir = run_dir_in(tmp_path, "killed")
+    resumed = mpirun(2, ["-m", "horn.cli", "run", "--resume", run_dir, "--quiet"], 240, env)
+    assert resumed.returncode == 0, resumed.stderr
+    same_run(run_dir_in(tmp_path, "whole"), run_dir)
+    final = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["test_accuracy"] > 0.3  # it learned (chance: 0.1): four epochs of 647 digits

@@ -458,6 +458,10 @@ def _flat(a):
     return a.reshape(-1)
 
 
+def _rows(a):
+    return a.reshape(a.shape[0], -1)
+
+
 def _f32(x):
     return np.float32(x)
 
@@ -474,8 +478,8 @@ class NumbaBackend(Backend):
 
     def act_backward(self, dy, y, act, db=None):
         if db is None:
-            if act != "identity":
-                _pick(_act_backward, dy.size)(dy, y, _ACT_CODE[act])
+            if act != "identity":  # any shape: (n, ...) as rows
+                _pick(_act_backward, dy.size)(_rows(dy), _rows(y), _ACT_CODE[act])
         else:
             _pick(_act_backward_bias, dy.size)(dy, y, _ACT_CODE[act], db, numba.get_num_threads())
 
