@@ -152,8 +152,9 @@ def _same_on_backend(layer, backend, model, lay, x, r):
     ``backend`` agree with the float64 numpy reference at the same parameters."""
     other, olay = _harness(layer, as_shape(x.shape[1:]), backend=backend, dtype=np.float32)
     olay._keys = lay._keys
-    other.params[...] = model.params.astype(np.float32)
-    x32, r32 = x.astype(np.float32), r.astype(np.float32)
+    device = other.backend.asarray
+    other.params[...] = device(model.params.astype(np.float32))
+    x32, r32 = device(x.astype(np.float32)), device(r.astype(np.float32))
 
     def compare(what, got, want):
         got = other.backend.to_host(got)

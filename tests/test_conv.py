@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import horn
 from horn.backends import get_backend
 from horn.backends.numba_backend import PARALLEL_MIN
-from horn.backends.numpy_backend import out_size
+from horn.backends.base import out_size
 from horn.data import load_dataset
 from horn.errors import HornError
 from horn.jobs import load_job

@@ -44,6 +44,15 @@ EXPECTED_KERNELS = (
     "sgd_update",
     "adam_update",
     "any_nonfinite",
+    "im2col",
+    "col2im",
+    "bias_act_nchw",
+    "act_backward_nchw",
+    "row_sum",
+    "max_pool",
+    "max_pool_backward",
+    "avg_pool",
+    "avg_pool_backward",
 )
 
 HASH_KEYS = (0, 1, 12345, 0x0123456789ABCDEF, KEY_MASK)
@@ -488,3 +497,96 @@ def test_all_finite_empty_and_2d(gpu):
     assert gpu.all_finite(gpu.asarray(a)) is True
     a[39, 29] = np.nan
     assert gpu.all_finite(gpu.asarray(a)) is False
+
+
+# (images, kernel, stride, padding): odd sizes, rectangular windows, overlapping and
+# padded windows, and a batch larger than the grid (grid-stride loops)
+WINDOWS = [((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)), ((3, 2, 9, 9), (3, 2), (2, 1), (1, 0)),
+           ((2, 4, 8, 7), (2, 2), (2, 2), (0, 0)), ((64, 32, 14, 14), (3, 3), (1, 1), (1, 1))]
+
+
+def _window_out(shape, kernel, stride, pad):
+    from horn.backends.base import out_size
+    n, c, h, w = shape
+    return out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
+
+
+@needs_gpu
+@pytest.mark.parametrize("shape,kernel,stride,pad", WINDOWS)
+def test_im2col_and_col2im(gpu, shape, kernel, stride, pad):
+    x = _randn(_rng(*shape), shape)
+    oh, ow = _window_out(shape, kernel, stride, pad)
+    cols = (shape[1] * kernel[0] * kernel[1], shape[0] * oh * ow)
+    want = np.empty(cols, np.float32)
+    ref.im2col(x, kernel, stride, pad, want)
+    got = gpu.xp.full(cols, np.nan, dtype=np.float32)
+    gpu.im2col(gpu.asarray(x), kernel, stride, pad, got)
+    np.testing.assert_array_equal(gpu.to_host(got), want)
+    c = _randn(_rng(7), cols)
+    want_dx = np.empty(shape, np.float32)
+    ref.col2im(c, kernel, stride, pad, want_dx)
+    dx = gpu.xp.full(shape, np.nan, dtype=np.float32)
+    gpu.col2im(gpu.asarray(c), kernel, stride, pad, dx)
+    np.testing.assert_allclose(gpu.to_host(dx), want_dx, rtol=1e-5, atol=1e-5)
+
+
+@needs_gpu
+@pytest.mark.parametrize("n,o,p", [(1, 1, 1), (3, 5, 7), (128, 64, 196)])
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_conv_epilogue(gpu, n, o, p, act):
+    rng = _rng(n, o, p)
+    z, b = _randn(rng, (o, n * p)), _randn(rng, (o,))
+    want = np.empty((n, o, p), np.float32)
+    ref.bias_act_nchw(z, b, act, want)
+    y = gpu.xp.full((n, o, p), np.nan, dtype=np.float32)
+    gpu.bias_act_nchw(gpu.asarray(z), gpu.asarray(b), act, y)
+    np.testing.assert_allclose(gpu.to_host(y), want, rtol=1e-5, atol=1e-6)
+    dy = _randn(rng, (n, o, p))
+    want_dz, want_db = np.empty((o, n * p), np.float32), np.empty(o, np.float32)
+    ref.act_backward_nchw(dy, want, act, want_dz, want_db)
+    dz = gpu.xp.full((o, n * p), np.nan, dtype=np.float32)
+    db = gpu.xp.full(o, np.nan, dtype=np.float32)
+    gpu.act_backward_nchw(gpu.asarray(dy), gpu.asarray(want), act, dz, db)
+    np.testing.assert_allclose(gpu.to_host(dz), want_dz, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gpu.to_host(db), want_db, rtol=1e-4, atol=1e-4 * np.sqrt(n * p))
+
+
+@needs_gpu
+@pytest.mark.parametrize("shape,kernel,stride,pad", WINDOWS)
+def test_pooling(gpu, shape, kernel, stride, pad):
+    pad = tuple(min(p_, k // 2) for p_, k in zip(pad, kernel))
+    x = np.round(_randn(_rng(*shape, 1), shape, 2.0))  # ties: the first maximum wins
+    out_shape = shape[:2] + _window_out(shape, kernel, stride, pad)
+    want, want_arg = np.empty(out_shape, np.float32), np.empty(out_shape, np.int32)
+    ref.max_pool(x, kernel, stride, pad, want, want_arg)
+    out = gpu.xp.empty(out_shape, dtype=np.float32)
+    arg = gpu.xp.empty(out_shape, dtype=np.int32)
+    gpu.max_pool(gpu.asarray(x), kernel, stride, pad, out, arg)
+    np.testing.assert_array_equal(gpu.to_host(out), want)
+    np.testing.assert_array_equal(gpu.to_host(arg), want_arg)
+    dy = _randn(_rng(3), out_shape)
+    for name, args in (("max_pool_backward", (want_arg, kernel, stride, pad)),
+                       ("avg_pool_backward", (kernel, stride, pad))):
+        want_dx = np.empty(shape, np.float32)
+        getattr(ref, name)(dy, *args, want_dx)
+        dx = gpu.xp.full(shape, np.nan, dtype=np.float32)
+        dev_args = tuple(gpu.asarray(a) if isinstance(a, np.ndarray) else a for a in args)
+        getattr(gpu, name)(gpu.asarray(dy), *dev_args, dx)
+        np.testing.assert_allclose(gpu.to_host(dx), want_dx, rtol=1e-5, atol=1e-5)
+    want_avg = np.empty(out_shape, np.float32)
+    ref.avg_pool(x, kernel, stride, pad, want_avg)
+    gpu.avg_pool(gpu.asarray(x), kernel, stride, pad, out)
+    np.testing.assert_allclose(gpu.to_host(out), want_avg, rtol=1e-5, atol=1e-6)
+
+
+@needs_gpu
+def test_image_layers_pass_check_layer_on_the_gpu():
+    import horn
+    from horn.layers import Conv2d, Dense, Flatten, MaxPool2d
+    layer = Conv2d(4, 3, 1, 1, "relu")
+    passed = horn.check_layer(layer, in_features=(2, 6, 5), backends=("numpy", "cupy"))
+    assert "backend cupy" in passed
+    for other in (MaxPool2d(2), Flatten(), Dense(3)):
+        shape = 24 if isinstance(other, Dense) else (2, 6, 4)
+        assert "backend cupy" in horn.check_layer(other, in_features=shape,
+                                                  backends=("numpy", "cupy"))

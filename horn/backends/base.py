@@ -19,6 +19,11 @@ MIX2 = 0x94D049BB133111EB
 KEY_MASK = (1 << 63) - 1
 
 
+def out_size(size, kernel, stride, pad):
+    """Output length of a window sliding over ``size`` (+ ``pad`` on both sides)."""
+    return (size + 2 * pad - kernel) // stride + 1
+
+
 class Backend:
     """Kernel set on one array module. All float arrays are float32 and C-contiguous."""
 

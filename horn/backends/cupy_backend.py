@@ -5,7 +5,9 @@ data) and are compiled once per device with NVRTC through ``cupy.RawModule``.
 They do what :mod:`horn.backends.numba_backend` does on CPU, one pass each:
 bias + activation, activation backward (+ bias gradient), hash-mask dropout,
 softmax cross-entropy, softmax, the row/column gather/scatter between a parent
-and its sub-networks, the SGD and Adam updates and the finite check. Masks use
+and its sub-networks, the SGD and Adam updates, the finite check, and for
+convolutions the im2col lowering and its adjoint, the NCHW bias + activation
+epilogue and its backward, and max/average pooling with their backwards. Masks use
 the same splitmix64 hash as :func:`horn.backends.numpy_backend.hash_uniform`,
 so they are bit-identical on every backend.
 
@@ -24,7 +26,7 @@ import math
 import cupy
 import numpy as np
 
-from horn.backends.base import ACTIVATIONS, Backend
+from horn.backends.base import ACTIVATIONS, Backend, out_size
 
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity, relu, tanh, sigmoid
 
@@ -45,6 +47,15 @@ KERNEL_NAMES = (
     "sgd_update",
     "adam_update",
     "any_nonfinite",
+    "im2col",
+    "col2im",
+    "bias_act_nchw",
+    "act_backward_nchw",
+    "row_sum",
+    "max_pool",
+    "max_pool_backward",
+    "avg_pool",
+    "avg_pool_backward",
 )
 
 _BLOCK = 256            # threads per block of the 1-D grid-stride kernels
@@ -296,6 +307,64 @@ class CupyBackend(Backend):
         self._launch_1d("scatter", n * m,
                         (compact, r, c, parent, _i64(n), _i64(m), _i64(parent.shape[1]),
                          _i32(all_rows), _i32(all_cols)))
+
+    # --- convolution and pooling -----------------------------------------------------
+    @staticmethod
+    def _window(images, kernel, stride, pad):
+        """The 12 sizes kernels.cu's HORN_WINDOW_ARGS take (int64 scalars) for a window
+        sliding over ``images`` (the input side: x forward, dx backward)."""
+        n, c, h, w = images.shape
+        oh, ow = out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
+        return tuple(_i64(v) for v in (n, c, h, w, *kernel, *stride, *pad, oh, ow))
+
+    def im2col(self, x, kernel, stride, pad, out):
+        _target(out, "out")
+        x = _source(x)
+        self._launch_1d("im2col", out.size, (x, out, *self._window(x, kernel, stride, pad)))
+
+    def col2im(self, cols, kernel, stride, pad, out):
+        _target(out, "out")
+        self._launch_1d("col2im", out.size,
+                        (_source(cols), out, *self._window(out, kernel, stride, pad)))
+
+    def bias_act_nchw(self, z, b, act, out):
+        _target(out, "out")
+        n, o, p = out.shape
+        self._launch_1d("bias_act_nchw", out.size, (_source(z), _source(b), out, _i64(n), _i64(o),
+                                                    _i64(p), _i32(_act_code(act))))
+
+    def act_backward_nchw(self, dy, y, act, dz, db):
+        _target(dz, "dz")
+        _target(db, "db")
+        n, o, p = dy.shape
+        self._launch_1d("act_backward_nchw", dz.size, (_source(dy), _source(y), dz, _i64(n),
+                                                       _i64(o), _i64(p), _i32(_act_code(act))))
+        self._fn("row_sum")((min(o, 65535),), (256,), (dz, db, _i64(o), _i64(n * p)))
+
+    def max_pool(self, x, kernel, stride, pad, out, argmax):
+        _target(out, "out")
+        x = _source(x)
+        if argmax.dtype != cupy.int32:
+            raise ValueError(f"argmax must be int32, got {argmax.dtype}")
+        self._launch_1d("max_pool", out.size,
+                        (x, out, argmax, *self._window(x, kernel, stride, pad)))
+
+    def max_pool_backward(self, dy, argmax, kernel, stride, pad, dx):
+        _target(dx, "dx")
+        self._launch_1d("max_pool_backward", dx.size,
+                        (_source(dy), cupy.ascontiguousarray(argmax, dtype=cupy.int32), dx,
+                         *self._window(dx, kernel, stride, pad)))
+
+    def avg_pool(self, x, kernel, stride, pad, out):
+        _target(out, "out")
+        x = _source(x)
+        self._launch_1d("avg_pool", out.size,
+                        (x, out, *self._window(x, kernel, stride, pad)))
+
+    def avg_pool_backward(self, dy, kernel, stride, pad, dx):
+        _target(dx, "dx")
+        self._launch_1d("avg_pool_backward", dx.size,
+                        (_source(dy), dx, *self._window(dx, kernel, stride, pad)))
 
     # --- optimizer updates on the flat buffers --------------------------------------
     def sgd_update(self, p, g, v, lr, momentum, weight_decay, nesterov):

@@ -5,7 +5,7 @@ Every other backend is tested against this one.
 
 import numpy as np
 
-from horn.backends.base import GOLDEN, MIX1, MIX2, Backend
+from horn.backends.base import GOLDEN, MIX1, MIX2, Backend, out_size
 
 
 def hash_uniform(key, n, xp=np):
@@ -42,11 +42,6 @@ def _act_grad(y, act):
     if act == "sigmoid":
         return y * (1 - y)
     raise ValueError(f"unknown activation {act!r}")
-
-
-def out_size(size, kernel, stride, pad):
-    """Output length of a window sliding over ``size`` (+ padding on both sides)."""
-    return (size + 2 * pad - kernel) // stride + 1
 
 
 def _windows(x, kernel, stride, pad, fill):

@@ -364,3 +364,195 @@ extern "C" __global__ void any_nonfinite(const float* a, i64 size, int* bad)
     HORN_GRID_STRIDE(idx, size) found |= !horn_isfinite(a[idx]);
     if (found) *bad = 1;  // benign race: every writer stores the same value
 }
+
+// ---------------------------------------------------------------------------
+// convolution and pooling on (N, C, H, W) images (horn.backends.base documents
+// the layouts). A window travels as the 12 sizes of HORN_WINDOW_ARGS (plain
+// scalars: what every kernel launcher can pass) and is read as one HornWindow; every kernel is a 1-D
+// grid-stride loop over its *output*, and the adjoints (col2im, the pooling
+// backwards) gather instead of scattering: no atomics, so sums are deterministic.
+// ---------------------------------------------------------------------------
+
+struct HornWindow {
+    i64 n, c, h, w;      // input images
+    i64 kh, kw, sh, sw, ph, pw;
+    i64 oh, ow;          // output size
+};
+
+#define HORN_WINDOW_ARGS i64 n, i64 c, i64 h, i64 w, i64 kh, i64 kw, i64 sh, i64 sw, \
+                         i64 ph, i64 pw, i64 oh, i64 ow
+#define HORN_WINDOW const HornWindow g = {n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow}
+
+// [lo, hi]: the outputs i whose window (start i*s - p, length k) covers pixel r.
+__device__ __forceinline__ void horn_covering(i64 r, i64 k, i64 s, i64 p, i64 out,
+                                              i64* lo, i64* hi)
+{
+    const i64 top = r + p - k + 1;  // i*s >= top
+    *lo = top <= 0 ? 0 : (top + s - 1) / s;
+    i64 h = (r + p) / s;
+    *hi = h < out - 1 ? h : out - 1;
+}
+
+// cols (C*KH*KW, N*OH*OW): cols[(c, a, b), (n, i, j)] = x[n, c, i*sh - ph + a, j*sw - pw + b].
+extern "C" __global__ void im2col(const float* x, float* cols, HORN_WINDOW_ARGS)
+{
+    HORN_WINDOW;
+    const i64 np = g.n * g.oh * g.ow;
+    HORN_GRID_STRIDE(idx, g.c * g.kh * g.kw * np) {
+        const i64 row = idx / np, col = idx % np;
+        const i64 b = row % g.kw, a = (row / g.kw) % g.kh, c = row / (g.kw * g.kh);
+        const i64 j = col % g.ow, i = (col / g.ow) % g.oh, s = col / (g.ow * g.oh);
+        const i64 r = i * g.sh - g.ph + a, q = j * g.sw - g.pw + b;
+        cols[idx] = (r >= 0 && r < g.h && q >= 0 && q < g.w)
+                        ? x[((s * g.c + c) * g.h + r) * g.w + q] : 0.0f;
+    }
+}
+
+// out (N, C, H, W) = the sum of every column entry read from that pixel.
+extern "C" __global__ void col2im(const float* cols, float* out, HORN_WINDOW_ARGS)
+{
+    HORN_WINDOW;
+    const i64 np = g.n * g.oh * g.ow;
+    HORN_GRID_STRIDE(idx, g.n * g.c * g.h * g.w) {
+        const i64 q = idx % g.w, r = (idx / g.w) % g.h;
+        const i64 c = (idx / (g.w * g.h)) % g.c, s = idx / (g.w * g.h * g.c);
+        i64 i0, i1, j0, j1;
+        horn_covering(r, g.kh, g.sh, g.ph, g.oh, &i0, &i1);
+        horn_covering(q, g.kw, g.sw, g.pw, g.ow, &j0, &j1);
+        float sum = 0.0f;
+        for (i64 i = i0; i <= i1; ++i) {
+            const i64 a = r + g.ph - i * g.sh;
+            for (i64 j = j0; j <= j1; ++j) {
+                const i64 b = q + g.pw - j * g.sw;
+                sum += cols[((c * g.kh + a) * g.kw + b) * np + (s * g.oh + i) * g.ow + j];
+            }
+        }
+        out[idx] = sum;
+    }
+}
+
+// Convolution epilogue: z (O, N*P) -> out (N, O, P) = act(z + b[o]).
+extern "C" __global__ void bias_act_nchw(const float* z, const float* b, float* out, i64 n,
+                                         i64 o, i64 p, int act)
+{
+    HORN_GRID_STRIDE(idx, n * o * p) {
+        const i64 q = idx % p, k = (idx / p) % o, s = idx / (p * o);
+        out[idx] = horn_act(z[(k * n + s) * p + q] + b[k], act);
+    }
+}
+
+// Its backward: dz (O, N*P) = dy * act'(y) from dy, y (N, O, P); row_sum then gives db.
+extern "C" __global__ void act_backward_nchw(const float* dy, const float* y, float* dz,
+                                             i64 n, i64 o, i64 p, int act)
+{
+    HORN_GRID_STRIDE(idx, n * o * p) {
+        const i64 q = idx % p, s = (idx / p) % n, k = idx / (p * n);
+        const i64 src = (s * o + k) * p + q;
+        dz[idx] = horn_act_grad(dy[src], y[src], act);
+    }
+}
+
+// out[r] = sum of row r of a (rows, m): one block of 256 threads per row, a fixed
+// shared-memory tree (deterministic). blockDim must be 256.
+extern "C" __global__ void row_sum(const float* a, float* out, i64 rows, i64 m)
+{
+    __shared__ float acc[256];
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        float s = 0.0f;
+        for (i64 j = threadIdx.x; j < m; j += 256) s += a[r * m + j];
+        acc[threadIdx.x] = s;
+        __syncthreads();
+        for (int half = 128; half > 0; half >>= 1) {
+            if (threadIdx.x < half) acc[threadIdx.x] += acc[threadIdx.x + half];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) out[r] = acc[0];
+        __syncthreads();
+    }
+}
+
+// out, argmax (N, C, OH, OW): window maxima and the winner's index in its H*W plane
+// (the first maximum in row-major window order, as on the CPU).
+extern "C" __global__ void max_pool(const float* x, float* out, int* argmax, HORN_WINDOW_ARGS)
+{
+    HORN_WINDOW;
+    HORN_GRID_STRIDE(idx, g.n * g.c * g.oh * g.ow) {
+        const i64 j = idx % g.ow, i = (idx / g.ow) % g.oh, plane = idx / (g.ow * g.oh);
+        const float* src = x + plane * g.h * g.w;
+        float best = 0.0f;
+        i64 where = -1;
+        for (i64 a = 0; a < g.kh; ++a) {
+            const i64 r = i * g.sh - g.ph + a;
+            if (r < 0 || r >= g.h) continue;
+            for (i64 b = 0; b < g.kw; ++b) {
+                const i64 q = j * g.sw - g.pw + b;
+                if (q < 0 || q >= g.w) continue;
+                const float v = src[r * g.w + q];
+                if (where < 0 || v > best) {
+                    best = v;
+                    where = r * g.w + q;
+                }
+            }
+        }
+        out[idx] = best;
+        argmax[idx] = (int)where;
+    }
+}
+
+// dx (N, C, H, W): the sum of dy over the windows covering a pixel that it won.
+extern "C" __global__ void max_pool_backward(const float* dy, const int* argmax, float* dx,
+                                             HORN_WINDOW_ARGS)
+{
+    HORN_WINDOW;
+    HORN_GRID_STRIDE(idx, g.n * g.c * g.h * g.w) {
+        const i64 q = idx % g.w, r = (idx / g.w) % g.h, plane = idx / (g.w * g.h);
+        i64 i0, i1, j0, j1;
+        horn_covering(r, g.kh, g.sh, g.ph, g.oh, &i0, &i1);
+        horn_covering(q, g.kw, g.sw, g.pw, g.ow, &j0, &j1);
+        float sum = 0.0f;
+        for (i64 i = i0; i <= i1; ++i)
+            for (i64 j = j0; j <= j1; ++j) {
+                const i64 o = (plane * g.oh + i) * g.ow + j;
+                if (argmax[o] == r * g.w + q) sum += dy[o];
+            }
+        dx[idx] = sum;
+    }
+}
+
+// Window means, padding counted as zeros (divides by KH*KW).
+extern "C" __global__ void avg_pool(const float* x, float* out, HORN_WINDOW_ARGS)
+{
+    HORN_WINDOW;
+    const float inv = 1.0f / (float)(g.kh * g.kw);
+    HORN_GRID_STRIDE(idx, g.n * g.c * g.oh * g.ow) {
+        const i64 j = idx % g.ow, i = (idx / g.ow) % g.oh, plane = idx / (g.ow * g.oh);
+        const float* src = x + plane * g.h * g.w;
+        float sum = 0.0f;
+        for (i64 a = 0; a < g.kh; ++a) {
+            const i64 r = i * g.sh - g.ph + a;
+            if (r < 0 || r >= g.h) continue;
+            for (i64 b = 0; b < g.kw; ++b) {
+                const i64 q = j * g.sw - g.pw + b;
+                if (q >= 0 && q < g.w) sum += src[r * g.w + q];
+            }
+        }
+        out[idx] = sum * inv;
+    }
+}
+
+// dx = dy / (KH*KW) summed over the windows covering each pixel.
+extern "C" __global__ void avg_pool_backward(const float* dy, float* dx, HORN_WINDOW_ARGS)
+{
+    HORN_WINDOW;
+    const float inv = 1.0f / (float)(g.kh * g.kw);
+    HORN_GRID_STRIDE(idx, g.n * g.c * g.h * g.w) {
+        const i64 q = idx % g.w, r = (idx / g.w) % g.h, plane = idx / (g.w * g.h);
+        i64 i0, i1, j0, j1;
+        horn_covering(r, g.kh, g.sh, g.ph, g.oh, &i0, &i1);
+        horn_covering(q, g.kw, g.sw, g.pw, g.ow, &j0, &j1);
+        float sum = 0.0f;
+        for (i64 i = i0; i <= i1; ++i)
+            for (i64 j = j0; j <= j1; ++j) sum += dy[(plane * g.oh + i) * g.ow + j];
+        dx[idx] = sum * inv;
+    }
+}
