@@ -390,3 +390,41 @@ def test_a_cnn_job_with_model_averaging_resumes_bit_identically(tmp_path):
     same_run(run_dir_in(tmp_path, "whole"), run_dir)
     final = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["test_accuracy"] > 0.3  # it learned (chance: 0.1): four epochs of 647 digits
+
+
+def test_the_ensemble_compression_barrier_trains_a_cnn(tmp_path):
+    path = tmp_path / "ec.toml"
+    path.write_text("""
+[data]
+name = "digits"
+[model]
+layers = [{ type = "conv2d", channels = 8, padding = 1, activation = "relu" },
+          { type = "max_pool2d" }, { type = "flatten" }, { type = "dense", units = 10 }]
+[train]
+epochs = 4
+batch_size = 32
+[parallel]
+groups = 2
+barrier = "ensemble"
+local_steps = 40
+distill_size = 256
+distill_steps = 20
+""" + f"[log]\ndir = '{tmp_path / 'runs'}'\n")
+    result = mpirun(2, ["-m", "horn.cli", "run", path, "--quiet"], 240)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    barriers = [r for r in rows if "ensemble_barrier" in r]
+    assert barriers and all(len(r["compressed_val_accuracy"]) == 2 for r in barriers)
+    assert rows[-1]["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("name", ["fashion_cnn", "fashion_cnn_ma", "fashion_cnn_ec"])
+def test_the_cnn_jobs_are_valid(name):
+    job = load_job(ROOT / "jobs" / f"{name}.toml")
+    assert resolve_first(job).input_rank == 3  # so the model takes the (1, 28, 28) images
+
+
+def resolve_first(job):
+    from horn.registry import resolve
+    return resolve(job.model.layers[0]["type"])
