@@ -1,4 +1,4 @@
-"""The ``horn`` command: run, validate, eval, predict, info, hosts check."""
+"""The ``horn`` command: run, validate, eval, predict, info, hosts check, cluster."""
 
 import argparse
 import os
@@ -181,6 +181,8 @@ def build_parser():
     check = hosts.add_parser("check", help="validate a hostfile")
     check.add_argument("file")
     check.set_defaults(func=cmd_hosts_check)
+    from horn.cluster_cli import add_cluster_commands
+    add_cluster_commands(sub)
     return parser
 
 
