@@ -1,10 +1,19 @@
 """``horn cluster up|run|down|exec``: the simulated cluster (horn.cluster) from the shell."""
 
+import argparse
 import signal
 import subprocess
 
 from horn import cluster as simulated
 from horn.errors import HornError
+
+
+def _options(p, hosts):
+    p.add_argument("--name", default="horn", help="cluster name (default horn)")
+    if hosts:
+        p.add_argument("--rate", default=None,
+                       help="link bandwidth per host, e.g. 1gbit, 100mbit (default unlimited)")
+        p.add_argument("--slots", type=int, default=1, help="ranks per host (default 1)")
 
 
 def add_cluster_commands(sub):
@@ -15,18 +24,14 @@ def add_cluster_commands(sub):
 
     def add(name, func, help_text, hosts=False, command=False, host=False):
         p = commands.add_parser(name, help=help_text)
-        p.add_argument("--name", default="horn", help="cluster name (default horn)")
+        _options(p, hosts)
         if hosts:
             p.add_argument("hosts", type=int, help="number of hosts")
-            p.add_argument("--rate", default=None,
-                           help="link bandwidth per host, e.g. 1gbit, 100mbit (default unlimited)")
-            p.add_argument("--slots", type=int, default=1, help="ranks per host (default 1)")
         if host:
             p.add_argument("host", type=int, help="host number (1-based)")
         if command:
-            p.add_argument("command", nargs="...", help="-- COMMAND...")
+            p.add_argument("command", nargs=argparse.REMAINDER, help="[OPTIONS] -- COMMAND...")
         p.set_defaults(func=func)
-        return p
 
     add("up", cmd_up, "make the hosts, hostfile and launch agent; print the mpirun line",
         hosts=True)
@@ -37,7 +42,15 @@ def add_cluster_commands(sub):
 
 
 def _command(args):
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    """The COMMAND after ``--``; options between the positionals and ``--`` are ours
+    (argparse's remainder would otherwise swallow them)."""
+    command = args.command
+    if command[:1] and command[0].startswith("-") and "--" in command:
+        cut = command.index("--")
+        head, command = command[:cut], command[cut + 1:]
+        own = argparse.ArgumentParser(prog=f"horn cluster {args.cluster_command}")
+        _options(own, hasattr(args, "rate"))
+        own.parse_args(head, namespace=args)
     if not command:
         raise HornError(f"horn cluster {args.cluster_command}: give the command after '--', "
                         f"e.g. -- horn run jobs/digits.toml")
