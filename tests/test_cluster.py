@@ -1,12 +1,14 @@
 """Multi-host runs across simulated hosts (network namespaces made and removed here).
 
 Every job is compared with the same job on one host (shared memory, plain mpirun).
-They agree **bit for bit**: the reduction order is the same because Open MPI picks
-its collective algorithm from the communicator and message sizes, never from
-the transport, and every sum here is either over 2 ranks (a + b = b + a exactly)
-or over 4 ranks by recursive doubling, ((a + b) + (c + d)) on every rank on one
-host and across hosts alike. The per-rank thread count is the same too (one:
-2 cores for 4 ranks), so BLAS blocks the same way.
+They agree **bit for bit**: the reduction order is the same because the one-host run
+is told the collective algorithm the cluster launcher picks for TCP
+(``horn.cluster.TCP_MCA``: libnbc's ring Iallreduce), and Open MPI's choice otherwise
+depends on the communicator and message sizes, never on the transport. With different
+algorithms, 4-rank sums would differ in the last bits (ring ((a + b) + c) + d against
+Rabenseifner's (a + b) + (c + d)); 2-rank sums never do (a + b = b + a exactly). The
+per-rank thread count is the same too (one: 2 cores for 4 ranks), so BLAS blocks the
+same way.
 """
 
 import json
@@ -74,6 +76,7 @@ JOBS = {
         distill_size = 100
     """,
 }
+SAME_ALGORITHMS = {f"OMPI_MCA_{key}": value for key, value in simulated.TCP_MCA.items()}
 TIMING = ("time_s", "samples_per_s", "compute_s", "comm_s", "rank_compute_s", "rank_wait_s",
           "waited_for", "teacher_s", "distill_s", "run_dir")
 
@@ -115,7 +118,7 @@ def one_host(tmp_path_factory):
         if kind not in cache:
             job = write_job(tmp_path_factory.mktemp(f"{kind}1"), kind)
             cache[kind] = outcome(mpirun(4, ["-m", "horn.cli", "run", job, "--quiet"],
-                                         timeout=180))
+                                         timeout=180, env=SAME_ALGORITHMS))
         return cache[kind]
     return get
 
@@ -127,7 +130,7 @@ def test_job_across_hosts_equals_one_host_bit_for_bit(tmp_path, one_host, kind, 
     with sim_cluster(hosts, slots=4 // hosts) as c:
         result = run_on(c, ["-m", "horn.cli", "run", job])
     rows, params = outcome(result)
-    assert f"horn: 4 ranks as" in result.stdout
+    assert "horn: 4 ranks as" in result.stdout
     assert "1 thread(s)" in result.stdout  # HORN_THREADS: 2 cores shared by 4 ranks
     ref_rows, ref_params = one_host(kind)
     assert rows == ref_rows
@@ -153,7 +156,7 @@ def semantics_results(proc):
 def test_bsp_send_sync_and_collectives_across_hosts_equal_one_host(hosts):
     """Peer.send/sync (Alltoall + Alltoallv), the collectives and the layout of 2 x 2."""
     args = [PROGS / "semantics.py", 2, 2]
-    expected = semantics_results(mpirun(4, args))
+    expected = semantics_results(mpirun(4, args, env=SAME_ALGORITHMS))
     with sim_cluster(hosts, slots=4 // hosts) as c:
         got = semantics_results(run_on(c, args, timeout=120))
     assert sorted(got) == [0, 1, 2, 3]
