@@ -5,8 +5,9 @@
 Runs ``jobs/bench_ma.toml`` (Fashion-MNIST, 784-1024-1024-10, batch 64 per rank) with
 ``local_steps = 1`` on 2 ranks of one host, 1 thread each, alternately from this working
 tree and from git revision REV (default ``main``, extracted with ``git archive``), and
-prints the wall milliseconds per step of each (training time / steps, medians) and their
-ratio. Every step is one Allreduce of the 7.5 MB parameter buffer plus one sync().
+prints each one's median superstep (compute + communication, rank 0's records) in
+milliseconds, its communication part, and the ratio. Every step is one Allreduce of the
+7.5 MB parameter buffer plus one sync().
 """
 
 import argparse
@@ -35,8 +36,10 @@ def step_ms(code_dir, steps, log_dir):
     if proc.returncode != 0:
         sys.exit(f"{code_dir}: horn run failed:\n{proc.stderr[-2000:]}")
     run_dir = proc.stdout.strip().splitlines()[-1].split("run directory ")[1]
-    final = json.loads(Path(run_dir, "metrics.jsonl").read_text().splitlines()[-1])
-    return 1e3 * final["time_s"] / final["steps"]
+    rows = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+    steps = [r["compute_s"] + r["comm_s"] for r in rows if "superstep" in r]
+    return 1e3 * statistics.median(steps), 1e3 * statistics.median(r["comm_s"] for r in rows
+                                                                   if "superstep" in r)
 
 
 def main():
@@ -56,10 +59,13 @@ def main():
     for rep in range(args.reps):
         for name, code in (("before", before), ("after", ROOT))[::1 if rep % 2 == 0 else -1]:
             times[name].append(step_ms(code, args.steps, tmp / "runs"))
-            print(f"rep {rep} {name}: {times[name][-1]:.1f} ms/step", flush=True)
-    b, a = (statistics.median(times[k]) for k in ("before", "after"))
-    print(f"synchronous step, 2 ranks, one host: {args.before} {b:.1f} ms, this tree {a:.1f} ms "
-          f"(after / before {a / b:.2f}x); load average {load:.2f} before, "
+            print(f"rep {rep} {name}: {times[name][-1][0]:.1f} ms/step "
+                  f"({times[name][-1][1]:.1f} ms communication)", flush=True)
+    (b, bc), (a, ac) = ((statistics.median(t[0] for t in times[k]),
+                         statistics.median(t[1] for t in times[k])) for k in ("before", "after"))
+    print(f"synchronous step (median superstep: compute + communication), 2 ranks, one host: "
+          f"{args.before} {b:.1f} ms ({bc:.1f} communication), this tree {a:.1f} ms "
+          f"({ac:.1f}); after / before {a / b:.2f}x; load average {load:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after")
 
 

@@ -20,11 +20,12 @@ import time
 
 import numpy as np
 
-# libnbc's default Iallreduce for large buffers on 2 ranks (binomial) took 2.2x the
-# blocking Allreduce for 7.4 MB (6.7 vs 3.1 ms shared memory, 9.5 vs 6.1 ms TCP);
-# Rabenseifner's reduce-scatter + allgather is 1.00x on 2 and 4 ranks. Set before
-# MPI_Init; a value from mpirun's --mca or the environment wins.
-os.environ.setdefault("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "3")
+# libnbc's default Iallreduce for 7.4 MB on 2 ranks took 2.2x the blocking Allreduce
+# (6.7 vs 3.1 ms shared memory, 9.5 vs 6.1 ms TCP loopback); its ring is 1.00x there
+# (0.94x on 4 ranks), and across 2 simulated hosts at 1 Gbit/s 63 ms against
+# Rabenseifner's 127 (bench/cluster_step.py). Set before MPI_Init; a value from
+# mpirun's --mca or the environment wins.
+os.environ.setdefault("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1")
 
 from mpi4py import MPI  # noqa: E402  (after the MCA default above)
 

@@ -182,6 +182,7 @@ def test_a_rank_stuck_while_the_others_are_inside_a_collective(tmp_path):
     pids = job.pids(2)
     job.mark_fault()  # an upper bound: the hang begins after start-up
     code, seconds = job.wait(60)
+    print(f"stuck rank: exit {code} after {seconds:.1f} s from the start")
     assert code != 0
     assert "'allreduce_mean' (superstep " in job.stderr, job.stderr
     assert "rank 1 (host " in job.stderr and "never arrived" in job.stderr, job.stderr
@@ -255,6 +256,7 @@ def test_a_dead_host_ends_the_job_non_zero_naming_its_ranks(tmp_path, program):
         c.kill_host(2)
         job.mark_fault()
         code, seconds = job.wait(30)
+        print(f"dead host, {program}: exit {code} after {seconds:.1f} s")
         assert code != 0, job.stderr
         assert seconds < 30
         assert f"1 (host {c.hostname(2)})" in job.stderr, job.stderr
@@ -274,6 +276,7 @@ def test_a_cut_link_ends_the_job_within_watchdog_plus_10_s(tmp_path, program, ra
         c.set_link(2, False)
         job.mark_fault()
         code, seconds = job.wait(WATCHDOG_S + 10)
+        print(f"cut link, {program}: exit {code} after {seconds:.1f} s")
         assert code != 0, job.stderr
         assert seconds < WATCHDOG_S + 10, (seconds, job.stderr)
         assert f"rank 1 (host {c.hostname(2)}) never arrived" in job.stderr, job.stderr
@@ -293,13 +296,16 @@ def test_a_rank_stopped_at_random_moments_across_hosts(tmp_path):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     job = write_job(tmp_path)
+    times = []
     with sim_cluster(2) as c:
         for trial in range(4):
             (tmp_path / f"t{trial}").mkdir()
-            stop_one_rank_at_random(tmp_path / f"t{trial}",
-                                    loop() if trial % 2 == 0 else horn_run(job), rng, c)
+            times.append(stop_one_rank_at_random(tmp_path / f"t{trial}",
+                                                 loop() if trial % 2 == 0 else horn_run(job),
+                                                 rng, c))
             assert_host_empty(c, 1)
             assert_host_empty(c, 2)
+    print(f"seed {seed}: stop-to-end seconds across hosts {[round(t, 1) for t in times]}")
 
 
 @needs_hosts
@@ -316,11 +322,14 @@ def test_a_slow_host_goes_on_and_is_named_as_the_straggler(tmp_path, slowdown):
             c.set_rate(2, "100mbit")
         job = Job(tmp_path, horn_run(path), c, env=env)
         job.mark_fault()
-        code, _ = job.wait(150)
+        code, seconds = job.wait(150)
     assert code == 0, job.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     steps = [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "superstep" in r]
     assert len(steps) >= 40 and all(len(r["rank_wait_s"]) == 2 for r in steps)
+    named = [r for r in steps if r["waited_for"] == {"rank": 1, "host": c.hostname(2)}]
+    print(f"slow host ({slowdown}): exit {code} after {seconds:.1f} s; {len(named)} of "
+          f"{len(steps)} supersteps waited for rank 1 on host 2; median waits "
+          f"{[round(sorted(r['rank_wait_s'][k] for r in steps)[len(steps) // 2], 4) for k in (0, 1)]} s")
     if slowdown == "cpu":
-        named = [r for r in steps if r["waited_for"] == {"rank": 1, "host": c.hostname(2)}]
         assert len(named) >= 0.8 * len(steps)
