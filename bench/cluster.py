@@ -222,8 +222,8 @@ def write_doc(text, verdict_text, loads, elapsed):
         kept = "\n" + doc.read_text()[doc.read_text().index(vs_torch.ANALYSIS):]
     doc.write_text(
         "# horn vs PyTorch DDP across 2 simulated hosts\n\n"
-        f"Measured {datetime.now():%Y-%m-%d %H:%M} by `python bench/cluster.py "
-        f"{' '.join(sys.argv[1:])}`".rstrip() + "` in "
+        f"Measured {datetime.now():%Y-%m-%d %H:%M} by "
+        f"`{' '.join(['python bench/cluster.py', *sys.argv[1:]])}` in "
         f"{elapsed / 60:.0f} minutes; 1-minute load average before each run: min "
         f"{min(loads):.1f}, median {statistics.median(loads):.1f}, max {max(loads):.1f} "
         f"({os.cpu_count()} cores shared with other work). 2 hosts of `horn cluster` (network "

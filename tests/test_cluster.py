@@ -5,7 +5,7 @@ They agree **bit for bit**: the reduction order is the same because the one-host
 is told the collective algorithm the cluster launcher picks for TCP
 (``horn.cluster.TCP_MCA``: libnbc's ring Iallreduce), and Open MPI's choice otherwise
 depends on the communicator and message sizes, never on the transport. With different
-algorithms, 4-rank sums would differ in the last bits (ring ((a + b) + c) + d against
+algorithms, 4-rank sums can differ in the last bits (ring ((a + b) + c) + d against
 Rabenseifner's (a + b) + (c + d)); 2-rank sums never do (a + b = b + a exactly). The
 per-rank thread count is the same too (one: 2 cores for 4 ranks), so BLAS blocks the
 same way.
