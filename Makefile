@@ -7,7 +7,7 @@ JOB     ?= jobs/digits.toml
 export OMPI_ALLOW_RUN_AS_ROOT = 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = 1
 
-.PHONY: setup run test accuracy bench bench-ec fashion-data clean
+.PHONY: setup run test accuracy bench bench-ec bench-cluster fashion-data clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,13 @@ bench: setup fashion-data
 	$(BIN)/python bench/subnet.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/vs_torch.py
+
+# horn vs PyTorch DDP across 2 simulated hosts (horn cluster; needs root) at unlimited,
+# 1 Gbit/s and 100 Mbit/s, then the synchronous step's breakdown: about 40 minutes on 2 cores.
+bench-cluster: setup fashion-data
+	$(BIN)/python -m pip install -q torch==2.13.0 || echo "torch not installable: the DDP peer is missing"
+	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/cluster_step.py
 
 # EC-DNN against model averaging: about 30 minutes on 2 cores.
 bench-ec: setup fashion-data

@@ -394,9 +394,40 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_once(name, config, seed, args, stop_at=None):
+def launch_here(name, config, spec_path, out_path, args):
+    """Start one run's processes on this host: (Popen list, the result file of each)."""
+    me = [sys.executable, str(Path(__file__).resolve())]
+    if config["kind"] == "horn":
+        mpirun = Path(sys.prefix) / "bin" / "mpirun"
+        cmd = [str(mpirun) if mpirun.exists() else shutil.which("mpirun"), "--oversubscribe",
+               "--bind-to", "none", "-n", str(config["procs"]), *me, "--worker", "horn",
+               str(spec_path), str(out_path)]
+        env = thread_env(1, {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
+        if args.profile:
+            env["VS_TORCH_PROFILE"] = str(OUT / f"profile-{name}.txt")
+        return [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)], [out_path]
+    world = config["procs"] if config["kind"] == "ddp" else 1
+    extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+             "GLOO_SOCKET_IFNAME": "lo"} if world > 1 else {}
+    outs = [out_path.with_suffix(f".r{r}") for r in range(world)]
+    return [subprocess.Popen([*me, *torch_worker_args(spec_path, outs[r], r, world, config)],
+                             env=thread_env(config["threads"], extra),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for r in range(world)], outs
+
+
+def torch_worker_args(spec_path, out_path, rank, world, config):
+    """This script's arguments for one PyTorch process (after the interpreter and script)."""
+    return ["--worker", "torch", str(spec_path), str(out_path), "--rank", str(rank),
+            "--world", str(world), "--threads", str(config["threads"])]
+
+
+def run_once(name, config, seed, args, stop_at=None, launch=None):
     """One run of one configuration: its result dict, or None when torch is missing.
-    ``stop_at``: end the run at the first evaluation reaching that validation accuracy."""
+    ``stop_at``: end the run at the first evaluation reaching that validation accuracy.
+    ``launch``: starts the processes (``launch_here``'s signature; bench/cluster.py puts
+    them on simulated hosts)."""
     doc, source = job_doc(config, seed, args.epochs, args.limit, args.width, args.set)
     procs = config["procs"]
     tag = f"{name}-s{seed}-{os.getpid()}"
@@ -405,30 +436,8 @@ def run_once(name, config, seed, args, stop_at=None):
     spec = {"job": doc, "source": source, "global_batch": global_batch(doc, RANKS),
             "stop_at": stop_at}
     spec_path.write_text(json.dumps(spec))
-    me = [sys.executable, str(Path(__file__).resolve())]
     start = time.perf_counter()
-    if config["kind"] == "horn":
-        mpirun = Path(sys.prefix) / "bin" / "mpirun"
-        cmd = [str(mpirun) if mpirun.exists() else shutil.which("mpirun"), "--oversubscribe",
-               "--bind-to", "none", "-n", str(procs), *me, "--worker", "horn",
-               str(spec_path), str(out_path)]
-        env = thread_env(1, {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
-        if args.profile:
-            env["VS_TORCH_PROFILE"] = str(OUT / f"profile-{name}.txt")
-        procs_list = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)]
-        outs = [out_path]
-    else:
-        world = procs if config["kind"] == "ddp" else 1
-        extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-                 "GLOO_SOCKET_IFNAME": "lo"} if world > 1 else {}
-        outs = [out_path.with_suffix(f".r{r}") for r in range(world)]
-        procs_list = [subprocess.Popen([*me, "--worker", "torch", str(spec_path), str(outs[r]),
-                                        "--rank", str(r), "--world", str(world),
-                                        "--threads", str(config["threads"])],
-                                       env=thread_env(config["threads"], extra),
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                      for r in range(world)]
+    procs_list, outs = (launch or launch_here)(name, config, spec_path, out_path, args)
     logs = []
     for proc in procs_list:
         try:

@@ -11,6 +11,7 @@ import sys
 import traceback
 
 from horn.errors import HornError
+from horn.launch import report_abort
 
 _context = {"group": None, "worker": None, "debug": False}
 
@@ -59,6 +60,7 @@ def _abort(world, exc):
     if _debug():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     print(line, file=sys.stderr, flush=True)
+    report_abort(world.Get_rank(), line, code)
     world.Abort(code)
 
 

@@ -5,24 +5,38 @@ work is split over its workers; the *cross* communicator links worker ``w`` of
 every group, which is where replicas average their parameters.
 
 Everything that moves data uses mpi4py's uppercase, buffer-based calls (no
-pickling on the hot path). sync() and (unless ``guard_collectives=False``)
-every collective start with a watchdog barrier, so that a dead or stuck rank
-aborts the job after ``timeout_s`` instead of hanging it forever.
+pickling on the hot path). Every exchange -- sync(), each collective, explicit
+barriers -- is a *non-blocking* MPI call polled under one watchdog deadline
+(``timeout_s``), so a rank that dies, stops or is cut off at any moment, before
+or in the middle of a transfer, aborts the job instead of hanging it. Only after
+a timeout does the watchdog spend messages: a roll call on a private control
+communicator names the ranks (and their hosts) that no longer answer.
 """
 
 import hashlib
+import os
 import sys
 import time
 
 import numpy as np
-from mpi4py import MPI
+
+# libnbc's default Iallreduce for 7.4 MB on 2 ranks took 2.2x the blocking Allreduce
+# (6.7 vs 3.1 ms shared memory, 9.5 vs 6.1 ms TCP loopback); its ring is 1.00x there
+# (0.94x on 4 ranks), and across 2 simulated hosts at 1 Gbit/s 63 ms against
+# Rabenseifner's 127 (bench/cluster_step.py). Set before MPI_Init; a value from
+# mpirun's --mca or the environment wins.
+os.environ.setdefault("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1")
+
+from mpi4py import MPI  # noqa: E402  (after the MCA default above)
 
 from horn.abort import set_rank_context
 from horn.errors import HornError
+from horn.launch import describe_ranks, report_abort, report_start
 
 _HEADER = 16  # per message: 8 bytes numpy dtype string + int64 element count
 _ALIGN = 8  # payloads are padded so received arrays stay 8-byte aligned
-_TOKEN_TAG, _RELEASE_TAG = 1, 2
+_PING_TAG, _PONG_TAG = 1, 2  # roll call after a timeout, on the world's control communicator
+_PONG_BYTES = 96  # an answer: where the answering rank is waiting, as text
 # Poll at full speed this long, then nap between polls so idle ranks stay cheap.
 # (Yielding with sched_yield while spinning cost up to ms under CPU contention.)
 _SPIN_S = 0.01
@@ -55,15 +69,11 @@ def derive_layout(world_size, groups, workers):
 
 
 class _Channel:
-    """One named communicator plus a private duplicate for watchdog tokens.
-
-    The duplicate keeps barrier tokens from ever matching user messages.
-    """
+    """One named communicator and the world ranks of its members."""
 
     def __init__(self, name, comm, world_rank):
         self.name = name
         self.comm = comm
-        self.control = comm.Dup()
         self.world_ranks = comm.allgather(world_rank)  # setup only, pickling is fine
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
@@ -72,7 +82,7 @@ class _Channel:
 class Peer:
     """One rank's view of the job: layout, messaging, collectives, accounting."""
 
-    def __init__(self, world, groups, workers, timeout_s=300.0, guard_collectives=True):
+    def __init__(self, world, groups, workers, timeout_s=300.0):
         self.world = world
         self.rank = world.Get_rank()
         self.size = world.Get_size()
@@ -81,7 +91,9 @@ class Peer:
         self.group_comm = world.Split(color=self.group, key=self.worker)
         self.cross_comm = world.Split(color=self.worker, key=self.group)
         self.timeout_s = timeout_s
-        self.guard_collectives = guard_collectives
+        self.control = world.Dup()  # roll calls only: never matches a user message
+        self.hosts = world.allgather(MPI.Get_processor_name())  # setup only: pickling is fine
+        self._pongs = []  # answers in flight (only after some rank's watchdog fired)
         self._channels = {
             "world": _Channel("world", world, self.rank),
             "group": _Channel("group", self.group_comm, self.rank),
@@ -97,16 +109,15 @@ class Peer:
         self._step_bytes = 0
 
     @classmethod
-    def create(cls, world_comm, groups, workers, timeout_s=300.0, guard_collectives=True):
+    def create(cls, world_comm, groups, workers, timeout_s=300.0):
         """Build the peer; ``groups``/``workers`` may be 0/None (see derive_layout).
 
-        ``timeout_s`` bounds every watchdog barrier. ``guard_collectives=False``
-        drops the barrier before each collective (sync() keeps its own), trading
-        hang protection inside collectives for one less round trip.
+        ``timeout_s`` bounds every exchange, from entry to completion.
         """
         groups, workers = derive_layout(world_comm.Get_size(), groups, workers)
-        peer = cls(world_comm, groups, workers, timeout_s, guard_collectives)
+        peer = cls(world_comm, groups, workers, timeout_s)
         set_rank_context(peer.group, peer.worker)
+        report_start(peer.rank, peer.size, peer.hosts[peer.rank])
         return peer
 
     def layout_text(self):
@@ -120,8 +131,7 @@ class Peer:
 
     def close(self):
         """Free the communicators this peer created (not the world)."""
-        for channel in self._channels.values():
-            channel.control.Free()
+        self.control.Free()
         self.group_comm.Free()
         self.cross_comm.Free()
 
@@ -152,24 +162,29 @@ class Peer:
     def sync(self):
         """End the superstep: exchange queued messages and record its accounting.
 
-        Wire format: one ``Alltoall`` of int64 byte counts, then one ``Alltoallv``
-        of a packed uint8 buffer. Bytes counted: the packed bytes (headers and
-        padding included) that leave this rank, plus 8 per peer for the counts.
+        Wire format: one ``Alltoall`` of an int64 triple per peer (byte count,
+        this rank's compute and wait nanoseconds in the superstep so far: the
+        straggler report), then one ``Alltoallv`` of a packed uint8 buffer. Bytes
+        counted: the packed bytes (headers and padding included) that leave this
+        rank, plus 24 per peer for the triples.
         """
-        t0 = time.perf_counter()
-        self._barrier(self._channels["world"], "sync")
+        world = self._channels["world"]
+        busy_ns = int(max(time.perf_counter() - self._step_start - self._step_comm_s, 0.0) * 1e9)
         sendbuf, sendcounts = self._pack()
-        recvcounts = np.empty(self.size, np.int64)
-        self.world.Alltoall([sendcounts, MPI.INT64_T], [recvcounts, MPI.INT64_T])
+        head = np.empty((self.size, 3), np.int64)
+        head[:, 0], head[:, 1], head[:, 2] = sendcounts, busy_ns, int(self._step_comm_s * 1e9)
+        heads = np.empty_like(head)
+        self._collective(world, "sync", lambda c: c.Ialltoall([head, 3, MPI.INT64_T],
+                                                              [heads, 3, MPI.INT64_T]),
+                         24 * (self.size - 1))
+        recvcounts = np.ascontiguousarray(heads[:, 0])
         recvbuf = np.empty(int(recvcounts.sum()), np.uint8)
-        self.world.Alltoallv(
+        self._collective(world, "sync", lambda c: c.Ialltoallv(
             [sendbuf, (sendcounts, _displs(sendcounts)), MPI.BYTE],
-            [recvbuf, (recvcounts, _displs(recvcounts)), MPI.BYTE],
-        )
+            [recvbuf, (recvcounts, _displs(recvcounts)), MPI.BYTE]),
+            int(sendcounts.sum() - sendcounts[self.rank]))
         self._inbox = _unpack(recvbuf, recvcounts)
-        sent = int(sendcounts.sum() - sendcounts[self.rank]) + 8 * (self.size - 1)
-        self._account(time.perf_counter() - t0, sent)
-        self._close_superstep()
+        self._close_superstep(heads[:, 1] / 1e9, heads[:, 2] / 1e9)
 
     def _pack(self):
         sizes = [sum(_HEADER + _padded(a.nbytes) for a in box) for box in self._outbox]
@@ -186,14 +201,20 @@ class Peer:
         self._outbox = [[] for _ in range(self.size)]
         return sendbuf, sendcounts
 
-    def _close_superstep(self):
+    def _close_superstep(self, rank_compute_s, rank_wait_s):
+        """This rank's record, plus every rank's compute and wait before the sync:
+        the rank that computed longest is the one the others waited for."""
         now = time.perf_counter()
         total = now - self._step_start
+        slowest = int(np.argmax(rank_compute_s))
         self.superstep_records.append({
             "superstep": self.superstep,
             "compute_s": max(total - self._step_comm_s, 0.0),
             "comm_s": self._step_comm_s,
             "bytes_sent": self._step_bytes,
+            "rank_compute_s": np.round(rank_compute_s, 6).tolist(),
+            "rank_wait_s": np.round(rank_wait_s, 6).tolist(),
+            "waited_for": {"rank": slowest, "host": self.hosts[slowest]},
         })
         self.superstep += 1
         self._step_start, self._step_comm_s, self._step_bytes = now, 0.0, 0
@@ -237,20 +258,14 @@ class Peer:
             buf /= size
 
     def _allreduce(self, buf, comm, name):
-        channel = self._channels[comm]
-        t0 = time.perf_counter()
-        self._guard(channel, name)
-        channel.comm.Allreduce(MPI.IN_PLACE, buf, MPI.SUM)
-        p = channel.size
-        self._account(time.perf_counter() - t0, 2 * (p - 1) * buf.nbytes // p)
+        p = self._channels[comm].size
+        self._collective(comm, name, lambda c: c.Iallreduce(MPI.IN_PLACE, buf, MPI.SUM),
+                         2 * (p - 1) * buf.nbytes // p)
 
     def allgather(self, sendbuf, recvbuf, comm="world"):
         """Gather equal blocks from every rank. Sends (p-1) * own block bytes."""
-        channel = self._channels[comm]
-        t0 = time.perf_counter()
-        self._guard(channel, "allgather")
-        channel.comm.Allgather(sendbuf, recvbuf)
-        self._account(time.perf_counter() - t0, (channel.size - 1) * sendbuf.nbytes)
+        self._collective(comm, "allgather", lambda c: c.Iallgather(sendbuf, recvbuf),
+                         (self._channels[comm].size - 1) * sendbuf.nbytes)
 
     def allgatherv(self, sendbuf, recvbuf, counts, comm="world"):
         """Gather blocks of ``counts[i]`` elements. Sends (p-1) * own block bytes.
@@ -261,19 +276,33 @@ class Peer:
         if sendbuf.size != counts[channel.rank]:
             raise ValueError(f"sendbuf has {sendbuf.size} elements but counts[{channel.rank}] "
                              f"is {counts[channel.rank]}")
-        t0 = time.perf_counter()
-        self._guard(channel, "allgatherv")
-        channel.comm.Allgatherv(sendbuf, [recvbuf, list(counts)])
-        self._account(time.perf_counter() - t0, (channel.size - 1) * sendbuf.nbytes)
+        counts = list(counts)
+        self._collective(comm, "allgatherv", lambda c: c.Iallgatherv(sendbuf, [recvbuf, counts]),
+                         (channel.size - 1) * sendbuf.nbytes)
 
     def bcast(self, buf, root, comm="world"):
         """Broadcast in place from ``root``. Flat-tree model: root sends (p-1)*nbytes."""
         channel = self._channels[comm]
-        t0 = time.perf_counter()
-        self._guard(channel, "bcast")
-        channel.comm.Bcast(buf, root)
-        sent = (channel.size - 1) * buf.nbytes if channel.rank == root else 0
-        self._account(time.perf_counter() - t0, sent)
+        self._collective(comm, "bcast", lambda c: c.Ibcast(buf, root),
+                         (channel.size - 1) * buf.nbytes if channel.rank == root else 0)
+
+    def gather_bytes(self, blob, what="gather"):
+        """Every rank's ``blob`` (bytes) on world rank 0, in rank order (None elsewhere).
+
+        Two collectives: an Igather of the sizes, then an Igatherv of the bytes.
+        Counted as 0 bytes: it serves checkpoints, not training.
+        """
+        sizes = np.zeros(self.size, np.int64)
+        self._collective("world", what, lambda c: c.Igather(
+            np.array([len(blob)], np.int64), sizes if self.rank == 0 else None, root=0))
+        send = np.frombuffer(blob, np.uint8)
+        recv = np.empty(int(sizes.sum()) if self.rank == 0 else 0, np.uint8)
+        spec = [recv, sizes, _displs(sizes), MPI.BYTE] if self.rank == 0 else None
+        self._collective("world", what, lambda c: c.Igatherv(send, spec, root=0))
+        if self.rank != 0:
+            return None
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        return [recv[bounds[i]:bounds[i + 1]].tobytes() for i in range(self.size)]
 
     def verify_same(self, comm, text_or_bytes, what="job"):
         """Raise HornError on every rank unless all ranks of ``comm`` hold the same value.
@@ -285,15 +314,14 @@ class Peer:
         channel = self._channels[comm]
         data = text_or_bytes.encode() if isinstance(text_or_bytes, str) else bytes(text_or_bytes)
         h = int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1  # -h cannot overflow
-        t0 = time.perf_counter()
-        self._barrier(channel, "verify_same")
         both = np.array([h, -h], np.int64)
-        channel.comm.Allreduce(MPI.IN_PLACE, both, MPI.MIN)
+        self._collective(channel, "verify_same",
+                         lambda c: c.Iallreduce(MPI.IN_PLACE, both, MPI.MIN))
         same = both[0] == -both[1]
         if not same:
             hashes = np.empty(channel.size, np.int64)
-            channel.comm.Allgather(np.array([h], np.int64), hashes)
-        self._account(time.perf_counter() - t0, 0)
+            self._collective(channel, "verify_same",
+                             lambda c: c.Iallgather(np.array([h], np.int64), hashes))
         if not same:
             odd = [channel.world_ranks[i] for i in range(channel.size) if hashes[i] != hashes[0]]
             raise HornError(f"{what} differs between ranks: rank(s) {', '.join(map(str, odd))} "
@@ -303,56 +331,95 @@ class Peer:
 
     def barrier(self, name, comm="world"):
         """Explicit watchdog barrier; aborts the job if others do not arrive in time."""
+        self._collective(comm, name, lambda c: c.Ibarrier())
+
+    def _collective(self, comm, name, start, nbytes=0):
+        """The one way horn exchanges data: start a non-blocking MPI call on the
+        channel's communicator, poll it to completion under the watchdog, and
+        account its seconds and ``nbytes`` (this rank's share, by the cost model)."""
+        channel = self._channels[comm] if isinstance(comm, str) else comm
         t0 = time.perf_counter()
-        self._barrier(self._channels[comm], name)
-        self._account(time.perf_counter() - t0, 0)
+        request = start(channel.comm)
+        self._wait(request, channel, name)
+        self._account(time.perf_counter() - t0, nbytes)
 
-    def _guard(self, channel, name):
-        if self.guard_collectives:
-            self._barrier(channel, name)
-
-    def _barrier(self, channel, name):
-        """Token barrier: everyone reports to the channel's rank 0, which releases all.
-
-        Unlike a plain barrier, the coordinator knows who never arrived and can
-        name them. Other ranks wait a little longer than the coordinator so
-        that its more useful message is the one printed before the abort.
-        """
+    def _wait(self, request, channel, name):
+        """Poll ``request``: spin briefly, then nap (idle ranks stay cheap) and answer
+        roll calls. The channel's rank 0 gives up first, the others a little later,
+        so that one clear message is printed before the abort."""
         if channel.size == 1:
+            request.Wait()
             return
-        token = np.zeros(1, np.int8)
-        if channel.rank == 0:
-            inbox = np.zeros(channel.size, np.int8)
-            arrivals = [channel.control.Irecv(inbox[i:i + 1], i, _TOKEN_TAG)
-                        for i in range(1, channel.size)]
-            self._wait(arrivals, channel, name, self.timeout_s)
-            self._wait([channel.control.Isend(token, i, _RELEASE_TAG) for i in range(1, channel.size)],
-                       channel, name, self.timeout_s)
-        else:
-            release = np.zeros(1, np.int8)
-            requests = [channel.control.Isend(token, 0, _TOKEN_TAG),
-                        channel.control.Irecv(release, 0, _RELEASE_TAG)]
-            self._wait(requests, channel, name, self.timeout_s + min(5.0, 0.5 * self.timeout_s))
-
-    def _wait(self, requests, channel, name, timeout_s):
+        timeout_s = self.timeout_s
+        if channel.rank != 0:
+            timeout_s += min(2.0, 0.5 * self.timeout_s)
         start = time.monotonic()
-        while not MPI.Request.Testall(requests):
+        while not request.Test():
             waited = time.monotonic() - start
-            if waited > timeout_s:
-                self._timed_out(requests, channel, name, waited)
             if waited > _SPIN_S:
+                self._answer_roll_calls(name, channel)
+                if waited > timeout_s:
+                    self._timed_out(channel, name, waited)
                 time.sleep(_NAP_S)
 
-    def _timed_out(self, requests, channel, name, waited):
-        if channel.rank == 0:
-            missing = [channel.world_ranks[i + 1] for i, r in enumerate(requests) if not r.Test()]
-            who = f"rank(s) {', '.join(map(str, missing))} never arrived"
+    def _where(self, name, channel):
+        return f"'{name}' (superstep {self.superstep}, {channel.name})"
+
+    def _answer_roll_calls(self, name, channel):
+        """Tell any rank whose watchdog fired that this one is alive and where it waits."""
+        status = MPI.Status()
+        while self.control.Iprobe(MPI.ANY_SOURCE, _PING_TAG, status):
+            source = status.Get_source()
+            self.control.Recv(np.empty(1, np.int8), source, _PING_TAG)
+            answer = np.zeros(_PONG_BYTES, np.uint8)
+            text = self._where(name, channel).encode()[:_PONG_BYTES]
+            answer[:len(text)] = np.frombuffer(text, np.uint8)
+            self._pongs.append((self.control.Isend(answer, source, _PONG_TAG), answer))
+
+    def _roll_call(self, channel, name):
+        """Ask every other member of ``channel`` where it is; ``{world rank: answer}``
+        for those that answered within a few seconds (the rest are stopped, stuck,
+        dead or unreachable). Keeps answering others' roll calls meanwhile."""
+        others = [r for r in channel.world_ranks if r != self.rank]
+        ping = np.ones(1, np.int8)
+        answers = {r: np.zeros(_PONG_BYTES, np.uint8) for r in others}
+        for r in others:
+            self._pongs.append((self.control.Isend(ping, r, _PING_TAG), ping))
+        pending = {r: self.control.Irecv(answers[r], r, _PONG_TAG) for r in others}
+        heard = {}
+        deadline = time.monotonic() + _roll_call_s(self.timeout_s)
+        while pending and time.monotonic() < deadline:
+            for r in [r for r, req in pending.items() if req.Test()]:
+                del pending[r]
+                heard[r] = answers[r].tobytes().rstrip(b"\0").decode(errors="replace")
+            self._answer_roll_calls(name, channel)
+            time.sleep(_NAP_S)
+        return heard, sorted(pending)
+
+    def describe(self, ranks):
+        """``rank 1 (host b)`` / ``ranks 2, 3 (host b), 5 (host c)``."""
+        return describe_ranks(ranks, dict(enumerate(self.hosts)))
+
+    def _timed_out(self, channel, name, waited):
+        heard, silent = self._roll_call(channel, name)
+        if silent:
+            who = (f"{self.describe(silent)} never arrived (no answer to a roll call within "
+                   f"{_roll_call_s(self.timeout_s):.0f} s: stopped, stuck, dead or unreachable)")
         else:
-            who = f"the {channel.name} coordinator rank {channel.world_ranks[0]} never released it"
-        print(f"horn: rank {self.rank}: barrier '{name}' (superstep {self.superstep}, "
-              f"{channel.name}) timed out after {waited:.1f} s waiting for the other ranks; {who}",
-              file=sys.stderr, flush=True)
+            who = "every rank answered, but they wait in other exchanges: " + "; ".join(
+                f"{self.describe([r])} in {text}" for r, text in sorted(heard.items()))
+        line = (f"horn: rank {self.rank} (host {self.hosts[self.rank]}): "
+                f"{self._where(name, channel)} timed out after {waited:.1f} s waiting for the "
+                f"other ranks; {who}")
+        print(line, file=sys.stderr, flush=True)
+        report_abort(self.rank, line, 1)
         self.world.Abort(1)
+
+
+def _roll_call_s(timeout_s):
+    """How long a roll call waits for answers: a napping rank answers within ms, but
+    the whole stop must fit in watchdog_s + 10 s (timeout + 2 + this + the launcher's 3)."""
+    return min(2.0, max(1.0, 0.2 * timeout_s))
 
 
 def _padded(nbytes):

@@ -37,25 +37,11 @@ def _unpack(blob):
 
 
 def _gather_blobs(peer, blob):
-    """Every rank's bytes on rank 0 (None elsewhere): buffer-based, behind a watchdog
-    barrier so a dead rank aborts the job instead of hanging it."""
+    """Every rank's bytes on rank 0 (None elsewhere): buffer-based, polled by the
+    watchdog so a dead rank aborts the job instead of hanging it."""
     if peer is None:
         return [blob]
-    from mpi4py import MPI
-
-    peer.barrier("checkpoint")
-    world = peer.world
-    sizes = np.zeros(peer.size, np.int64) if peer.rank == 0 else None
-    world.Gather(np.array([len(blob)], np.int64), sizes, root=0)
-    send = np.frombuffer(blob, np.uint8)
-    if peer.rank != 0:
-        world.Gatherv(send, None, root=0)
-        return None
-    recv = np.empty(int(sizes.sum()), np.uint8)
-    world.Gatherv(send, [recv, sizes, np.concatenate([[0], np.cumsum(sizes)[:-1]]), MPI.BYTE],
-                  root=0)
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    return [recv[bounds[i]:bounds[i + 1]].tobytes() for i in range(peer.size)]
+    return peer.gather_bytes(blob, "checkpoint")
 
 
 def _digest(array):

@@ -1,4 +1,4 @@
-"""The ``horn`` command: run, validate, eval, predict, info, hosts check."""
+"""The ``horn`` command: run, launch, validate, eval, predict, info, hosts check, cluster."""
 
 import argparse
 import os
@@ -18,6 +18,9 @@ def _load(args):
     return load_job(args.job, args.set or [])
 
 
+_LAYOUT_KEYS = ("parallel.groups=", "parallel.workers=")
+
+
 def cmd_run(args):
     from horn.resume import install_preemption_handlers
     install_preemption_handlers()  # before the slow start-up: see horn.resume.Preemption
@@ -25,11 +28,13 @@ def cmd_run(args):
     from horn.runner import run_job
 
     if args.resume:
-        if args.job or args.set:
-            raise HornError("--resume RUN_DIR continues a run with its own resolved job; "
-                            "give no JOB and no --set with it")
+        layout_only = all(s.startswith(_LAYOUT_KEYS) for s in args.set or [])
+        if args.job or not layout_only:
+            raise HornError("--resume RUN_DIR continues a run with its own resolved job; give "
+                            "no JOB, and --set only parallel.groups/parallel.workers (a new "
+                            "layout, e.g. on the hosts that are left)")
         from horn.jobs import load_job
-        job = load_job(Path(args.resume) / "job.json")
+        job = load_job(Path(args.resume) / "job.json", args.set or [])
     elif not args.job:
         raise HornError("horn run: give a JOB file, or --resume RUN_DIR")
     else:
@@ -44,6 +49,20 @@ def cmd_run(args):
     else:
         print(f"test accuracy {result['test_accuracy']:.4f}  run directory {result['run_dir']}")
     return 0
+
+
+_MPIRUNS = ("mpirun", "mpiexec", "prterun", "orterun")
+
+
+def cmd_launch(args):
+    """mpirun plus the clean-finish check of horn.launch (mpirun can exit 0 after a lost host)."""
+    from horn.launch import Launch
+
+    if not args.mpirun or Path(args.mpirun[0]).name not in _MPIRUNS:
+        found = args.mpirun[0] if args.mpirun else "nothing"
+        raise HornError(f"horn launch: expected an mpirun command (mpirun ARGS...), found {found}")
+    launch = Launch()
+    return launch.run([args.mpirun[0], *launch.options, *args.mpirun[1:]])
 
 
 def cmd_validate(args):
@@ -162,6 +181,10 @@ def build_parser():
     run.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue RUN_DIR from its newest valid checkpoint")
+    launch = sub.add_parser("launch", help="run an mpirun command; fail unless every rank "
+                                           "finished cleanly (names lost ranks and hosts)")
+    launch.add_argument("mpirun", nargs=argparse.REMAINDER, help="mpirun and its arguments")
+    launch.set_defaults(func=cmd_launch)
     job_command("validate", cmd_validate, "check a job file without training")
     for name, func, help_text in (("eval", cmd_eval, "accuracy of a saved model"),
                                   ("predict", cmd_predict, "predictions for an input file")):
@@ -181,6 +204,8 @@ def build_parser():
     check = hosts.add_parser("check", help="validate a hostfile")
     check.add_argument("file")
     check.set_defaults(func=cmd_hosts_check)
+    from horn.cluster_cli import add_cluster_commands
+    add_cluster_commands(sub)
     return parser
 
 

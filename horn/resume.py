@@ -2,6 +2,7 @@
 preemption (SIGTERM/SIGINT: finish the superstep, checkpoint, exit cleanly)."""
 
 import signal
+import sys
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class RunState:
         rank = self.peer.rank if self.peer else 0
         same_layout = manifest["layout"] == layout
         if not same_layout:
-            return self._restore_averaged(manifest, arrays, layout)
+            return self._restore_on_new_layout(manifest, arrays, layout)
         meta = manifest["ranks"][str(rank)]
         backend = self.model.backend
         for name, (key, buf) in self.sync.checkpoint_buffers(self.model, self.optimizer).items():
@@ -56,23 +57,44 @@ class RunState:
         self.sync.restore_meta(meta["sync"])
         return meta["step"], tuple(meta["counters"])
 
-    def _restore_averaged(self, manifest, arrays, layout):
-        """Another world size: only model averaging's state (the averaged model) carries
-        over; optimizer state restarts and every rank starts a fresh epoch order."""
+    def _restore_on_new_layout(self, manifest, arrays, layout):
+        """Another world size: only the models carry over -- model averaging's averaged
+        model, or sub-network groups' parents (re-partitioned over the new worker count
+        when the next round begins). Optimizer state restarts, and every rank starts a
+        fresh epoch order."""
         old = manifest["layout"]
-        if old["workers"] != 1 or layout["workers"] != 1 or "world/params" not in arrays:
+        if "world/params" in arrays:
+            self.model.params[...] = self.model.backend.asarray(arrays["world/params"])
+        elif "group0/parent" in arrays:
+            self.model.params[...] = self.model.backend.asarray(
+                _parent_for(arrays, old["groups"], layout["groups"],
+                            self.peer.group if self.peer else 0))
+        else:
             raise HornError(
                 f"checkpoint was written by {old['world']} rank(s) as {old['groups']} group(s) x "
-                f"{old['workers']} worker(s); this run has {layout['world']} as "
-                f"{layout['groups']} x {layout['workers']}. Only model averaging (workers = 1) "
-                f"can resume on another world size: its averaged model is the whole state, "
-                f"while sub-network partitions and per-rank optimizer state are tied to the "
-                f"layout. Resume with {old['world']} rank(s).")
-        self.model.params[...] = self.model.backend.asarray(arrays["world/params"])
+                f"{old['workers']} worker(s) and holds neither an averaged model nor the groups' "
+                f"parents (its strategy keeps per-rank models); this run has {layout['world']} "
+                f"rank(s). Resume with {old['world']} rank(s).")
+        if self.peer is None or self.peer.rank == 0:
+            print(f"horn: warning: resuming a {old['world']}-rank checkpoint ({old['groups']} x "
+                  f"{old['workers']}) on {layout['world']} rank(s) ({layout['groups']} x "
+                  f"{layout['workers']}): the model carries over, optimizer state and the "
+                  f"data order restart", file=sys.stderr, flush=True)
         meta = manifest["ranks"]["0"]
         self.stream.epoch = meta["stream"]["epoch"]
         self.sync.restore_meta(meta["sync"])
         return meta["step"], (0.0, 0, 0, 0)
+
+
+def _parent_for(arrays, old_groups, new_groups, group):
+    """New group ``group``'s parent: the old group it maps to when groups grow, the
+    mean of the old groups that map onto it (``g % new_groups``) when they shrink --
+    what the cross-group average would have made of them."""
+    if new_groups > old_groups:
+        return arrays[f"group{group % old_groups}/parent"]
+    members = [arrays[f"group{g}/parent"] for g in range(group, old_groups, new_groups)]
+    return members[0] if len(members) == 1 else np.mean(members, axis=0, dtype=np.float64) \
+        .astype(members[0].dtype)
 
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)

@@ -30,7 +30,7 @@ def configure_threads(threads, local_ranks=1):
     """BLAS and Numba threads for this process: ``threads`` or a fair share of the cores."""
     from threadpoolctl import threadpool_limits
 
-    n = threads or max(1, (os.cpu_count() or 1) // max(1, local_ranks))
+    n = threads or _threads_from_env() or max(1, (os.cpu_count() or 1) // max(1, local_ranks))
     threadpool_limits(limits=n, user_api="blas")
     try:
         from horn.backends.numba_backend import set_threads
@@ -38,6 +38,17 @@ def configure_threads(threads, local_ranks=1):
     except ImportError:
         pass
     return n
+
+
+def _threads_from_env():
+    """``HORN_THREADS``: the share a launcher computed (``horn cluster`` sets it, since a
+    simulated host's rank sees one local rank but shares the cores with the whole cluster)."""
+    text = os.environ.get("HORN_THREADS", "")
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise HornError(f"HORN_THREADS: expected a positive integer, found '{text}'")
+    return int(text)
 
 
 def make_run_dir(log_dir, name):

@@ -87,9 +87,9 @@ def test_superstep_records_and_bytes(run):
     for rank, r in results.items():
         group, worker = divmod(rank, workers)
         per_dest = (16 + 16) + (16 + padded(2 * (rank + 1))) + 16
-        step0 = (n - 1) * (per_dest + 8)
-        step1 = (32 + 8 * (n - 1)) if n > 1 else 0  # one ring message + the counts
-        step2 = 8 * (n - 1)
+        step0 = (n - 1) * (per_dest + 24)  # + a (count, compute, wait) int64 triple per peer
+        step1 = (32 + 24 * (n - 1)) if n > 1 else 0  # one ring message + the triples
+        step2 = 24 * (n - 1)
         collectives = (
             2 * (n - 1) * 20 // n                      # allreduce_mean, 5 float32
             + 2 * (workers - 1) * 24 // workers        # group allreduce_sum, 3 float64
@@ -98,13 +98,16 @@ def test_superstep_records_and_bytes(run):
             + (workers - 1) * 8 + (groups - 1) * 8     # member allgathers
             + ((n - 1) * 8 if rank == n - 1 else 0)    # world bcast from the last rank
             + ((groups - 1) * 8 if group == 0 else 0)  # cross bcast from group 0
-            + 8 * (n - 1)                              # the final sync's counts
+            + 24 * (n - 1)                             # the final sync's triples
         )
         records = r["records"]
         assert [rec["superstep"] for rec in records] == [0, 1, 2, 3]
         assert [rec["bytes_sent"] for rec in records] == [step0, step1, step2, collectives]
         assert r["bytes_sent_total"] == step0 + step1 + step2 + collectives
         assert all(rec["compute_s"] >= 0 and rec["comm_s"] > 0 for rec in records)
+        assert all(len(rec["rank_compute_s"]) == len(rec["rank_wait_s"]) == n for rec in records)
+        assert all(rec["waited_for"]["rank"] in range(n) and rec["waited_for"]["host"]
+                   for rec in records)
         assert r["records_after_drain"] == []
 
 
@@ -143,16 +146,17 @@ def test_sigkilled_rank_ends_the_job_without_hanging():
 def test_watchdog_names_this_rank_and_the_missing_one():
     proc, elapsed, out = fail_run(3, "stuck", 2)
     assert proc.returncode != 0, out
-    assert re.search(r"horn: rank 0: barrier 'sync' \(superstep 0, world\) timed out after 2\.\d s "
-                     r"waiting for the other ranks; rank\(s\) 1 never arrived", out), out
+    assert re.search(r"horn: rank 0 \(host [^)]+\): 'sync' \(superstep 0, world\) timed out after "
+                     r"2\.\d s waiting for the other ranks; rank 1 \(host [^)]+\) never arrived "
+                     r"\(no answer to a roll call", out), out
     assert elapsed < 30
 
 
 def test_watchdog_when_the_coordinator_is_stuck():
     proc, elapsed, out = fail_run(2, "stuck0", 2)
     assert proc.returncode != 0, out
-    assert re.search(r"horn: rank 1: barrier 'sync' .*timed out after \d\.\d s waiting for the other "
-                     r"ranks; the world coordinator rank 0 never released it", out), out
+    assert re.search(r"horn: rank 1 \(host [^)]+\): 'sync' .*timed out after \d\.\d s waiting for "
+                     r"the other ranks; rank 0 \(host [^)]+\) never arrived", out), out
     assert elapsed < 30
 
 

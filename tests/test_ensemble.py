@@ -281,7 +281,8 @@ def test_killed_ensemble_run_resumes_bit_for_bit(tmp_path):
         (dirs[name],) = (tmp_path / name).iterdir()
     resumed = mpirun(2, ["-m", "horn.cli", "run", "--resume", dirs["killed"], "--quiet"], 120, env)
     assert resumed.returncode == 0, resumed.stderr
-    timing = ("time_s", "samples_per_s", "compute_s", "comm_s", "teacher_s", "distill_s")
+    timing = ("time_s", "samples_per_s", "compute_s", "comm_s", "teacher_s", "distill_s",
+              "rank_compute_s", "rank_wait_s", "waited_for")
     rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
              for line in open(d / "metrics.jsonl")] for d in dirs.values()]
     assert rows[0] == rows[1] and sum("ensemble_barrier" in r for r in rows[0]) >= 3

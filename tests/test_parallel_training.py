@@ -43,7 +43,8 @@ def run_dir_of(result):
 def metrics(run_dir):
     rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
     return [{k: v for k, v in r.items() if k not in ("time_s", "samples_per_s", "compute_s",
-                                                     "comm_s")} for r in rows]
+                                                     "comm_s", "rank_compute_s", "rank_wait_s",
+                                                     "waited_for")} for r in rows]
 
 
 def test_one_rank_equals_the_single_process_trainer_bit_for_bit(tmp_path):

@@ -7,6 +7,7 @@ Usage: fail.py MODE TIMEOUT_S, MODE one of:
   stuck    rank 1 sleeps far past the timeout while the others wait in sync()
   stuck0   the same, but rank 0 (the barrier coordinator) is the stuck one
   mismatch rank 2 (if any, else the last) verifies a different job text
+  disagree rank 0 waits in a world barrier, rank 1 in a group barrier (never matched)
 """
 
 import os
@@ -32,7 +33,9 @@ def main():
             os.kill(os.getpid(), signal.SIGKILL)
         if mode in ("stuck", "stuck0"):
             time.sleep(120)
-    if mode == "mismatch":
+    if mode == "disagree":
+        peer.barrier("left", "world" if peer.rank == 0 else "group")
+    elif mode == "mismatch":
         peer.verify_same("world", f"job file of rank {peer.rank == odd}")
     elif mode == "kill":
         peer.allreduce_mean(np.ones(1000, np.float32))

@@ -8,13 +8,17 @@ import horn
 class KillAt(horn.Layer):
     """Identity, and a fault injector for tests: at training forward number
     HORN_TEST_KILL_AT, on the rank named by HORN_TEST_KILL_RANK, it does what
-    HORN_TEST_FAULT says: "kill" (SIGKILL itself, the default), "raise", or "hang"."""
+    HORN_TEST_FAULT says: "kill" (SIGKILL itself, the default), "raise", "hang", or
+    "slow" (from then on, sleep HORN_TEST_SLOW_S seconds in every forward: a straggler)."""
 
     def forward(self, x, train):
         if train:
             self.calls = getattr(self, "calls", 0) + 1
-            if (os.environ.get("HORN_TEST_KILL_RANK") == os.environ.get("OMPI_COMM_WORLD_RANK")
-                    and str(self.calls) == os.environ.get("HORN_TEST_KILL_AT")):
+            mine = os.environ.get("HORN_TEST_KILL_RANK") == os.environ.get("OMPI_COMM_WORLD_RANK")
+            if mine and os.environ.get("HORN_TEST_FAULT") == "slow":
+                if self.calls >= int(os.environ.get("HORN_TEST_KILL_AT", "1")):
+                    time.sleep(float(os.environ.get("HORN_TEST_SLOW_S", "0.02")))
+            elif mine and str(self.calls) == os.environ.get("HORN_TEST_KILL_AT"):
                 fault = os.environ.get("HORN_TEST_FAULT", "kill")
                 if fault == "raise":
                     raise RuntimeError("injected fault")
