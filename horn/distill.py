@@ -140,7 +140,7 @@ def distill(model, optimizer, loss, batches, steps, lr):
             if not math.isfinite(last):
                 raise DivergenceError(f"distillation diverged at step {step}: loss is {last}; "
                                       f"first non-finite value: {model.first_nonfinite()} "
-                                      f"(lower parallel.distill_lr)")
+                                      f"(lower parallel.ensemble.distill_lr)")
             first = last if step == 0 else first
             optimizer.step(schedule(step))
     finally:

@@ -376,7 +376,7 @@ OVERRIDE_KEYS = st.one_of(
         "train.lr", "train.epochs", "train.batch_size", "train.nesterov", "train.optimizer",
         "train.seed", "data.name", "data.path", "data.limit", "data.val_fraction",
         "parallel.workers",
-        "parallel.partition_weights", "log.dir", "name", "description", "model.loss",
+        "parallel.subnet.weights", "log.dir", "name", "description", "model.loss",
         "model.loss.temperature", "model.layers", "model.layers.0", "model.layers.0.units",
         "model.layers.1.type", "model.layers.0.type", "model.layers.0.activation",
         "model.layers.0.bogus", "model.layers.9.units", "model.layers.\u00b2.units",
