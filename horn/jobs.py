@@ -265,10 +265,15 @@ def _convert(value, meta, where):
     return value
 
 
+def key_fields(cls):
+    """The job keys of a section class (its strategy tables aside)."""
+    return [f for f in dataclasses.fields(cls) if "table" not in f.metadata]
+
+
 def _section(cls, table, source, text, name, moved=None):
     if not isinstance(table, dict):
         raise HornError(f"{_where(source, text, None, name)}: expected a table, found {table!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if "table" not in f.metadata}
+    fields = {f.name: f for f in key_fields(cls)}
     values = {}
     for key, value in table.items():
         if moved and key in moved:
