@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from horn.accuracy import accuracy
 from horn.backends import Backend, get_backend
 from horn.errors import HornError
 from horn.initializers import INITIALIZERS, initialize
@@ -270,7 +271,7 @@ class Model:
         return out
 
     def accuracy(self, x, y):
-        return float((self.predict(x).argmax(axis=1) == y).mean()) if len(y) else float("nan")
+        return accuracy(self.predict(x), y)
 
     def first_nonfinite(self):
         """Name of the first parameter or gradient holding NaN/Inf, or None."""

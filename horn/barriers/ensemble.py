@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from horn.accuracy import accuracy
 from horn.barriers.average import average
 from horn.barriers.base import PeerSync
 from horn.barriers.registry import register_strategy
@@ -163,7 +164,7 @@ class EnsembleSync(PeerSync):
         member, tally = self.member, _Tally(self.peer)
         x_val, y_val = self.val
         val_probs = member.predict(x_val)
-        member_acc = float((val_probs.argmax(axis=1) == y_val).mean())
+        member_acc = accuracy(val_probs, y_val)
         weight = member_acc if self.p.ensemble_weights == "validation" else 1.0
         record = {"ensemble_barrier": self.barrier, "step": done,
                   "teacher_data": self.p.teacher_data}
@@ -312,7 +313,7 @@ class SharedTeacher:
 
     def ensemble_accuracy(self, probs, weight, x, y):
         """The ensemble's accuracy on (x, y), given this member's probabilities there."""
-        return float((weighted_mean(self.peer, probs, weight).argmax(axis=1) == y).mean())
+        return accuracy(weighted_mean(self.peer, probs, weight), y)
 
     def average(self, member):
         """Replace the member by the groups' parameter average (one Allreduce)."""
@@ -348,7 +349,7 @@ class LocalTeacher:
         return total / self.weights.sum()
 
     def ensemble_accuracy(self, probs, weight, x, y):
-        return float((self._mean(x, 1.0).argmax(axis=1) == y).mean())
+        return accuracy(self._mean(x, 1.0), y)
 
     def average(self, member):
         """Replace the member by the gathered parameters' mean (no further bytes)."""
