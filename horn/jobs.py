@@ -283,7 +283,7 @@ def _section(cls, table, source, text, name, moved=None):
             raise HornError(f"{_where(source, text, name, key)}: unknown key"
                             f"{did_you_mean(key, fields)}; known: {', '.join(fields)}")
         values[key] = _convert(value, fields[key].metadata,
-                               lambda: _where(source, text, name, key))
+                               lambda key=key: _where(source, text, name, key))
     return cls(**values)
 
 

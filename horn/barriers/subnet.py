@@ -88,14 +88,14 @@ class SubnetSync(PeerSync):
                                    settings.scale_at)
         self.warmup_steps = min(settings.warmup_steps, setup.total_steps)
         self.steps_done = 0
-        self.backend = parent.backend
+        self.backend = setup.model.backend
         self.round = 0
         self.mask_draws = 0
         self._compact = {}  # plan key -> (model, optimizer): reused while sizes repeat
         self._recv = None
         self._partitions = []
         if self.warmup_steps:
-            self.model, self.optimizer = parent, parent_optimizer
+            self.model, self.optimizer = setup.model, setup.optimizer
         else:
             self._begin_round()
 
