@@ -230,10 +230,10 @@ def simulate(job, groups, workers):
         for w in range(workers):
             ranks.append(build(job, shard(data, peer, job.train.seed), be, g, w))
     parents = [ranks[g * workers][0] for g in range(groups)]
-    p, s, steps = job.parallel, job.parallel.of("subnet"), job.train.steps
-    layout = SubnetLayout(parents[0], scale_at=s.scale_at)
+    p, settings, steps = job.parallel, job.parallel.of("subnet"), job.train.steps
+    layout = SubnetLayout(parents[0], scale_at=settings.scale_at)
     schedule = ranks[0][2]
-    warmup = s.warmup_steps
+    warmup = settings.warmup_steps
     for start in range(0, warmup, p.local_steps):
         for model, opt, _, stream, _ in ranks:
             for step in range(start, min(start + p.local_steps, warmup)):
@@ -245,7 +245,7 @@ def simulate(job, groups, workers):
     for r in range((steps - warmup) // p.local_steps):
         for g in range(groups):
             rng = np.random.default_rng(derive_seed(job.train.seed + r, g, 1 << 20))
-            parts = [partition(n, workers, s.partition, rng) for n in layout.sizes]
+            parts = [partition(n, workers, settings.partition, rng) for n in layout.sizes]
             plans = [layout.plan(parts, w) for w in range(workers)]
             blocks = []
             for w, plan in enumerate(plans):
