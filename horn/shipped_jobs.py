@@ -29,7 +29,7 @@ def resolve_job(arg):
     jobs = shipped_jobs()
     name = arg.removesuffix(".toml")
     if name not in jobs:
-        raise HornError(f"{arg}: no such job file, and no shipped job of that name (shipped: "
+        raise HornError(f"{arg!r}: no such job file, and no shipped job of that name (shipped: "
                         f"{', '.join(jobs)}; see horn jobs)")
     return jobs[name]
 
