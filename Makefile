@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml setup.py
 
 run: setup
 	$(BIN)/horn run $(JOB)
+	@echo "horn is installed in $(VENV); to use horn, mpirun and python from it in this shell: . $(VENV)/bin/activate"
 
 test: setup
 	$(BIN)/python -m pytest -q
