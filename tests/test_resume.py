@@ -60,8 +60,11 @@ def same_run(a, b):
             assert np.array_equal(pa[k], pb[k]), k
 
 
-@pytest.mark.parametrize("parallel", ["", "groups = 1\nworkers = 2\n"],
-                         ids=["model-averaging", "sub-networks"])
+@pytest.mark.parametrize("parallel", [
+    "", "groups = 1\nworkers = 2\n",
+    "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n",
+    "[parallel.average]\nouter = 'adam'\nouter_lr = 0.01\n"],
+    ids=["model-averaging", "sub-networks", "outer-nesterov", "outer-adam"])
 def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path, parallel):
     for name in ("whole", "killed"):
         path = write_job(tmp_path, name)
