@@ -208,7 +208,7 @@ class Peer:
         total = now - self._step_start
         slowest = int(np.argmax(rank_compute_s))
         self.superstep_records.append({
-            "superstep": self.superstep,
+            "kind": "superstep", "superstep": self.superstep,
             "compute_s": max(total - self._step_comm_s, 0.0),
             "comm_s": self._step_comm_s,
             "bytes_sent": self._step_bytes,
@@ -218,6 +218,12 @@ class Peer:
         })
         self.superstep += 1
         self._step_start, self._step_comm_s, self._step_bytes = now, 0.0, 0
+
+    def restart_superstep_clock(self):
+        """Start timing the current superstep now: called when training begins, so that
+        superstep 0's compute and communication seconds leave out the start-up (data
+        loading, model building, the set-up collectives). Its bytes stay counted."""
+        self._step_start, self._step_comm_s = time.perf_counter(), 0.0
 
     def counters(self):
         """Superstep number and byte counts: checkpointed so a resumed run's records

@@ -47,8 +47,19 @@ def cmd_run(args):
         print(f"horn: stopped at step {result['step']} with a checkpoint; continue with: "
               f"horn run --resume {result['run_dir']}")
     else:
-        print(f"test accuracy {result['test_accuracy']:.4f}  run directory {result['run_dir']}")
+        print(final_line(result))
     return 0
+
+
+def final_line(result):
+    """The last line of ``horn run``: test accuracy, the best epoch, the run directory."""
+    best = ""
+    if result.get("best_epoch") is not None:
+        stopped = result.get("stopped_early_at_epoch")
+        best = (f"  best val {result['best_val_accuracy']:.4f} at epoch {result['best_epoch']} "
+                f"(test {result['best_test_accuracy']:.4f}, best.npz)"
+                + (f", stopped early after epoch {stopped}" if stopped else ""))
+    return f"test accuracy {result['test_accuracy']:.4f}{best}  run directory {result['run_dir']}"
 
 
 _MPIRUNS = ("mpirun", "mpiexec", "prterun", "orterun")
