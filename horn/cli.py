@@ -217,6 +217,7 @@ def build_parser():
     check.set_defaults(func=cmd_hosts_check)
     from horn.cluster_cli import add_cluster_commands
     add_cluster_commands(sub)
+    __import__("horn.compare").compare.add_compare_command(sub)
     return parser
 
 

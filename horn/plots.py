@@ -58,10 +58,11 @@ def plot_curves(metrics_path, png_path, title):
     plt.close(fig)
 
 
-def plot_compare(curves, png_path):
+def plot_compare(curves, png_path, target=None):
     """Validation accuracy against wall seconds and against bytes sent, one line per run.
 
-    ``curves``: ``[(label, [(seconds, bytes, val_accuracy), ...])]``.
+    ``curves``: ``[(label, [(seconds, bytes, val_accuracy), ...])]``; ``target`` (the
+    best accuracy every run reached) is drawn as a dashed line.
     """
     plt = _pyplot()
     fig, (ax_time, ax_bytes) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -74,6 +75,9 @@ def plot_compare(curves, png_path):
     ax_bytes.set_xlabel("MB sent by the busiest rank")
     for ax in (ax_time, ax_bytes):
         ax.grid(alpha=0.3)
+        if target is not None:
+            ax.axhline(target, color="grey", linestyle="--", linewidth=1,
+                       label=f"reached by every run: {target:.4f}")
     ax_time.legend(loc="lower right", fontsize=8)
     fig.suptitle("validation accuracy against time and communication")
     fig.tight_layout()

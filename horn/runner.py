@@ -197,10 +197,11 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_ran
                 "metrics_bytes": metrics.tell(), "time_s": elapsed_s, "best": best.state()})
         return stop
 
-    def on_evaluated(record):
-        """Keep the best model (rank 0); True on every rank when it is time to stop."""
+    def on_evaluated(record, val_model):
+        """Keep the best model (rank 0 decides, from its validation accuracy; no other
+        rank needs to know); True on every rank when it is time to stop."""
         if root and best.update(record["epoch"], record["val_accuracy"]):
-            save_model(sync.eval_model(model), run_dir / "best.npz", job, data,
+            save_model(val_model, run_dir / "best.npz", job, data,
                        {"epoch": record["epoch"], "val_accuracy": record["val_accuracy"]})
         return settings is not None and agree(peer, root and best.exhausted)
 

@@ -24,7 +24,7 @@ class Trainer:
         self.progress, self.rank_name = progress, rank_name
         # (steps done, epoch counters, elapsed s) -> True to stop (preemption) at a round end
         self.on_round_end = on_round_end
-        # (epoch record) -> True to stop early: the same answer on every rank
+        # (epoch record, the model evaluated) -> True to stop early: the same on every rank
         self.on_evaluated = on_evaluated
         self.skip_bad_batches = skip_bad_batches  # train.on_nan = "skip_batch"
         self.history = []
@@ -99,10 +99,11 @@ class Trainer:
             raise DivergenceError(f"training diverged: every batch of epoch "
                                   f"{self.stream.epoch + 1} had a NaN/Inf loss or gradient and "
                                   f"was skipped (on_nan = \"skip_batch\")")
+        val_model = self.sync.eval_model(self.model)  # may be a collective: once per epoch
         record = {"kind": "epoch", "epoch": self.stream.epoch + 1, "step": step + 1,
                   "loss": loss_sum / seen if seen else float("nan"),
                   "train_accuracy": correct / seen if seen else float("nan"),
-                  "val_accuracy": self.evaluate("val"), "lr": self.schedule(step),
+                  "val_accuracy": self.evaluate("val", val_model), "lr": self.schedule(step),
                   "time_s": self.elapsed_s(), "samples_per_s": seen / max(epoch_s, 1e-9)}
         if self.skip_bad_batches:
             record["skipped_batches"] = int(skipped)
@@ -114,14 +115,14 @@ class Trainer:
         self.metrics.write(record)
         self.history.append(record)
         print_progress(progress_line(record, total_epochs), self.progress)
-        if self.on_evaluated and self.on_evaluated(record):
+        if self.on_evaluated and self.on_evaluated(record, val_model):
             self.stop_requested = True
 
-    def evaluate(self, split):
+    def evaluate(self, split, model=None):
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
         if len(y) == 0:
             return float("nan")
-        return self.sync.eval_model(self.model).accuracy(x, y)
+        return (model if model is not None else self.sync.eval_model(self.model)).accuracy(x, y)
 
 
 def total_steps(train, steps_per_epoch):
