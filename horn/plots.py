@@ -36,8 +36,8 @@ def plot_curves(metrics_path, png_path, title):
     if all(v > 0 for v in losses):
         ax_loss.set_yscale("log")
     ax_loss.set_ylabel("loss (mean over the epoch)")
+    ax_loss.set_title("training loss", fontsize=10)
     _epoch_axis(ax_loss, xs)
-    ax_loss.legend()
     ax_acc.plot(xs, [r["train_accuracy"] for r in epochs], "o-", label="training (running)")
     ax_acc.plot(xs, [r.get("val_accuracy") for r in epochs], "s-", label="validation")
     if "test_accuracy" in final:
