@@ -220,9 +220,11 @@ class Peer:
         self._step_start, self._step_comm_s, self._step_bytes = now, 0.0, 0
 
     def restart_superstep_clock(self):
-        """Start timing the current superstep now: called when training begins, so that
-        superstep 0's compute and communication seconds leave out the start-up (data
-        loading, model building, the set-up collectives). Its bytes stay counted."""
+        """Line the ranks up and start timing the current superstep now: called when
+        training begins, so that superstep 0's compute and communication seconds leave
+        out the start-up (imports, data, model, the set-up collectives, and waiting for
+        the slowest rank to get there). Its bytes stay counted."""
+        self.barrier("start of training")
         self._step_start, self._step_comm_s = time.perf_counter(), 0.0
 
     def counters(self):

@@ -8,6 +8,7 @@ Times are ``*_s`` seconds, byte counts ``bytes_sent*``, accuracies ``*_accuracy`
 
 import json
 import math
+import shutil
 import sys
 
 
@@ -69,9 +70,11 @@ class EpochProgress:
         if self.bar is None:
             from tqdm import tqdm
 
+            size = shutil.get_terminal_size()  # 80 x 24 where a terminal reports 0 x 0
             self.bar = tqdm(total=self.per_epoch, initial=position - 1, unit="step",
                             desc=f"epoch {epoch}/{self.total_epochs}", file=sys.stdout,
-                            leave=False, dynamic_ncols=True)
+                            leave=False, disable=False,  # our own TTY check above
+                            ncols=size.columns, nrows=size.lines)
         self.bar.update(1)
 
     def close(self):
