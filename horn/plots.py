@@ -16,7 +16,11 @@ def _epoch_axis(ax, epochs):
     """Whole-epoch ticks, and room around a single epoch so its point shows."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    first, last = min(epochs), max(epochs)
+    if last - first < 10:
+        ax.set_xticks(range(first, last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     ax.set_xlabel("epoch")
 
@@ -51,7 +55,7 @@ def plot_curves(metrics_path, png_path, title):
                        label=f"best validation, epoch {final['best_epoch']}")
     ax_acc.set_ylabel("accuracy")
     _epoch_axis(ax_acc, xs)
-    ax_acc.legend(loc="lower right")
+    ax_acc.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png_path, dpi=90)
