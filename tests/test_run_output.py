@@ -122,8 +122,8 @@ STRATEGIES = {
     "single": None,
     "model-averaging": "[parallel]\nlocal_steps = 5\n",
     "sub-networks": "[parallel]\ngroups = 1\nworkers = 2\nlocal_steps = 5\n",
-    "ensemble": "[parallel]\nbarrier = 'ensemble'\nlocal_steps = 10\ndistill_size = 128\n"
-                "distill_steps = 5\n",
+    "ensemble": "[parallel]\nbarrier = 'ensemble'\nlocal_steps = 10\n"
+                "[parallel.ensemble]\ndistill_size = 128\ndistill_steps = 5\n",
 }
 
 
