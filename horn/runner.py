@@ -157,6 +157,10 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_ran
                            job.train.batch_size, job.train.lr, job.source, job.base_dir, data,
                            local), job.parallel)
     show = root and progress and job.log.progress != "none"
+    settings = early_stop_settings(job.train)
+    if settings and not len(data.y_val):
+        raise HornError(f"{job.source}: train.early_stop needs a validation set, but "
+                        f"data.val_fraction is {job.data.val_fraction}")
     if root and not resume:
         run_dir = (run_dir or make_run_dir(job.log.dir, job.name)).resolve()
         write_resolved(job, run_dir / "job.json")
@@ -170,10 +174,6 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_ran
     state = RunState(model, optimizer, stream, sync, peer)
     layout = {"world": peer.size if peer else 1, "groups": peer.groups if peer else 1,
               "workers": peer.workers if peer else 1}
-    settings = early_stop_settings(job.train)
-    if settings and not len(data.y_val):
-        raise HornError(f"{job.source}: train.early_stop needs a validation set, but "
-                        f"data.val_fraction is {job.data.val_fraction}")
     best = BestTracker(settings.patience, settings.min_delta) if settings else BestTracker()
     start_step, counters, offset, elapsed = 0, (0.0, 0, 0, 0), None, 0.0
     if resume:
