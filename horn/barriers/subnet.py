@@ -170,7 +170,7 @@ class SubnetSync(PeerSync):
         model.mask_draws = self.mask_draws
         self.model, self.optimizer = model, optimizer
         digest = hashlib.sha256(b"".join(u.tobytes() for p in parts for u in p)).hexdigest()[:16]
-        self._partitions.append({"round": self.round, "group": self.peer.group,
+        self._partitions.append({"kind": "partition", "round": self.round, "group": self.peer.group,
                                  "partition_sizes": [[len(u) for u in p] for p in parts],
                                  "partition_sha256": digest})
 
