@@ -678,3 +678,24 @@ def test_image_layers_pass_check_layer_on_the_gpu():
         shape = 24 if isinstance(other, Dense) else (2, 6, 4)
         assert "backend cupy" in horn.check_layer(other, in_features=shape,
                                                   backends=("numpy", "cupy"))
+
+
+@needs_gpu
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8"])
+@pytest.mark.parametrize("n,block", [(1, 256), (1000, 64), (300_001, 256)])
+def test_compress_bit_identical(gpu, codec, n, block):
+    import cupy
+
+    from horn.backends.base import message_size
+
+    x, r = _codec_inputs(n)
+    want, want_r = np.empty(message_size(codec, n, block), np.uint8), r.copy()
+    ref.compress(codec, x, want_r, block, want)
+    got, got_r = cupy.empty(want.size, cupy.uint8), cupy.asarray(r)
+    gpu.compress(codec, cupy.asarray(x), got_r, block, got)
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+    np.testing.assert_array_equal(cupy.asnumpy(got_r), want_r)
+    out, got_out = np.full(n, 0.5, np.float32), cupy.full(n, 0.5, cupy.float32)
+    ref.decompress_add(codec, want, block, out)
+    gpu.decompress_add(codec, got, block, got_out)
+    np.testing.assert_array_equal(cupy.asnumpy(got_out), out)
