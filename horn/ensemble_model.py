@@ -73,7 +73,10 @@ def load_predictor(path, backend="numpy"):
     members = []
     try:
         for i in range(len(header["weights"])):
-            member = Model.from_spec(header["spec"], backend, initialize_params=False)
+            try:
+                member = Model.from_spec(header["spec"], backend, initialize_params=False)
+            except HornError as exc:  # name the file, as Model.load does
+                raise HornError(f"{path}: {exc}") from None
             prefix = f"member{i}/"
             member.load_arrays({k[len(prefix):]: v for k, v in arrays.items()
                                 if k.startswith(prefix)}, f"{path} (member {i})")

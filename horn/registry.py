@@ -145,7 +145,13 @@ def _import_entry(entry, base_dir, where):
         raise HornError(f"{where}: expected a module name or a path to a .py file, found "
                         f"{entry!r}")
     if is_path_entry(entry):
-        return _import_path(_entry_path(entry, base_dir), where)
+        try:
+            path = _entry_path(entry, base_dir)
+            spec = _path_spec(path, where)
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a loop
+            raise HornError(f"{where}: cannot use {entry!r} as a path: {exc}") from None
+        _load(spec.name, spec, where)
+        return spec.name
     if not _MODULE.fullmatch(entry):
         raise HornError(f"{where}: expected a module name (letters, digits, '_' and dots) or a "
                         f"path to a .py file, found {entry!r}")
@@ -172,7 +178,8 @@ def _entry_path(entry, base_dir):
     return path.resolve()
 
 
-def _import_path(path, where):
+def _path_spec(path, where):
+    """The import spec of a .py file or a package directory, named after it."""
     name = path.stem if path.suffix == ".py" else path.name
     if path.is_file() and path.suffix == ".py":
         spec = spec_from_file_location(name, path)
@@ -186,8 +193,7 @@ def _import_path(path, where):
                         f"at {path}")
     if not _MODULE.fullmatch(name) or "." in name:
         raise HornError(f"{where}: {path} cannot be imported: {name!r} is not a module name")
-    _load(name, spec, where)
-    return name
+    return spec
 
 
 def _find_in(top, base_dir):
