@@ -504,3 +504,29 @@ def test_predict_input_missing_is_one_line(digits_run, tmp_path, capsys):
     code, _, err = cli(capsys, "predict", digits_run, tmp_path / "gone.csv", "--out",
                        tmp_path / "p.csv")
     one_line_error(code, err, "gone.csv", "no such file")
+
+
+# ============================================================ the README, followed literally
+def test_readme_custom_layer_section_works_as_written(tmp_path):
+    """The README's layer saved as prelu.py next to the README's job snippet: it trains,
+    and eval finds the layer again once the module is named."""
+    import re
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Writing a layer"):]
+    layer = next(b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "PReLU" in b)
+    job = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
+    (tmp_path / "prelu.py").write_text(layer)
+    (tmp_path / "job.toml").write_text(job)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = horn("run", tmp_path / "job.toml", "--quiet", "--set", "train.epochs=1",
+                  "--set", f"log.dir='{tmp_path / 'runs'}'", "--set", "log.plot=false",
+                  cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    run = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
+    refused = horn("eval", run, cwd=tmp_path)
+    one_line_error(refused.returncode, refused.stderr, "layer type 'prelu' (class 'prelu:PReLU')"
+                   " is in module 'prelu', which is not imported")
+    named = horn("eval", run, "--import", "prelu", cwd=tmp_path)
+    assert named.returncode == 0, named.stderr
+    assert named.stdout.splitlines()[-1].startswith("test accuracy ")  # after check_layer's print
