@@ -530,3 +530,18 @@ def test_readme_custom_layer_section_works_as_written(tmp_path):
     named = horn("eval", run, "--import", "prelu", cwd=tmp_path)
     assert named.returncode == 0, named.stderr
     assert named.stdout.splitlines()[-1].startswith("test accuracy ")  # after check_layer's print
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda h: h.update(weights=[]), "weights to be a non-empty list of positive numbers"),
+    (lambda h: h.update(weights="ab"), "found str ab"),
+    (lambda h: h.update(weights=[1.0, -1.0]), "positive numbers"),
+    (lambda h: h.update(weights=[True, 1]), "positive numbers"),
+    (lambda h: h.update(meta=[1]), "meta to be a table, found list"),
+])
+def test_malformed_ensemble_headers_are_one_line(tmp_path, capsys, change, fragment):
+    path = tmp_path / "ensemble.npz"
+    Ensemble([small_model(64, 10), small_model(64, 10)]).save(path, {})
+    rewrite_header(path, change)
+    code, _, err = cli(capsys, "eval", path, "--data", tmp_path / "unused.npz")
+    one_line_error(code, err, str(path), fragment)
