@@ -134,7 +134,8 @@ def trained(tmp_path_factory):
     result = horn("run", jobs / "job.toml", "--quiet", cwd=base)
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
-    accuracy, run_dir = last.split("test accuracy ")[1].split("  run directory ")
+    accuracy = last.split("test accuracy ")[1].split()[0]
+    run_dir = last.split("run directory ")[1]
     return {"base": base, "jobs": jobs, "run": Path(run_dir), "accuracy": accuracy}
 
 
