@@ -138,7 +138,13 @@ class Job:
         doc = {"name": self.name, "description": self.description}
         for key in SECTIONS:
             doc[key] = dataclasses.asdict(getattr(self, key))
-        doc["parallel"].update(doc["parallel"].pop("settings"))  # back to [parallel.NAME] tables
+        # back to [parallel.NAME] tables: the strategies this job uses, so a resolved job
+        # reads back wherever those are known (not only where the same ones were imported)
+        from horn.barriers.registry import worker_strategy
+
+        tables = doc["parallel"].pop("settings")
+        used = (self.parallel.barrier, worker_strategy().name)
+        doc["parallel"].update({name: tables[name] for name in used})
         return doc
 
     def digest(self):
@@ -408,7 +414,8 @@ def write_resolved(job, path):
     doc["model"]["imports"] = [found for entry in job.model.imports
                                for found in located(entry, job.base_dir)]
     tables = [(doc[name], getattr(job, name)) for name in SECTIONS]
-    tables += [(doc["parallel"][name], s) for name, s in job.parallel.settings.items()]
+    tables += [(doc["parallel"][name], s) for name, s in job.parallel.settings.items()
+               if name in doc["parallel"]]
     for table, section in tables:
         for f in dataclasses.fields(section):
             value = table.get(f.name)

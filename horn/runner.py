@@ -17,6 +17,7 @@ from horn.early_stop import BestTracker, agree
 from horn.metrics import MetricsLog, print_progress
 from horn.plots import plot_curves
 from horn.layer import as_shape, shape_size
+from horn.ensemble_model import load_predictor
 from horn.model import Model
 from horn.optim import make_optimizer
 from horn.barriers import Setup, make_sync
@@ -231,7 +232,7 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_ran
         if trainer.early_stopped_at is not None:
             final["stopped_early_at_epoch"] = history[-1]["epoch"]
         if root and best.best_epoch is not None:
-            best_model, _ = Model.load(run_dir / "best.npz", backend.name)
+            best_model, _ = load_predictor(run_dir / "best.npz", backend.name)  # or an ensemble
             final.update(best_epoch=best.best_epoch, best_val_accuracy=best.best,
                          best_test_accuracy=best_model.accuracy(data.x_test, data.y_test))
         per_rank = sync.bytes_per_rank()
