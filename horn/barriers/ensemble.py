@@ -49,9 +49,11 @@ class EnsembleSync(PeerSync):
         if peer.groups < 2:
             raise HornError(f"{job.source}: parallel.barrier = 'ensemble' needs at least 2 "
                             f"groups; the layout has {peer.groups}")
-        if model.loss.spec()["type"] != "softmax_cross_entropy":
+        if not model.loss.predicts_probabilities:
             raise HornError(f"{job.source}: parallel.barrier = 'ensemble' distills class "
-                            f"probabilities: model.loss must be softmax_cross_entropy")
+                            f"probabilities: model.loss ({model.loss.spec()['type']}) does not "
+                            f"predict them (Loss.predicts_probabilities); use "
+                            f"softmax_cross_entropy")
         if inner is not None and inner.model is inner.parent:
             raise HornError(f"{job.source}: sub-network warm-up is not combined with "
                             f"parallel.barrier = 'ensemble'")
