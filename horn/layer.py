@@ -156,8 +156,15 @@ class Layer:
 
     def map_partition(self, kept):
         """A "through" layer: the output units that follow input units ``kept`` (a sorted
-        int64 array); the default: the same ones. Flatten maps channels to H*W blocks."""
+        int64 array); the default: the same ones. Flatten maps channels to H*W blocks
+        (:meth:`unit_blocks`)."""
         return kept
+
+    @staticmethod
+    def unit_blocks(kept, block):
+        """The units that ``kept`` become when each unit becomes ``block`` consecutive
+        ones (flatten: a channel's H*W pixels): a host int64 array, sorted like ``kept``."""
+        return (np.asarray(kept, np.int64)[:, None] * block + np.arange(block)).reshape(-1)
 
     # ---- helpers a layer calls ---------------------------------------------
     def declare(self, name, shape, init="zeros", fan_in=None, fan_out=None, trainable=True):
