@@ -232,7 +232,7 @@ def simulate(job, groups, workers):
             ranks.append(build(job, shard(data, peer, job.train.seed), be, g, w))
     parents = [ranks[g * workers][0] for g in range(groups)]
     p, steps = job.parallel, job.train.steps
-    layout = SubnetLayout(parents[0], scale_at=p.subnet_scale_at)
+    layout = SubnetLayout(parents[0], scale=p.subnet_scale, scale_at=p.subnet_scale_at)
     schedule = ranks[0][2]
     warmup = p.subnet_warmup_steps
     for start in range(0, warmup, p.local_steps):
@@ -381,15 +381,15 @@ name = "cnn-sub"
 name = "digits"
 [model]
 layers = [{ type = "conv2d", channels = 8, padding = 1, activation = "relu" },
-          { type = "batch_norm" }, { type = "max_pool2d" },
+          { type = "batch_norm" },
           { type = "conv2d", channels = 8, padding = 1, activation = "relu" },
           { type = "max_pool2d" }, { type = "flatten" },
           { type = "dense", units = 16, activation = "relu" }, { type = "dense", units = 10 }]
 [train]
 steps = 30
 batch_size = 16
-lr = 0.05
-momentum = 0.9
+lr = 0.03
+momentum = 0.0
 backend = "numpy"
 [parallel]
 local_steps = 5
@@ -398,7 +398,7 @@ partition = "irregular"
 
 
 @pytest.mark.parametrize("groups,workers,extra", [
-    (1, 4, ""), (2, 2, 'subnet_scale_at = "weights"\nsubnet_warmup_steps = 10\n')])
+    (1, 4, 'subnet_scale = "sqrt"\n'), (2, 2, "")])
 def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, workers, extra):
     """Every hidden conv layer's output channels (and the dense layer's units) are shared
     out; the parent saved by rank 0 equals the single-process simulation, and it trained."""
@@ -406,7 +406,8 @@ def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, wor
     from horn.jobs import load_job
     path = tmp_path / "cnn.toml"
     path.write_text(textwrap.dedent(CNN_JOB) + f"groups = {groups}\nworkers = {workers}\n"
-                    f"{extra}[log]\ndir = '{tmp_path}'\n")
+                    f'subnet_scale_at = "weights"\nsubnet_warmup_steps = 10\n{extra}'
+                    f"[log]\ndir = '{tmp_path}'\n")
     result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=180)
     assert result.returncode == 0, result.stderr
     run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
@@ -421,4 +422,4 @@ def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, wor
     data = load_dataset(job.data)
     untrained = Model.from_spec(saved.spec(), seed=job.train.seed)
     loss = [m.loss.forward(m.forward(data.x_train), data.y_train) for m in (untrained, saved)]
-    assert loss[1] < loss[0] - 0.05, loss
+    assert loss[1] < loss[0] - 0.1, loss  # it trained (a parent left as it was: equal)
