@@ -423,3 +423,22 @@ def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, wor
     untrained = Model.from_spec(saved.spec(), seed=job.train.seed)
     loss = [m.loss.forward(m.forward(data.x_train), data.y_train) for m in (untrained, saved)]
     assert loss[1] < loss[0] - 0.1, loss  # it trained (a parent left as it was: equal)
+
+
+def test_reassembled_cnn_parent_equals_the_scattered_pieces_on_every_rank(tmp_path):
+    """tests/mpi_progs/cnn_subnet.py on 4 ranks (1 x 4), 3 rounds: bit-exact bookkeeping."""
+    from tests.mpirun import PROGS
+    path = tmp_path / "cnn.toml"
+    path.write_text(textwrap.dedent(CNN_JOB) + "groups = 1\nworkers = 4\n")
+    result = mpirun(4, [PROGS / "cnn_subnet.py", path, 3], timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line[7:]) for line in result.stdout.splitlines()
+            if line.startswith("RESULT ")]
+    assert sorted(r["rank"] for r in rows) == [0, 1, 2, 3]
+    for row in rows:
+        assert row["finite"] and len(row["rounds"]) == 3
+        for check in row["rounds"]:
+            assert check["block_mismatches"] == 0 and check["shared_is_mean"]
+            assert check["unheld"] > 0 and check["unheld_changed"] == 0
+            assert check["through_params"] == 4 and check["through_params_held"]
+    assert len({r["parent_sha256"] for r in rows}) == 1  # every rank holds the same parent
