@@ -166,7 +166,7 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False):
               "workers": peer.workers if peer else 1}
     start_step, counters, offset = 0, (0.0, 0, 0, 0), None
     if resume:
-        manifest, arrays = load_latest(run_dir)
+        manifest, arrays = load_latest(run_dir, every=job.checkpoint.every)
         start_step, counters = state.restore(manifest, arrays, layout)
         offset = manifest["metrics_bytes"]
         print_progress(f"horn: resuming {run_dir} at step {start_step} of {steps}", show)
