@@ -80,7 +80,7 @@ def _model_path(path):
 
 
 def _load_model(path, backend):
-    """A model, or an ensemble of members (a run with parallel.final = "ensemble")."""
+    """A model, or an ensemble of members (a run with parallel.ensemble.final = "ensemble")."""
     from horn.ensemble_model import load_predictor
 
     return load_predictor(_model_path(path), backend)

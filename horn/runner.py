@@ -18,7 +18,7 @@ from horn.metrics import MetricsLog, plot_curves, print_progress
 from horn.layer import as_shape, shape_size
 from horn.model import Model
 from horn.optim import make_optimizer
-from horn.barriers import make_sync
+from horn.barriers import Setup, make_sync
 from horn.registry import resolve
 from horn.parallel import derive_seed, dirichlet_shard_indices, local_ranks, shard_indices
 from horn.resume import Preemption, RunState, install_preemption_handlers
@@ -150,8 +150,10 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False):
     local = shard(data, peer, job.train.seed, job.parallel.shard, job.parallel.shard_alpha)
     model, optimizer, schedule, stream, steps = build(job, local, backend, group, worker)
     check_fit(job, data, model)
-    sync = make_sync(job, peer, model, optimizer, steps,
-                     lambda m: make_optimizer(job.train, m), data, local)
+    sync = make_sync(Setup(peer, model, optimizer, lambda m: make_optimizer(job.train, m), steps,
+                           job.parallel.local_steps, job.parallel.global_every, job.train.seed,
+                           job.train.batch_size, job.train.lr, job.source, job.base_dir, data,
+                           local), job.parallel)
     show = root and progress and job.log.progress != "none"
     if root and not resume:
         run_dir = run_dir or make_run_dir(job.log.dir, job.name)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import horn
 from horn.backends import get_backend
 from horn.errors import HornError
-from horn.layers import Dense, Dropout, MSE, SoftmaxCrossEntropy, Tanh
+from horn.layers import MSE, Dense, Dropout, SoftmaxCrossEntropy, Tanh
 from horn.model import Model
 from horn.partition import PARTITION_KINDS, partition
 from horn.subnet import SubnetLayout, gather, scatter
@@ -207,18 +207,18 @@ momentum = 0.9
 backend = "numpy"
 [parallel]
 local_steps = 10
-partition = "irregular"
 """
 
 
 @pytest.mark.parametrize("groups,workers,extra", [
-    (1, 4, ""), (2, 2, 'subnet_scale_at = "weights"\nsubnet_warmup_steps = 10\n')])
+    (1, 4, ""), (2, 2, 'scale_at = "weights"\nwarmup_steps = 10\n')])
 def test_a_user_layer_trains_in_sub_networks_across_ranks(tmp_path, groups, workers, extra):
     from horn.data import load_dataset
     from horn.jobs import load_job
 
     path = tmp_path / "sub.toml"
-    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n{extra}"
+    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n"
+                    f"[parallel.subnet]\npartition = 'irregular'\n{extra}"
                     f"[log]\ndir = '{tmp_path}'\n")
     result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=120)
     assert result.returncode == 0, result.stderr
@@ -228,9 +228,9 @@ def test_a_user_layer_trains_in_sub_networks_across_ranks(tmp_path, groups, work
     job = load_job(path)
     np.testing.assert_allclose(saved.params, simulate(job, groups, workers), rtol=1e-5,
                                atol=1e-6)
-    rounds = [r for line in open(f"{run_dir}/metrics.jsonl") if "partition_sizes" in
-              (r := json.loads(line))]
-    assert len(rounds) == (60 - job.parallel.subnet_warmup_steps) // 10
+    with open(f"{run_dir}/metrics.jsonl") as f:
+        rounds = [r for r in map(json.loads, f) if "partition_sizes" in r]
+    assert len(rounds) == (60 - job.parallel.of("subnet").warmup_steps) // 10
     assert all([sum(s) for s in r["partition_sizes"]] == [24, 20] for r in rounds)
     data = load_dataset(job.data)
     untrained = Model.from_spec(saved.spec(), seed=job.train.seed)

@@ -210,7 +210,6 @@ momentum = 0.9
 backend = "numpy"
 [parallel]
 local_steps = 5
-partition = "irregular"
 """
 
 
@@ -231,10 +230,10 @@ def simulate(job, groups, workers):
         for w in range(workers):
             ranks.append(build(job, shard(data, peer, job.train.seed), be, g, w))
     parents = [ranks[g * workers][0] for g in range(groups)]
-    p, steps = job.parallel, job.train.steps
-    layout = SubnetLayout(parents[0], scale=p.subnet_scale, scale_at=p.subnet_scale_at)
+    p, settings, steps = job.parallel, job.parallel.of("subnet"), job.train.steps
+    layout = SubnetLayout(parents[0], scale=settings.scale, scale_at=settings.scale_at)
     schedule = ranks[0][2]
-    warmup = p.subnet_warmup_steps
+    warmup = settings.warmup_steps
     for start in range(0, warmup, p.local_steps):
         for model, opt, _, stream, _ in ranks:
             for step in range(start, min(start + p.local_steps, warmup)):
@@ -246,7 +245,7 @@ def simulate(job, groups, workers):
     for r in range((steps - warmup) // p.local_steps):
         for g in range(groups):
             rng = np.random.default_rng(derive_seed(job.train.seed + r, g, 1 << 20))
-            parts = [partition(n, workers, p.partition, rng) for n in layout.sizes]
+            parts = [partition(n, workers, settings.partition, rng) for n in layout.sizes]
             plans = [layout.plan(parts, w) for w in range(workers)]
             blocks = []
             for w, plan in enumerate(plans):
@@ -271,12 +270,13 @@ def simulate(job, groups, workers):
 
 @pytest.mark.parametrize("groups,workers,extra", [
     (1, 2, ""), (1, 4, ""), (2, 2, ""),
-    (1, 2, 'subnet_scale_at = "weights"\nsubnet_warmup_steps = 10\n'),
-    (2, 2, 'subnet_scale_at = "weights"\nsubnet_warmup_steps = 10\n')])
+    (1, 2, 'scale_at = "weights"\nwarmup_steps = 10\n'),
+    (2, 2, 'scale_at = "weights"\nwarmup_steps = 10\n')])
 def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, workers, extra):
     from horn.jobs import load_job
     path = tmp_path / "sub.toml"
-    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n{extra}"
+    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n"
+                    f"[parallel.subnet]\npartition = 'irregular'\n{extra}"
                     f"[log]\ndir = '{tmp_path}'\n")
     result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=120)
     assert result.returncode == 0, result.stderr
@@ -286,7 +286,7 @@ def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, 
     np.testing.assert_allclose(saved.params, expected, rtol=1e-5, atol=1e-6)
     rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
     rounds = [r for r in rows if "partition_sizes" in r]
-    warmup = load_job(path).parallel.subnet_warmup_steps
+    warmup = load_job(path).parallel.of("subnet").warmup_steps
     assert len(rounds) == (30 - warmup) // 5 and all(sum(s) == n for r in rounds
                                           for s, n in zip(r["partition_sizes"], [24, 20]))
     assert all(r["bytes_sent"] > 0 for r in rows if "superstep" in r)
@@ -393,12 +393,12 @@ momentum = 0.0
 backend = "numpy"
 [parallel]
 local_steps = 5
-partition = "irregular"
 """
+CNN_SUBNET = "[parallel.subnet]\npartition = 'irregular'\n"
 
 
 @pytest.mark.parametrize("groups,workers,extra", [
-    (1, 4, 'subnet_scale = "sqrt"\n'), (2, 2, "")])
+    (1, 4, 'scale = "sqrt"\n'), (2, 2, "")])
 def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, workers, extra):
     """Every hidden conv layer's output channels (and the dense layer's units) are shared
     out; the parent saved by rank 0 equals the single-process simulation, and it trained."""
@@ -406,7 +406,7 @@ def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, wor
     from horn.jobs import load_job
     path = tmp_path / "cnn.toml"
     path.write_text(textwrap.dedent(CNN_JOB) + f"groups = {groups}\nworkers = {workers}\n"
-                    f'subnet_scale_at = "weights"\nsubnet_warmup_steps = 10\n{extra}'
+                    f'{CNN_SUBNET}scale_at = "weights"\nwarmup_steps = 10\n{extra}'
                     f"[log]\ndir = '{tmp_path}'\n")
     result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=180)
     assert result.returncode == 0, result.stderr
@@ -415,9 +415,9 @@ def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, wor
     job = load_job(path)
     np.testing.assert_allclose(saved.params, simulate(job, groups, workers), rtol=1e-5,
                                atol=1e-6)
-    rounds = [r for line in open(f"{run_dir}/metrics.jsonl") if "partition_sizes" in
-              (r := json.loads(line))]
-    assert len(rounds) == (30 - job.parallel.subnet_warmup_steps) // 5
+    with open(f"{run_dir}/metrics.jsonl") as f:
+        rounds = [r for r in map(json.loads, f) if "partition_sizes" in r]
+    assert len(rounds) == (30 - job.parallel.of("subnet").warmup_steps) // 5
     assert all([sum(s) for s in r["partition_sizes"]] == [8, 8, 16] for r in rounds)
     data = load_dataset(job.data)
     untrained = Model.from_spec(saved.spec(), seed=job.train.seed)
@@ -429,7 +429,7 @@ def test_reassembled_cnn_parent_equals_the_scattered_pieces_on_every_rank(tmp_pa
     """tests/mpi_progs/cnn_subnet.py on 4 ranks (1 x 4), 3 rounds: bit-exact bookkeeping."""
     from tests.mpirun import PROGS
     path = tmp_path / "cnn.toml"
-    path.write_text(textwrap.dedent(CNN_JOB) + "groups = 1\nworkers = 4\n")
+    path.write_text(textwrap.dedent(CNN_JOB) + "groups = 1\nworkers = 4\n" + CNN_SUBNET)
     result = mpirun(4, [PROGS / "cnn_subnet.py", path, 3], timeout=120)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line[7:]) for line in result.stdout.splitlines()

@@ -15,6 +15,7 @@ from mpi4py import MPI
 
 from horn.abort import install_abort_hook
 from horn.backends import get_backend
+from horn.barriers import Setup
 from horn.barriers.subnet import SubnetSync
 from horn.bsp import Peer
 from horn.data import load_dataset
@@ -62,8 +63,10 @@ def main():
     parent, optimizer, schedule, stream, _ = build(job, load_dataset(job.data),
                                                    get_backend("numpy"), peer.group, peer.worker)
     local = job.parallel.local_steps
-    sync = SubnetSync(peer, parent, optimizer, lambda m: make_optimizer(job.train, m), job,
-                      rounds * local)
+    setup = Setup(peer, parent, optimizer, lambda m: make_optimizer(job.train, m),
+                  rounds * local, local, job.parallel.global_every, job.train.seed,
+                  job.train.batch_size, job.train.lr, job.source)
+    sync = SubnetSync(setup, job.parallel.of("subnet"))
     results = []
     for step in range(rounds * local):
         model, opt = sync.trainee(parent, optimizer)
