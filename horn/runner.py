@@ -101,8 +101,8 @@ def check_fit(job, data, model):
                         f"{model.out_features}; end its image layers with flatten or "
                         f"global_avg_pool")
     if model.out_features != data.classes:
-        last = max(i for i, spec in enumerate(job.model.layers) if "units" in spec) \
-            if any("units" in spec for spec in job.model.layers) else len(job.model.layers) - 1
+        sets_width = [i for i, layer in enumerate(model.layers) if layer.partition_role == "split"]
+        last = sets_width[-1] if sets_width else len(model.layers) - 1
         raise HornError(f"{job.source}: model.layers[{last}] makes the model output "
                         f"{model.out_features} values but the data ({data.name}) has "
                         f"{data.classes} classes: the last layer must output one per class")
