@@ -195,6 +195,7 @@ name = "user-layer-sub"
 [data]
 name = "digits"
 [model]
+imports = ["tests.user_layers"]
 layers = [{{ type = "{AFFINE}", width = 24, activation = "relu" }},
           {{ type = "tanh" }},
           {{ type = "dense", units = 20, activation = "relu" }},
