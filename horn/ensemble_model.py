@@ -5,12 +5,12 @@ One .npz holds every member (``member<i>/param/...``) and a JSON header; like a
 model file it is never unpickled.
 """
 
-import json
 
 import numpy as np
 
 from horn.accuracy import accuracy
 from horn.errors import HornError
+from horn.npz_header import header_array, read_header
 from horn.model import FORMAT as MODEL_FORMAT, Model, read_npz
 
 FORMAT = "horn-ensemble-1"
@@ -54,20 +54,17 @@ class Ensemble:
                   "weights": self.weights.tolist(), "meta": meta or {}}
         arrays = {f"member{i}/{k}": v for i, m in enumerate(self.members)
                   for k, v in m.state_arrays().items()}
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        arrays["__header__"] = header_array(header)
         np.savez(path, **arrays)
 
 
 def load_predictor(path, backend="numpy"):
     """A saved model or ensemble, whichever ``path`` holds: ``(predictor, meta)``."""
     arrays = read_npz(path)
-    try:
-        header = json.loads(bytes(arrays["__header__"].astype(np.uint8)).decode())
-        fmt = header["format"]
-    except (KeyError, ValueError, TypeError, RecursionError):
-        fmt = None
+    header = read_header(arrays, path, required=("format",))
+    fmt = header["format"]
     if fmt != FORMAT:
-        if fmt not in (MODEL_FORMAT, None):
+        if fmt != MODEL_FORMAT:
             raise HornError(f"{path}: expected format {MODEL_FORMAT!r} or {FORMAT!r}, "
                             f"found {fmt!r}")
         return Model.load(path, backend)

@@ -7,7 +7,6 @@ over one array, and a barrier is one in-place collective.
 
 import contextlib
 import datetime
-import json
 import math
 import numbers
 
@@ -16,6 +15,7 @@ import numpy as np
 from horn.accuracy import accuracy
 from horn.backends import Backend, get_backend
 from horn.errors import HornError
+from horn.npz_header import header_array, read_header
 from horn.initializers import INITIALIZERS, initialize
 from horn.layer import Layer, Loss, as_shape, batch_shape, mix64, shape_size
 from horn.registry import class_path, is_builtin, resolve
@@ -338,29 +338,14 @@ class Model:
         """Write ``path`` (.npz): named parameter arrays plus the JSON spec. No pickle."""
         header = {"format": FORMAT, "spec": self.spec(), "meta": meta or {}}
         arrays = self.state_arrays()
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        arrays["__header__"] = header_array(header)
         np.savez(path, **arrays)
 
     @classmethod
     def load(cls, path, backend="numpy"):
         """Rebuild a model saved by :meth:`save`; returns ``(model, meta)``."""
         arrays = read_npz(path)
-        if "__header__" not in arrays:
-            raise HornError(f"{path}: not a horn model file (no __header__ array)")
-        raw = arrays["__header__"]
-        if raw.dtype != np.uint8 or raw.ndim != 1:
-            raise HornError(f"{path}: expected __header__ to be 1-D uint8 (JSON text), found "
-                            f"{raw.dtype} of shape {raw.shape}")
-        try:
-            header = json.loads(raw.tobytes().decode())
-        except ValueError as exc:  # also UnicodeDecodeError, and integers over 4300 digits
-            raise HornError(f"{path}: unreadable model header: {exc}") from None
-        except RecursionError:
-            raise HornError(f"{path}: unreadable model header: nested too deeply") from None
-        if not (isinstance(header, dict) and "format" in header and "spec" in header):
-            found = f"keys {sorted(header)}" if isinstance(header, dict) else type(header).__name__
-            raise HornError(f"{path}: unreadable model header: expected a table with format and "
-                            f"spec, found {found}")
+        header = read_header(arrays, path, required=("format", "spec"))
         fmt, spec, meta = header["format"], header["spec"], header.get("meta", {})
         if fmt != FORMAT:
             raise HornError(f"{path}: expected format {FORMAT!r}, found {fmt!r}")

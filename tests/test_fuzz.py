@@ -1286,7 +1286,7 @@ REGRESSION_MODELS = [
     (model_file(raw_header=json.dumps(BASE_HEADER).encode()),
      "array '__header__': expected a .npy member"),
     (zip_bytes([("__header__.npy", npy(header_array("[" * 100000, "uint8")))]),
-     "unreadable model header: nested too deeply"),
+     "unreadable header: nested too deeply"),
     (zip_bytes([("__header__.npy", npy(np.zeros(2**20, "V0")))]),
      "expected __header__ to be 1-D uint8"),
     (npy(np.ones(3)), "expected an .npz archive, found a single .npy array"),
