@@ -5,7 +5,7 @@ from horn import Layer, register_layer
 
 @register_layer("dropout")
 class Dropout(Layer):
-    def __init__(self, p=0.5):
+    def __init__(self, p: float = 0.5):
         if not 0 <= p < 1:
             raise ValueError(f"p must be in [0, 1), found {p!r}")
         self.p = p

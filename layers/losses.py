@@ -12,7 +12,7 @@ class SoftmaxCrossEntropy(Loss):
     gradient is scaled by T^2 (Hinton et al.) so its size does not depend on T.
     """
 
-    def __init__(self, temperature=1.0):
+    def __init__(self, temperature: float = 1.0):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, found {temperature!r}")
         self.temperature = temperature
