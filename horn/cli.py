@@ -10,6 +10,7 @@ import numpy as np
 
 from horn.abort import install_abort_hook, run_guarded
 from horn.errors import HornError
+from horn.options import print_layer_table
 
 
 def _load(args):
@@ -66,9 +67,13 @@ def cmd_launch(args):
 
 
 def cmd_validate(args):
+    """Every check ``horn run`` makes before training (horn.runner.prepare), no training."""
+    from horn.runner import prepare
+
     job = _load(args)
-    print(f"{args.job}: ok ({job.name}: {len(job.model.layers)} layers, data {job.data.name}, "
-          f"{job.train.optimizer} lr {job.train.lr}, backend {job.train.backend})")
+    for name, finding in prepare(job, single_process_rule=False).checks():
+        print(f"  {name + ':':<10} {finding}")
+    print(f"{args.job}: ok")
     return 0
 
 
@@ -199,6 +204,7 @@ def build_parser():
             p.add_argument("--out", default="predictions.csv", help="CSV to write")
     sub.add_parser("info", help="versions, backends, BLAS, threads, MPI").set_defaults(
         func=cmd_info)
+    sub.add_parser("layers", help="built-in and registered layers, their options").set_defaults(func=print_layer_table)
     hosts = sub.add_parser("hosts", help="hostfile tools").add_subparsers(dest="hosts_command",
                                                                            required=True)
     check = hosts.add_parser("check", help="validate a hostfile")

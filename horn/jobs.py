@@ -132,6 +132,7 @@ class Job:
     checkpoint: CheckpointSection
     log: LogSection
     source: str = ""  # the file it came from: relative data paths resolve against its directory
+    overrides: tuple = ()  # ((key parts), "KEY=VALUE"): what --set changed, for error messages
 
     def to_dict(self):
         doc = {"name": self.name, "description": self.description}
@@ -142,6 +143,13 @@ class Job:
     def digest(self):
         """A hash of the resolved job: ranks compare it to be sure they run the same job."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def locate(self, *path):
+        """Where a problem with the key ``path`` (e.g. "model", "layers", "2") comes from:
+        ``--set 'KEY=VALUE'`` when an override set it (or a table above or below it),
+        else the job file."""
+        item = _set_item(self.overrides, path)
+        return f"--set {item!r}" if item else self.source
 
     @property
     def base_dir(self):
@@ -167,13 +175,13 @@ def load_job(path, overrides=()):
         raise HornError(f"{path}: malformed {kind}: arrays or tables nested too deeply") from None
     if not isinstance(doc, dict):
         raise HornError(f"{path}: expected a table of sections, found {type(doc).__name__}")
-    for item in overrides:
-        apply_override(doc, item)
-    return job_from_dict(doc, str(path), text, default_name=path.stem)
+    applied = tuple((apply_override(doc, item), item) for item in overrides)
+    return job_from_dict(doc, str(path), text, default_name=path.stem, overrides=applied)
 
 
 def apply_override(doc, item):
-    """Apply ``a.b.c=value`` to the parsed job; value is a TOML value or a bare string."""
+    """Apply ``a.b.c=value`` to the parsed job; value is a TOML value or a bare string.
+    Returns the key's parts (so errors about it can name the ``--set``)."""
     if "=" not in item:
         raise HornError(f"--set {item!r}: expected KEY=VALUE, for example train.lr=0.05")
     key, raw = item.split("=", 1)
@@ -196,6 +204,7 @@ def apply_override(doc, item):
         node[_index(node, parts[-1], item)] = value
     else:
         node[parts[-1]] = value
+    return tuple(parts)
 
 
 def _index(items, part, item):
@@ -225,7 +234,20 @@ def _line_of(text, section, key):
     return None
 
 
-def _where(source, text, section, key):
+def _set_item(overrides, path):
+    """The last ``--set`` item whose key is ``path``, inside it or above it, else None."""
+    path = tuple(str(p) for p in path)
+    for parts, item in reversed(overrides):
+        n = min(len(parts), len(path))
+        if tuple(parts[:n]) == path[:n]:
+            return item
+    return None
+
+
+def _where(source, text, section, key, overrides=()):
+    item = _set_item(overrides, (section, key) if section else (key,))
+    if item:
+        return f"--set {item!r}: {_shown(section) + '.' if section else ''}{_shown(key)}"
     line = _line_of(text, section, key) if text else None
     loc = f"{source}:{line}" if line else source
     return f"{loc}: {_shown(section) + '.' if section else ''}{_shown(key)}"
@@ -278,33 +300,37 @@ def _convert(value, meta, where):
     return value
 
 
-def _section(cls, table, source, text, name):
+def _section(cls, table, source, text, name, overrides=()):
     if not isinstance(table, dict):
-        raise HornError(f"{_where(source, text, None, name)}: expected a table, found {table!r}")
+        raise HornError(f"{_where(source, text, None, name, overrides)}: expected a table, "
+                        f"found {table!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in table.items():
         if key not in fields:
-            raise HornError(f"{_where(source, text, name, key)}: unknown key"
+            raise HornError(f"{_where(source, text, name, key, overrides)}: unknown key"
                             f"{_did_you_mean(key, fields)}; known: {', '.join(fields)}")
         values[key] = _convert(value, fields[key].metadata,
-                               lambda: _where(source, text, name, key))
+                               lambda: _where(source, text, name, key, overrides))
     return cls(**values)
 
 
-def job_from_dict(doc, source="<job>", text="", default_name="job"):
+def job_from_dict(doc, source="<job>", text="", default_name="job", overrides=()):
+    """The validated job of a parsed document; ``overrides`` are ``((key parts), item)``
+    pairs of the ``--set`` items applied to it (errors about those keys name them)."""
     for key in doc:
         if key not in SECTIONS and key not in TOP_LEVEL:
-            raise HornError(f"{_where(source, text, None, key)}: unknown section or key"
+            raise HornError(f"{_where(source, text, None, key, overrides)}: unknown section or key"
                             f"{_did_you_mean(key, list(SECTIONS) + list(TOP_LEVEL))}; "
                             f"known: {', '.join(list(SECTIONS) + list(TOP_LEVEL))}")
-    sections = {name: _section(cls, doc.get(name, {}), source, text, name)
+    sections = {name: _section(cls, doc.get(name, {}), source, text, name, overrides)
                 for name, cls in SECTIONS.items()}
     name = doc.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[\w.\-]{1,64}", name):
-        raise HornError(f"{_where(source, text, None, 'name')}: expected a short name of letters, "
+        raise HornError(f"{_where(source, text, None, 'name', overrides)}: expected a short name of letters, "
                         f"digits, '-', '_' or '.', found {name!r}")
-    job = Job(name=name, description=str(doc.get("description", "")), source=source, **sections)
+    job = Job(name=name, description=str(doc.get("description", "")), source=source,
+              overrides=tuple(overrides), **sections)
     _check_model(job, text)
     _check_parallel(job, text)
     return job
@@ -316,15 +342,16 @@ def _check_model(job, text):
 
     layers = job.model.layers
     if not layers:
-        raise HornError(f"{_where(job.source, text, 'model', 'layers')}: expected a non-empty "
+        raise HornError(f"{_where(job.source, text, 'model', 'layers', job.overrides)}: expected a non-empty "
                         f"list of layer tables, found {layers!r}")
     for i, spec in enumerate(layers):
-        layer_from_spec(spec, f"{job.source}: model.layers[{i}]")
+        layer_from_spec(spec, f"{job.locate('model', 'layers', i)}: model.layers[{i}]")
     loss = job.model.loss
-    layer_from_spec({"type": loss} if isinstance(loss, str) else loss, f"{job.source}: model.loss")
+    layer_from_spec({"type": loss} if isinstance(loss, str) else loss,
+                    f"{job.locate('model', 'loss')}: model.loss")
     inputs = job.model.inputs
     if inputs is not None and as_shape(inputs) is None:
-        raise HornError(f"{_where(job.source, text, 'model', 'inputs')}: expected a positive "
+        raise HornError(f"{_where(job.source, text, 'model', 'inputs', job.overrides)}: expected a positive "
                         f"integer or a list of them (a sample shape such as [1, 28, 28]), "
                         f"found {inputs!r}")
 
@@ -338,14 +365,27 @@ def _check_parallel(job, text):
     defaults = ParallelSection()
     changed = [k for k in ENSEMBLE_KEYS if getattr(p, k) != getattr(defaults, k)]
     if p.barrier != "ensemble" and changed:
-        raise HornError(f"{_where(job.source, text, 'parallel', changed[0])}: applies only to "
+        raise HornError(f"{_where(job.source, text, 'parallel', changed[0], job.overrides)}: applies only to "
                         f"barrier = 'ensemble', found barrier = {p.barrier!r}")
     if p.distill_file is not None and p.teacher_data != "shared":
-        raise HornError(f"{_where(job.source, text, 'parallel', 'distill_file')}: needs "
+        raise HornError(f"{_where(job.source, text, 'parallel', 'distill_file', job.overrides)}: needs "
                         f"teacher_data = 'shared' (the local teacher distills on each group's "
                         f"own shard), found {p.teacher_data!r}")
+    weights = p.partition_weights
+    bad = next((w for w in weights if isinstance(w, bool) or not isinstance(w, (int, float))
+                or not 0 < w < float("inf")), None) if isinstance(weights, list) else weights
+    if bad is not None or (weights and p.partition == "weighted" and len(weights) != p.workers):
+        found = f"{bad!r} in {weights!r}" if bad is not None else \
+            f"{len(weights)} entries for {p.workers} workers"
+        raise HornError(f"{_where(job.source, text, 'parallel', 'partition_weights', job.overrides)}"
+                        f": expected one positive number per worker (parallel.workers = "
+                        f"{p.workers}), found {found}")
+    if weights and p.partition != "weighted":
+        raise HornError(f"{_where(job.source, text, 'parallel', 'partition_weights', job.overrides)}"
+                        f": applies only to partition = 'weighted', found partition = "
+                        f"{p.partition!r}")
     if p.shard != "dirichlet" and p.shard_alpha != defaults.shard_alpha:
-        raise HornError(f"{_where(job.source, text, 'parallel', 'shard_alpha')}: applies only "
+        raise HornError(f"{_where(job.source, text, 'parallel', 'shard_alpha', job.overrides)}: applies only "
                         f"to shard = 'dirichlet', found shard = {p.shard!r}")
 
 
