@@ -22,7 +22,7 @@ from horn.optim import make_optimizer
 from horn.barriers import make_sync
 from horn.registry import resolve
 from horn.parallel import derive_seed, dirichlet_shard_indices, local_ranks, shard_indices
-from horn.resume import Preemption, RunState, install_preemption_handlers
+from horn.resume import Preemption, RunState, install_preemption_handlers, parameter_shapes
 from horn.schedules import make_schedule
 from horn.trainer import Trainer, total_steps
 
@@ -250,7 +250,8 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False):
     start_step, counters, offset = 0, (0.0, 0, 0, 0), None
     if resume:
         manifest, arrays = load_latest(run_dir)
-        start_step, counters = state.restore(manifest, arrays, layout)
+        start_step, counters = state.restore(manifest, arrays, layout,
+                                             str(run_dir / "checkpoints" / manifest["file"]))
         offset = manifest["metrics_bytes"]
         print_progress(f"horn: resuming {run_dir} at step {start_step} of {steps}", show)
     metrics = MetricsLog(run_dir / "metrics.jsonl" if root else None, truncate_to=offset)
@@ -267,6 +268,7 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False):
             own, shared, meta = state.snapshot(done, epoch_counters)
             checkpointer.save(done, own, meta, shared, {
                 "layout": layout, "job_digest": job.digest(), "round": rounds[0],
+                "parameters": parameter_shapes(model),
                 "metrics_bytes": metrics.tell()})
         return stop
 

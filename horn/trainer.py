@@ -8,9 +8,15 @@ single-process and parallel training cannot drift apart.
 import math
 import time
 
+import numpy as np
+
 from horn.barriers.base import Sync
 from horn.errors import DivergenceError
 from horn.metrics import print_progress, progress_line
+
+#: A loss this many times its first value (or 1, when that is smaller) has diverged even
+#: while it stays finite (lr = 1e10 reaches 1e35 and "trains" on at chance accuracy).
+EXPLODE_FACTOR = 1e4
 
 
 class Trainer:
@@ -26,12 +32,27 @@ class Trainer:
         self.skip_bad_batches = skip_bad_batches  # train.on_nan = "skip_batch"
         self.history = []
         self.stopped_at = None
+        self.loss_bound = None  # EXPLODE_FACTOR x the first finite loss: set by the first step
+
+    def _healthy(self, loss):
+        """A finite loss within the bound (the first finite loss sets the bound)."""
+        if not math.isfinite(loss):
+            return False
+        if self.loss_bound is None:
+            self.loss_bound = EXPLODE_FACTOR * max(loss, 1.0)
+        return loss <= self.loss_bound
 
     def _diverged(self, model, step, loss):
-        where = model.first_nonfinite() or "the loss itself"
         prefix = f"{self.rank_name}: " if self.rank_name else ""
+        where = model.first_nonfinite()
+        if math.isfinite(loss) and where is None:
+            raise DivergenceError(
+                f"{prefix}training diverged at step {step}: loss is {loss:.4g}, over "
+                f"{EXPLODE_FACTOR:g} times its first value (bound {self.loss_bound:.4g}) "
+                f"(lower train.lr or check the data)")
         raise DivergenceError(f"{prefix}training diverged at step {step}: loss is {loss}; first "
-                              f"non-finite value: {where} (lower train.lr or check the data)")
+                              f"non-finite value: {where or 'the loss itself'} (lower train.lr "
+                              f"or check the data)")
 
     def run(self, start_step=0, counters=(0.0, 0, 0, 0)):
         """Train from ``start_step`` (a resumed run passes its checkpoint's step and
@@ -43,10 +64,15 @@ class Trainer:
         for step in range(start_step, self.total_steps):
             xb, yb = stream.next()
             model, optimizer = self.sync.trainee(self.model, self.optimizer)
-            loss = model.train_step(xb, yb)
             skip = self.skip_bad_batches  # on_nan = "skip_batch": drop a poisoned batch's update
-            if math.isfinite(loss) and (not skip or model.backend.all_finite(model.grads)):
-                optimizer.step(self.schedule(step))
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                # overflow is detected right here, by name (numpy's warnings would only repeat
+                # it, before the message that says where)
+                loss = model.train_step(xb, yb)
+                ok = self._healthy(loss) and (not skip or model.backend.all_finite(model.grads))
+                if ok:
+                    optimizer.step(self.schedule(step))
+            if ok:
                 epoch_loss += loss * len(yb)
                 epoch_correct += int((model.loss_input.argmax(axis=1) == yb).sum())
                 epoch_seen += len(yb)
@@ -75,7 +101,8 @@ class Trainer:
         loss_sum, correct, seen, skipped = self.sync.reduce_stats(list(counters))
         if not seen:
             raise DivergenceError(f"training diverged: every batch of epoch "
-                                  f"{self.stream.epoch + 1} had a NaN/Inf loss or gradient and "
+                                  f"{self.stream.epoch + 1} had a NaN/Inf or exploding loss or a "
+                                  f"NaN/Inf gradient and "
                                   f"was skipped (on_nan = \"skip_batch\")")
         record = {"epoch": self.stream.epoch + 1, "step": step + 1,
                   "loss": loss_sum / seen if seen else float("nan"),
