@@ -48,8 +48,9 @@ class Trainer:
         if math.isfinite(loss) and where is None:
             raise DivergenceError(
                 f"{prefix}training diverged at step {step}: loss is {loss:.4g}, over "
-                f"{EXPLODE_FACTOR:g} times its first value (bound {self.loss_bound:.4g}) "
-                f"(lower train.lr or check the data)")
+                f"{EXPLODE_FACTOR:g} times its first value (bound {self.loss_bound:.4g}); "
+                f"largest gradient: {_largest_gradient(model)} (lower train.lr or check the "
+                f"data)")
         raise DivergenceError(f"{prefix}training diverged at step {step}: loss is {loss}; first "
                               f"non-finite value: {where or 'the loss itself'} (lower train.lr "
                               f"or check the data)")
@@ -125,6 +126,19 @@ class Trainer:
         if len(y) == 0:
             return float("nan")
         return self.sync.eval_model(self.model).accuracy(x, y)
+
+
+def _largest_gradient(model):
+    """Which parameter's gradient holds the largest magnitude (where an explosion shows)."""
+    def peak(slot):
+        _, _, off, shape = slot
+        size = math.prod(shape)
+        return float(model.xp.abs(model.grads[off:off + size]).max()) if size else 0.0
+    if not model.slots:
+        return "none (the model has no parameters)"
+    name, layer, _, _ = max(model.slots, key=peak)
+    index, pname = name.split(".", 1)
+    return f"{pname!r} of layer {index} ({layer.spec()['type']})"
 
 
 def total_steps(train, steps_per_epoch):
