@@ -192,29 +192,29 @@ def apply_override(doc, item):
         value = tomllib.loads(f"v = {raw}")["v"]
     except (ValueError, RecursionError):  # not a TOML value (or absurdly long/nested)
         value = raw.strip()
-    node = doc
+    node, path = doc, []  # path: the parts with list indices as plain numbers ("01" -> "1")
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = _list_item(node, part, item)
+            path.append(str(_index(node, part, item)))
+            node = node[int(path[-1])]
         else:
+            path.append(part)
             node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
             raise HornError(f"--set {item!r}: {'.'.join(parts[:i + 1])!r} is not a table")
     if isinstance(node, list):
-        node[_index(node, parts[-1], item)] = value
+        path.append(str(_index(node, parts[-1], item)))
+        node[int(path[-1])] = value
     else:
+        path.append(parts[-1])
         node[parts[-1]] = value
-    return tuple(parts)
+    return tuple(path)
 
 
 def _index(items, part, item):
     if not (part.isascii() and part.isdigit()) or int(part) >= len(items):
         raise HornError(f"--set {item!r}: expected a list index below {len(items)}, found {part!r}")
     return int(part)
-
-
-def _list_item(items, part, item):
-    return items[_index(items, part, item)]
 
 
 def _line_of(text, section, key):
