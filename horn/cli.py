@@ -204,7 +204,7 @@ def build_parser():
             p.add_argument("--out", default="predictions.csv", help="CSV to write")
     sub.add_parser("info", help="versions, backends, BLAS, threads, MPI").set_defaults(
         func=cmd_info)
-    sub.add_parser("layers", help="built-in and registered layers, their options").set_defaults(func=print_layer_table)
+    sub.add_parser("layers", help="layers and their options").set_defaults(func=print_layer_table)
     hosts = sub.add_parser("hosts", help="hostfile tools").add_subparsers(dest="hosts_command",
                                                                            required=True)
     check = hosts.add_parser("check", help="validate a hostfile")

@@ -327,7 +327,8 @@ def job_from_dict(doc, source="<job>", text="", default_name="job", overrides=()
                 for name, cls in SECTIONS.items()}
     name = doc.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[\w.\-]{1,64}", name):
-        raise HornError(f"{_where(source, text, None, 'name', overrides)}: expected a short name of letters, "
+        raise HornError(f"{_where(source, text, None, 'name', overrides)}: expected a short "
+                        f"name of letters, "
                         f"digits, '-', '_' or '.', found {name!r}")
     job = Job(name=name, description=str(doc.get("description", "")), source=source,
               overrides=tuple(overrides), **sections)
@@ -342,8 +343,8 @@ def _check_model(job, text):
 
     layers = job.model.layers
     if not layers:
-        raise HornError(f"{_where(job.source, text, 'model', 'layers', job.overrides)}: expected a non-empty "
-                        f"list of layer tables, found {layers!r}")
+        raise HornError(f"{_where(job.source, text, 'model', 'layers', job.overrides)}: expected "
+                        f"a non-empty list of layer tables, found {layers!r}")
     for i, spec in enumerate(layers):
         layer_from_spec(spec, f"{job.locate('model', 'layers', i)}: model.layers[{i}]")
     loss = job.model.loss
@@ -351,9 +352,9 @@ def _check_model(job, text):
                     f"{job.locate('model', 'loss')}: model.loss")
     inputs = job.model.inputs
     if inputs is not None and as_shape(inputs) is None:
-        raise HornError(f"{_where(job.source, text, 'model', 'inputs', job.overrides)}: expected a positive "
-                        f"integer or a list of them (a sample shape such as [1, 28, 28]), "
-                        f"found {inputs!r}")
+        raise HornError(f"{_where(job.source, text, 'model', 'inputs', job.overrides)}: expected "
+                        f"a positive integer or a list of them (a sample shape such as "
+                        f"[1, 28, 28]), found {inputs!r}")
 
 
 ENSEMBLE_KEYS = ("teacher_data", "distill_size", "distill_file", "distill_steps", "distill_batch",
@@ -363,30 +364,31 @@ ENSEMBLE_KEYS = ("teacher_data", "distill_size", "distill_file", "distill_steps"
 def _check_parallel(job, text):
     p = job.parallel
     defaults = ParallelSection()
+
+    def where(key):
+        return _where(job.source, text, "parallel", key, job.overrides)
+
     changed = [k for k in ENSEMBLE_KEYS if getattr(p, k) != getattr(defaults, k)]
     if p.barrier != "ensemble" and changed:
-        raise HornError(f"{_where(job.source, text, 'parallel', changed[0], job.overrides)}: applies only to "
-                        f"barrier = 'ensemble', found barrier = {p.barrier!r}")
+        raise HornError(f"{where(changed[0])}: applies only to barrier = 'ensemble', found "
+                        f"barrier = {p.barrier!r}")
     if p.distill_file is not None and p.teacher_data != "shared":
-        raise HornError(f"{_where(job.source, text, 'parallel', 'distill_file', job.overrides)}: needs "
-                        f"teacher_data = 'shared' (the local teacher distills on each group's "
-                        f"own shard), found {p.teacher_data!r}")
+        raise HornError(f"{where('distill_file')}: needs teacher_data = 'shared' (the local "
+                        f"teacher distills on each group's own shard), found {p.teacher_data!r}")
     weights = p.partition_weights
     bad = next((w for w in weights if isinstance(w, bool) or not isinstance(w, (int, float))
-                or not 0 < w < float("inf")), None) if isinstance(weights, list) else weights
+                or not 0 < w < float("inf")), None)
     if bad is not None or (weights and p.partition == "weighted" and len(weights) != p.workers):
         found = f"{bad!r} in {weights!r}" if bad is not None else \
             f"{len(weights)} entries for {p.workers} workers"
-        raise HornError(f"{_where(job.source, text, 'parallel', 'partition_weights', job.overrides)}"
-                        f": expected one positive number per worker (parallel.workers = "
-                        f"{p.workers}), found {found}")
+        raise HornError(f"{where('partition_weights')}: expected one positive number per worker "
+                        f"(parallel.workers = {p.workers}), found {found}")
     if weights and p.partition != "weighted":
-        raise HornError(f"{_where(job.source, text, 'parallel', 'partition_weights', job.overrides)}"
-                        f": applies only to partition = 'weighted', found partition = "
-                        f"{p.partition!r}")
+        raise HornError(f"{where('partition_weights')}: applies only to partition = 'weighted', "
+                        f"found partition = {p.partition!r}")
     if p.shard != "dirichlet" and p.shard_alpha != defaults.shard_alpha:
-        raise HornError(f"{_where(job.source, text, 'parallel', 'shard_alpha', job.overrides)}: applies only "
-                        f"to shard = 'dirichlet', found shard = {p.shard!r}")
+        raise HornError(f"{where('shard_alpha')}: applies only to shard = 'dirichlet', found "
+                        f"shard = {p.shard!r}")
 
 
 def loss_spec(job):

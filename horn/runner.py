@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
@@ -78,8 +79,8 @@ def input_shape(job, data):
     if inputs is not None:
         shape = as_shape(inputs)
         if shape is None or shape_size(shape) != data.features:
-            raise HornError(f"{job.locate('model', 'inputs')}: model.inputs is {inputs} but the data "
-                            f"({data.name}) has {data.features} features")
+            raise HornError(f"{job.locate('model', 'inputs')}: model.inputs is {inputs} but "
+                            f"the data ({data.name}) has {data.features} features")
         return shape
     first = job.model.layers[0]
     where = f"{job.locate('model', 'layers', 0)}: model.layers[0]"
@@ -89,9 +90,9 @@ def input_shape(job, data):
     shape = data.sample_shape
     if isinstance(shape, tuple) and len(shape) == rank:
         return shape
-    raise HornError(f"{where} ({first['type']}) takes samples of "
-                    f"{rank} axes (C, H, W) but the data ({data.name}) gives flat vectors of "
-                    f"{data.features} values; set model.inputs = [C, H, W]")
+    raise HornError(f"{where} ({first['type']}) takes samples of {rank} axes (C, H, W) but the "
+                    f"data ({data.name}) gives flat vectors of {data.features} values; set "
+                    f"model.inputs = [C, H, W]")
 
 
 def check_fit(job, data, model):
@@ -103,9 +104,10 @@ def check_fit(job, data, model):
     if model.out_features != data.classes:
         last = max(i for i, spec in enumerate(job.model.layers) if "units" in spec) \
             if any("units" in spec for spec in job.model.layers) else len(job.model.layers) - 1
-        raise HornError(f"{job.locate('model', 'layers', last)}: model.layers[{last}] makes the model output "
-                        f"{model.out_features} values but the data ({data.name}) has "
-                        f"{data.classes} classes: the last layer must output one per class")
+        raise HornError(f"{job.locate('model', 'layers', last)}: model.layers[{last}] makes "
+                        f"the model output {model.out_features} values but the data "
+                        f"({data.name}) has {data.classes} classes: the last layer must output "
+                        f"one per class")
 
 
 def scaler_meta(scaler):
@@ -148,10 +150,17 @@ def check_single_process(job):
     job). So parallel settings are never silently ignored."""
     p, n = job.parallel, needed_ranks(job.parallel)
     if n > 1:
-        raise HornError(f"{job.locate('parallel')}: parallel.groups = {p.groups} x parallel.workers = "
-                        f"{p.workers} needs {n} ranks, but this is one process (not started "
-                        f"by mpirun); run: mpirun --oversubscribe -n {n} horn run "
-                        f"{job.source} (or set parallel.groups = 1 and parallel.workers = 1)")
+        raise HornError(f"{job.locate('parallel')}: parallel.groups = {p.groups} x "
+                        f"parallel.workers = {p.workers} needs {n} ranks, but this is one "
+                        f"process (not started by mpirun); run: {launch_command(job, n)} (or "
+                        f"set parallel.groups = 1 and parallel.workers = 1)")
+
+
+def launch_command(job, ranks):
+    """The command line that runs ``job`` (with its --set items) on ``ranks`` ranks."""
+    sets = [f"--set {shlex.quote(item)}" for _, item in job.overrides]
+    return " ".join([f"mpirun --oversubscribe -n {ranks} horn run", shlex.quote(job.source),
+                     *sets])
 
 
 @dataclasses.dataclass
@@ -192,7 +201,7 @@ class Setup:
                          f"{job.train.optimizer} lr {job.train.lr}, backend {self.backend.name}, "
                          f"{self.threads} thread(s)"),
             ("layout", "one process" if n == 1 else
-             f"{n} ranks: mpirun --oversubscribe -n {n} horn run {job.source}"),
+             f"{n} ranks: {launch_command(job, n)}"),
         ]
 
 

@@ -123,7 +123,8 @@ def test_available_memory_reads_meminfo(tmp_path):
     ("activation", "1", "option 'activation': expected str, found 1"),
 ])
 def test_layer_options_are_typed(tmp_path, option, value, expected):
-    body = LAYERS.replace('activation = "relu"', f"{option} = {value}")
+    body = LAYERS.replace("units = 16" if option == "units" else 'activation = "relu"',
+                          f"{option} = {value}")
     line = one_error_line(horn("validate", job_file(tmp_path, body)))
     assert "job.toml" in line and "model.layers[0] (dense)" in line and expected in line, line
 
@@ -186,7 +187,8 @@ def test_resume_of_another_architecture_names_the_checkpoint(tmp_path):
                                            ("[1, -2]", "-2 in"), ("[1, 2, 3]", "3 entries"),
                                            ("[1, nan]", "nan in")])
 def test_partition_weights_are_checked(tmp_path, weights, found):
-    body = LAYERS + f"[parallel]\nworkers = 2\npartition = 'weighted'\npartition_weights = {weights}\n"
+    body = LAYERS + f"[parallel]\nworkers = 2\npartition = 'weighted'\n" \
+                    f"partition_weights = {weights}\n"
     line = one_error_line(horn("validate", job_file(tmp_path, body)))
     assert "job.toml:6: parallel.partition_weights: expected one positive number per worker" \
         in line and found in line, line
