@@ -11,7 +11,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = 1
 
 setup: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
@@ -19,6 +19,7 @@ $(STAMP): setup.py
 
 run: setup
 	$(BIN)/horn run $(JOB)
+	@echo "horn is installed in $(VENV); to use horn, mpirun and python from it in this shell: . $(VENV)/bin/activate"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -42,19 +42,14 @@ SHARDS = {"IID": {}, "Dirichlet(0.1)": {"shard": "dirichlet", "shard_alpha": 0.1
 LOCAL_STEPS = 10 * 210  # 10 epochs of a quarter of the 54,000 training images, batch 64
 BARRIERS, DISTILL = 3, 200
 ROUND = 50  # sub-network round (steps between a group's reassemblies)
-ENSEMBLE_KEYS = ("teacher_data", "distill_size", "distill_file", "distill_steps",
-                 "distill_batch", "distill_lr", "temperature", "alpha", "student", "final",
-                 "ensemble_weights")
-
-
 # ---- configurations ------------------------------------------------------------------
-def ec(barriers=BARRIERS, distill=DISTILL, **parallel):
+def ec(barriers=BARRIERS, distill=DISTILL, **ensemble):
     """An EC configuration: the job file's settings, ``barriers`` evenly spaced over the
     local steps with ``distill`` distillation steps each (barriers x distill = B x D keeps
     the compute MA is matched to)."""
     return {"train": {"epochs": LOCAL_STEPS // 210},
-            "parallel": {"local_steps": LOCAL_STEPS // barriers, "distill_steps": distill,
-                         **parallel}}
+            "parallel": {"local_steps": LOCAL_STEPS // barriers,
+                         "ensemble": {"distill_steps": distill, **ensemble}}}
 
 
 def ma(averages, subnet=False):
@@ -103,12 +98,16 @@ def job_doc(method, shard, seed, workers, log_dir):
     """The job file with one configuration's overrides, as a dict for job_from_dict."""
     doc = tomllib.loads(BASE.read_text())
     for section, values in method.items():
-        doc.setdefault(section, {}).update(values)
+        for key, value in values.items():  # one level of tables merges: parallel.ensemble
+            table = doc.setdefault(section, {})
+            if isinstance(value, dict):
+                table.setdefault(key, {}).update(value)
+            else:
+                table[key] = value
     parallel = doc["parallel"]
     parallel.update(SHARDS[shard], workers=workers)
     if parallel["barrier"] != "ensemble":
-        for key in ENSEMBLE_KEYS:
-            parallel.pop(key, None)
+        parallel.pop("ensemble", None)
     doc["train"].update(seed=seed, eval_every=1000)  # evaluate only at the end
     doc["log"] = {"dir": str(log_dir), "progress": "none", "plot": False}
     return doc

@@ -3,7 +3,7 @@
 ``python bench/subnet.py [--backend numba|numpy] [--race|--race-from DIR...]``
 
 Parent MLP 784-4096-4096-10, batch 256, W = 2 and 4 workers per group, the
-balanced partition and the scale folded into the weights (``subnet_scale_at =
+balanced partition and the scale folded into the weights (``parallel.subnet.scale_at =
 "weights"``, no per-step cost):
 
 (a) one worker's step (compact sub-network: forward + backward + SGD momentum)
@@ -311,7 +311,7 @@ def race_flops(reach):
     p = job["parallel"]
     if p["workers"] == 1:
         return steps * step_flops(widths, batch)
-    warm = min(p.get("subnet_warmup_steps", 0), steps)
+    warm = min(p.get("subnet", {}).get("warmup_steps", 0), steps)
     compact = compact_widths(p["workers"], widths)
     return warm * step_flops(widths, batch) + (steps - warm) * step_flops(compact, batch)
 
@@ -365,7 +365,7 @@ def tables(compute, nbytes, races, backend_name, load):
                "Measured = `peer.bytes_sent_total` around the real `Peer.allgatherv` / "
                "`Peer.allreduce_mean` calls under `mpirun -n W`, per rank (min-max over ranks: "
                "every rank is a worker, none is a leader; the blocks differ by at most a unit "
-               "row/column). With `subnet_momentum = \"keep\"` the IST bytes double.\n")
+               "row/column). With `parallel.subnet.momentum = \"keep\"` the IST bytes double.\n")
     out.append("| W | parent P | worker |theta_w| | IST bytes/rank (formula) | IST measured "
                "(min-max) | MA bytes/rank (formula) | MA measured (min-max) | MA / IST (target "
                ">= W) | IST ms | MA ms |")

@@ -63,8 +63,8 @@ QUICK = {"epochs": 2, "limit": 8192}
 
 # name -> label, kind (torch | ddp | horn), processes, threads each, horn job overrides
 # (a dict of sections) or a job file of its own ("job").
-SUBNET = {"local_steps": 20, "partition": "balanced", "subnet_scale": "inverse",
-          "subnet_scale_at": "weights", "subnet_momentum": "reset"}
+SUBNET = {"local_steps": 20, "subnet": {"partition": "balanced", "scale": "inverse",
+                                        "scale_at": "weights", "momentum": "reset"}}
 CONFIGS = {
     "torch": {"label": "PyTorch, 1 process x 2 threads", "kind": "torch", "procs": 1,
               "threads": 2},
@@ -84,9 +84,9 @@ CONFIGS = {
     "ec": {"label": "horn EC-DNN ensemble compression, 2 groups x 1 worker", "kind": "horn",
            "procs": 2, "ec_epochs": 2,  # an ensemble barrier every 2 epochs (and at the end)
            "parallel": {"groups": 2, "workers": 1, "barrier": "ensemble",
-                        "teacher_data": "shared", "distill_size": 2048, "distill_steps": 100,
-                        "temperature": 2.0, "alpha": 0.5, "student": "local",
-                        "final": "compressed"}},
+                        "ensemble": {"teacher_data": "shared", "distill_size": 2048,
+                                     "distill_steps": 100, "temperature": 2.0, "alpha": 0.5,
+                                     "student": "local", "final": "compressed"}}},
 }
 # Tuned horn configurations (validation accuracy only; seeds 100+ while tuning), each a job
 # file of its own: added when the file exists.

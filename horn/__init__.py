@@ -4,11 +4,16 @@ The public low-level API for writing layers is re-exported here:
 ``Layer``, ``Loss``, ``register_layer`` and ``check_layer``.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from horn.errors import HornError
 from horn.layer import Layer, Loss
 from horn.registry import register_layer
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("horn")  # one source of truth: pyproject.toml, via the metadata
+except PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "unknown (not installed)"
 
 
 def check_layer(*args, **kwargs):

@@ -59,6 +59,12 @@ def _abort(world, exc):
         line, code = f"horn: {who} failed: {type(exc).__name__}: {text}", 1
     if _debug():
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    abort_job(world, line, code)
+
+
+def abort_job(world, line, code):
+    """The one way a rank stops the whole job: its one-line reason on stderr and in its
+    launch report (horn launch names it), then ``Abort`` of every rank."""
     print(line, file=sys.stderr, flush=True)
     report_abort(world.Get_rank(), line, code)
     world.Abort(code)

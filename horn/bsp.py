@@ -15,7 +15,6 @@ communicator names the ranks (and their hosts) that no longer answer.
 
 import hashlib
 import os
-import sys
 import time
 
 import numpy as np
@@ -29,9 +28,9 @@ os.environ.setdefault("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1")
 
 from mpi4py import MPI  # noqa: E402  (after the MCA default above)
 
-from horn.abort import set_rank_context
+from horn.abort import abort_job, set_rank_context
 from horn.errors import HornError
-from horn.launch import describe_ranks, report_abort, report_start
+from horn.launch import describe_ranks, report_start
 
 _HEADER = 16  # per message: 8 bytes numpy dtype string + int64 element count
 _ALIGN = 8  # payloads are padded so received arrays stay 8-byte aligned
@@ -411,9 +410,7 @@ class Peer:
         line = (f"horn: rank {self.rank} (host {self.hosts[self.rank]}): "
                 f"{self._where(name, channel)} timed out after {waited:.1f} s waiting for the "
                 f"other ranks; {who}")
-        print(line, file=sys.stderr, flush=True)
-        report_abort(self.rank, line, 1)
-        self.world.Abort(1)
+        abort_job(self.world, line, 1)
 
 
 def _roll_call_s(timeout_s):

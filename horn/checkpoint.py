@@ -137,9 +137,10 @@ def read_manifest(path):
     return manifest
 
 
-def load_latest(run_dir, warn=print):
+def load_latest(run_dir, warn=print, every=None):
     """The newest checkpoint whose manifest and checksums are intact: ``(manifest,
-    arrays)``; a corrupt or partial one is skipped with a warning."""
+    arrays)``; a corrupt or partial one is skipped with a warning. ``every``: the run's
+    ``checkpoint.every``, so that finding none can say when checkpoints were off."""
     directory = Path(run_dir) / "checkpoints"
     for path in sorted(directory.glob("ckpt-*.json"), reverse=True):
         manifest = read_manifest(path)
@@ -160,4 +161,9 @@ def load_latest(run_dir, warn=print):
         if problem is None:
             return manifest, arrays
         warn(f"horn: warning: skipping checkpoint {path.name}: {problem}", file=sys.stderr)
+    if every == 0:
+        raise HornError(f"{run_dir}: no checkpoint to resume from: the run's job has "
+                        f"checkpoint.every = 0 (checkpoints off; only a preempted run writes "
+                        f"one); turn them on with --set checkpoint.every=N (every N rounds) "
+                        f"or [checkpoint] every = N in the job, and run it again")
     raise HornError(f"{run_dir}: no valid checkpoint to resume from (looked in {directory})")

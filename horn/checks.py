@@ -89,7 +89,7 @@ def _check_plain(layer, x, rng, eps, rtol, atol, max_entries, backends):
     passed = []
     n, features = len(x), as_shape(x.shape[1:])
     model, lay = _harness(layer, features)
-    lay._keys = lambda: 12345  # a fixed mask key: the function is then deterministic
+    model.set_fixed_mask_key(12345)  # a masked layer is then a deterministic function
     out = model.out_features
     x0 = x.copy()
     y = lay.forward(x, train=True)
@@ -151,7 +151,7 @@ def _same_on_backend(layer, backend, model, lay, x, r):
     """Evaluation, training forward, input and parameter gradients in float32 on
     ``backend`` agree with the float64 numpy reference at the same parameters."""
     other, olay = _harness(layer, as_shape(x.shape[1:]), backend=backend, dtype=np.float32)
-    olay._keys = lay._keys
+    other.set_fixed_mask_key(model.fixed_mask_key)
     device = other.backend.asarray
     other.params[...] = device(model.params.astype(np.float32))
     x32, r32 = device(x.astype(np.float32)), device(r.astype(np.float32))

@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from horn.abort import install_abort_hook, run_guarded
+from horn.cli_parser import HornArgumentParser
 from horn.errors import HornError
 from horn.options import print_layer_table
+from horn.shipped_jobs import add_jobs_command, resolve_job
 
 
 def _load(args):
     from horn.jobs import load_job
 
-    return load_job(args.job, args.set or [])
+    return load_job(resolve_job(args.job), args.set or [])
 
 
 _LAYOUT_KEYS = ("parallel.groups=", "parallel.workers=")
@@ -83,7 +85,7 @@ def _model_path(path):
 
 
 def _load_model(path, backend):
-    """A model, or an ensemble of members (a run with parallel.final = "ensemble")."""
+    """A model, or an ensemble of members (a run with parallel.ensemble.final = "ensemble")."""
     from horn.ensemble_model import load_predictor
 
     return load_predictor(_model_path(path), backend)
@@ -169,14 +171,17 @@ def cmd_hosts_check(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="horn", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    from horn import __version__
+
+    parser = HornArgumentParser(prog="horn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"horn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def job_command(name, func, help_text):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("job", nargs="?" if name == "run" else None,
-                       help="job file (.toml, or a run's resolved job.json)")
+                       help="job file (.toml, or a run's resolved job.json), or the name "
+                            "of a job shipped with horn (see horn jobs)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a job key, e.g. --set train.lr=0.05 (repeatable)")
         p.set_defaults(func=func)
@@ -212,13 +217,14 @@ def build_parser():
     check.set_defaults(func=cmd_hosts_check)
     from horn.cluster_cli import add_cluster_commands
     add_cluster_commands(sub)
+    add_jobs_command(sub)
     return parser
 
 
 def main(argv=None):
     install_abort_hook()
     args = build_parser().parse_args(argv)
-    return run_guarded(lambda: args.func(args), debug=args.debug) or 0
+    return run_guarded(lambda: args.func(args), debug=getattr(args, "debug", False)) or 0
 
 
 if __name__ == "__main__":

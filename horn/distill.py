@@ -128,21 +128,15 @@ def distill(model, optimizer, loss, batches, steps, lr):
     ``lr`` to 0 (cosine) so the compressed model ends settled; returns the first and last
     loss. The model's own loss is swapped out only for the duration."""
     schedule = Schedule("cosine", lr, steps)
-    own = model.loss
-    model._bind(loss)  # the model's backend, dtype and key source, as at construction
-    loss.build(model.out_features)
-    model.loss = loss
     first = last = math.nan
-    try:
+    with model.using_loss(loss):
         for step in range(steps):
             x, targets = batches.next()
             last = model.train_step(x, targets)
             if not math.isfinite(last):
                 raise DivergenceError(f"distillation diverged at step {step}: loss is {last}; "
                                       f"first non-finite value: {model.first_nonfinite()} "
-                                      f"(lower parallel.distill_lr)")
+                                      f"(lower parallel.ensemble.distill_lr)")
             first = last if step == 0 else first
             optimizer.step(schedule(step))
-    finally:
-        model.loss = own
     return first, last

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 
+from horn.accuracy import accuracy
 from horn.errors import HornError
 from horn.model import FORMAT as MODEL_FORMAT, Model, read_npz
 
@@ -45,7 +46,7 @@ class Ensemble:
         return out.astype(np.float32)
 
     def accuracy(self, x, y):
-        return float((self.predict(x).argmax(axis=1) == y).mean()) if len(y) else float("nan")
+        return accuracy(self.predict(x), y)
 
     def save(self, path, meta=None):
         """One .npz: every member's named parameters plus a JSON header (spec, weights)."""

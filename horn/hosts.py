@@ -6,11 +6,11 @@ Accepts Open MPI lines (``node1 slots=4 max_slots=8``) and MPICH lines
 (``node1:4``); ``#`` starts a comment.
 """
 
-import difflib
 import ipaddress
 import re
 
 from horn.errors import HornError
+from horn.suggest import did_you_mean
 
 _KEYS = ("slots", "max_slots")
 _MAX_SLOTS = 1_000_000
@@ -67,9 +67,8 @@ def _parse_line(words, where):
         if not eq:
             raise HornError(f"{where}: expected KEY=VALUE such as slots=4 after host '{head}', found '{option}'")
         if key not in _KEYS:
-            guess = difflib.get_close_matches(key, _KEYS, n=1)
-            hint = f"; did you mean '{guess[0]}'?" if guess else ""
-            raise HornError(f"{where}: unknown key '{key}' (expected one of: {', '.join(_KEYS)}){hint}")
+            raise HornError(f"{where}: unknown key '{key}'{did_you_mean(key, _KEYS)} (expected "
+                            f"one of: {', '.join(_KEYS)})")
         if key in values:
             raise HornError(f"{where}: key '{key}' given twice for host '{head}'")
         values[key] = _positive(value, key, where)

@@ -5,7 +5,6 @@ key, what was expected and what was found; unknown keys get a "did you mean".
 """
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import re
@@ -13,14 +12,18 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from horn.backends import BACKEND_NAMES
+from horn.data import DATASET_NAMES, SCALE_KINDS
 from horn.errors import HornError
+from horn.suggest import did_you_mean
 
 
 def opt(default, kind, choices=None, lo=None, hi=None, lo_open=False, hi_open=False,
-        nullable=False):
-    """A job key: its default, type and allowed values (checked by :func:`_convert`)."""
+        nullable=False, path=False):
+    """A job key: its default, type and allowed values (checked by :func:`_convert`);
+    ``path``: a file name, relative to the job file's directory."""
     meta = dict(kind=kind, choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open,
-                nullable=nullable)
+                nullable=nullable, path=path)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -28,12 +31,13 @@ def opt(default, kind, choices=None, lo=None, hi=None, lo_open=False, hi_open=Fa
 
 @dataclass(frozen=True)
 class DataSection:
-    name: str = opt("digits", str, ("digits", "idx", "fashion_mnist", "mnist", "npz", "csv"))
-    path: str = opt(None, str, nullable=True)
-    root: str = opt(None, str, nullable=True)
+    name: str = opt("digits", str, DATASET_NAMES)
+    path: str = opt(None, str, nullable=True, path=True)
+    root: str = opt(None, str, nullable=True, path=True)
     val_fraction: float = opt(0.1, float, lo=0.0, hi=1.0, hi_open=True)
     test_fraction: float = opt(0.2, float, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    scale: str = opt("unit", str, ("unit", "standard", "none"))
+    scale: str = opt("unit", str, SCALE_KINDS)
+    seed: int = opt(0, int, lo=0)  # the validation split (the test split never moves)
     limit: int = opt(None, int, lo=1, nullable=True)
     label_column: int = opt(-1, int)
 
@@ -64,7 +68,7 @@ class TrainSection:
     gamma: float = opt(0.1, float, lo=0.0, lo_open=True)
     min_lr: float = opt(0.0, float, lo=0.0)
     seed: int = opt(0, int, lo=0)
-    backend: str = opt("auto", str, ("auto", "numpy", "numba", "cupy"))
+    backend: str = opt("auto", str, BACKEND_NAMES)
     threads: int = opt(0, int, lo=0)
     eval_every: int = opt(1, int, lo=1)
     on_nan: str = opt("stop", str, ("stop", "skip_batch"))
@@ -72,35 +76,22 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class ParallelSection:
+    """The layout and the rounds; each strategy's own keys are in its ``[parallel.NAME]``
+    table (``settings``), declared in the strategy's module (horn.barriers.registry)."""
+
     groups: int = opt(0, int, lo=0)
     workers: int = opt(1, int, lo=1)
     local_steps: int = opt(1, int, lo=1)
-    barrier: str = opt("average", str, ("none", "average", "ensemble"))
+    barrier: str = opt("average", str)  # a group strategy's name: checked against the registry
     global_every: int = opt(1, int, lo=1)
-    average_momentum: bool = opt(False, bool)
-    partition: str = opt("balanced", str, ("balanced", "irregular", "weighted"))
-    partition_weights: list = opt([], list)
-    min_share: float = opt(0.5, float, lo=0.0, hi=1.0)
-    subnet_scale: str = opt("inverse", str, ("inverse", "sqrt", "none"))
-    subnet_momentum: str = opt("reset", str, ("reset", "keep"))
-    subnet_scale_at: str = opt("input", str, ("input", "weights"))
-    subnet_warmup_steps: int = opt(0, int, lo=0)
-    dropconnect: float = opt(0.0, float, lo=0.0, hi=1.0, hi_open=True)
     watchdog_s: float = opt(300.0, float, lo=0.0, lo_open=True)
     shard: str = opt("iid", str, ("iid", "dirichlet"))
     shard_alpha: float = opt(0.5, float, lo=0.0, lo_open=True)
-    # barrier = "ensemble" (EC-DNN, horn.barriers.ensemble)
-    teacher_data: str = opt("shared", str, ("shared", "local"))
-    distill_size: int = opt(2048, int, lo=1)
-    distill_file: str = opt(None, str, nullable=True)
-    distill_steps: int = opt(200, int, lo=1)
-    distill_batch: int = opt(0, int, lo=0)
-    distill_lr: float = opt(0.0, float, lo=0.0)
-    temperature: float = opt(2.0, float, lo=0.0, lo_open=True)
-    alpha: float = opt(0.5, float, lo=0.0, hi=1.0, hi_open=True)
-    student: str = opt("local", str, ("local", "average"))
-    final: str = opt("compressed", str, ("compressed", "ensemble"))
-    ensemble_weights: str = opt("average", str, ("average", "validation"))
+    settings: dict = field(default_factory=dict, metadata={"table": True})
+
+    def of(self, strategy):
+        """The settings of ``strategy`` (its defaults when the job has no table for it)."""
+        return self.settings[strategy]
 
 
 @dataclass(frozen=True)
@@ -138,6 +129,7 @@ class Job:
         doc = {"name": self.name, "description": self.description}
         for key in SECTIONS:
             doc[key] = dataclasses.asdict(getattr(self, key))
+        doc["parallel"].update(doc["parallel"].pop("settings"))  # back to [parallel.NAME] tables
         return doc
 
     def digest(self):
@@ -245,7 +237,7 @@ def _set_item(overrides, path):
 
 
 def _where(source, text, section, key, overrides=()):
-    item = _set_item(overrides, (section, key) if section else (key,))
+    item = _set_item(overrides, (*section.split("."), key) if section else (key,))
     if item:
         return f"--set {item!r}: {_shown(section) + '.' if section else ''}{_shown(key)}"
     line = _line_of(text, section, key) if text else None
@@ -255,12 +247,7 @@ def _where(source, text, section, key, overrides=()):
 
 def _shown(key):
     """A key as a message shows it: bare when plain, else quoted with escapes (keeps one line)."""
-    return key if re.fullmatch(r"[\w\-]+", key) else repr(key)
-
-
-def _did_you_mean(name, known):
-    close = difflib.get_close_matches(name, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return key if re.fullmatch(r"[\w.\-]+", key) else repr(key)
 
 
 def _describe(meta):
@@ -300,19 +287,54 @@ def _convert(value, meta, where):
     return value
 
 
-def _section(cls, table, source, text, name, overrides=()):
+def key_fields(cls):
+    """The job keys of a section class (its strategy tables aside)."""
+    return [f for f in dataclasses.fields(cls) if "table" not in f.metadata]
+
+
+def _section(cls, table, source, text, name, moved=None, overrides=()):
     if not isinstance(table, dict):
         raise HornError(f"{_where(source, text, None, name, overrides)}: expected a table, "
                         f"found {table!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in key_fields(cls)}
     values = {}
     for key, value in table.items():
+        if moved and key in moved:
+            raise HornError(f"{_where(source, text, name, key, overrides)}: moved; set it as "
+                            f"{moved[key]}")
         if key not in fields:
             raise HornError(f"{_where(source, text, name, key, overrides)}: unknown key"
-                            f"{_did_you_mean(key, fields)}; known: {', '.join(fields)}")
+                            f"{did_you_mean(key, fields)}; known: {', '.join(fields)}")
         values[key] = _convert(value, fields[key].metadata,
-                               lambda: _where(source, text, name, key, overrides))
+                               lambda key=key: _where(source, text, name, key, overrides))
     return cls(**values)
+
+
+def _parallel(table, source, text, overrides=()):
+    """``[parallel]``: the layout keys, then one settings table per registered strategy."""
+    from horn.barriers.registry import group_strategy, moved_keys, strategies
+
+    def where(section, key):
+        return _where(source, text, section, key, overrides)
+
+    if not isinstance(table, dict):
+        raise HornError(f"{where(None, 'parallel')}: expected a table, found {table!r}")
+    known = strategies()
+    flat = {k: v for k, v in table.items() if k not in known}
+    section = _section(ParallelSection, flat, source, text, "parallel", moved_keys(), overrides)
+    settings = {name: _section(s.settings, table.get(name, {}), source, text, f"parallel.{name}",
+                               overrides=overrides)
+                for name, s in known.items()}
+    group_strategy(section.barrier, where("parallel", "barrier"))
+    for name, strategy in known.items():
+        if strategy.scope == "group" and name != section.barrier and name in table \
+                and settings[name] != strategy.settings():
+            raise HornError(f"{where(None, f'parallel.{name}')}: applies only to "
+                            f"barrier = {name!r}, found barrier = {section.barrier!r}")
+    section = dataclasses.replace(section, settings=settings)
+    for name in (section.barrier, next(n for n, s in known.items() if s.scope == "worker")):
+        settings[name].check(section, lambda key, table=name: where(f"parallel.{table}", key))
+    return section
 
 
 def job_from_dict(doc, source="<job>", text="", default_name="job", overrides=()):
@@ -320,11 +342,12 @@ def job_from_dict(doc, source="<job>", text="", default_name="job", overrides=()
     pairs of the ``--set`` items applied to it (errors about those keys name them)."""
     for key in doc:
         if key not in SECTIONS and key not in TOP_LEVEL:
-            raise HornError(f"{_where(source, text, None, key, overrides)}: unknown section or key"
-                            f"{_did_you_mean(key, list(SECTIONS) + list(TOP_LEVEL))}; "
+            raise HornError(f"{_where(source, text, None, key, overrides)}: unknown section or "
+                            f"key{did_you_mean(key, list(SECTIONS) + list(TOP_LEVEL))}; "
                             f"known: {', '.join(list(SECTIONS) + list(TOP_LEVEL))}")
-    sections = {name: _section(cls, doc.get(name, {}), source, text, name, overrides)
-                for name, cls in SECTIONS.items()}
+    sections = {name: _section(cls, doc.get(name, {}), source, text, name, overrides=overrides)
+                for name, cls in SECTIONS.items() if name != "parallel"}
+    sections["parallel"] = _parallel(doc.get("parallel", {}), source, text, overrides)
     name = doc.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[\w.\-]{1,64}", name):
         raise HornError(f"{_where(source, text, None, 'name', overrides)}: expected a short "
@@ -357,38 +380,11 @@ def _check_model(job, text):
                         f"[1, 28, 28]), found {inputs!r}")
 
 
-ENSEMBLE_KEYS = ("teacher_data", "distill_size", "distill_file", "distill_steps", "distill_batch",
-                 "distill_lr", "temperature", "alpha", "student", "final", "ensemble_weights")
-
-
 def _check_parallel(job, text):
     p = job.parallel
-    defaults = ParallelSection()
-
-    def where(key):
-        return _where(job.source, text, "parallel", key, job.overrides)
-
-    changed = [k for k in ENSEMBLE_KEYS if getattr(p, k) != getattr(defaults, k)]
-    if p.barrier != "ensemble" and changed:
-        raise HornError(f"{where(changed[0])}: applies only to barrier = 'ensemble', found "
-                        f"barrier = {p.barrier!r}")
-    if p.distill_file is not None and p.teacher_data != "shared":
-        raise HornError(f"{where('distill_file')}: needs teacher_data = 'shared' (the local "
-                        f"teacher distills on each group's own shard), found {p.teacher_data!r}")
-    weights = p.partition_weights
-    bad = next((w for w in weights if isinstance(w, bool) or not isinstance(w, (int, float))
-                or not 0 < w < float("inf")), None)
-    if bad is not None or (weights and p.partition == "weighted" and len(weights) != p.workers):
-        found = f"{bad!r} in {weights!r}" if bad is not None else \
-            f"{len(weights)} entries for {p.workers} workers"
-        raise HornError(f"{where('partition_weights')}: expected one positive number per worker "
-                        f"(parallel.workers = {p.workers}), found {found}")
-    if weights and p.partition != "weighted":
-        raise HornError(f"{where('partition_weights')}: applies only to partition = 'weighted', "
-                        f"found partition = {p.partition!r}")
-    if p.shard != "dirichlet" and p.shard_alpha != defaults.shard_alpha:
-        raise HornError(f"{where('shard_alpha')}: applies only to shard = 'dirichlet', found "
-                        f"shard = {p.shard!r}")
+    if p.shard != "dirichlet" and p.shard_alpha != ParallelSection.shard_alpha:
+        raise HornError(f"{_where(job.source, text, 'parallel', 'shard_alpha', job.overrides)}: "
+                        f"applies only to shard = 'dirichlet', found shard = {p.shard!r}")
 
 
 def loss_spec(job):
@@ -408,8 +404,11 @@ def write_resolved(job, path):
     """The fully resolved job (every default filled in, data paths made absolute) as
     JSON; ``horn run`` (and ``--resume``) accepts it back from anywhere."""
     doc = job.to_dict()
-    for section, key in (("data", "path"), ("data", "root"), ("parallel", "distill_file")):
-        value = doc[section][key]
-        if value and job.base_dir and not Path(value).is_absolute():
-            doc[section][key] = str(Path(job.base_dir) / value)
+    tables = [(doc[name], getattr(job, name)) for name in SECTIONS]
+    tables += [(doc["parallel"][name], s) for name, s in job.parallel.settings.items()]
+    for table, section in tables:
+        for f in dataclasses.fields(section):
+            value = table.get(f.name)
+            if f.metadata.get("path") and value and job.base_dir and not Path(value).is_absolute():
+                table[f.name] = str(Path(job.base_dir) / value)
     Path(path).write_text(json.dumps(doc, indent=2) + "\n")

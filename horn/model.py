@@ -5,6 +5,7 @@ layers see named views into them. So an optimizer step is one fused kernel
 over one array, and a barrier is one in-place collective.
 """
 
+import contextlib
 import datetime
 import json
 import math
@@ -12,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from horn.accuracy import accuracy
 from horn.backends import Backend, get_backend
 from horn.errors import HornError
 from horn.initializers import INITIALIZERS, initialize
@@ -208,8 +210,30 @@ class Model:
         return sum(int(np.prod(shape)) for *_, shape in self.slots)
 
     def _next_key(self):
+        if self.fixed_mask_key is not None:
+            return self.fixed_mask_key
         self.mask_draws += 1
         return mix64(self.mask_seed, self.mask_draws)
+
+    fixed_mask_key = None  # set_fixed_mask_key(): check_layer's deterministic masks
+
+    def set_fixed_mask_key(self, key):
+        """Make every mask key ``key``: a masked layer then computes a fixed function
+        (what finite differences need). ``None`` restores the per-draw keys."""
+        self.fixed_mask_key = key
+
+    @contextlib.contextmanager
+    def using_loss(self, loss):
+        """Train with ``loss`` for the duration (distillation's soft targets), bound to
+        this model's backend, dtype and key source as the model's own loss is."""
+        own = self.loss
+        self._bind(loss)
+        loss.build(self.out_features)
+        self.loss = loss
+        try:
+            yield self
+        finally:
+            self.loss = own
 
     # ---- compute ---------------------------------------------------------------
     def forward(self, x, train=False):
@@ -222,12 +246,17 @@ class Model:
 
     def train_step(self, x, targets):
         """Forward, loss, backward: fills ``self.grads`` and returns the loss."""
-        self.loss_input = self.forward(x, train=True)
-        value = self.loss.forward(self.loss_input, targets)
+        self._train_output = self.forward(x, train=True)
+        value = self.loss.forward(self._train_output, targets)
         dy = self.loss.backward()
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return value
+
+    def correct(self, labels):
+        """How many of the last :meth:`train_step` batch's rows the model got right
+        (``labels`` on the model's backend): training accuracy without a second forward."""
+        return int((self._train_output.argmax(axis=1) == labels).sum())
 
     def predict(self, x, batch_size=2048):
         """Predictions (e.g. class probabilities) for host array x, as a host array."""
@@ -242,7 +271,7 @@ class Model:
         return out
 
     def accuracy(self, x, y):
-        return float((self.predict(x).argmax(axis=1) == y).mean()) if len(y) else float("nan")
+        return accuracy(self.predict(x), y)
 
     def first_nonfinite(self):
         """Name of the first parameter or gradient holding NaN/Inf, or None."""

@@ -23,6 +23,13 @@ class SGD:
         """Named state buffers (flat, like the parameters): averaged or checkpointed."""
         return {} if self.velocity is None else {"velocity": self.velocity}
 
+    def counters(self):
+        """JSON-able scalar state a checkpoint keeps beside :meth:`state`."""
+        return {}
+
+    def restore_counters(self, counters):
+        """Undo :meth:`counters`."""
+
 
 class Adam:
     """Adam (Kingma & Ba) with bias correction and L2 weight decay."""
@@ -41,6 +48,12 @@ class Adam:
 
     def state(self):
         return {"m": self.m, "v": self.v}
+
+    def counters(self):
+        return {"t": self.t}  # the bias correction's step count
+
+    def restore_counters(self, counters):
+        self.t = counters["t"]
 
 
 def make_optimizer(train, model):

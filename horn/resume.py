@@ -32,7 +32,7 @@ class RunState:
         own.update({f"stream.{k}": v for k, v in stream_arrays.items()})
         meta = {"step": step, "counters": list(counters), "stream": stream_meta,
                 "mask_draws": self.model.mask_draws, "sync": self.sync.checkpoint_meta(),
-                "adam_t": getattr(self.optimizer, "t", None)}
+                "optimizer": self.optimizer.counters()}
         if self.peer is not None:
             meta["peer"] = self.peer.counters()
         return own, shared, meta
@@ -54,8 +54,7 @@ class RunState:
             _fill(buf, arrays[label], label, self.model.backend, where)
         self.stream.restore({"order": arrays[f"rank{rank}/stream.order"]}, meta["stream"])
         self.model.mask_draws = meta["mask_draws"]
-        if meta.get("adam_t") is not None:
-            self.optimizer.t = meta["adam_t"]
+        self.optimizer.restore_counters(meta["optimizer"])
         if self.peer is not None:
             self.peer.restore_counters(meta["peer"])
         self.sync.restore_meta(meta["sync"])

@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 
 from horn.backends import get_backend
+from horn.barriers import Setup, make_sync
 from horn.batches import BatchStream
 from horn.checkpoint import Checkpointer, load_latest
 from horn.data import load_dataset
 from horn.errors import HornError
 from horn.jobs import model_spec, write_resolved
-from horn.metrics import MetricsLog, plot_curves, print_progress
 from horn.layer import as_shape, shape_size
 from horn.memory import Estimate, check_fits, estimate
+from horn.metrics import MetricsLog, plot_curves, print_progress
 from horn.model import Model
 from horn.optim import make_optimizer
-from horn.barriers import make_sync
-from horn.registry import resolve
 from horn.parallel import derive_seed, dirichlet_shard_indices, local_ranks, shard_indices
+from horn.registry import resolve
 from horn.resume import Preemption, RunState, install_preemption_handlers, parameter_shapes
 from horn.schedules import make_schedule
 from horn.trainer import Trainer, total_steps
@@ -164,7 +164,7 @@ def launch_command(job, ranks):
 
 
 @dataclasses.dataclass
-class Setup:
+class Prepared:
     """One rank's state before its first step: what ``horn run`` builds and
     ``horn validate`` checks (:func:`prepare` is the only place either does it)."""
 
@@ -225,9 +225,11 @@ def prepare(job, peer=None, single_process_rule=True):
     available = None if backend.name == "cupy" else check_fits(need, where)
     model, optimizer, schedule, stream, steps = build(job, local, backend, group, worker, spec)
     check_fit(job, data, model)
-    sync = make_sync(job, peer, model, optimizer, steps,
-                     lambda m: make_optimizer(job.train, m), data, local)
-    return Setup(job, threads, backend, data, local, model, optimizer, schedule, stream, steps,
+    sync = make_sync(Setup(peer, model, optimizer, lambda m: make_optimizer(job.train, m), steps,
+                           job.parallel.local_steps, job.parallel.global_every, job.train.seed,
+                           job.train.batch_size, job.train.lr, job.source, job.base_dir, data,
+                           local), job.parallel)
+    return Prepared(job, threads, backend, data, local, model, optimizer, schedule, stream, steps,
                  sync, need, available)
 
 
@@ -258,7 +260,7 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False):
               "workers": peer.workers if peer else 1}
     start_step, counters, offset = 0, (0.0, 0, 0, 0), None
     if resume:
-        manifest, arrays = load_latest(run_dir)
+        manifest, arrays = load_latest(run_dir, every=job.checkpoint.every)
         start_step, counters = state.restore(manifest, arrays, layout,
                                              str(run_dir / "checkpoints" / manifest["file"]))
         offset = manifest["metrics_bytes"]

@@ -75,7 +75,7 @@ class Trainer:
                     optimizer.step(self.schedule(step))
             if ok:
                 epoch_loss += loss * len(yb)
-                epoch_correct += int((model.loss_input.argmax(axis=1) == yb).sum())
+                epoch_correct += model.correct(yb)
                 epoch_seen += len(yb)
             elif skip and model.backend.all_finite(model.params):
                 epoch_skipped += 1

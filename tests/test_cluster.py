@@ -62,6 +62,7 @@ JOBS = {
         groups = 2
         workers = 2
         local_steps = 5
+        [parallel.subnet]
         partition = "irregular"
     """,
     "ec": """
@@ -72,6 +73,7 @@ JOBS = {
         [parallel]
         barrier = "ensemble"
         local_steps = 20
+        [parallel.ensemble]
         distill_steps = 10
         distill_size = 100
     """,

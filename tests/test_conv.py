@@ -407,6 +407,7 @@ batch_size = 32
 groups = 2
 barrier = "ensemble"
 local_steps = 40
+[parallel.ensemble]
 distill_size = 256
 distill_steps = 20
 """ + f"[log]\ndir = '{tmp_path / 'runs'}'\n")

@@ -10,7 +10,7 @@ import pytest
 
 import horn
 from horn.backends import get_backend
-from horn.barriers.ensemble import shared_inputs
+from horn.barriers.ensemble import EnsembleSettings, shared_inputs
 from horn.distill import DistillBatches, DistillLoss, distill
 from horn.ensemble_model import Ensemble, load_predictor
 from horn.layers import Dense, SoftmaxCrossEntropy
@@ -114,15 +114,18 @@ def test_shared_inputs_are_a_seeded_sample_split_across_workers(tmp_path):
     data = types.SimpleNamespace(x_train=rng.standard_normal((50, 3)).astype(np.float32),
                                  features=3, name="t",
                                  scaler=types.SimpleNamespace(apply=lambda a: a * 2))
-    job = types.SimpleNamespace(parallel=types.SimpleNamespace(distill_file=None, distill_size=20),
-                                train=types.SimpleNamespace(seed=0), base_dir=str(tmp_path))
-    parts = [shared_inputs(job, data, types.SimpleNamespace(workers=2, worker=w)) for w in (0, 1)]
-    whole = shared_inputs(job, data, types.SimpleNamespace(workers=1, worker=0))
+    settings = EnsembleSettings(distill_size=20)
+
+    def setup(workers, worker):
+        return types.SimpleNamespace(data=data, seed=0, base_dir=str(tmp_path),
+                                     peer=types.SimpleNamespace(workers=workers, worker=worker))
+
+    parts = [shared_inputs(setup(2, w), settings) for w in (0, 1)]
+    whole = shared_inputs(setup(1, 0), settings)
     assert len(whole) == 20 and np.array_equal(np.concatenate(parts), whole)
     np.savez(tmp_path / "unlabeled.npz", x=np.ones((8, 3), np.float32))
-    job.parallel.distill_file = "unlabeled.npz"
-    assert np.array_equal(shared_inputs(job, data, types.SimpleNamespace(workers=1, worker=0)),
-                          np.full((8, 3), 2.0))
+    from_file = EnsembleSettings(distill_size=20, distill_file="unlabeled.npz")
+    assert np.array_equal(shared_inputs(setup(1, 0), from_file), np.full((8, 3), 2.0))
 
 
 def test_resolved_job_keeps_the_distill_file_findable(tmp_path):
@@ -130,7 +133,8 @@ def test_resolved_job_keeps_the_distill_file_findable(tmp_path):
 
     (tmp_path / "job.toml").write_text(textwrap.dedent(JOB) + "distill_file = 'u.npz'\n")
     write_resolved(load_job(tmp_path / "job.toml"), tmp_path / "job.json")
-    resolved = json.loads((tmp_path / "job.json").read_text())["parallel"]["distill_file"]
+    resolved = json.loads((tmp_path / "job.json").read_text())["parallel"]["ensemble"]
+    resolved = resolved["distill_file"]
     assert resolved == str(tmp_path / "u.npz")
 
 
@@ -182,6 +186,7 @@ backend = "numpy"
 [parallel]
 barrier = "ensemble"
 local_steps = 40
+[parallel.ensemble]
 distill_steps = 20
 distill_size = 200
 """
@@ -202,7 +207,7 @@ def run_ec(tmp_path, ranks, *sets):
 
 def test_shared_teacher_on_4_groups_reports_every_barrier(tmp_path):
     """One Allreduce of N x C + 1 floats per barrier; the best compressed model is kept."""
-    run_dir, barriers, final = run_ec(tmp_path, 4, "parallel.ensemble_weights=validation")
+    run_dir, barriers, final = run_ec(tmp_path, 4, "parallel.ensemble.ensemble_weights=validation")
     allreduce = 2 * 3 * 4 * (200 * 10 + 1) // 4
     assert [b["step"] for b in barriers] == list(range(40, final["steps"], 40)) + [final["steps"]]
     for b in barriers:
@@ -218,15 +223,15 @@ def test_shared_teacher_on_4_groups_reports_every_barrier(tmp_path):
 
 
 def test_local_teacher_on_4_groups_allgathers_parameters_once_per_barrier(tmp_path):
-    run_dir, barriers, final = run_ec(tmp_path, 4, "parallel.teacher_data=local",
-                                      "parallel.student=average")
+    run_dir, barriers, final = run_ec(tmp_path, 4, "parallel.ensemble.teacher_data=local",
+                                      "parallel.ensemble.student=average")
     size = load_predictor(f"{run_dir}/model.npz")[0].size
     assert barriers and all(b["bytes"] == 3 * 4 * (size + 1) for b in barriers[:-1])
     assert final["test_accuracy"] > 0.85
 
 
 def test_final_ensemble_predictions_are_the_mean_of_the_members(tmp_path):
-    run_dir, barriers, final = run_ec(tmp_path, 2, "parallel.final=ensemble")
+    run_dir, barriers, final = run_ec(tmp_path, 2, "parallel.ensemble.final=ensemble")
     ens, meta = load_predictor(f"{run_dir}/model.npz")
     assert isinstance(ens, Ensemble) and len(ens.members) == 2 and meta["classes"] == 10
     x = np.random.default_rng(7).random((5, 64)).astype(np.float32) * 16
@@ -252,7 +257,7 @@ def test_sub_network_groups_with_the_local_teacher(tmp_path):
     """2 groups x 2 workers: intra-group rounds are SubnetSync's; each worker distills its
     sub-network on its half of the rows, then the group reassembles its parent."""
     run_dir, barriers, final = run_ec(tmp_path, 4, "parallel.workers=2",
-                                      "parallel.teacher_data=local")
+                                      "parallel.ensemble.teacher_data=local")
     parent = load_predictor(f"{run_dir}/model.npz")[0]
     assert parent.layers[0].params["W"].shape == (64, 32)
     allgather = 1 * 4 * (parent.size + 1)

@@ -9,7 +9,6 @@ the same inputs every time; inputs stay small, so nothing can hang.
 """
 
 import builtins
-import dataclasses
 import importlib
 import io
 import json
@@ -32,7 +31,8 @@ from horn import registry
 from horn.data import load_dataset, load_features
 from horn.errors import HornError
 from horn.hosts import check_hostfile
-from horn.jobs import SECTIONS, load_job, write_resolved
+from horn.barriers.registry import strategies
+from horn.jobs import SECTIONS, key_fields, load_job, write_resolved
 from horn.layer import batch_shape
 from horn.layers import Dense, SoftmaxCrossEntropy
 from horn.model import FORMAT, Model, layer_from_spec, spec_layout
@@ -228,7 +228,7 @@ def key_values(meta):
 
 
 def section_strategy(name, cls):
-    fields = {f.name: key_values(f.metadata) for f in dataclasses.fields(cls)}
+    fields = {f.name: key_values(f.metadata) for f in key_fields(cls)}
     if name == "model":
         fields["layers"] = st.one_of(LAYER_LIST, LAYER_LIST, LAYER_LIST, JUNK)
         fields["loss"] = st.one_of(st.sampled_from(LAYER_TYPES), LAYER_TABLE, JUNK)
@@ -265,16 +265,17 @@ VALID_LAYERS = st.lists(st.one_of(
     st.fixed_dictionaries({"type": st.just("dropout")}, optional={"p": st.floats(0, 0.9)}),
     st.fixed_dictionaries({"type": st.sampled_from(["relu", "tanh", "sigmoid"])}),
 ), min_size=1, max_size=4)
+GROUP_STRATEGIES = sorted(n for n, s in strategies().items() if s.scope == "group")
 VALID_SECTIONS = {name: st.fixed_dictionaries({}, optional={
-    f.name: valid_values(f.metadata) for f in dataclasses.fields(cls)
-    if f.name not in ("layers", "loss")}) for name, cls in SECTIONS.items()}
+    f.name: st.sampled_from(GROUP_STRATEGIES) if f.name == "barrier" else valid_values(f.metadata)
+    for f in key_fields(cls) if f.name not in ("layers", "loss")}) for name, cls in SECTIONS.items()}
 
 
 SECTION_SETS = st.sets(st.sampled_from(sorted(SECTIONS)))
 VALID_LOSSES = st.sampled_from(["softmax_cross_entropy", "mse",
                                 {"type": "softmax_cross_entropy", "temperature": 2.0}])
 JOB_FAULTS = st.sampled_from(["none", "none", "value", "key", "layer", "option", "section"])
-FIELD_NAMES = {name: st.sampled_from([f.name for f in dataclasses.fields(cls)])
+FIELD_NAMES = {name: st.sampled_from([f.name for f in key_fields(cls)])
                for name, cls in SECTIONS.items()}
 LAYER_FAULTS = st.one_of(LAYER_TABLE, JUNK)
 EXTRA_OPTIONS = st.fixed_dictionaries({}, optional=LAYER_OPTIONS)
@@ -378,7 +379,7 @@ OVERRIDE_KEYS = st.one_of(
         "train.lr", "train.epochs", "train.batch_size", "train.nesterov", "train.optimizer",
         "train.seed", "data.name", "data.path", "data.limit", "data.val_fraction",
         "parallel.workers",
-        "parallel.partition_weights", "log.dir", "name", "description", "model.loss",
+        "parallel.subnet.weights", "log.dir", "name", "description", "model.loss",
         "model.loss.temperature", "model.layers", "model.layers.0", "model.layers.0.units",
         "model.layers.1.type", "model.layers.0.type", "model.layers.0.activation",
         "model.layers.0.bogus", "model.layers.9.units", "model.layers.\u00b2.units",

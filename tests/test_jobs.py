@@ -42,9 +42,15 @@ def test_good_job_is_frozen_with_defaults(tmp_path):
     (GOOD.replace('"dense", units = 8', '"__import__(\'os\')", units = 8'), r"unknown layer type"),
     (GOOD.replace("units = 8", "units = -8"), r"units must be a positive integer, found -8"),
     (GOOD + "[data]\nname = 'digit'\n", r"job.toml:9: data.name: expected one of 'digits'"),
-    (GOOD + "[parallel]\nalpha = 0.2\n", r"job.toml:9: parallel.alpha: applies only to barrier = 'ensemble'"),
-    (GOOD + "[parallel]\nbarrier = 'ensemble'\nteacher_data = 'local'\ndistill_file = 'x.npz'\n",
-     r"job.toml:11: parallel.distill_file: needs teacher_data = 'shared'"),
+    (GOOD + "[parallel.ensemble]\nalpha = 0.2\n", r"job.toml:8: parallel.ensemble: applies only to barrier = 'ensemble', found barrier = 'average'"),
+    (GOOD + "[parallel]\nalpha = 0.2\n", r"job.toml:9: parallel.alpha: moved; set it as \[parallel.ensemble\] alpha"),
+    (GOOD + "[parallel]\nsubnet_scale = 'sqrt'\n", r"job.toml:9: parallel.subnet_scale: moved; set it as \[parallel.subnet\] scale"),
+    (GOOD + "[parallel]\nbarrier = 'ensemble'\n[parallel.ensemble]\nteacher_data = 'local'\ndistill_file = 'x.npz'\n",
+     r"job.toml:12: parallel.ensemble.distill_file: needs teacher_data = 'shared'"),
+    (GOOD + "[parallel]\nbarrier = 'ensembel'\n", r"job.toml:9: parallel.barrier: expected one of .*'ensemble'.* \(did you mean 'ensemble'\?\)"),
+    (GOOD + "[parallel.subnet]\nweights = [1, 'a']\n", r"job.toml:9: parallel.subnet.weights: expected a list of positive numbers"),
+    (GOOD + "[parallel]\nworkers = 2\nbarrier = 'ensemble'\n[parallel.subnet]\nwarmup_steps = 5\n",
+     r"job.toml:12: parallel.subnet.warmup_steps: sub-network warm-up is not combined"),
     (GOOD + "[parallel]\nshard_alpha = 0.1\n", r"job.toml:9: parallel.shard_alpha: applies only to shard = 'dirichlet'"),
 ])
 def test_bad_jobs_give_one_clear_line(tmp_path, text, pattern):

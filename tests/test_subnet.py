@@ -210,7 +210,6 @@ momentum = 0.9
 backend = "numpy"
 [parallel]
 local_steps = 5
-partition = "irregular"
 """
 
 
@@ -231,10 +230,10 @@ def simulate(job, groups, workers):
         for w in range(workers):
             ranks.append(build(job, shard(data, peer, job.train.seed), be, g, w))
     parents = [ranks[g * workers][0] for g in range(groups)]
-    p, steps = job.parallel, job.train.steps
-    layout = SubnetLayout(parents[0], scale_at=p.subnet_scale_at)
+    p, settings, steps = job.parallel, job.parallel.of("subnet"), job.train.steps
+    layout = SubnetLayout(parents[0], scale_at=settings.scale_at)
     schedule = ranks[0][2]
-    warmup = p.subnet_warmup_steps
+    warmup = settings.warmup_steps
     for start in range(0, warmup, p.local_steps):
         for model, opt, _, stream, _ in ranks:
             for step in range(start, min(start + p.local_steps, warmup)):
@@ -246,7 +245,7 @@ def simulate(job, groups, workers):
     for r in range((steps - warmup) // p.local_steps):
         for g in range(groups):
             rng = np.random.default_rng(derive_seed(job.train.seed + r, g, 1 << 20))
-            parts = [partition(n, workers, p.partition, rng) for n in layout.sizes]
+            parts = [partition(n, workers, settings.partition, rng) for n in layout.sizes]
             plans = [layout.plan(parts, w) for w in range(workers)]
             blocks = []
             for w, plan in enumerate(plans):
@@ -271,12 +270,13 @@ def simulate(job, groups, workers):
 
 @pytest.mark.parametrize("groups,workers,extra", [
     (1, 2, ""), (1, 4, ""), (2, 2, ""),
-    (1, 2, 'subnet_scale_at = "weights"\nsubnet_warmup_steps = 10\n'),
-    (2, 2, 'subnet_scale_at = "weights"\nsubnet_warmup_steps = 10\n')])
+    (1, 2, 'scale_at = "weights"\nwarmup_steps = 10\n'),
+    (2, 2, 'scale_at = "weights"\nwarmup_steps = 10\n')])
 def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, workers, extra):
     from horn.jobs import load_job
     path = tmp_path / "sub.toml"
-    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n{extra}"
+    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n"
+                    f"[parallel.subnet]\npartition = 'irregular'\n{extra}"
                     f"[log]\ndir = '{tmp_path}'\n")
     result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=120)
     assert result.returncode == 0, result.stderr
@@ -286,7 +286,7 @@ def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, 
     np.testing.assert_allclose(saved.params, expected, rtol=1e-5, atol=1e-6)
     rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
     rounds = [r for r in rows if "partition_sizes" in r]
-    warmup = load_job(path).parallel.subnet_warmup_steps
+    warmup = load_job(path).parallel.of("subnet").warmup_steps
     assert len(rounds) == (30 - warmup) // 5 and all(sum(s) == n for r in rounds
                                           for s, n in zip(r["partition_sizes"], [24, 20]))
     assert all(r["bytes_sent"] > 0 for r in rows if "superstep" in r)

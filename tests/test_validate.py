@@ -29,7 +29,7 @@ QUICK = "[train]\nepochs = 1\nbackend = \"numpy\"\n[log]\nplot = false\n"
 
 def job_file(tmp_path, body, name="job.toml"):
     path = tmp_path / name
-    path.write_text(textwrap.dedent(body) + f"\n")
+    path.write_text(textwrap.dedent(body) + "\n")
     return path
 
 
@@ -183,15 +183,14 @@ def test_resume_of_another_architecture_names_the_checkpoint(tmp_path):
     assert "checkpoints/ckpt-" in line and "'rank0/params' holds" in line, line
 
 
-@pytest.mark.parametrize("weights,found", [('["a", 1]', "'a' in"), ("[1, true]", "True in"),
-                                           ("[1, -2]", "-2 in"), ("[1, 2, 3]", "3 entries"),
-                                           ("[1, nan]", "nan in")])
+@pytest.mark.parametrize("weights,found", [('["a", 1]', "['a', 1]"), ("[1, true]", "[1, True]"),
+                                           ("[1, -2]", "[1, -2]"), ("[1, nan]", "[1, nan]"),
+                                           ("[1, 2, 3]", "expected 2 shares (one per worker)")])
 def test_partition_weights_are_checked(tmp_path, weights, found):
-    body = LAYERS + f"[parallel]\nworkers = 2\npartition = 'weighted'\n" \
-                    f"partition_weights = {weights}\n"
+    body = LAYERS + "[parallel]\nworkers = 2\n[parallel.subnet]\npartition = 'weighted'\n" \
+                    f"weights = {weights}\n"
     line = one_error_line(horn("validate", job_file(tmp_path, body)))
-    assert "job.toml:6: parallel.partition_weights: expected one positive number per worker" \
-        in line and found in line, line
+    assert "job.toml:7: parallel.subnet.weights: expected" in line and found in line, line
 
 
 @pytest.mark.parametrize("item,message", [
@@ -200,7 +199,8 @@ def test_partition_weights_are_checked(tmp_path, weights, found):
     ("model.layers.0.units=true", "model.layers[0] (dense): option 'units': expected int"),
     ("model.layers.1.units=12", "model.layers[1] makes the model output 12 values"),
     ("parallel.groups=2", "needs 2 ranks"),
-    ("parallel.partition_weights=['x']", "parallel.partition_weights: expected"),
+    ("parallel.subnet.weights=['x']", "parallel.subnet.weights: expected"),
+    ("parallel.partition_weights=[1]", "parallel.partition_weights: moved"),
 ])
 def test_every_set_error_names_the_set(tmp_path, item, message):
     path = job_file(tmp_path, LAYERS + QUICK)

@@ -1,6 +1,29 @@
 """Model averaging (MA-DNN / local SGD)."""
 
+from dataclasses import dataclass
+
 from horn.barriers.base import PeerSync
+from horn.barriers.registry import NoSettings, register_strategy
+from horn.jobs import opt
+
+
+@dataclass(frozen=True)
+class AverageSettings(NoSettings):
+    """``[parallel.average]``."""
+
+    FORMERLY = {"average_momentum": "momentum"}
+    momentum: bool = opt(False, bool)  # average the optimizer state too (it differs per rank)
+
+
+@register_strategy("average", AverageSettings)
+def build(setup, settings, inner):
+    """Average every round over the world; with sub-network groups, the groups'
+    reassembled parents are averaged across groups every ``global_every`` rounds."""
+    if inner is not None:
+        inner.average_across_groups()
+        return inner
+    return AverageSync(setup.peer, setup.model, setup.optimizer, setup.local_steps,
+                       setup.total_steps, settings.momentum)
 
 
 class AverageSync(PeerSync):

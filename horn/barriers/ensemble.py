@@ -25,12 +25,16 @@ share of the rows, and the group reassembles its parent (one Allgatherv).
 """
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from horn.accuracy import accuracy
 from horn.barriers.average import average
 from horn.barriers.base import PeerSync
+from horn.barriers.registry import register_strategy
+from horn.jobs import opt
 from horn.data import load_features
 from horn.distill import DistillBatches, DistillLoss, distill, soft_outputs
 from horn.ensemble_model import Ensemble
@@ -40,33 +44,67 @@ from horn.model import Model
 _STREAM = 0xEC  # seeds the distillation rows and batch orders apart from training's
 
 
-class EnsembleSync(PeerSync):
-    """``data`` is the whole data set (validation split, shared inputs), ``local`` this
-    group's shard; ``inner`` the SubnetSync of a group of several workers, or None."""
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """``[parallel.ensemble]``: how the groups' outputs are combined and distilled."""
 
-    def __init__(self, peer, model, make_optimizer, job, total_steps, data, local, inner=None):
+    FORMERLY = {k: k for k in ("teacher_data", "distill_size", "distill_file", "distill_steps",
+                               "distill_batch", "distill_lr", "temperature", "alpha", "student",
+                               "final", "ensemble_weights")}
+    teacher_data: str = opt("shared", str, ("shared", "local"))
+    distill_size: int = opt(2048, int, lo=1)
+    distill_file: str = opt(None, str, nullable=True, path=True)
+    distill_steps: int = opt(200, int, lo=1)
+    distill_batch: int = opt(0, int, lo=0)   # 0: train.batch_size
+    distill_lr: float = opt(0.0, float, lo=0.0)  # 0: train.lr
+    temperature: float = opt(2.0, float, lo=0.0, lo_open=True)
+    alpha: float = opt(0.5, float, lo=0.0, hi=1.0, hi_open=True)
+    student: str = opt("local", str, ("local", "average"))
+    final: str = opt("compressed", str, ("compressed", "ensemble"))
+    ensemble_weights: str = opt("average", str, ("average", "validation"))
+
+    def check(self, parallel, where):
+        if self.distill_file is not None and self.teacher_data != "shared":
+            raise HornError(f"{where('distill_file')}: needs teacher_data = 'shared' (the local "
+                            f"teacher distills on each group's own shard), found "
+                            f"{self.teacher_data!r}")
+        if parallel.workers > 1 and parallel.of("subnet").warmup_steps:
+            raise HornError(f"{where('warmup_steps', 'subnet')}: sub-network warm-up is not "
+                            f"combined with barrier = 'ensemble'")
+
+
+@register_strategy("ensemble", EnsembleSettings)
+def build(setup, settings, inner):
+    return EnsembleSync(setup, settings, inner)
+
+
+class EnsembleSync(PeerSync):
+    """``setup.data`` is the whole data set (validation split, shared inputs),
+    ``setup.local`` this group's shard; ``inner`` the SubnetSync of a group of several
+    workers, or None."""
+
+    def __init__(self, setup, settings, inner=None):
+        peer, model = setup.peer, setup.model
         super().__init__(peer)
         if peer.groups < 2:
-            raise HornError(f"{job.source}: parallel.barrier = 'ensemble' needs at least 2 "
+            raise HornError(f"{setup.source}: parallel.barrier = 'ensemble' needs at least 2 "
                             f"groups; the layout has {peer.groups}")
         if model.loss.spec()["type"] != "softmax_cross_entropy":
-            raise HornError(f"{job.source}: parallel.barrier = 'ensemble' distills class "
+            raise HornError(f"{setup.source}: parallel.barrier = 'ensemble' distills class "
                             f"probabilities: model.loss must be softmax_cross_entropy")
-        if inner is not None and inner.model is inner.parent:
-            raise HornError(f"{job.source}: sub-network warm-up is not combined with "
-                            f"parallel.barrier = 'ensemble'")
-        p = job.parallel
-        self.model, self.inner, self.make_optimizer = model, inner, make_optimizer
-        self.p, self.total_steps, self.seed = p, total_steps, job.train.seed
-        self.val, self.local = (data.x_val, data.y_val), local
+        p = settings
+        self.model, self.inner, self.make_optimizer = model, inner, setup.make_optimizer
+        self.p, self.total_steps, self.seed = p, setup.total_steps, setup.seed
+        self.local_steps, self.global_every = setup.local_steps, setup.global_every
+        self.val, self.local = (setup.data.x_val, setup.data.y_val), setup.local
         self.loss = DistillLoss(p.alpha, p.temperature)
-        self.batch = p.distill_batch or job.train.batch_size
-        self.lr = p.distill_lr or job.train.lr
+        self.batch = p.distill_batch or setup.batch_size
+        self.lr = p.distill_lr or setup.lr
         if p.teacher_data == "shared":
-            self.teacher = SharedTeacher(peer, shared_inputs(job, data, peer), p.temperature)
+            self.teacher = SharedTeacher(peer, shared_inputs(setup, settings), p.temperature)
         else:
-            self.teacher = LocalTeacher(peer, local, p.distill_size, p.temperature, self.seed,
-                                        model)
+            self.teacher = LocalTeacher(peer, setup.local, p.distill_size, p.temperature,
+                                        self.seed, model)
         self.round = self.barrier = 0
         self.final = None  # the model training ends with, once the last barrier is done
         self._records = []
@@ -111,10 +149,10 @@ class EnsembleSync(PeerSync):
         if self.inner:
             self.inner.after_step(step)
         done = step + 1
-        if not self.is_boundary(done, self.p.local_steps, self.total_steps):
+        if not self.is_boundary(done, self.local_steps, self.total_steps):
             return
         self.round += 1
-        if self.round % self.p.global_every == 0 or done == self.total_steps:
+        if self.round % self.global_every == 0 or done == self.total_steps:
             self._records.append(self._ensemble_step(done))
             self.barrier += 1
             self.peer.sync()
@@ -126,7 +164,7 @@ class EnsembleSync(PeerSync):
         member, tally = self.member, _Tally(self.peer)
         x_val, y_val = self.val
         val_probs = member.predict(x_val)
-        member_acc = float((val_probs.argmax(axis=1) == y_val).mean())
+        member_acc = accuracy(val_probs, y_val)
         weight = member_acc if self.p.ensemble_weights == "validation" else 1.0
         record = {"ensemble_barrier": self.barrier, "step": done,
                   "teacher_data": self.p.teacher_data}
@@ -222,20 +260,20 @@ class _Tally:
 
 
 # ---- teachers --------------------------------------------------------------------
-def shared_inputs(job, data, peer):
+def shared_inputs(setup, settings):
     """This rank's share of the distillation inputs every rank holds: a seeded sample of
     ``distill_size`` rows of the training inputs or of ``distill_file`` (scaled like the
     training data), split across a group's workers."""
-    p = job.parallel
+    p, data, peer = settings, setup.data, setup.peer
     if p.distill_file is None:
         source = data.x_train
     else:
-        path = Path(job.base_dir or ".") / p.distill_file
+        path = Path(setup.base_dir or ".") / p.distill_file
         source = data.scaler.apply(load_features(path))
         if source.shape[1] != data.features:
-            raise HornError(f"{path}: parallel.distill_file has {source.shape[1]} features per "
+            raise HornError(f"{path}: parallel.ensemble.distill_file has {source.shape[1]} features per "
                             f"row, the data ({data.name}) has {data.features}")
-    rng = np.random.default_rng((job.train.seed, _STREAM))
+    rng = np.random.default_rng((setup.seed, _STREAM))
     rows = np.sort(rng.choice(len(source), min(p.distill_size, len(source)), replace=False))
     return source[np.array_split(rows, peer.workers)[peer.worker]]
 
@@ -275,7 +313,7 @@ class SharedTeacher:
 
     def ensemble_accuracy(self, probs, weight, x, y):
         """The ensemble's accuracy on (x, y), given this member's probabilities there."""
-        return float((weighted_mean(self.peer, probs, weight).argmax(axis=1) == y).mean())
+        return accuracy(weighted_mean(self.peer, probs, weight), y)
 
     def average(self, member):
         """Replace the member by the groups' parameter average (one Allreduce)."""
@@ -311,7 +349,7 @@ class LocalTeacher:
         return total / self.weights.sum()
 
     def ensemble_accuracy(self, probs, weight, x, y):
-        return float((self._mean(x, 1.0).argmax(axis=1) == y).mean())
+        return accuracy(self._mean(x, 1.0), y)
 
     def average(self, member):
         """Replace the member by the gathered parameters' mean (no further bytes)."""

@@ -8,11 +8,11 @@ the next round's sub-network is gathered locally: no scatter message is needed.
 Bytes sent per rank per round (ring Allgatherv): ``4 (W - 1) |theta_w|`` where
 ``|theta_w| = sum_l |rows_w,l| |cols_w,l| + |cols_w,l|`` is the worker's compact
 sub-network (about P/W^2 for hidden-to-hidden layers, P/W for the first and
-last), doubled with ``subnet_momentum = "keep"``. Model averaging of the parent
+last), doubled with ``momentum = "keep"``. Model averaging of the parent
 sends ``4 * 2 (W - 1)/W * P``. Every ``global_every`` rounds, groups average
 their parents across groups (the cross communicator).
 
-Warm-up (``subnet_warmup_steps``, the ResIST recipe): the first steps train the
+Warm-up (``warmup_steps``, the ResIST recipe): the first steps train the
 whole parent on every rank, averaged over the world every ``local_steps`` steps
 (model averaging, ``4 * 2 (R - 1)/R * P`` bytes per barrier on R ranks), so that
 partitioning starts from features the sub-networks can share instead of from
@@ -20,40 +20,82 @@ random ones that each worker would pull its own way.
 """
 
 import hashlib
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from horn.barriers.average import average
 from horn.barriers.base import PeerSync
+from horn.barriers.registry import register_strategy
+from horn.errors import HornError
+from horn.jobs import opt
 from horn.model import Model
 from horn.parallel import derive_seed
-from horn.partition import partition
-from horn.subnet import SubnetLayout, gather, scatter
+from horn.partition import PARTITION_KINDS, partition
+from horn.subnet import SCALE_AT, SCALE_RULES, SubnetLayout, gather, scatter
+
+
+@dataclass(frozen=True)
+class SubnetSettings:
+    """``[parallel.subnet]``: how a group of several workers splits its parent."""
+
+    FORMERLY = {"partition": "partition", "partition_weights": "weights",
+                "min_share": "min_share", "subnet_scale": "scale", "subnet_momentum": "momentum",
+                "subnet_scale_at": "scale_at", "subnet_warmup_steps": "warmup_steps",
+                "dropconnect": "dropconnect"}
+    partition: str = opt("balanced", str, PARTITION_KINDS)
+    weights: list = opt([], list)  # partition = "weighted": one share per worker
+    min_share: float = opt(0.5, float, lo=0.0, hi=1.0)
+    scale: str = opt("inverse", str, tuple(SCALE_RULES))
+    momentum: str = opt("reset", str, ("reset", "keep"))
+    scale_at: str = opt("input", str, SCALE_AT)
+    warmup_steps: int = opt(0, int, lo=0)
+    dropconnect: float = opt(0.0, float, lo=0.0, hi=1.0, hi_open=True)
+
+    def check(self, parallel, where):
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
+                   for w in self.weights):
+            raise HornError(f"{where('weights')}: expected a list of positive numbers, found "
+                            f"{self.weights!r}")
+        if self.partition == "weighted" and parallel.workers > 1 \
+                and len(self.weights) != parallel.workers:
+            raise HornError(f"{where('weights')}: expected {parallel.workers} shares (one per "
+                            f"worker), found {len(self.weights)}")
+
+
+@register_strategy("subnet", SubnetSettings, scope="worker")
+def build(setup, settings, inner):
+    if settings.partition == "weighted" and len(settings.weights) != setup.peer.workers:
+        raise HornError(f"{setup.source}: parallel.subnet.weights has {len(settings.weights)} "
+                        f"entries; the layout has {setup.peer.workers} workers per group")
+    return SubnetSync(setup, settings)
 
 
 class SubnetSync(PeerSync):
-    def __init__(self, peer, parent, parent_optimizer, make_optimizer, job, total_steps):
-        super().__init__(peer)
-        p = job.parallel
-        self.parent, self.parent_optimizer, self.make_optimizer = parent, parent_optimizer, \
-            make_optimizer
-        self.local_steps, self.total_steps = p.local_steps, total_steps
-        self.kind, self.weights, self.min_share = p.partition, p.partition_weights, p.min_share
-        self.keep_state = p.subnet_momentum == "keep"
-        self.cross_average = p.barrier == "average" and peer.groups > 1
-        self.global_every = p.global_every
-        self.seed = job.train.seed
-        self.layout = SubnetLayout(parent, p.dropconnect, p.subnet_scale, p.subnet_scale_at)
-        self.warmup_steps = min(p.subnet_warmup_steps, total_steps)
+    def __init__(self, setup, settings):
+        super().__init__(setup.peer)
+        self.parent, self.parent_optimizer, self.make_optimizer = setup.model, \
+            setup.optimizer, setup.make_optimizer
+        self.local_steps, self.total_steps = setup.local_steps, setup.total_steps
+        self.kind, self.weights, self.min_share = settings.partition, settings.weights, \
+            settings.min_share
+        self.keep_state = settings.momentum == "keep"
+        self.cross_average = False  # set by a group strategy: average_across_groups()
+        self.global_every = setup.global_every
+        self.seed = setup.seed
+        self.layout = SubnetLayout(setup.model, settings.dropconnect, settings.scale,
+                                   settings.scale_at)
+        self.warmup_steps = min(settings.warmup_steps, setup.total_steps)
         self.steps_done = 0
-        self.backend = parent.backend
+        self.backend = setup.model.backend
         self.round = 0
         self.mask_draws = 0
         self._compact = {}  # plan key -> (model, optimizer): reused while sizes repeat
         self._recv = None
         self._partitions = []
         if self.warmup_steps:
-            self.model, self.optimizer = parent, parent_optimizer
+            self.model, self.optimizer = setup.model, setup.optimizer
         else:
             self._begin_round()
 
@@ -67,7 +109,11 @@ class SubnetSync(PeerSync):
         records, self._partitions = self._partitions + self.peer.drain_records(), []
         return records
 
-    # ---- hooks for a cross-group strategy on top (horn.barriers.ensemble) -------------
+    # ---- hooks for a cross-group strategy on top (average, ensemble) -----------------
+    def average_across_groups(self):
+        """Average the groups' reassembled parents every ``global_every`` rounds."""
+        self.cross_average = self.peer.groups > 1
+
     def commit(self):
         """Write the current sub-networks into the parent (one Allgatherv in the group)."""
         self._assemble(self.model.params, self.parent.params)
