@@ -167,12 +167,12 @@ def worker(plan_path, results_path):
 
 def summarise(config, result, bytes_mean, wall):
     rows = [json.loads(line) for line in open(Path(result["run_dir"]) / "metrics.jsonl")]
-    barriers = [r for r in rows if "ensemble_barrier" in r]
+    barriers = [r for r in rows if r.get("kind") == "barrier"]
     final = rows[-1]
     row = {k: config[k] for k in ("series", "shard", "seed", "method")}
     row.update(test_accuracy=final["test_accuracy"], val_accuracy=final["val_accuracy"],
                steps=final["steps"], wall_s=wall, run_dir=result["run_dir"],
-               bytes=bytes_mean - sum(b["metric_bytes"] for b in barriers))
+               bytes=bytes_mean - sum(b["metric_bytes_sent"] for b in barriers))
     if barriers:
         last = barriers[-1]
         row.update(barriers=len(barriers), ensemble_val=last["ensemble_val_accuracy"],

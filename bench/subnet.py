@@ -297,7 +297,7 @@ def first_reach(run_dir, target=TARGET_VAL):
         elif "epoch" in row and row["val_accuracy"] >= target:
             return {"job": job, "epoch": row["epoch"], "step": row["step"],
                     "time_s": row["time_s"], "bytes": sent, "val": row["val_accuracy"]}
-    final = next((r for r in rows if r.get("final")), {})
+    final = next((r for r in rows if r.get("kind") == "final"), {})
     return {"job": job, "epoch": None, "val": final.get("val_accuracy"),
             "test": final.get("test_accuracy"), "time_s": final.get("time_s")}
 

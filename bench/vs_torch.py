@@ -202,7 +202,7 @@ def horn_worker(spec_path, out_path):
         model.params[...] = backend.asarray(params)
         test_at[str(target)] = model.accuracy(data.x_test, data.y_test)
     rows = [json.loads(line) for line in open(Path(result["run_dir"]) / "metrics.jsonl")]
-    final = next((r for r in rows if r.get("final")), None)  # None: stopped at the target
+    final = next((r for r in rows if r.get("kind") == "final"), None)  # None: stopped at the target
     epochs, sent = [], 0
     for r in rows:
         if "superstep" in r and "bytes_sent" in r:
@@ -217,7 +217,7 @@ def horn_worker(spec_path, out_path):
            "final_test_accuracy": final and final["test_accuracy"],
            "final_val_accuracy": final and final["val_accuracy"],
            "train_s": final["time_s"] if final else epochs[-1]["time_s"],
-           "bytes_total": final.get("bytes_sent_rank0", 0) if final else sent,
+           "bytes_total": final.get("bytes_sent_per_rank", [0])[0] if final else sent,
            "steps": final["steps"] if final else result.get("step")}
     Path(out_path).write_text(json.dumps(out))
 

@@ -1,7 +1,8 @@
 """horn: communication-efficient BSP training of neural networks over MPI.
 
 The public low-level API for writing layers is re-exported here:
-``Layer``, ``Loss``, ``register_layer`` and ``check_layer``.
+``Layer``, ``Loss``, ``register_layer`` and ``check_layer``; ``run`` trains a job
+from Python (see :func:`horn.api.run`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -23,4 +24,12 @@ def check_layer(*args, **kwargs):
     return _check(*args, **kwargs)
 
 
-__all__ = ["HornError", "Layer", "Loss", "check_layer", "register_layer", "__version__"]
+def run(job, overrides=(), progress=False):
+    """Train a job (a path or a dict); returns a :class:`horn.api.RunResult` with the
+    history, the model and the run directory (see :func:`horn.api.run`)."""
+    from horn.api import run as _run
+
+    return _run(job, overrides, progress)
+
+
+__all__ = ["HornError", "Layer", "Loss", "check_layer", "register_layer", "run", "__version__"]

@@ -207,7 +207,7 @@ class Peer:
         total = now - self._step_start
         slowest = int(np.argmax(rank_compute_s))
         self.superstep_records.append({
-            "superstep": self.superstep,
+            "kind": "superstep", "superstep": self.superstep,
             "compute_s": max(total - self._step_comm_s, 0.0),
             "comm_s": self._step_comm_s,
             "bytes_sent": self._step_bytes,
@@ -217,6 +217,14 @@ class Peer:
         })
         self.superstep += 1
         self._step_start, self._step_comm_s, self._step_bytes = now, 0.0, 0
+
+    def restart_superstep_clock(self):
+        """Line the ranks up and start timing the current superstep now: called when
+        training begins, so that superstep 0's compute and communication seconds leave
+        out the start-up (imports, data, model, the set-up collectives, and waiting for
+        the slowest rank to get there). Its bytes stay counted."""
+        self.barrier("start of training")
+        self._step_start, self._step_comm_s = time.perf_counter(), 0.0
 
     def counters(self):
         """Superstep number and byte counts: checkpointed so a resumed run's records

@@ -50,22 +50,47 @@ def cmd_run(args):
         print(f"horn: stopped at step {result['step']} with a checkpoint; continue with: "
               f"horn run --resume {result['run_dir']}")
     else:
-        print(f"test accuracy {result['test_accuracy']:.4f}  run directory {result['run_dir']}")
+        print(final_line(result))
     return 0
+
+
+def final_line(result):
+    """The last line of ``horn run``: test accuracy, the best epoch, the run directory."""
+    best = ""
+    if result.get("best_epoch") is not None:
+        stopped = result.get("stopped_early_at_epoch")
+        best = (f"  best val {result['best_val_accuracy']:.4f} at epoch {result['best_epoch']} "
+                f"(test {result['best_test_accuracy']:.4f}, best.npz)"
+                + (f", stopped early after epoch {stopped}" if stopped else ""))
+    return f"test accuracy {result['test_accuracy']:.4f}{best}  run directory {result['run_dir']}"
 
 
 _MPIRUNS = ("mpirun", "mpiexec", "prterun", "orterun")
 
 
 def cmd_launch(args):
-    """mpirun plus the clean-finish check of horn.launch (mpirun can exit 0 after a lost host)."""
-    from horn.launch import Launch
+    """mpirun plus the clean-finish check of horn.launch (mpirun can exit 0 after a lost
+    host): ``horn launch --hostfile FILE -n N JOB [--set ...]`` builds the mpirun line,
+    ``horn launch mpirun ARGS...`` takes the user's own."""
+    from horn.launch import Launch, job_argv, shown
 
-    if not args.mpirun or Path(args.mpirun[0]).name not in _MPIRUNS:
+    own = args.mpirun[:1] and Path(args.mpirun[0]).name in _MPIRUNS
+    if own and (args.hostfile or args.n):
+        raise HornError("horn launch: give either --hostfile/-n and a JOB, or an mpirun "
+                        "command line, not both")
+    if own:
+        launch = Launch()
+        return launch.run([args.mpirun[0], *launch.options, *args.mpirun[1:]])
+    if not (args.hostfile and args.n):
         found = args.mpirun[0] if args.mpirun else "nothing"
-        raise HornError(f"horn launch: expected an mpirun command (mpirun ARGS...), found {found}")
-    launch = Launch()
-    return launch.run([args.mpirun[0], *launch.options, *args.mpirun[1:]])
+        raise HornError(f"horn launch: expected --hostfile FILE -n N JOB [--set ...], or an "
+                        f"mpirun command (mpirun ARGS...), found {found}")
+    run_args = build_parser().parse_args(["run", *args.mpirun])
+    if not run_args.resume:
+        _load(run_args)  # a bad job or --set fails here, before mpirun starts
+    argv, env = job_argv(args.hostfile, args.n, args.mpirun, args.oversubscribe)
+    print(f"horn: {shown(argv, env)}", flush=True)
+    return Launch().run(argv, env)
 
 
 def cmd_validate(args):
@@ -191,9 +216,15 @@ def build_parser():
     run.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue RUN_DIR from its newest valid checkpoint")
-    launch = sub.add_parser("launch", help="run an mpirun command; fail unless every rank "
-                                           "finished cleanly (names lost ranks and hosts)")
-    launch.add_argument("mpirun", nargs=argparse.REMAINDER, help="mpirun and its arguments")
+    launch = sub.add_parser("launch", help="run a job on the hosts of a hostfile (or your own "
+                                           "mpirun line); fail unless every rank finished "
+                                           "cleanly (names lost ranks and hosts)")
+    launch.add_argument("--hostfile", metavar="FILE", help="hosts to run on (checked first)")
+    launch.add_argument("-n", type=int, metavar="N", help="number of ranks")
+    launch.add_argument("--oversubscribe", action="store_true",
+                        help="allow more ranks than the hostfile's slots")
+    launch.add_argument("mpirun", nargs=argparse.REMAINDER,
+                        help="JOB [--set ...] (what horn run takes), or mpirun and its arguments")
     launch.set_defaults(func=cmd_launch)
     job_command("validate", cmd_validate, "check a job file without training")
     for name, func, help_text in (("eval", cmd_eval, "accuracy of a saved model"),
@@ -218,6 +249,7 @@ def build_parser():
     from horn.cluster_cli import add_cluster_commands
     add_cluster_commands(sub)
     add_jobs_command(sub)
+    __import__("horn.compare").compare.add_compare_command(sub)
     return parser
 
 

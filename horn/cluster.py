@@ -42,6 +42,10 @@ _CAP_NET_ADMIN, _CAP_SYS_ADMIN = 12, 21
 # libnbc's ring Iallreduce (horn's collectives are non-blocking) took 63 ms at 1 Gbit/s where
 # its default here (Rabenseifner) took 127 ms, and 7.8 vs 10.9 ms unlimited.
 TCP_MCA = {"coll_libnbc_iallreduce_algorithm": "1"}
+# PRRTE's daemons notice a lost host by TCP keepalive: 300 s idle + 9 probes x 20 s by
+# default (prte_info), so mpirun waited minutes after a rank's abort; 2 s + 3 x 1 s here.
+OOB_KEEPALIVE = {"oob_tcp_keepalive_time": "2", "oob_tcp_keepalive_intvl": "1",
+                 "oob_tcp_keepalive_probes": "3"}
 
 
 def check_name(name):
@@ -167,6 +171,7 @@ class Cluster:
                 # every host sees the same cores: binding would stack ranks on core 0
                 "--bind-to", "none",
                 *[arg for key, value in TCP_MCA.items() for arg in ("--mca", key, value)],
+                *[arg for key, value in OOB_KEEPALIVE.items() for arg in ("--prtemca", key, value)],
                 "-x", f"HORN_THREADS={max(1, (os.cpu_count() or 1) // ranks)}",
                 "-x", "OMPI_ALLOW_RUN_AS_ROOT=1", "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"]
 

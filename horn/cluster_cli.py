@@ -6,6 +6,7 @@ import subprocess
 
 from horn import cluster as simulated
 from horn.errors import HornError
+from horn.launch import Launch
 
 
 def _options(p, hosts):
@@ -76,7 +77,8 @@ def cmd_run(args):
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # so `finally` removes the cluster
     c = simulated.up(args.hosts, args.rate, args.name, args.slots)  # removes itself if cut short
     try:
-        return subprocess.run(c.mpirun_argv(command), env=c.environment()).returncode
+        launch = Launch(require_reports=False)  # mpirun may exit 0 after losing a host
+        return launch.run(c.mpirun_argv(command, extra=launch.options), c.environment())
     except KeyboardInterrupt:
         print("horn: cluster run interrupted; removing the cluster")
         return 130

@@ -72,6 +72,15 @@ class TrainSection:
     threads: int = opt(0, int, lo=0)
     eval_every: int = opt(1, int, lo=1)
     on_nan: str = opt("stop", str, ("stop", "skip_batch"))
+    early_stop: dict = opt({}, dict)  # {patience, min_delta}: see EarlyStopSection
+
+
+@dataclass(frozen=True)
+class EarlyStopSection:
+    """``train.early_stop``: stop once validation accuracy has not risen by more than
+    ``min_delta`` for ``patience`` evaluations in a row (an empty table: never stop)."""
+    patience: int = opt(5, int, lo=1)
+    min_delta: float = opt(0.0, float, lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)
@@ -237,12 +246,13 @@ def _set_item(overrides, path):
 
 
 def _where(source, text, section, key, overrides=()):
+    shown = ".".join(_shown(part) for part in section.split(".")) + "." if section else ""
     item = _set_item(overrides, (*section.split("."), key) if section else (key,))
     if item:
-        return f"--set {item!r}: {_shown(section) + '.' if section else ''}{_shown(key)}"
+        return f"--set {item!r}: {shown}{_shown(key)}"
     line = _line_of(text, section, key) if text else None
     loc = f"{source}:{line}" if line else source
-    return f"{loc}: {_shown(section) + '.' if section else ''}{_shown(key)}"
+    return f"{loc}: {shown}{_shown(key)}"
 
 
 def _shown(key):
@@ -253,7 +263,7 @@ def _shown(key):
 def _describe(meta):
     kind = meta["kind"]
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", (int, list): "an integer or a list of them"}
+             list: "a list", dict: "a table", (int, list): "an integer or a list of them"}
     base = names.get(kind, "a string or a table")
     if meta["choices"]:
         base = "one of " + ", ".join(repr(c) for c in meta["choices"])
@@ -353,11 +363,26 @@ def job_from_dict(doc, source="<job>", text="", default_name="job", overrides=()
         raise HornError(f"{_where(source, text, None, 'name', overrides)}: expected a short "
                         f"name of letters, "
                         f"digits, '-', '_' or '.', found {name!r}")
+    sections["train"] = _with_early_stop(sections["train"], source, text, overrides)
     job = Job(name=name, description=str(doc.get("description", "")), source=source,
               overrides=tuple(overrides), **sections)
     _check_model(job, text)
     _check_parallel(job, text)
     return job
+
+
+def _with_early_stop(train, source, text, overrides=()):
+    """``train`` with its early_stop table checked and its defaults filled in."""
+    if not train.early_stop:
+        return train
+    table = _section(EarlyStopSection, train.early_stop, source, text, "train.early_stop",
+                     overrides=overrides)
+    return dataclasses.replace(train, early_stop=dataclasses.asdict(table))
+
+
+def early_stop_settings(train):
+    """The job's EarlyStopSection, or None when it never stops early."""
+    return EarlyStopSection(**train.early_stop) if train.early_stop else None
 
 
 def _check_model(job, text):

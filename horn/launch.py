@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from horn.errors import HornError
+
 ENV = "HORN_REPORT_DIR"
 MPIRUN_OPTIONS = ("-x", ENV)  # mpirun does not forward the environment to other hosts
 ABORT_GRACE_S = 3.0
@@ -78,10 +80,13 @@ class Launch:
 
     options = list(MPIRUN_OPTIONS)
 
-    def __init__(self, directory=None, ranks=None):
+    def __init__(self, directory=None, ranks=None, require_reports=True):
         base = Path(directory) if directory else Path.cwd()
         self.dir = Path(tempfile.mkdtemp(prefix=".horn-reports-", dir=base))
         self.ranks = ranks
+        # False: a command that is not a horn program (no rank reports at all) keeps
+        # mpirun's status; once any rank reported, every rank must finish cleanly
+        self.require_reports = require_reports
 
     def run(self, argv, env=None):
         env = dict(os.environ if env is None else env)
@@ -123,7 +128,7 @@ class Launch:
             print(f"horn: mpirun did not end the job {ABORT_GRACE_S:.0f} s after a rank "
                   f"aborted it; killed it ({aborts[0]['line']})", file=sys.stderr, flush=True)
             return aborts[0]["code"] or 1
-        if not lost and size:
+        if not lost and size or not size and not self.require_reports:
             return returncode
         if not size:
             what = "no rank reported a start (not a horn program, or mpirun lacks -x HORN_REPORT_DIR)"
@@ -156,3 +161,49 @@ def _kill_group(proc):
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+# ---- horn launch --hostfile FILE -n N JOB ------------------------------------------
+
+ROOT_VARIABLES = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def job_argv(hostfile, ranks, run_args, oversubscribe=False, mpirun=None):
+    """``(argv, env)`` of the mpirun that runs ``horn run RUN_ARGS...`` on ``ranks`` ranks
+    over ``hostfile``, checked first as ``horn hosts check`` does.
+
+    The flags are the ones horn needs: this interpreter on every rank (so the venv's
+    horn runs everywhere; hosts need the same path), the clean-finish reports,
+    ``--bind-to none`` (horn gives each rank its share of the host's cores as threads;
+    Open MPI's default binding to one core would stack them), and, as root, the two
+    variables Open MPI insists on, for mpirun and forwarded to every host. More ranks
+    than slots is refused unless ``oversubscribe``: on a real cluster it is a mistake
+    that makes every step several times slower.
+    """
+    from horn.cluster import mpirun_path
+    from horn.hosts import check_hostfile
+
+    if ranks < 1:
+        raise HornError(f"horn launch: -n must be at least 1, found {ranks}")
+    hosts, slots = check_hostfile(hostfile)
+    if ranks > slots and not oversubscribe:
+        raise HornError(f"horn launch: -n {ranks} is more than the {slots} slot(s) of "
+                        f"{hostfile} ({len(hosts)} host(s)); add slots, lower -n, or pass "
+                        f"--oversubscribe")
+    argv = [mpirun or mpirun_path(), *Launch.options, "--hostfile", str(hostfile),
+            "-n", str(ranks), "--bind-to", "none"]
+    if oversubscribe:
+        argv.append("--oversubscribe")
+    env = dict(os.environ)
+    if os.geteuid() == 0:
+        env.update(ROOT_VARIABLES)
+        argv += [arg for key in ROOT_VARIABLES for arg in ("-x", key)]
+    return argv + [sys.executable, "-m", "horn.cli", "run", *run_args], env
+
+
+def shown(argv, env):
+    """The command as a shell line (with the root variables when they are set)."""
+    import shlex
+
+    prefix = "".join(f"{k}=1 " for k in ROOT_VARIABLES if env.get(k) == "1")
+    return prefix + " ".join(shlex.quote(a) for a in argv)

@@ -1,7 +1,14 @@
-"""Run artefacts: metrics.jsonl (one JSON object per line), the progress line, the plot."""
+"""Run artefacts: metrics.jsonl (one JSON object per line) and the progress output.
+
+Every record has a ``kind``: ``epoch`` (training and validation after an epoch),
+``superstep`` (one BSP superstep's seconds and bytes), ``partition`` (a sub-network
+round's partition), ``barrier`` (an ensemble barrier), ``final`` (the end of the run).
+Times are ``*_s`` seconds, byte counts ``bytes_sent*``, accuracies ``*_accuracy``.
+"""
 
 import json
 import math
+import shutil
 import sys
 
 
@@ -42,28 +49,51 @@ def print_progress(text, enabled=True):
         print(text, file=sys.stdout, flush=True)
 
 
-def plot_curves(metrics_path, png_path, title):
-    """Loss and accuracy per epoch from metrics.jsonl into a PNG (matplotlib, no screen)."""
-    import matplotlib
+def read_metrics(path):
+    """The records of a metrics.jsonl, in order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(metrics_path)]
-    epochs = [r for r in rows if "epoch" in r]
-    if not epochs:
-        return
-    xs = [r["epoch"] for r in epochs]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(xs, [r["loss"] for r in epochs], label="train loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_yscale("log")
-    ax_loss.legend()
-    ax_acc.plot(xs, [r["train_accuracy"] for r in epochs], label="train (running)")
-    ax_acc.plot(xs, [r.get("val_accuracy") for r in epochs], label="validation")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
+class EpochProgress:
+    """Steps within the current epoch and their ETA (tqdm) when stdout is a terminal;
+    nothing otherwise (logs and pipes get the per-epoch lines only)."""
+
+    def __init__(self, enabled, per_epoch, total_epochs):
+        self.enabled = enabled and sys.stdout.isatty()
+        self.per_epoch, self.total_epochs = per_epoch, total_epochs
+        self.bar = None
+
+    def step(self, epoch, position):
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            size = shutil.get_terminal_size()  # 80 x 24 where a terminal reports 0 x 0
+            self.bar = tqdm(total=self.per_epoch, initial=position - 1, unit="step",
+                            desc=f"epoch {epoch}/{self.total_epochs}", file=sys.stdout,
+                            leave=False, disable=False,  # our own TTY check above
+                            ncols=size.columns, nrows=size.lines)
+        self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def record_kind(record):
+    """A record's kind; also for runs written before records carried one."""
+    if "kind" in record:
+        return record["kind"]
+    for key, kind in (("final", "final"), ("superstep", "superstep"),
+                      ("partition_sizes", "partition"), ("ensemble_barrier", "barrier"),
+                      ("epoch", "epoch")):
+        if key in record:
+            return kind
+    return None
+
+
+def records_of(rows, kind):
+    return [r for r in rows if record_kind(r) == kind]

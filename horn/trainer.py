@@ -12,7 +12,7 @@ import numpy as np
 
 from horn.barriers.base import Sync
 from horn.errors import DivergenceError
-from horn.metrics import print_progress, progress_line
+from horn.metrics import EpochProgress, print_progress, progress_line
 
 #: A loss this many times its first value (or 1, when that is smaller) has diverged even
 #: while it stays finite (lr = 1e10 reaches 1e35 and "trains" on at chance accuracy).
@@ -22,17 +22,28 @@ EXPLODE_FACTOR = 1e4
 class Trainer:
     def __init__(self, model, optimizer, schedule, stream, data, metrics, total_steps,
                  sync=None, eval_every=1, progress=True, rank_name="", on_round_end=None,
-                 skip_bad_batches=False):
+                 skip_bad_batches=False, on_evaluated=None):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.stream, self.data, self.metrics = stream, data, metrics
         self.total_steps, self.eval_every = total_steps, eval_every
         self.sync = sync or Sync()
         self.progress, self.rank_name = progress, rank_name
-        self.on_round_end = on_round_end  # (steps done, epoch counters) -> True to stop early
+        # (steps done, epoch counters, elapsed s) -> True to stop (preemption) at a round end
+        self.on_round_end = on_round_end
+        # (epoch record, the model evaluated) -> True to stop early: the same on every rank
+        self.on_evaluated = on_evaluated
         self.skip_bad_batches = skip_bad_batches  # train.on_nan = "skip_batch"
         self.history = []
-        self.stopped_at = None
+        self.stopped_at = None  # preempted after this many steps
+        self.stop_requested = False  # early stop: at the next round boundary
+        self.early_stopped_at = None
+        self._clock = (time.perf_counter(), 0.0)
         self.loss_bound = None  # EXPLODE_FACTOR x the first finite loss: set by the first step
+
+    def elapsed_s(self):
+        """Training seconds so far, those of the run this one resumes included."""
+        start, before = self._clock
+        return before + time.perf_counter() - start
 
     def _healthy(self, loss):
         """A finite loss within the bound (the first finite loss sets the bound)."""
@@ -55,13 +66,16 @@ class Trainer:
                               f"non-finite value: {where or 'the loss itself'} (lower train.lr "
                               f"or check the data)")
 
-    def run(self, start_step=0, counters=(0.0, 0, 0, 0)):
-        """Train from ``start_step`` (a resumed run passes its checkpoint's step and
-        the epoch's running loss sum, correct, seen and skipped counts)."""
+    def run(self, start_step=0, counters=(0.0, 0, 0, 0), elapsed_s=0.0):
+        """Train from ``start_step`` (a resumed run passes its checkpoint's step, the
+        epoch's running loss sum, correct, seen and skipped counts, and the seconds
+        trained before, so ``time_s`` goes on where it stopped)."""
         stream = self.stream
         total_epochs = math.ceil(self.total_steps / stream.per_epoch)
         epoch_loss, epoch_correct, epoch_seen, epoch_skipped = counters
-        start = epoch_start = time.perf_counter()
+        self._clock = (time.perf_counter(), elapsed_s)
+        epoch_start = time.perf_counter()
+        bar = EpochProgress(self.progress, stream.per_epoch, total_epochs)
         for step in range(start_step, self.total_steps):
             xb, yb = stream.next()
             model, optimizer = self.sync.trainee(self.model, self.optimizer)
@@ -82,22 +96,30 @@ class Trainer:
             else:
                 self._diverged(model, step, loss)
             self.sync.after_step(step)
+            bar.step(stream.epoch + 1, stream.position)
             last = step + 1 == self.total_steps
             if stream.position == stream.per_epoch or last:
+                bar.close()
                 if (stream.epoch + 1) % self.eval_every == 0 or last:
                     now = time.perf_counter()
                     self._log_epoch(step, (epoch_loss, epoch_correct, epoch_seen, epoch_skipped),
-                                    now - epoch_start, now - start, total_epochs)
+                                    now - epoch_start, total_epochs)
                     epoch_loss, epoch_correct, epoch_seen, epoch_skipped = 0.0, 0, 0, 0
                     epoch_start = time.perf_counter()
             done = step + 1
-            if self.on_round_end and self.sync.at_boundary(done) and \
-                    self.on_round_end(done, (epoch_loss, epoch_correct, epoch_seen, epoch_skipped)):
+            if not self.sync.at_boundary(done):
+                continue
+            counters = (epoch_loss, epoch_correct, epoch_seen, epoch_skipped)
+            if self.on_round_end and self.on_round_end(done, counters, self.elapsed_s()):
                 self.stopped_at = done
                 break
+            if self.stop_requested and not last:
+                self.early_stopped_at = done
+                break
+        bar.close()
         return self.history
 
-    def _log_epoch(self, step, counters, epoch_s, elapsed_s, total_epochs):
+    def _log_epoch(self, step, counters, epoch_s, total_epochs):
         """One metrics record (and progress line) for the epoch that just ended."""
         loss_sum, correct, seen, skipped = self.sync.reduce_stats(list(counters))
         if not seen:
@@ -105,11 +127,12 @@ class Trainer:
                                   f"{self.stream.epoch + 1} had a NaN/Inf or exploding loss or a "
                                   f"NaN/Inf gradient and "
                                   f"was skipped (on_nan = \"skip_batch\")")
-        record = {"epoch": self.stream.epoch + 1, "step": step + 1,
+        val_model = self.sync.eval_model(self.model)  # may be a collective: once per epoch
+        record = {"kind": "epoch", "epoch": self.stream.epoch + 1, "step": step + 1,
                   "loss": loss_sum / seen if seen else float("nan"),
                   "train_accuracy": correct / seen if seen else float("nan"),
-                  "val_accuracy": self.evaluate("val"), "lr": self.schedule(step),
-                  "time_s": elapsed_s, "samples_per_s": seen / max(epoch_s, 1e-9)}
+                  "val_accuracy": self.evaluate("val", val_model), "lr": self.schedule(step),
+                  "time_s": self.elapsed_s(), "samples_per_s": seen / max(epoch_s, 1e-9)}
         if self.skip_bad_batches:
             record["skipped_batches"] = int(skipped)
         per_rank = self.sync.bytes_per_rank()
@@ -120,12 +143,14 @@ class Trainer:
         self.metrics.write(record)
         self.history.append(record)
         print_progress(progress_line(record, total_epochs), self.progress)
+        if self.on_evaluated and self.on_evaluated(record, val_model):
+            self.stop_requested = True
 
-    def evaluate(self, split):
+    def evaluate(self, split, model=None):
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
         if len(y) == 0:
             return float("nan")
-        return self.sync.eval_model(self.model).accuracy(x, y)
+        return (model if model is not None else self.sync.eval_model(self.model)).accuracy(x, y)
 
 
 def _largest_gradient(model):

@@ -32,7 +32,7 @@ def test_run_writes_a_complete_run_directory(tmp_path):
     rows = metrics(run_dir)
     assert [r["epoch"] for r in rows[:-1]] == [1, 2, 3]
     final = rows[-1]
-    assert final["final"] is True and 0.8 < final["test_accuracy"] <= 1
+    assert final["kind"] == "final" and 0.8 < final["test_accuracy"] <= 1
     assert f"{final['test_accuracy']:.4f}" in result.stdout.splitlines()[-1]
     assert json.load(open(f"{run_dir}/job.json"))["train"]["epochs"] == 3
 

@@ -415,7 +415,7 @@ distill_steps = 20
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    barriers = [r for r in rows if "ensemble_barrier" in r]
+    barriers = [r for r in rows if r["kind"] == "barrier"]
     assert barriers and all(len(r["compressed_val_accuracy"]) == 2 for r in barriers)
     assert rows[-1]["test_accuracy"] > 0.5
 

@@ -202,7 +202,7 @@ def run_ec(tmp_path, ranks, *sets):
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
     rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
-    return run_dir, [r for r in rows if "ensemble_barrier" in r], rows[-1]
+    return run_dir, [r for r in rows if r["kind"] == "barrier"], rows[-1]
 
 
 def test_shared_teacher_on_4_groups_reports_every_barrier(tmp_path):
@@ -212,10 +212,10 @@ def test_shared_teacher_on_4_groups_reports_every_barrier(tmp_path):
     assert [b["step"] for b in barriers] == list(range(40, final["steps"], 40)) + [final["steps"]]
     for b in barriers:
         assert len(b["member_val_accuracy"]) == len(b["compressed_val_accuracy"]) == 4
-        assert b["distill_s"] > 0 and b["metric_bytes"] > 0
-    assert all(b["bytes"] == allreduce for b in barriers[:-1])
+        assert b["distill_s"] > 0 and b["metric_bytes_sent"] > 0
+    assert all(b["bytes_sent"] == allreduce for b in barriers[:-1])
     last = barriers[-1]
-    assert last["bytes"] >= allreduce  # + the winning model, sent to rank 0 unless its own
+    assert last["bytes_sent"] >= allreduce  # + the winning model, sent to rank 0 unless its own
     assert last["final_group"] == int(np.argmax(last["compressed_val_accuracy"]))
     assert final["val_accuracy"] == max(last["compressed_val_accuracy"])
     assert final["test_accuracy"] > 0.85
@@ -226,7 +226,7 @@ def test_local_teacher_on_4_groups_allgathers_parameters_once_per_barrier(tmp_pa
     run_dir, barriers, final = run_ec(tmp_path, 4, "parallel.ensemble.teacher_data=local",
                                       "parallel.ensemble.student=average")
     size = load_predictor(f"{run_dir}/model.npz")[0].size
-    assert barriers and all(b["bytes"] == 3 * 4 * (size + 1) for b in barriers[:-1])
+    assert barriers and all(b["bytes_sent"] == 3 * 4 * (size + 1) for b in barriers[:-1])
     assert final["test_accuracy"] > 0.85
 
 
@@ -261,10 +261,10 @@ def test_sub_network_groups_with_the_local_teacher(tmp_path):
     parent = load_predictor(f"{run_dir}/model.npz")[0]
     assert parent.layers[0].params["W"].shape == (64, 32)
     allgather = 1 * 4 * (parent.size + 1)
-    assert barriers and all(b["bytes"] > allgather for b in barriers)  # + reassembly
+    assert barriers and all(b["bytes_sent"] > allgather for b in barriers)  # + reassembly
     assert len(barriers[0]["compressed_val_accuracy"]) == 2
     rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
-    assert any("partition_sizes" in r for r in rows)
+    assert any(r["kind"] == "partition" for r in rows)
     assert final["test_accuracy"] > 0.8
 
 
@@ -290,7 +290,7 @@ def test_killed_ensemble_run_resumes_bit_for_bit(tmp_path):
               "rank_compute_s", "rank_wait_s", "waited_for")
     rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
              for line in open(d / "metrics.jsonl")] for d in dirs.values()]
-    assert rows[0] == rows[1] and sum("ensemble_barrier" in r for r in rows[0]) >= 3
+    assert rows[0] == rows[1] and sum(r["kind"] == "barrier" for r in rows[0]) >= 3
     a, b = (np.load(d / "model.npz") for d in dirs.values())
     params = [k for k in a.files if k.startswith("param/")]
     assert params and all(np.array_equal(a[k], b[k]) for k in params)

@@ -239,8 +239,9 @@ def test_horn_launch_passes_a_clean_job_and_refuses_a_non_mpirun_command():
     assert clean.returncode == 0, clean.stderr
     wrong = horn("launch", "python", "x.py")
     assert wrong.returncode == 2
-    assert wrong.stderr.strip() == ("horn: error: horn launch: expected an mpirun command "
-                                    "(mpirun ARGS...), found python")
+    assert wrong.stderr.strip() == ("horn: error: horn launch: expected --hostfile FILE -n N "
+                                    "JOB [--set ...], or an mpirun command (mpirun ARGS...), "
+                                    "found python")
 
 
 # ---- across simulated hosts ------------------------------------------------------------

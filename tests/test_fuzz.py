@@ -224,6 +224,10 @@ def key_values(meta):
         options.append(st.text(TEXT, max_size=8))
     elif kind is list:
         options.append(st.lists(st.one_of(st.floats(0, 2), SCALARS), max_size=4))
+    elif kind is dict:  # train.early_stop: its own keys near their bounds, or junk keys
+        options.append(st.dictionaries(st.sampled_from(["patience", "min_delta", "patiense"]),
+                                       st.one_of(st.integers(-1, 3), st.floats(-1, 2), JUNK),
+                                       max_size=3))
     return st.one_of(*options)
 
 
@@ -253,6 +257,9 @@ def valid_values(meta):
         return st.booleans()
     if kind is list:
         return st.lists(st.floats(0.5, 2.0), max_size=3)
+    if kind is dict:
+        return st.fixed_dictionaries({}, optional={"patience": st.integers(1, 9),
+                                                   "min_delta": st.floats(0.0, 1.0)})
     return st.text(TEXT, min_size=1, max_size=8)
 
 

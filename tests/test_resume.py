@@ -60,8 +60,11 @@ def same_run(a, b):
             assert np.array_equal(pa[k], pb[k]), k
 
 
-@pytest.mark.parametrize("parallel", ["", "groups = 1\nworkers = 2\n"],
-                         ids=["model-averaging", "sub-networks"])
+@pytest.mark.parametrize("parallel", [
+    "", "groups = 1\nworkers = 2\n",
+    "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n",
+    "[parallel.average]\nouter = 'adam'\nouter_lr = 0.01\n"],
+    ids=["model-averaging", "sub-networks", "outer-nesterov", "outer-adam"])
 def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path, parallel):
     for name in ("whole", "killed"):
         path = write_job(tmp_path, name)
@@ -114,7 +117,7 @@ def test_sigterm_on_a_single_process_run_checkpoints_and_resumes(tmp_path):
     run_dir = run_dir_in(tmp_path, "single")
     resumed = horn("run", "--resume", run_dir, "--quiet", env=ENV)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["final"]
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "final"
 
 
 def test_resume_on_another_world_size(tmp_path):
@@ -125,7 +128,7 @@ def test_resume_on_another_world_size(tmp_path):
     run_dir = run_dir_in(tmp_path, "ma")
     one = mpirun(1, ["-m", "horn.cli", "run", "--resume", run_dir, "--quiet"], 120, ENV)
     assert one.returncode == 0, one.stderr  # model averaging: the averaged model is the state
-    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["final"]
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "final"
 
 
 
@@ -153,7 +156,7 @@ def test_sub_network_groups_resume_on_fewer_ranks(tmp_path, layout, resume_set, 
     text = (run_dir / "metrics.jsonl").read_bytes()
     before, after = ([json.loads(line) for line in part.decode().splitlines()]
                      for part in (text[:manifest["metrics_bytes"]], text[manifest["metrics_bytes"]:]))
-    assert after[-1]["final"]
+    assert after[-1]["kind"] == "final"
     parts = [r["partition_sizes"] for r in after if "partition_sizes" in r]
     assert parts and all(len(layer) == workers_after for p in parts for layer in p)
     assert all(sum(p[0]) == 128 and sum(p[1]) == 96 for p in parts)  # every hidden unit kept

@@ -230,6 +230,8 @@ def simulate(job, groups, workers):
         for w in range(workers):
             ranks.append(build(job, shard(data, peer, job.train.seed), be, g, w))
     parents = [ranks[g * workers][0] for g in range(groups)]
+    outer = job.parallel.of("average")
+    anchor, velocity = parents[0].params.astype(np.float64), 0.0
     p, settings, steps = job.parallel, job.parallel.of("subnet"), job.train.steps
     layout = SubnetLayout(parents[0], scale_at=settings.scale_at)
     schedule = ranks[0][2]
@@ -263,6 +265,10 @@ def simulate(job, groups, workers):
             scatter(be, layout, plans, blocks, parents[g].params)
         if groups > 1:
             mean = np.mean([m.params for m in parents], axis=0, dtype=np.float64)
+            if outer.outer == "nesterov":  # the parents' anchor steps on anchor - mean
+                delta = anchor - mean
+                velocity = outer.outer_momentum * velocity + delta
+                mean = anchor = anchor - outer.outer_lr * (delta + outer.outer_momentum * velocity)
             for m in parents:
                 m.params[...] = mean
     return parents[0].params
@@ -271,7 +277,8 @@ def simulate(job, groups, workers):
 @pytest.mark.parametrize("groups,workers,extra", [
     (1, 2, ""), (1, 4, ""), (2, 2, ""),
     (1, 2, 'scale_at = "weights"\nwarmup_steps = 10\n'),
-    (2, 2, 'scale_at = "weights"\nwarmup_steps = 10\n')])
+    (2, 2, 'scale_at = "weights"\nwarmup_steps = 10\n'),
+    (2, 2, "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n")])
 def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, workers, extra):
     from horn.jobs import load_job
     path = tmp_path / "sub.toml"

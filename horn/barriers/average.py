@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from horn.barriers.base import PeerSync
+from horn.barriers.outer import OUTER_OPTIMIZERS, OuterOptimizer
 from horn.barriers.registry import NoSettings, register_strategy
 from horn.jobs import opt
 
@@ -13,6 +14,9 @@ class AverageSettings(NoSettings):
 
     FORMERLY = {"average_momentum": "momentum"}
     momentum: bool = opt(False, bool)  # average the optimizer state too (it differs per rank)
+    outer: str = opt("sgd", str, OUTER_OPTIMIZERS)  # on the pseudo-gradient (horn.barriers.outer)
+    outer_lr: float = opt(1.0, float, lo=0.0, lo_open=True)  # sgd with 1: plain averaging
+    outer_momentum: float = opt(0.9, float, lo=0.0, hi=1.0, hi_open=True)  # nesterov; adam's beta1
 
 
 @register_strategy("average", AverageSettings)
@@ -20,19 +24,27 @@ def build(setup, settings, inner):
     """Average every round over the world; with sub-network groups, the groups'
     reassembled parents are averaged across groups every ``global_every`` rounds."""
     if inner is not None:
-        inner.average_across_groups()
+        inner.average_across_groups(outer_for(setup.model, settings))
         return inner
     return AverageSync(setup.peer, setup.model, setup.optimizer, setup.local_steps,
-                       setup.total_steps, settings.momentum)
+                       setup.total_steps, settings.momentum, outer_for(setup.model, settings))
+
+
+def outer_for(model, settings):
+    """The outer optimizer the settings ask for, or None for plain averaging."""
+    if not OuterOptimizer.wanted(settings.outer, settings.outer_lr):
+        return None
+    return OuterOptimizer(model, settings.outer, settings.outer_lr, settings.outer_momentum)
 
 
 class AverageSync(PeerSync):
     """Every ``local_steps`` steps, one in-place Allreduce-mean of the flat parameter
     buffer (and, optionally, of the optimizer state) over all ranks."""
 
-    def __init__(self, peer, model, optimizer, local_steps, total_steps, average_state=False):
+    def __init__(self, peer, model, optimizer, local_steps, total_steps, average_state=False,
+                 outer=None):
         super().__init__(peer)
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer, self.outer = model, optimizer, outer
         self.local_steps, self.total_steps = local_steps, total_steps
         self.average_state = average_state
         self.steps_done = 0
@@ -42,6 +54,8 @@ class AverageSync(PeerSync):
         self.steps_done = step + 1
         if self.is_boundary(self.steps_done, self.local_steps, self.total_steps):
             average(self.peer, self.model, self.optimizer, self.average_state, "world")
+            if self.outer is not None:
+                self.outer.step(self.model)
             self.peer.sync()
             self.boundary_at = self.steps_done
 
@@ -49,13 +63,18 @@ class AverageSync(PeerSync):
         state_key = "world" if self.average_state else None  # momentum differs per rank
         buffers = {"params": ("world", model.params)}
         buffers.update({f"opt.{k}": (state_key, v) for k, v in optimizer.state().items()})
+        if self.outer is not None:
+            buffers.update({f"outer.{k}": ("world", v) for k, v in self.outer.buffers().items()})
         return buffers
 
     def restore_meta(self, meta):
         self.boundary_at = self.steps_done = meta.get("steps_done", 0)
+        if self.outer is not None:
+            self.outer.restore_counters(meta["outer"])
 
     def checkpoint_meta(self):
-        return {"steps_done": self.steps_done}
+        meta = {"steps_done": self.steps_done}
+        return {**meta, "outer": self.outer.counters()} if self.outer is not None else meta
 
     def eval_model(self, model):
         """The average of the replicas: the model itself right after a barrier, else an

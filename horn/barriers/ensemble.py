@@ -160,13 +160,13 @@ class EnsembleSync(PeerSync):
 
     def _ensemble_step(self, done):
         """One barrier; returns its metrics record. ``bytes`` are what the algorithm
-        moved from this rank, ``metric_bytes`` what measuring it cost on top."""
+        moved from this rank, ``metric_bytes_sent`` what measuring it cost on top."""
         member, tally = self.member, _Tally(self.peer)
         x_val, y_val = self.val
         val_probs = member.predict(x_val)
         member_acc = accuracy(val_probs, y_val)
         weight = member_acc if self.p.ensemble_weights == "validation" else 1.0
-        record = {"ensemble_barrier": self.barrier, "step": done,
+        record = {"kind": "barrier", "barrier": self.barrier, "step": done,
                   "teacher_data": self.p.teacher_data}
         if done == self.total_steps and self.p.final == "ensemble":
             return self._keep_ensemble(record, member, member_acc, tally)
@@ -191,8 +191,8 @@ class EnsembleSync(PeerSync):
                 self.final.params[...] = self.final.backend.asarray(params[0])
             bytes_ += tally.take()
         record.update(member_val_accuracy=accs[:, 0].tolist(), ensemble_val_accuracy=ensemble_acc,
-                      compressed_val_accuracy=accs[:, 1].tolist(), bytes=bytes_,
-                      metric_bytes=metric_bytes)
+                      compressed_val_accuracy=accs[:, 1].tolist(), bytes_sent=bytes_,
+                      metric_bytes_sent=metric_bytes)
         return record
 
     def _compress(self, member, x, teacher, labels):
@@ -217,9 +217,9 @@ class EnsembleSync(PeerSync):
     def _keep_ensemble(self, record, member, member_acc, tally):
         """The last barrier of ``final = "ensemble"``: every member goes to rank 0."""
         accs = self._gather([member_acc])
-        record.update(member_val_accuracy=accs[:, 0].tolist(), metric_bytes=tally.take())
+        record.update(member_val_accuracy=accs[:, 0].tolist(), metric_bytes_sent=tally.take())
         params = self._to_root(member, range(self.peer.groups))
-        record["bytes"] = tally.take()
+        record["bytes_sent"] = tally.take()
         if params is not None:
             weights = accs[:, 0] if self.p.ensemble_weights == "validation" else None
             self.final = Ensemble.from_flat(member.spec(), params, weights, member.backend)

@@ -81,7 +81,7 @@ class SubnetSync(PeerSync):
         self.kind, self.weights, self.min_share = settings.partition, settings.weights, \
             settings.min_share
         self.keep_state = settings.momentum == "keep"
-        self.cross_average = False  # set by a group strategy: average_across_groups()
+        self.cross_average, self.outer = False, None  # see average_across_groups()
         self.global_every = setup.global_every
         self.seed = setup.seed
         self.layout = SubnetLayout(setup.model, settings.dropconnect, settings.scale,
@@ -110,9 +110,11 @@ class SubnetSync(PeerSync):
         return records
 
     # ---- hooks for a cross-group strategy on top (average, ensemble) -----------------
-    def average_across_groups(self):
-        """Average the groups' reassembled parents every ``global_every`` rounds."""
+    def average_across_groups(self, outer=None):
+        """Average the groups' reassembled parents every ``global_every`` rounds, then
+        step them with ``outer`` (an OuterOptimizer over the parent) if given."""
         self.cross_average = self.peer.groups > 1
+        self.outer = outer if self.cross_average else None
 
     def commit(self):
         """Write the current sub-networks into the parent (one Allgatherv in the group)."""
@@ -131,12 +133,17 @@ class SubnetSync(PeerSync):
         if self.keep_state:
             buffers.update({f"opt.{k}": (key, v)
                             for k, v in self.parent_optimizer.state().items()})
+        if self.outer is not None:  # stepped from the cross-group mean: the same everywhere
+            buffers.update({f"outer.{k}": ("world", v) for k, v in self.outer.buffers().items()})
         return buffers
 
     def checkpoint_meta(self):
-        return {"round": self.round, "mask_draws": self.mask_draws, "steps_done": self.steps_done}
+        meta = {"round": self.round, "mask_draws": self.mask_draws, "steps_done": self.steps_done}
+        return {**meta, "outer": self.outer.counters()} if self.outer is not None else meta
 
     def restore_meta(self, meta):
+        if self.outer is not None:
+            self.outer.restore_counters(meta["outer"])
         self.round, self.mask_draws = meta["round"], meta["mask_draws"]
         self.steps_done = self.boundary_at = meta.get("steps_done", 0)
         if self.steps_done >= self.warmup_steps:  # else: still warming up the whole parent
@@ -163,7 +170,7 @@ class SubnetSync(PeerSync):
         model.mask_draws = self.mask_draws
         self.model, self.optimizer = model, optimizer
         digest = hashlib.sha256(b"".join(u.tobytes() for p in parts for u in p)).hexdigest()[:16]
-        self._partitions.append({"round": self.round, "group": self.peer.group,
+        self._partitions.append({"kind": "partition", "round": self.round, "group": self.peer.group,
                                  "partition_sizes": [[len(u) for u in p] for p in parts],
                                  "partition_sha256": digest})
 
@@ -190,6 +197,8 @@ class SubnetSync(PeerSync):
         self.round += 1
         if self.cross_average and (self.round % self.global_every == 0 or done == self.total_steps):
             average(self.peer, self.parent, self.parent_optimizer, self.keep_state, "cross")
+            if self.outer is not None:
+                self.outer.step(self.parent)
         self.peer.sync()
         self.boundary_at = done
         if done < self.total_steps:
