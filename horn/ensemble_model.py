@@ -71,14 +71,26 @@ def load_predictor(path, backend="numpy"):
             raise HornError(f"{path}: expected format {MODEL_FORMAT!r} or {FORMAT!r}, "
                             f"found {fmt!r}")
         return Model.load(path, backend)
+    weights, meta = header.get("weights"), header.get("meta", {})
+    if not (isinstance(weights, list) and weights and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf")
+            for w in weights)):
+        raise HornError(f"{path}: expected the ensemble's weights to be a non-empty list of "
+                        f"positive numbers, found {type(weights).__name__} {str(weights)[:40]}")
+    if not isinstance(meta, dict):
+        raise HornError(f"{path}: expected the header's meta to be a table, found "
+                        f"{type(meta).__name__}")
     members = []
     try:
-        for i in range(len(header["weights"])):
-            member = Model.from_spec(header["spec"], backend, initialize_params=False)
+        for i in range(len(weights)):
+            try:
+                member = Model.from_spec(header["spec"], backend, initialize_params=False)
+            except HornError as exc:  # name the file, as Model.load does
+                raise HornError(f"{path}: {exc}") from None
             prefix = f"member{i}/"
             member.load_arrays({k[len(prefix):]: v for k, v in arrays.items()
                                 if k.startswith(prefix)}, f"{path} (member {i})")
             members.append(member)
     except (KeyError, TypeError) as exc:
         raise HornError(f"{path}: malformed ensemble header: {exc}") from None
-    return Ensemble(members, header["weights"]), header.get("meta", {})
+    return Ensemble(members, weights), meta

@@ -47,6 +47,7 @@ class ModelSection:
     layers: list = opt([], list)
     loss: object = opt("softmax_cross_entropy", (str, dict))
     inputs: object = opt(None, (int, list), nullable=True)  # 784, or a shape [1, 28, 28]
+    imports: list = opt([], list)  # modules with the job's own layers (horn.registry)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,13 @@ class Job:
         doc = {"name": self.name, "description": self.description}
         for key in SECTIONS:
             doc[key] = dataclasses.asdict(getattr(self, key))
-        doc["parallel"].update(doc["parallel"].pop("settings"))  # back to [parallel.NAME] tables
+        # back to [parallel.NAME] tables: the strategies this job uses, so a resolved job
+        # reads back wherever those are known (not only where the same ones were imported)
+        from horn.barriers.registry import worker_strategy
+
+        tables = doc["parallel"].pop("settings")
+        used = (self.parallel.barrier, worker_strategy().name)
+        doc["parallel"].update({name: tables[name] for name in used})
         return doc
 
     def digest(self):
@@ -388,7 +395,11 @@ def early_stop_settings(train):
 def _check_model(job, text):
     from horn.layer import as_shape
     from horn.model import layer_from_spec
+    from horn.registry import import_modules
 
+    if job.model.imports:  # imported first: the layers below may be theirs
+        import_modules(job.model.imports, job.base_dir,
+                       _where(job.source, text, "model", "imports"))
     layers = job.model.layers
     if not layers:
         raise HornError(f"{_where(job.source, text, 'model', 'layers', job.overrides)}: expected "
@@ -426,11 +437,16 @@ def model_spec(job, in_features):
 
 
 def write_resolved(job, path):
-    """The fully resolved job (every default filled in, data paths made absolute) as
-    JSON; ``horn run`` (and ``--resume``) accepts it back from anywhere."""
+    """The fully resolved job (every default filled in, data paths and the job's own
+    modules made absolute) as JSON; ``horn run`` (and ``--resume``) accepts it back from anywhere."""
+    from horn.registry import located
+
     doc = job.to_dict()
+    doc["model"]["imports"] = [found for entry in job.model.imports
+                               for found in located(entry, job.base_dir)]
     tables = [(doc[name], getattr(job, name)) for name in SECTIONS]
-    tables += [(doc["parallel"][name], s) for name, s in job.parallel.settings.items()]
+    tables += [(doc["parallel"][name], s) for name, s in job.parallel.settings.items()
+               if name in doc["parallel"]]
     for table, section in tables:
         for f in dataclasses.fields(section):
             value = table.get(f.name)

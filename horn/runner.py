@@ -14,6 +14,7 @@ from horn.batches import BatchStream
 from horn.checkpoint import Checkpointer, load_latest
 from horn.data import load_dataset
 from horn.early_stop import BestTracker, agree
+from horn.ensemble_model import load_predictor
 from horn.errors import HornError
 from horn.jobs import early_stop_settings, model_spec, write_resolved
 from horn.layer import as_shape, shape_size
@@ -103,12 +104,12 @@ def check_fit(job, data, model):
                         f"{model.out_features}; end its image layers with flatten or "
                         f"global_avg_pool")
     if model.out_features != data.classes:
-        last = max(i for i, spec in enumerate(job.model.layers) if "units" in spec) \
-            if any("units" in spec for spec in job.model.layers) else len(job.model.layers) - 1
+        sets_width = [i for i, layer in enumerate(model.layers) if layer.partition_role == "split"]
+        last = sets_width[-1] if sets_width else len(model.layers) - 1
         raise HornError(f"{job.locate('model', 'layers', last)}: model.layers[{last}] makes "
-                        f"the model output {model.out_features} values but the data "
-                        f"({data.name}) has {data.classes} classes: the last layer must output "
-                        f"one per class")
+                        f"the model output "
+                        f"{model.out_features} values but the data ({data.name}) has "
+                        f"{data.classes} classes: the last layer must output one per class")
 
 
 def scaler_meta(scaler):
@@ -325,7 +326,7 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_ran
         if trainer.early_stopped_at is not None:
             final["stopped_early_at_epoch"] = history[-1]["epoch"]
         if root and best.best_epoch is not None:
-            best_model, _ = Model.load(run_dir / "best.npz", backend.name)
+            best_model, _ = load_predictor(run_dir / "best.npz", backend.name)  # or an ensemble
             final.update(best_epoch=best.best_epoch, best_val_accuracy=best.best,
                          best_test_accuracy=best_model.accuracy(data.x_test, data.y_test))
         per_rank = sync.bytes_per_rank()

@@ -21,6 +21,9 @@ class DropConnectDense(Dense):
             raise ValueError(f"p must be in [0, 1), found {p!r}")
         self.p = p
 
+    def dropconnect_spec(self, spec, p):
+        return spec  # already masked: the layer keeps its own p
+
     def weights(self, train):
         self.masked = train and self.p > 0
         if not self.masked:

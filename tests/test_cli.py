@@ -126,7 +126,7 @@ def test_custom_layer_from_a_users_module(tmp_path):
                 self.grads["s"][...] = (dy * self.x).sum(axis=0)
                 return dy * self.params["s"]
     '''))
-    body = '[model]\nlayers = [{ type = "mylayers:Scale" }, { type = "dense", units = 10 }]\n' \
+    body = '[model]\nimports = ["mylayers"]\nlayers = [{ type = "mylayers:Scale" }, { type = "dense", units = 10 }]\n' \
            '[train]\nepochs = 2\n'
     result = horn("run", bad_job(tmp_path, body), "--quiet", cwd=tmp_path,
                   env={"PYTHONPATH": str(tmp_path)})

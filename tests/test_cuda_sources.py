@@ -53,6 +53,10 @@ EXPECTED_KERNELS = (
     "max_pool_backward",
     "avg_pool",
     "avg_pool_backward",
+    "compress_half",
+    "decompress_half_add",
+    "compress_int8",
+    "decompress_int8_add",
 )
 
 HASH_KEYS = (0, 1, 12345, 0x0123456789ABCDEF, KEY_MASK)
@@ -143,6 +147,90 @@ def test_hash_in_kernels_cu_is_bit_identical_to_numpy(tmp_path):
         got = np.fromfile(out, dtype=np.uint32)
         want = hash_uniform(key, n).view(np.uint32)
         np.testing.assert_array_equal(got, want, err_msg=f"key={key}")
+
+
+_HOST_CODEC_MAIN = r"""
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include "%s"
+
+// argv: n block in.bin out.bin -- x (n float32) then residual (n float32) in; out: fp16
+// bits, bf16 bits (n uint16 each), int8 scales, q and residual, then decoded fp16, bf16.
+int main(int argc, char** argv)
+{
+    const long long n = atoll(argv[1]), block = atoll(argv[2]), nb = (n + block - 1) / block;
+    float* x = (float*)malloc(n * sizeof(float));
+    float* r = (float*)malloc(n * sizeof(float));
+    FILE* in = fopen(argv[3], "rb");
+    if (fread(x, sizeof(float), n, in) != (size_t)n || fread(r, sizeof(float), n, in) != (size_t)n)
+        return 1;
+    fclose(in);
+    FILE* out = fopen(argv[4], "wb");
+    for (int brain = 0; brain < 2; ++brain)
+        for (long long i = 0; i < n; ++i) {
+            const float v = x[i] + 0.0f;  // v = x + residual, as compress_half (residual 0)
+            unsigned short h = (unsigned short)(brain ? horn_bf16_bits(v) : horn_fp16_bits(v));
+            fwrite(&h, sizeof h, 1, out);
+        }
+    float* scales = (float*)malloc(nb * sizeof(float));
+    signed char* q = (signed char*)malloc(n);
+    for (long long b = 0; b < nb; ++b)
+        horn_int8_block(x, r, scales + b, q, b * block, (b + 1) * block < n ? (b + 1) * block : n);
+    fwrite(scales, sizeof(float), nb, out);
+    fwrite(q, 1, n, out);
+    fwrite(r, sizeof(float), n, out);
+    for (int brain = 0; brain < 2; ++brain)
+        for (long long i = 0; i < n; ++i) {
+            const float y = x[i] + 0.0f;
+            float v = horn_half_value(brain ? horn_bf16_bits(y) : horn_fp16_bits(y), brain);
+            fwrite(&v, sizeof v, 1, out);
+        }
+    fclose(out);
+    return 0;
+}
+"""
+
+
+def _codec_inputs(n):
+    """Values over float32's whole range: subnormal halves, ties, saturation, zeros."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(n) * np.exp(rng.uniform(-40, 14, n))).astype(np.float32)
+    x[:8] = [0.0, -0.0, 65504.0, 65519.0, 65520.0, -70000.0, 2.0 ** -25, 3e38]
+    return x, (rng.standard_normal(n) * 1e-3).astype(np.float32)
+
+
+@needs_nvcc
+def test_codecs_in_kernels_cu_are_bit_identical_to_numpy(tmp_path):
+    from horn.backends.base import message_size
+
+    main = tmp_path / "codec_main.cu"
+    main.write_text(_HOST_CODEC_MAIN % KERNELS_CU.as_posix())
+    exe = tmp_path / "codec_main"
+    proc = subprocess.run([NVCC, "-arch=sm_80", "-o", str(exe), str(main)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    n, block = 30_011, 128
+    x, r = _codec_inputs(n)
+    np.concatenate([x, r]).tofile(tmp_path / "in.bin")
+    run = subprocess.run([str(exe), str(n), str(block), str(tmp_path / "in.bin"),
+                          str(tmp_path / "out.bin")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    got = np.fromfile(tmp_path / "out.bin", dtype=np.uint8)
+    for codec in ("fp16", "bf16"):
+        want = np.empty(message_size(codec, n, block), np.uint8)
+        ref.compress(codec, x, np.zeros(n, np.float32), block, want)
+        np.testing.assert_array_equal(got[:2 * n], want, err_msg=codec)
+        decoded = np.zeros(n, np.float32)
+        ref.decompress_add(codec, want, block, decoded)
+        at = len(got) - (4 * n if codec == "bf16" else 8 * n)
+        np.testing.assert_array_equal(got[at:at + 4 * n].view(np.float32), decoded, err_msg=codec)
+        got = got[2 * n:] if codec == "fp16" else got
+    got = got[2 * n:]  # past the bf16 bits: the int8 message and residual
+    want, residual = np.empty(message_size("int8", n, block), np.uint8), r.copy()
+    ref.compress("int8", x, residual, block, want)
+    np.testing.assert_array_equal(got[:len(want)], want)
+    np.testing.assert_array_equal(got[len(want):len(want) + 4 * n].view(np.float32), residual)
 
 
 # ---------------------------------------------------------------------------
@@ -590,3 +678,24 @@ def test_image_layers_pass_check_layer_on_the_gpu():
         shape = 24 if isinstance(other, Dense) else (2, 6, 4)
         assert "backend cupy" in horn.check_layer(other, in_features=shape,
                                                   backends=("numpy", "cupy"))
+
+
+@needs_gpu
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8"])
+@pytest.mark.parametrize("n,block", [(1, 256), (1000, 64), (300_001, 256)])
+def test_compress_bit_identical(gpu, codec, n, block):
+    import cupy
+
+    from horn.backends.base import message_size
+
+    x, r = _codec_inputs(n)
+    want, want_r = np.empty(message_size(codec, n, block), np.uint8), r.copy()
+    ref.compress(codec, x, want_r, block, want)
+    got, got_r = cupy.empty(want.size, cupy.uint8), cupy.asarray(r)
+    gpu.compress(codec, cupy.asarray(x), got_r, block, got)
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+    np.testing.assert_array_equal(cupy.asnumpy(got_r), want_r)
+    out, got_out = np.full(n, 0.5, np.float32), cupy.full(n, 0.5, cupy.float32)
+    ref.decompress_add(codec, want, block, out)
+    gpu.decompress_add(codec, got, block, got_out)
+    np.testing.assert_array_equal(cupy.asnumpy(got_out), out)

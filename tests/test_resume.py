@@ -19,6 +19,7 @@ from tests.mpirun import PROGS, mpirun
 JOB = """
 name = "ck"
 [model]
+imports = ["killer"]
 layers = [{ type = "dense", units = 32, activation = "relu" }, { type = "killer:KillAt" },
           { type = "dense", units = 24, activation = "relu" }, { type = "dropout", p = 0.1 },
           { type = "dense", units = 10 }]
@@ -63,8 +64,9 @@ def same_run(a, b):
 @pytest.mark.parametrize("parallel", [
     "", "groups = 1\nworkers = 2\n",
     "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n",
-    "[parallel.average]\nouter = 'adam'\nouter_lr = 0.01\n"],
-    ids=["model-averaging", "sub-networks", "outer-nesterov", "outer-adam"])
+    "[parallel.average]\nouter = 'adam'\nouter_lr = 0.01\n",
+    "[parallel.average]\ncompress = 'int8'\nblock = 64\nouter = 'nesterov'\nouter_lr = 0.7\n"],
+    ids=["model-averaging", "sub-networks", "outer-nesterov", "outer-adam", "int8-nesterov"])
 def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path, parallel):
     for name in ("whole", "killed"):
         path = write_job(tmp_path, name)

@@ -18,6 +18,18 @@ MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
 KEY_MASK = (1 << 63) - 1
 
+CODECS = ("fp16", "bf16", "int8")
+FP16_MAX = 65504.0
+BF16_MAX_BITS = 0x7F7F0000  # the largest finite bfloat16, as float32 bits
+
+
+def message_size(codec, n, block):
+    """Bytes of one compressed message of ``n`` float32 values: 2 n for fp16/bf16;
+    for int8, one float32 scale per ``block`` values, then n int8 (``4 ceil(n/B) + n``)."""
+    if codec == "int8":
+        return 4 * -(-n // block) + n
+    return 2 * n
+
 
 def out_size(size, kernel, stride, pad):
     """Output length of a window sliding over ``size`` (+ ``pad`` on both sides)."""
@@ -150,6 +162,18 @@ class Backend:
 
     def adam_update(self, p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
         """One Adam step (bias-corrected, L2 weight decay into the gradient)."""
+        raise NotImplementedError
+
+    # --- compressed exchanges (horn.barriers.compress) -------------------------
+    def compress(self, codec, x, residual, block, message):
+        """Error-feedback compression of flat float32 ``x``: ``v = x + residual``,
+        ``message`` (uint8, :func:`message_size` bytes) = codec(v), ``residual = v -
+        decoded(message)``. fp16 saturates at +-65504 and bf16 at its largest finite value
+        (round to nearest even); int8 scales each block by max|v| / 127 and rounds half up."""
+        raise NotImplementedError
+
+    def decompress_add(self, codec, message, block, out):
+        """``out += decoded(message)`` (flat float32)."""
         raise NotImplementedError
 
     # --- reductions ---------------------------------------------------------

@@ -56,6 +56,10 @@ KERNEL_NAMES = (
     "max_pool_backward",
     "avg_pool",
     "avg_pool_backward",
+    "compress_half",
+    "decompress_half_add",
+    "compress_int8",
+    "decompress_int8_add",
 )
 
 _BLOCK = 256            # threads per block of the 1-D grid-stride kernels
@@ -386,6 +390,32 @@ class CupyBackend(Backend):
         self._launch_1d("adam_update", p.size,
                         (p, g, m, v, _i64(p.size), _f32(lr), _f32(beta1), _f32(beta2), _f32(eps),
                          _f32(weight_decay), _f32(1 - beta1 ** t), _f32(1 - beta2 ** t)))
+
+    # --- compressed exchanges ---------------------------------------------------
+    def compress(self, codec, x, residual, block, message):
+        _target(residual, "residual")
+        x = _source(x)
+        if codec == "int8":
+            nb = -(-x.size // block)
+            self._launch_1d("compress_int8", nb,
+                            (x, residual, message[:4 * nb].view(cupy.float32),
+                             message[4 * nb:].view(cupy.int8), _i64(x.size), _i64(block),
+                             _i64(nb)))
+        else:
+            self._launch_1d("compress_half", x.size,
+                            (x, residual, message.view(cupy.uint16), _i64(x.size),
+                             _i32(codec == "bf16")))
+
+    def decompress_add(self, codec, message, block, out):
+        _target(out, "out")
+        if codec == "int8":
+            nb = -(-out.size // block)
+            self._launch_1d("decompress_int8_add", out.size,
+                            (message[4 * nb:].view(cupy.int8), message[:4 * nb].view(cupy.float32),
+                             out, _i64(out.size), _i64(block)))
+        else:
+            self._launch_1d("decompress_half_add", out.size,
+                            (message.view(cupy.uint16), out, _i64(out.size), _i32(codec == "bf16")))
 
     # --- reductions -------------------------------------------------------------
     def all_finite(self, a):

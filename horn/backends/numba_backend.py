@@ -15,13 +15,14 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from horn.backends.base import ACTIVATIONS, GOLDEN, MIX1, MIX2, Backend
+from horn.backends.base import ACTIVATIONS, BF16_MAX_BITS, GOLDEN, MIX1, MIX2, Backend
 
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity, relu, tanh, sigmoid
 _GOLDEN, _MIX1, _MIX2 = np.uint64(GOLDEN), np.uint64(MIX1), np.uint64(MIX2)
 _S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
 _ONE = np.uint64(1)
 _INV24 = np.float32(2.0 ** -24)
+_BF16_MAX_BITS = np.uint32(BF16_MAX_BITS)
 
 # OpenBLAS's worker threads spin after each matmul; GNU OpenMP's spin too, and on
 # a 2-core host the two pools starve each other (measured: 130 ms per step
@@ -454,6 +455,96 @@ _NO_SOFT = np.empty((0, 0), dtype=np.float32)
 _NO_LABELS = np.empty(0, dtype=np.int64)
 
 
+# ---- compressed exchanges: error feedback fused with the codec (one pass each) -------
+@njit(inline="always", cache=True)
+def _fp16_bits(f):
+    """IEEE half bits of float32 bits ``f``: round to nearest even, saturating at 65504."""
+    sign = (f >> 16) & 0x8000
+    e = np.int64((f >> 23) & 0xFF) - 112  # rebias 127 -> 15
+    m = np.int64(f & 0x7FFFFF)
+    if e >= 31:
+        return sign | 0x7BFF
+    if e <= 0:
+        if e < -10:
+            return sign
+        m |= 0x800000
+        shift = 14 - e
+        h = m >> shift
+        rem, half = m & ((1 << shift) - 1), 1 << (shift - 1)
+        if rem > half or (rem == half and h & 1):
+            h += 1
+        return sign | h
+    h = (e << 10) | (m >> 13)
+    rem = m & 0x1FFF
+    if rem > 0x1000 or (rem == 0x1000 and h & 1):
+        h += 1
+    return sign | min(h, 0x7BFF)
+
+
+@njit(inline="always", cache=True)
+def _bf16_bits(f):
+    """bfloat16 bits of float32 bits ``f``: round to nearest even, saturating."""
+    if (f & 0x7FFFFFFF) > _BF16_MAX_BITS:
+        return ((f >> 16) & 0x8000) | 0x7F7F
+    return (np.int64(f) + 0x7FFF + ((f >> 16) & 1)) >> 16
+
+
+@njit(inline="always", cache=True)
+def _half_value(h, brain):
+    """The float32 value of fp16 (``brain`` False) or bf16 bits ``h``."""
+    sign = -1.0 if h & 0x8000 else 1.0
+    if brain:
+        e, m = (h >> 7) & 0xFF, h & 0x7F
+        value = math.ldexp(m, -133) if e == 0 else math.ldexp(m + 128, e - 134)
+    else:
+        e, m = (h >> 10) & 0x1F, h & 0x3FF
+        value = math.ldexp(m, -24) if e == 0 else math.ldexp(m + 1024, e - 25)
+    return np.float32(sign * value)
+
+
+@_kernel
+def _compress_half(v, vbits, residual, out, brain):
+    # v = x + residual already (work buffer); vbits: its float32 bits (a view)
+    for i in prange(v.size):
+        h = _bf16_bits(vbits[i]) if brain else _fp16_bits(vbits[i])
+        out[i] = np.uint16(h)
+        residual[i] = v[i] - _half_value(h, brain)
+
+
+@_kernel
+def _decompress_half_add(h, out, brain):
+    for i in prange(out.size):
+        out[i] += _half_value(h[i], brain)
+
+
+@_kernel
+def _compress_int8(x, residual, block, scales, q):
+    n = x.size
+    for b in prange(scales.size):
+        lo, hi = b * block, min(b * block + block, n)
+        amax = np.float32(0)
+        for i in range(lo, hi):
+            a = abs(x[i] + residual[i])
+            if a > amax:
+                amax = a
+        s = amax / np.float32(127)
+        scales[b] = s
+        for i in range(lo, hi):
+            v = x[i] + residual[i]
+            k = np.float32(0)
+            if s > 0:
+                k = min(max(np.floor(v / s + np.float32(0.5)), np.float32(-127)),
+                        np.float32(127))
+            q[i] = np.int8(k)
+            residual[i] = v - k * s
+
+
+@_kernel
+def _decompress_int8_add(q, scales, block, out):
+    for i in prange(out.size):
+        out[i] += np.float32(q[i]) * scales[i // block]
+
+
 def _flat(a):
     return a.reshape(-1)
 
@@ -543,6 +634,32 @@ class NumbaBackend(Backend):
     def adam_update(self, p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
         _pick(_adam, p.size)(p, g, m, v, _f32(lr), _f32(beta1), _f32(beta2), _f32(eps), _f32(weight_decay),
               _f32(1 - beta1 ** t), _f32(1 - beta2 ** t))
+
+    def compress(self, codec, x, residual, block, message):
+        if codec == "int8":
+            nb = -(-x.size // block)
+            _pick(_compress_int8, x.size)(x, residual, block, message[:4 * nb].view(np.float32),
+                                         message[4 * nb:].view(np.int8))
+            return
+        v = self._work(x.size)
+        np.add(x, residual, out=v)
+        _pick(_compress_half, x.size)(v, v.view(np.uint32), residual, message.view(np.uint16),
+                                      codec == "bf16")
+
+    def decompress_add(self, codec, message, block, out):
+        if codec == "int8":
+            nb = -(-out.size // block)
+            _pick(_decompress_int8_add, out.size)(message[4 * nb:].view(np.int8),
+                                                 message[:4 * nb].view(np.float32), block, out)
+        else:
+            _pick(_decompress_half_add, out.size)(message.view(np.uint16), out, codec == "bf16")
+
+    def _work(self, n):
+        """A float32 scratch vector of ``n`` values, kept between calls."""
+        work = getattr(self, "_work_buffer", None)
+        if work is None or work.size < n:
+            work = self._work_buffer = np.empty(n, np.float32)
+        return work[:n]
 
     def all_finite(self, a):
         return bool(_pick(_all_finite, a.size)(_flat(a)))

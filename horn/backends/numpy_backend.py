@@ -5,7 +5,7 @@ Every other backend is tested against this one.
 
 import numpy as np
 
-from horn.backends.base import GOLDEN, MIX1, MIX2, Backend, out_size
+from horn.backends.base import BF16_MAX_BITS, FP16_MAX, GOLDEN, MIX1, MIX2, Backend, out_size
 
 
 def hash_uniform(key, n, xp=np):
@@ -196,3 +196,46 @@ class NumpyBackend(Backend):
         mhat = m / np.float32(1 - beta1 ** t)
         vhat = v / np.float32(1 - beta2 ** t)
         p -= np.float32(lr) * mhat / (np.sqrt(vhat) + np.float32(eps))
+
+    # --- compressed exchanges: the reference the kernels are tested against -----
+    def compress(self, codec, x, residual, block, message):
+        v = x + residual
+        n = v.size
+        if codec == "int8":
+            nb = -(-n // block)
+            scales, q = message[:4 * nb].view(np.float32), message[4 * nb:].view(np.int8)
+            blocks = np.zeros(nb * block, np.float32)
+            blocks[:n] = v
+            blocks = blocks.reshape(nb, block)
+            scales[:] = np.abs(blocks).max(axis=1) / np.float32(127)
+            safe = np.where(scales > 0, scales, np.float32(1))[:, None]
+            k = np.clip(np.floor(blocks / safe + np.float32(0.5)), -127, 127)
+            k[scales == 0] = 0
+            q[:] = k.reshape(-1)[:n].astype(np.int8)
+        else:
+            message.view(np.uint16)[:] = _to_half_bits(codec, v)
+        residual[:] = v
+        residual -= _decoded(codec, message, block, n)
+
+    def decompress_add(self, codec, message, block, out):
+        out += _decoded(codec, message, block, out.size)
+
+
+def _to_half_bits(codec, v):
+    if codec == "fp16":
+        return np.clip(v, -FP16_MAX, FP16_MAX).astype(np.float16).view(np.uint16)
+    top = np.float32(np.array([BF16_MAX_BITS], np.uint32).view(np.float32)[0])
+    bits = np.clip(v, -top, top).astype(np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+            >> np.uint32(16)).astype(np.uint16)
+
+
+def _decoded(codec, message, block, n):
+    if codec == "int8":
+        nb = -(-n // block)
+        scales, q = message[:4 * nb].view(np.float32), message[4 * nb:].view(np.int8)
+        return q.astype(np.float32) * np.repeat(scales, block)[:n]
+    half = message.view(np.uint16)
+    if codec == "fp16":
+        return half.view(np.float16).astype(np.float32)
+    return (half.astype(np.uint32) << np.uint32(16)).view(np.float32)

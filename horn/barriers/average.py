@@ -2,9 +2,12 @@
 
 from dataclasses import dataclass
 
+from horn.backends.base import CODECS
 from horn.barriers.base import PeerSync
+from horn.barriers.compress import CompressedMean
 from horn.barriers.outer import OUTER_OPTIMIZERS, OuterOptimizer
 from horn.barriers.registry import NoSettings, register_strategy
+from horn.errors import HornError
 from horn.jobs import opt
 
 
@@ -17,6 +20,13 @@ class AverageSettings(NoSettings):
     outer: str = opt("sgd", str, OUTER_OPTIMIZERS)  # on the pseudo-gradient (horn.barriers.outer)
     outer_lr: float = opt(1.0, float, lo=0.0, lo_open=True)  # sgd with 1: plain averaging
     outer_momentum: float = opt(0.9, float, lo=0.0, hi=1.0, hi_open=True)  # nesterov; adam's beta1
+    compress: str = opt("none", str, ("none", *CODECS))  # what each rank sends (barriers.compress)
+    block: int = opt(256, int, lo=1, hi=1 << 24)  # int8: values per scale
+
+    def check(self, parallel, where):
+        if self.compress != "none" and parallel.workers > 1:
+            raise HornError(f"{where('compress')}: compressed exchanges apply to model averaging "
+                            f"(workers = 1); sub-network groups average their parents in fp32")
 
 
 @register_strategy("average", AverageSettings)
@@ -26,8 +36,11 @@ def build(setup, settings, inner):
     if inner is not None:
         inner.average_across_groups(outer_for(setup.model, settings))
         return inner
+    compressed = None if settings.compress == "none" else CompressedMean(
+        setup.peer, setup.model, settings.compress, settings.block)
     return AverageSync(setup.peer, setup.model, setup.optimizer, setup.local_steps,
-                       setup.total_steps, settings.momentum, outer_for(setup.model, settings))
+                       setup.total_steps, settings.momentum, outer_for(setup.model, settings),
+                       compressed)
 
 
 def outer_for(model, settings):
@@ -42,9 +55,10 @@ class AverageSync(PeerSync):
     buffer (and, optionally, of the optimizer state) over all ranks."""
 
     def __init__(self, peer, model, optimizer, local_steps, total_steps, average_state=False,
-                 outer=None):
+                 outer=None, compressed=None):
         super().__init__(peer)
         self.model, self.optimizer, self.outer = model, optimizer, outer
+        self.compressed = compressed
         self.local_steps, self.total_steps = local_steps, total_steps
         self.average_state = average_state
         self.steps_done = 0
@@ -53,9 +67,15 @@ class AverageSync(PeerSync):
     def after_step(self, step):
         self.steps_done = step + 1
         if self.is_boundary(self.steps_done, self.local_steps, self.total_steps):
-            average(self.peer, self.model, self.optimizer, self.average_state, "world")
+            if self.compressed is None:
+                average(self.peer, self.model, self.optimizer, self.average_state, "world")
+            else:
+                self.compressed.average(self.model)
+                average_state(self.peer, self.optimizer, self.average_state, "world")
             if self.outer is not None:
                 self.outer.step(self.model)
+            if self.compressed is not None:
+                self.compressed.rebase(self.model.params)
             self.peer.sync()
             self.boundary_at = self.steps_done
 
@@ -65,6 +85,8 @@ class AverageSync(PeerSync):
         buffers.update({f"opt.{k}": (state_key, v) for k, v in optimizer.state().items()})
         if self.outer is not None:
             buffers.update({f"outer.{k}": ("world", v) for k, v in self.outer.buffers().items()})
+        if self.compressed is not None:
+            buffers.update(self.compressed.checkpoint_buffers())
         return buffers
 
     def restore_meta(self, meta):
@@ -94,6 +116,11 @@ def average(peer, model, optimizer, with_state, comm):
     """Replace the parameters (and optimizer state) by their mean over ``comm``."""
     model.backend.synchronize()
     peer.allreduce_mean(model.params, comm)
+    average_state(peer, optimizer, with_state, comm)
+
+
+def average_state(peer, optimizer, with_state, comm):
+    """The optimizer state's mean over ``comm`` (fp32), when ``with_state``."""
     if with_state:
         for buf in optimizer.state().values():
             peer.allreduce_mean(buf, comm)

@@ -556,3 +556,109 @@ extern "C" __global__ void avg_pool_backward(const float* dy, float* dx, HORN_WI
         dx[idx] = sum * inv;
     }
 }
+
+// ---------------------------------------------------------------------------
+// compressed exchanges (horn.barriers.compress): error feedback fused with the
+// codec, the same arithmetic as numba_backend's kernels (tested bit for bit there)
+// ---------------------------------------------------------------------------
+
+// (host-callable too: tests compile them for the CPU and compare with numpy bit for bit)
+__host__ __device__ __forceinline__ unsigned int horn_bits(float v)
+{
+    union { float f; unsigned int u; } pun;
+    pun.f = v;
+    return pun.u;
+}
+
+// IEEE half bits of v: round to nearest even, saturating at +-65504.
+__host__ __device__ __forceinline__ unsigned int horn_fp16_bits(float v)
+{
+    const unsigned int f = horn_bits(v);
+    const unsigned int sign = (f >> 16) & 0x8000u;
+    const long long e = (long long)((f >> 23) & 0xffu) - 112;
+    long long m = f & 0x7fffffu;
+    if (e >= 31) return sign | 0x7bffu;
+    if (e <= 0) {
+        if (e < -10) return sign;
+        m |= 0x800000;
+        const long long shift = 14 - e;
+        long long h = m >> shift;
+        const long long rem = m & ((1LL << shift) - 1), half = 1LL << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) h += 1;
+        return sign | (unsigned int)h;
+    }
+    long long h = (e << 10) | (m >> 13);
+    const long long rem = m & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h += 1;
+    return sign | (unsigned int)(h < 0x7bff ? h : 0x7bff);
+}
+
+// bfloat16 bits of v: round to nearest even, saturating at the largest finite value.
+__host__ __device__ __forceinline__ unsigned int horn_bf16_bits(float v)
+{
+    const unsigned int f = horn_bits(v);
+    if ((f & 0x7fffffffu) > 0x7f7f0000u) return ((f >> 16) & 0x8000u) | 0x7f7fu;
+    return (unsigned int)(((unsigned long long)f + 0x7fffu + ((f >> 16) & 1u)) >> 16);
+}
+
+__host__ __device__ __forceinline__ float horn_half_value(unsigned int h, int brain)
+{
+    const float sign = (h & 0x8000u) ? -1.0f : 1.0f;
+    if (brain) {
+        const int e = (h >> 7) & 0xff, m = h & 0x7f;
+        return sign * (e == 0 ? ldexpf((float)m, -133) : ldexpf((float)(m + 128), e - 134));
+    }
+    const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    return sign * (e == 0 ? ldexpf((float)m, -24) : ldexpf((float)(m + 1024), e - 25));
+}
+
+// v = x + residual; out = half(v); residual = v - value(out).
+extern "C" __global__ void compress_half(const float* x, float* residual, unsigned short* out,
+                                         i64 size, int brain)
+{
+    HORN_GRID_STRIDE(idx, size) {
+        const float v = x[idx] + residual[idx];
+        const unsigned int h = brain ? horn_bf16_bits(v) : horn_fp16_bits(v);
+        out[idx] = (unsigned short)h;
+        residual[idx] = v - horn_half_value(h, brain);
+    }
+}
+
+extern "C" __global__ void decompress_half_add(const unsigned short* h, float* out, i64 size,
+                                               int brain)
+{
+    HORN_GRID_STRIDE(idx, size) out[idx] += horn_half_value(h[idx], brain);
+}
+
+// One block of values [lo, hi): scale = max|v| / 127, q = floor(v / scale + 0.5).
+__host__ __device__ __forceinline__ void horn_int8_block(const float* x, float* residual,
+                                                         float* scale, signed char* q, i64 lo,
+                                                         i64 hi)
+{
+    float amax = 0.0f;
+    for (i64 i = lo; i < hi; ++i) amax = fmaxf(amax, fabsf(x[i] + residual[i]));
+    const float s = amax / 127.0f;
+    *scale = s;
+    for (i64 i = lo; i < hi; ++i) {
+        const float v = x[i] + residual[i];
+        const float k = s > 0.0f ? fminf(fmaxf(floorf(v / s + 0.5f), -127.0f), 127.0f) : 0.0f;
+        q[i] = (signed char)k;
+        residual[i] = v - k * s;
+    }
+}
+
+// One thread per block of values.
+extern "C" __global__ void compress_int8(const float* x, float* residual, float* scales,
+                                         signed char* q, i64 size, i64 block, i64 blocks)
+{
+    HORN_GRID_STRIDE(b, blocks) {
+        const i64 lo = b * block, hi = lo + block < size ? lo + block : size;
+        horn_int8_block(x, residual, scales + b, q, lo, hi);
+    }
+}
+
+extern "C" __global__ void decompress_int8_add(const signed char* q, const float* scales,
+                                               float* out, i64 size, i64 block)
+{
+    HORN_GRID_STRIDE(idx, size) out[idx] += (float)q[idx] * scales[idx / block];
+}
