@@ -11,6 +11,7 @@ import numpy as np
 from horn.abort import install_abort_hook, run_guarded
 from horn.cli_parser import HornArgumentParser
 from horn.errors import HornError
+from horn.options import print_layer_table
 from horn.shipped_jobs import add_jobs_command, resolve_job
 
 
@@ -93,9 +94,13 @@ def cmd_launch(args):
 
 
 def cmd_validate(args):
+    """Every check ``horn run`` makes before training (horn.runner.prepare), no training."""
+    from horn.runner import prepare
+
     job = _load(args)
-    print(f"{args.job}: ok ({job.name}: {len(job.model.layers)} layers, data {job.data.name}, "
-          f"{job.train.optimizer} lr {job.train.lr}, backend {job.train.backend})")
+    for name, finding in prepare(job, single_process_rule=False).checks():
+        print(f"  {name + ':':<10} {finding}")
+    print(f"{args.job}: ok")
     return 0
 
 
@@ -310,6 +315,7 @@ def build_parser():
                            help="CSV to write, in an existing directory")
     sub.add_parser("info", help="versions, backends, BLAS, threads, MPI").set_defaults(
         func=cmd_info)
+    sub.add_parser("layers", help="layers and their options").set_defaults(func=print_layer_table)
     hosts = sub.add_parser("hosts", help="hostfile tools").add_subparsers(dest="hosts_command",
                                                                            required=True)
     check = hosts.add_parser("check", help="validate a hostfile")

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from horn.backends.base import GOLDEN, MIX1, MIX2
+from horn.options import check_options
 
 _MASK64 = (1 << 64) - 1
 
@@ -91,6 +92,7 @@ class Layer:
         # Record the constructor arguments so a model can be saved as a spec and rebuilt.
         obj = super().__new__(cls)
         bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        check_options(cls, bound.arguments)  # typed options: before the constructor coerces
         bound.apply_defaults()
         obj._config = {k: v for k, v in list(bound.arguments.items())[1:]
                        if k not in ("args", "kwargs")}

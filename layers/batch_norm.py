@@ -30,7 +30,7 @@ class BatchNorm(Layer):
 
     partition_role = "through"
 
-    def __init__(self, momentum=0.1, eps=1e-5):
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5):
         if not 0 < momentum <= 1:
             raise ValueError(f"momentum must be in (0, 1], found {momentum!r}")
         if not eps > 0:

@@ -1,5 +1,7 @@
 """2-D convolution lowered to one BLAS matmul (im2col), with a fused epilogue."""
 
+from collections.abc import Callable
+
 from horn import Layer, register_layer
 from horn.layers._windows import image_shape, output_hw, pair
 
@@ -25,8 +27,9 @@ class Conv2d(Layer):
     input_rank = 3
     partition_role = "split"
 
-    def __init__(self, channels, kernel=3, stride=1, padding=0, activation="identity",
-                 init="he", bias=True):
+    def __init__(self, channels: int, kernel: int | list[int] = 3, stride: int | list[int] = 1,
+                 padding: int | list[int] = 0, activation: str = "identity",
+                 init: str | Callable = "he", bias: bool = True):
         if not (isinstance(channels, int) and not isinstance(channels, bool) and channels > 0):
             raise ValueError(f"channels must be a positive integer, found {channels!r}")
         if activation not in ACTIVATIONS:

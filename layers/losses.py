@@ -14,7 +14,7 @@ class SoftmaxCrossEntropy(Loss):
 
     predicts_probabilities = True  # softmax rows: an ensemble averages and distils them
 
-    def __init__(self, temperature=1.0):
+    def __init__(self, temperature: float = 1.0):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, found {temperature!r}")
         self.temperature = temperature

@@ -13,7 +13,8 @@ class _Pool2d(Layer):
     input_rank = 3
     partition_role = "through"  # per channel: sub-networks carry the channel partition on
 
-    def __init__(self, kernel=2, stride=None, padding=0):
+    def __init__(self, kernel: int | list[int] = 2, stride: int | list[int] | None = None,
+                 padding: int | list[int] = 0):
         self.kernel = pair(kernel, "kernel", 1)
         self.stride = self.kernel if stride is None else pair(stride, "stride", 1)
         self.padding = pair(padding, "padding", 0)

@@ -67,7 +67,7 @@ def test_eval_and_predict_on_a_run_directory(tmp_path):
 
 
 def test_validate_and_info():
-    result = horn("validate", ROOT / "jobs/fashion_mlp.toml")
+    result = horn("validate", ROOT / "jobs/digits.toml")
     assert result.returncode == 0 and "ok" in result.stdout
     result = horn("info")
     assert result.returncode == 0 and "numba" in result.stdout and "Open MPI" in result.stdout

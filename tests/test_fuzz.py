@@ -36,7 +36,9 @@ from horn.barriers.registry import strategies
 from horn.jobs import SECTIONS, key_fields, load_job, write_resolved
 from horn.layer import batch_shape
 from horn.layers import Dense, SoftmaxCrossEntropy
-from horn.model import FORMAT, Model, spec_layout
+from horn.model import FORMAT, Model, layer_from_spec, spec_layout
+from horn.options import matches, option_types
+from horn.runner import needed_ranks, prepare
 
 FUZZ = settings(max_examples=2000, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -426,6 +428,82 @@ def test_fuzz_set_overrides(work, good_job, items):
     job = only_horn_errors(lambda: load_job(good_job, items), str(good_job), "--set")
     if job is not None:
         check_job(job, work)
+
+
+# ================================================ typed layer options, --set, validate (issue 11)
+OPTION_VALUES = st.one_of(JUNK, st.sampled_from([True, False, 0, 1, 3, -1, 2.5, 1e9, "relu", "he",
+                                                 "no", "", [3, 3], [2], [1, "2"], None]))
+
+
+@st.composite
+def layer_options(draw):
+    """A registered layer type and values, of any type, for its own options."""
+    kind = draw(st.sampled_from(sorted(registry.registered())))
+    names = sorted(option_types(registry.registered()[kind]))
+    options = draw(st.dictionaries(st.sampled_from(names), OPTION_VALUES, max_size=3)) \
+        if names else {}
+    return kind, options
+
+
+@FUZZ
+@given(case=layer_options())
+def test_fuzz_layer_option_types(case):
+    """Whatever a layer accepts holds its annotated types; a type error names the layer,
+    the option, the expected type and the value, and only a wrong type gets one."""
+    kind, options = case
+    declared = option_types(registry.registered()[kind])
+    where = "job.toml: model.layers[1]"
+    try:
+        layer = layer_from_spec({"type": kind, **options}, where)
+    except HornError as exc:
+        message = str(exc)
+        assert message.startswith(where) and kind in message and "\n" not in message, message
+        typed = re.match(rf"{re.escape(where)} \({kind}\): option '(\w+)': expected (.+), "
+                         rf"found (.+)$", message)
+        if typed:
+            name = typed.group(1)
+            assert not matches(options[name], declared[name][0]) and \
+                typed.group(3) == repr(options[name]), message
+        else:  # the layer's own word on a value of the right type; a missing option; NaN
+            assert re.search("missing a required argument|expected finite numbers", message) or all(
+                matches(v, declared[k][0]) for k, v in options.items()), message
+        return
+    for name, (kind_of, _) in declared.items():
+        assert matches(layer.config[name], kind_of), (name, layer.config[name])
+
+
+@FUZZ
+@given(items=st.lists(OVERRIDES, min_size=1, max_size=4))
+def test_fuzz_set_errors_name_the_set(work, good_job, items):
+    """The job file is valid, so every error is an override's: it names ``--set``."""
+    try:
+        load_job(good_job, items)
+    except HornError as exc:
+        assert str(exc).startswith("--set "), str(exc)
+
+
+@settings(FUZZ, max_examples=300)
+@given(doc=near_miss_jobs())
+def test_fuzz_validate_and_run_agree(work, doc):
+    """``horn validate`` and ``horn run`` make the same checks before training (only
+    the single-process rule differs), never a traceback; what validates takes a step."""
+    if isinstance(doc.setdefault("train", {}), dict):
+        doc["train"]["threads"] = 1  # fuzzed thread counts would outlive the test
+    path = work / "validate.toml"
+    path.write_text(toml_document(doc, False), encoding="utf-8")
+    job = only_horn_errors(lambda: load_job(path), str(path))
+    if job is None:
+        return
+    validated = only_horn_errors(lambda: prepare(job, single_process_rule=False))
+    ran = only_horn_errors(lambda: prepare(job))
+    if needed_ranks(job.parallel) > 1:
+        assert ran is None
+    else:
+        assert (validated is None) == (ran is None)
+    if ran is not None:
+        xb, yb = ran.stream.next()
+        ran.model.train_step(xb, yb)
+        ran.optimizer.step(ran.schedule(0))
 
 
 # =========================================================================== hostfiles
@@ -1183,9 +1261,9 @@ def test_job_naming_code_as_layer_is_refused_without_calling_it(tmp_path, tripwi
     with pytest.raises(HornError, match="job.toml: model.layers\\[0\\]"):
         load_job(path)
     path.write_text(GOOD_JOB)
-    with pytest.raises(HornError, match="job.toml: model.loss"):
+    with pytest.raises(HornError, match=r"^--set .model.loss=.*.: model.loss"):  # issue 11
         load_job(path, [f"model.loss={kind}"])
-    with pytest.raises(HornError, match="job.toml: model.layers\\[1\\]"):
+    with pytest.raises(HornError, match=r"^--set .model.layers.1.type=.*.: model.layers\[1\]"):
         load_job(path, [f"model.layers.1.type={kind}"])
 
 
@@ -1194,7 +1272,7 @@ def test_every_fuzzed_layer_type_loads_or_is_one_clear_line(tmp_path, tripwires,
     path = tmp_path / "job.toml"
     path.write_text(GOOD_JOB.replace('"dense", units = 8', f"{json.dumps(kind)}, units = 8"))
     only_horn_errors(lambda: load_job(path), f"{path}: model.layers[0]")
-    only_horn_errors(lambda: load_job(path, [f"model.loss={json.dumps(kind)}"]), str(path))
+    only_horn_errors(lambda: load_job(path, [f"model.loss={json.dumps(kind)}"]), str(path), "--set")
 
 
 @pytest.mark.parametrize("kind", CODE_TYPES)
