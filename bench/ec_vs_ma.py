@@ -5,7 +5,7 @@
 
 The job is jobs/fashion_ec.toml (MLP 784-256-256-10, 10 epochs of 210 steps per group).
 Two series, each one mpirun launch of this file (``--worker``) whose ranks run every
-configuration in turn through ``horn.runner.run_job`` (one start-up and one data load
+configuration in turn through ``horn.training_run.run_job`` (one start-up and one data load
 per series): 4 groups x 1 worker (4 ranks) and sub-network groups, 4 groups x 2
 workers (8 ranks), oversubscribed on the machine's cores. Every configuration runs on
 IID and Dirichlet(0.1) label-skewed shards with 3 seeds (the seed also draws the shards).
@@ -135,6 +135,7 @@ def worker(plan_path, results_path):
     from horn.abort import install_abort_hook
     from horn.bsp import Peer
     from horn.jobs import job_from_dict
+    from horn.training_run import run_job
 
     install_abort_hook()
     runner.load_dataset = functools.lru_cache(maxsize=1)(runner.load_dataset)  # one load
@@ -152,7 +153,7 @@ def worker(plan_path, results_path):
                                timeout_s=900)
         peer.verify_same("world", job.digest(), what="the configuration")
         before, start = peer.bytes_sent_total, time.perf_counter()
-        result = runner.run_job(job, progress=False, peer=peer)
+        result = run_job(job, progress=False, peer=peer)
         wall = time.perf_counter() - start
         spent = np.array([peer.bytes_sent_total - before], np.float64)
         peer.allreduce_mean(spent, "world")

@@ -22,7 +22,7 @@ epoch; the clock excludes that epoch's evaluation, as horn's ``time_s`` does) fo
   ...        and the tuned horn jobs in jobs/bench_*.toml (see TUNED)
 
 Every run is a fresh set of processes (``--worker``) with the thread variables set before
-import: horn under ``mpirun --bind-to none`` (its ``horn.runner.run_job``, metrics read
+import: horn under ``mpirun --bind-to none`` (its ``horn.training_run.run_job``, metrics read
 from metrics.jsonl), PyTorch with the loop written here. Bytes are per rank: horn's Peer
 accounting (ring model, 2 (p-1)/p x 4 bytes x parameters per Allreduce) summed over the
 superstep records; DDP is charged the same model, 2 (p-1)/p x 4 x parameters per step.
@@ -150,7 +150,7 @@ def horn_worker(spec_path, out_path):
     from horn.jobs import job_from_dict
     from horn.model import Model
     from horn.parallel import create_peer
-    from horn.runner import run_job
+    from horn.training_run import run_job
 
     install_abort_hook()
     spec = json.loads(Path(spec_path).read_text())

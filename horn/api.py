@@ -30,7 +30,8 @@ def run(job, overrides=(), progress=False):
     """
     from horn.jobs import apply_override, job_from_dict, load_job
     from horn.parallel import create_peer
-    from horn.runner import run_job
+    from horn.resume import install_preemption_handlers
+    from horn.training_run import run_job
 
     if isinstance(job, dict):
         doc = copy.deepcopy(job)
@@ -42,6 +43,7 @@ def run(job, overrides=(), progress=False):
     else:
         raise HornError(f"horn.run: expected a job file path or a dict, found "
                         f"{type(job).__name__}")
+    install_preemption_handlers()  # a stop signal ends at a round boundary, as for horn run
     out = run_job(resolved, progress=progress, peer=create_peer(resolved), every_rank=True)
     run_dir = out.pop("run_dir")
     history, model = out.pop("history"), out.pop("model")

@@ -28,7 +28,7 @@ def cmd_run(args):
     from horn.resume import install_preemption_handlers
     install_preemption_handlers()  # before the slow start-up: see horn.resume.Preemption
     from horn.parallel import create_peer
-    from horn.runner import run_job
+    from horn.training_run import run_job
 
     if args.resume:
         layout_only = all(s.startswith(_LAYOUT_KEYS) for s in args.set or [])
@@ -100,7 +100,7 @@ def cmd_validate(args):
     job = _load(args)
     for name, finding in prepare(job, single_process_rule=False).checks():
         print(f"  {name + ':':<10} {finding}")
-    print(f"{args.job}: ok")
+    print(f"{args.job}: ok ({job.name}: {job.source})")
     return 0
 
 

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 
 from horn.errors import HornError
+from horn.trainer import EpochCounters
 
 
 class RunState:
@@ -58,7 +59,7 @@ class RunState:
         if self.peer is not None:
             self.peer.restore_counters(meta["peer"])
         self.sync.restore_meta(meta["sync"])
-        return meta["step"], tuple(meta["counters"])
+        return meta["step"], EpochCounters(*meta["counters"])
 
     def _restore_on_new_layout(self, manifest, arrays, layout, where):
         """Another world size: only the models carry over -- model averaging's averaged
@@ -87,7 +88,7 @@ class RunState:
         meta = manifest["ranks"]["0"]
         self.stream.epoch = meta["stream"]["epoch"]
         self.sync.restore_meta(meta["sync"])
-        return meta["step"], (0.0, 0, 0, 0)
+        return meta["step"], EpochCounters()
 
 
 def parameter_shapes(model):

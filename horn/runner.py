@@ -1,4 +1,5 @@
-"""Set up and run one job: threads, backend, data, model, run directory, artefacts."""
+"""Set up one job on one rank: threads, backend, data, model, strategy, and every
+check made before training (:func:`prepare`); :mod:`horn.training_run` runs it."""
 
 import dataclasses
 import os
@@ -11,23 +12,17 @@ import numpy as np
 from horn.backends import get_backend
 from horn.barriers import Setup, make_sync
 from horn.batches import BatchStream
-from horn.checkpoint import Checkpointer, load_latest
 from horn.data import load_dataset
-from horn.early_stop import BestTracker, agree
-from horn.ensemble_model import load_predictor
 from horn.errors import HornError
-from horn.jobs import early_stop_settings, model_spec, write_resolved
+from horn.jobs import model_spec
 from horn.layer import as_shape, shape_size
 from horn.memory import Estimate, check_fits, estimate
-from horn.metrics import MetricsLog, print_progress
 from horn.model import Model
 from horn.optim import make_optimizer
 from horn.parallel import derive_seed, dirichlet_shard_indices, local_ranks, shard_indices
-from horn.plots import plot_curves
 from horn.registry import resolve
-from horn.resume import Preemption, RunState, install_preemption_handlers, parameter_shapes
 from horn.schedules import make_schedule
-from horn.trainer import Trainer, total_steps
+from horn.trainer import total_steps
 
 
 def configure_threads(threads, local_ranks=1):
@@ -233,121 +228,3 @@ def prepare(job, peer=None, single_process_rule=True):
                            local), job.parallel)
     return Prepared(job, threads, backend, data, local, model, optimizer, schedule, stream, steps,
                  sync, need, available)
-
-
-def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_rank=False):
-    """Train ``job`` on this rank (a world of one without a peer).
-
-    With ``resume``, ``run_dir`` is an earlier run's directory and training goes on
-    from its newest valid checkpoint. Rank 0 writes the run directory and returns
-    the final record plus run_dir, history (the epoch records) and model; other ranks
-    return None, or with ``every_rank`` their history and model (run_dir None).
-    """
-    root = peer is None or peer.rank == 0
-    run_dir = Path(run_dir) if run_dir else None
-    setup = prepare(job, peer)
-    threads, backend, data, local = setup.threads, setup.backend, setup.data, setup.local
-    model, optimizer, schedule = setup.model, setup.optimizer, setup.schedule
-    stream, steps, sync = setup.stream, setup.steps, setup.sync
-    show = root and progress and job.log.progress != "none"
-    settings = early_stop_settings(job.train)
-    if settings and not len(data.y_val):
-        raise HornError(f"{job.source}: train.early_stop needs a validation set, but "
-                        f"data.val_fraction is {job.data.val_fraction}")
-    if root and not resume:
-        run_dir = (run_dir or make_run_dir(job.log.dir, job.name)).resolve()
-        write_resolved(job, run_dir / "job.json")
-    if root:  # absolute and at once, so `tail -f RUN_DIR/metrics.jsonl` works from the start
-        print_progress(f"horn: run directory {run_dir.resolve()}", show)
-    if peer is not None and show:
-        print_progress(f"horn: {peer.layout_text()}", show)
-    print_progress(f"horn: {job.name}: {data.name} {len(local.y_train)}/{len(data.y_val)}/"
-                   f"{len(data.y_test)} train (per group)/val/test, {model.num_params:,} "
-                   f"parameters, backend {backend.name}, {threads} thread(s), {steps} steps", show)
-    state = RunState(model, optimizer, stream, sync, peer)
-    layout = {"world": peer.size if peer else 1, "groups": peer.groups if peer else 1,
-              "workers": peer.workers if peer else 1}
-    best = BestTracker(settings.patience, settings.min_delta) if settings else BestTracker()
-    start_step, counters, offset, elapsed = 0, (0.0, 0, 0, 0), None, 0.0
-    if resume:
-        manifest, arrays = load_latest(run_dir, every=job.checkpoint.every)
-        start_step, counters = state.restore(manifest, arrays, layout,
-                                             str(run_dir / "checkpoints" / manifest["file"]))
-        offset, elapsed = manifest["metrics_bytes"], manifest.get("time_s", 0.0)
-        best.restore(manifest.get("best"))
-        print_progress(f"horn: resuming {run_dir} at step {start_step} of {steps}", show)
-    metrics = MetricsLog(run_dir / "metrics.jsonl" if root else None, truncate_to=offset)
-    checkpointer = Checkpointer(run_dir, peer, job.checkpoint.keep_last)
-    every = job.checkpoint.every
-    rounds = [manifest["round"] if resume else 0]  # barriers completed (a checkpoint counts them)
-
-    def on_round_end(done, epoch_counters, elapsed_s):
-        rounds[0] += 1
-        stop = preemption.agreed()
-        if stop or (every and (rounds[0] % every == 0 or done == steps)):
-            for record in sync.records():  # what the checkpoint's metrics offset covers
-                metrics.write(record)
-            own, shared, meta = state.snapshot(done, epoch_counters)
-            checkpointer.save(done, own, meta, shared, {
-                "layout": layout, "job_digest": job.digest(), "round": rounds[0],
-                "parameters": parameter_shapes(model),
-                "metrics_bytes": metrics.tell(), "time_s": elapsed_s, "best": best.state()})
-        return stop
-
-    def on_evaluated(record, val_model):
-        """Keep the best model (rank 0 decides, from its validation accuracy; no other
-        rank needs to know); True on every rank when it is time to stop."""
-        if root and best.update(record["epoch"], record["val_accuracy"]):
-            save_model(val_model, run_dir / "best.npz", job, data,
-                       {"epoch": record["epoch"], "val_accuracy": record["val_accuracy"]})
-        return settings is not None and agree(peer, root and best.exhausted)
-
-    preemption = Preemption(peer)
-    install_preemption_handlers()
-    if peer is not None:
-        peer.restart_superstep_clock()  # superstep 0 starts with training, not start-up
-    try:
-        trainer = Trainer(model, optimizer, schedule, stream, data, metrics, steps, sync=sync,
-                          eval_every=job.train.eval_every, progress=show,
-                          rank_name=f"rank {peer.rank}" if peer else "",
-                          on_round_end=on_round_end, on_evaluated=on_evaluated,
-                          skip_bad_batches=job.train.on_nan == "skip_batch")
-        if resume and settings:  # stopped after early stopping was decided, before it took effect
-            trainer.stop_requested = agree(peer, root and best.exhausted)
-        history = trainer.run(start_step, counters, elapsed)
-        if trainer.stopped_at is not None:
-            return {"preempted": True, "step": trainer.stopped_at, "run_dir": str(run_dir)} \
-                if root else None
-        final_model = sync.eval_model(model)
-        final = {"kind": "final", "test_accuracy": final_model.accuracy(data.x_test, data.y_test),
-                 "val_accuracy": final_model.accuracy(data.x_val, data.y_val),
-                 "time_s": trainer.elapsed_s(),
-                 "steps": trainer.early_stopped_at or steps}
-        if trainer.early_stopped_at is not None:
-            final["stopped_early_at_epoch"] = history[-1]["epoch"]
-        if root and best.best_epoch is not None:
-            best_model, _ = load_predictor(run_dir / "best.npz", backend.name)  # or an ensemble
-            final.update(best_epoch=best.best_epoch, best_val_accuracy=best.best,
-                         best_test_accuracy=best_model.accuracy(data.x_test, data.y_test))
-        per_rank = sync.bytes_per_rank()
-        if per_rank is not None:
-            final["bytes_sent_per_rank"] = per_rank
-        metrics.write(final)
-    finally:
-        metrics.close()
-    if not root:
-        return {"history": history, "model": final_model, "run_dir": None} if every_rank \
-            else None
-    save_model(final_model, run_dir / "model.npz", job, data)
-    if job.log.plot:
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curve.png", job.name)
-    return {**final, "run_dir": str(run_dir), "history": history, "model": final_model}
-
-
-def save_model(model, path, job, data, extra=None):
-    """``model`` with what eval/predict need (the job, classes, input scaling), written
-    whole or not at all (a kill while writing leaves the previous file)."""
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    model.save(tmp, meta={"job": job.to_dict(), "classes": data.classes,
-                          "scaler": scaler_meta(data.scaler), **(extra or {})})
-    os.replace(tmp, path)

@@ -7,12 +7,23 @@ single-process and parallel training cannot drift apart.
 
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 from horn.barriers.base import Sync
 from horn.errors import DivergenceError
 from horn.metrics import EpochProgress, print_progress, progress_line
+
+
+class EpochCounters(NamedTuple):
+    """The running sums of the epoch under way: checkpointed, so a resumed epoch
+    reports the same loss and accuracy as an uninterrupted one."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    skipped: int = 0
 
 #: A loss this many times its first value (or 1, when that is smaller) has diverged even
 #: while it stays finite (lr = 1e10 reaches 1e35 and "trains" on at chance accuracy).
@@ -66,13 +77,13 @@ class Trainer:
                               f"non-finite value: {where or 'the loss itself'} (lower train.lr "
                               f"or check the data)")
 
-    def run(self, start_step=0, counters=(0.0, 0, 0, 0), elapsed_s=0.0):
+    def run(self, start_step=0, counters=None, elapsed_s=0.0):
         """Train from ``start_step`` (a resumed run passes its checkpoint's step, the
         epoch's running loss sum, correct, seen and skipped counts, and the seconds
         trained before, so ``time_s`` goes on where it stopped)."""
         stream = self.stream
         total_epochs = math.ceil(self.total_steps / stream.per_epoch)
-        epoch_loss, epoch_correct, epoch_seen, epoch_skipped = counters
+        epoch_loss, epoch_correct, epoch_seen, epoch_skipped = counters or EpochCounters()
         self._clock = (time.perf_counter(), elapsed_s)
         epoch_start = time.perf_counter()
         bar = EpochProgress(self.progress, stream.per_epoch, total_epochs)
@@ -109,7 +120,7 @@ class Trainer:
             done = step + 1
             if not self.sync.at_boundary(done):
                 continue
-            counters = (epoch_loss, epoch_correct, epoch_seen, epoch_skipped)
+            counters = EpochCounters(epoch_loss, epoch_correct, epoch_seen, epoch_skipped)
             if self.on_round_end and self.on_round_end(done, counters, self.elapsed_s()):
                 self.stopped_at = done
                 break

@@ -82,7 +82,7 @@ def test_validate_says_what_it_checked_and_trains_nothing(tmp_path):
     checks = [line.split(":")[0].strip() for line in lines[:-1]]
     assert checks == ["data", "model", "memory", "training", "layout"], lines
     assert "10 outputs for 10 classes" in result.stdout and "GiB available" in result.stdout
-    assert lines[-1].endswith("digits.toml: ok") and not list(tmp_path.iterdir())
+    assert lines[-1].endswith("digits.toml: ok (digits: " + str(ROOT / "jobs/digits.toml") + ")") and not list(tmp_path.iterdir())
 
 
 def test_prepare_is_the_one_pre_training_check_and_sizes_memory(monkeypatch):
