@@ -7,7 +7,7 @@ JOB     ?= jobs/digits.toml
 export OMPI_ALLOW_RUN_AS_ROOT = 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM = 1
 
-.PHONY: setup run test accuracy bench bench-ec bench-cluster fashion-data clean
+.PHONY: setup run lint test accuracy bench bench-ec bench-cluster fashion-data clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,12 @@ run: setup
 	$(BIN)/horn run $(JOB)
 	@echo "horn is installed in $(VENV); to use horn, mpirun and python from it in this shell: . $(VENV)/bin/activate"
 
-test: setup
+# ruff (ruff.toml): lint and formatting are checked, never rewritten, by `make test`.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
 	$(BIN)/python -m pytest -q
 
 # Fashion-MNIST from Debian's package, for the accuracy runs and benchmarks.
