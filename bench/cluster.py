@@ -57,6 +57,9 @@ TUNED = {
     "ma_100mbit": {"label": "horn model averaging, tuned for 100 Mbit/s "
                             "(jobs/bench_cluster_100mbit.toml)",
                    "kind": "horn", "procs": 2, "job": "jobs/bench_cluster_100mbit.toml"},
+    "ma_100mbit_int8": {"label": "horn model averaging, int8 exchanges, tuned for 100 Mbit/s "
+                                 "(jobs/bench_cluster_100mbit_int8.toml)",
+                        "kind": "horn", "procs": 2, "job": "jobs/bench_cluster_100mbit_int8.toml"},
 }
 CONFIGS.update({n: c for n, c in TUNED.items() if (REPO / c["job"]).exists()})
 EXTRAPOLATED = {("ddp", "1gbit"), ("ddp", "100mbit"), ("sync", "1gbit"), ("sync", "100mbit"),
@@ -181,9 +184,12 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(RATES), figsize=(6 * len(RATES), 5), sharey=True)
+    rates = [rate for rate in RATES if any(r == rate for _, r in results)]  # --rates measured
+    fig, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 5), sharey=True,
+                             squeeze=False)
+    axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, rate in zip(axes, RATES):
+    for ax, rate in zip(axes, rates):
         for i, name in enumerate(CONFIGS):
             r = results.get((name, rate))
             if r is None:
