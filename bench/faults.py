@@ -20,6 +20,7 @@ MPIRUN = str(Path(sys.prefix) / "bin" / "mpirun")
 JOB = """
 name = "faults"
 [model]
+imports = ["killer"]
 layers = [{ type = "dense", units = 64, activation = "relu" }, { type = "killer:KillAt" },
           { type = "dense", units = 10 }]
 [train]

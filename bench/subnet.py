@@ -1,6 +1,7 @@
 """Sub-network groups (HORN-27): compute, assembly and bytes of IST vs model averaging.
 
 ``python bench/subnet.py [--backend numba|numpy] [--race|--race-from DIR...]``
+``python bench/subnet.py --net cnn [--backend numba|numpy]``
 
 Parent MLP 784-4096-4096-10, batch 256, W = 2 and 4 workers per group, the
 balanced partition and the scale folded into the weights (``parallel.subnet.scale_at =
@@ -23,6 +24,11 @@ balanced partition and the scale folded into the weights (``parallel.subnet.scal
 Timings (a)/(b) are medians over interleaved blocks, so that a load burst hits
 every variant alike; the 1-minute load average is printed with them. Writes
 docs/subnet.md.
+
+``--net cnn``: (a) only, for channel-partitioned sub-networks of the parent of
+jobs/fashion_cnn_subnet.toml (convs 32-64, dense 256, batch 128) at 1 thread: a
+worker's compact CNN step / the parent's step vs the ideal fraction of matmul FLOPs
+(target: within 1.2x). Prints a table (docs/cnn.md quotes it).
 """
 
 import argparse
@@ -95,13 +101,13 @@ def compact_widths(workers, sizes=None):
 
 
 # ---- (a) and (b): step, gather and scatter times ---------------------------------
-def trainer(model):
+def trainer(model, batch=BATCH):
     from horn.optim import SGD
 
     opt = SGD(model, momentum=MOMENTUM)
     rng = np.random.default_rng(SEED)
-    x = model.backend.asarray(rng.random((BATCH, model.in_features), dtype=np.float32))
-    y = model.backend.asarray(rng.integers(0, model.out_features, BATCH))
+    x = model.backend.asarray(rng.random((batch, model.input_size), dtype=np.float32))
+    y = model.backend.asarray(rng.integers(0, model.out_features, batch))
 
     def step():
         model.train_step(x, y)
@@ -193,6 +199,70 @@ def compute_rows(backend_name):
                          "scatter_ms": s * 1e3, "round_ms": round_s * 1e3,
                          "share": (g + s) / round_s, "spread": spread})
     return rows
+
+
+# ---- --net cnn: channel-partitioned sub-networks ------------------------------------
+CNN_JOB, CNN_BATCH = REPO / "jobs" / "fashion_cnn_subnet.toml", 128
+
+
+def cnn_step_flops(model, batch=CNN_BATCH):
+    """Matmul FLOPs of one step of a CNN: per split layer (conv2d, dense) weights x output
+    positions, forward and weight gradient, plus the input gradient but for the first."""
+    macs = [int(np.prod(layer.params["W"].shape)) * int(np.prod(getattr(layer, "out_hw", (1,))))
+            for layer in model.layers if layer.partition_role == "split"]
+    return 2 * batch * (2 * sum(macs) + sum(macs[1:]))
+
+
+def cnn_rows(backend_name):
+    """Parent and compact CNN steps at 1 thread, interleaved blocks, per worker count."""
+    import tomllib
+
+    from horn.backends import get_backend
+    from horn.model import Model
+    from horn.runner import configure_threads
+    from horn.subnet import gather
+
+    with open(CNN_JOB, "rb") as f:
+        layers = tomllib.load(f)["model"]["layers"]
+    spec = {"in_features": [1, 28, 28], "layers": layers,
+            "loss": {"type": "softmax_cross_entropy"}}
+    backend = get_backend(backend_name)
+    parent = Model.from_spec(spec, backend, seed=SEED)
+    variants, ideal = {"parent": trainer(parent, CNN_BATCH)}, {}
+    for w in WORKERS:
+        layout, ps = plans(parent, w)
+        compact = Model.from_spec(ps[0].spec, backend, initialize_params=False)
+        gather(backend, layout, ps[0], parent.params, compact.params)
+        variants[f"W{w}"] = trainer(compact, CNN_BATCH)
+        ideal[w] = cnn_step_flops(compact) / cnn_step_flops(parent)
+    configure_threads(1)
+    for fn in variants.values():
+        for _ in range(WARMUP):
+            fn()
+    samples = {name: [] for name in variants}
+    for block in range(BLOCKS):
+        names = list(variants)
+        for name in names[block % len(names):] + names[:block % len(names)]:
+            samples[name].append(timed(variants[name], 2, backend.synchronize))
+    rows = []
+    for w in WORKERS:
+        measured = float(np.median(np.array(samples[f"W{w}"]) / np.array(samples["parent"])))
+        rows.append({"workers": w, "parent_ms": float(np.median(samples["parent"])) * 1e3,
+                     "worker_ms": float(np.median(samples[f"W{w}"])) * 1e3,
+                     "measured": measured, "ideal": ideal[w], "vs_ideal": measured / ideal[w]})
+    return rows
+
+
+def cnn_table(rows, backend, load):
+    out = [f"Channel-partitioned sub-networks of `jobs/fashion_cnn_subnet.toml`'s parent, batch "
+           f"{CNN_BATCH}, 1 thread, backend {backend}, balanced partition, scale folded into "
+           f"the weights; medians of {BLOCKS} interleaved blocks; {load}.\n",
+           "| W | parent step | worker step | worker / parent | ideal FLOP fraction | "
+           "vs ideal (target <= 1.2x) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['workers']} | {r['parent_ms']:.1f} ms | {r['worker_ms']:.1f} ms | "
+                   f"{r['measured']:.3f} | {r['ideal']:.3f} | **{r['vs_ideal']:.2f}x** |")
+    return "\n".join(out)
 
 
 # ---- (c): bytes per round under mpirun -------------------------------------------
@@ -419,10 +489,18 @@ def main():
     parser.add_argument("--race-from", nargs="+", metavar="RUN",
                         help="(d) from existing run directories: sub-networks, then model "
                              "averaging runs")
+    parser.add_argument("--net", default="mlp", choices=("mlp", "cnn"),
+                        help="cnn: the channel-partitioned CNN step ratio only (printed)")
     parser.add_argument("--bytes-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bytes_worker:
         bytes_worker(args.backend)
+        return
+    if args.net == "cnn":
+        load_before = os.getloadavg()[0]
+        rows = cnn_rows(args.backend)
+        print(cnn_table(rows, args.backend, f"1-minute load average {load_before:.2f} before, "
+                                             f"{os.getloadavg()[0]:.2f} after"))
         return
     load_before = os.getloadavg()[0]
     compute = compute_rows(args.backend)

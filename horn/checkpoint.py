@@ -20,20 +20,23 @@ from pathlib import Path
 
 import numpy as np
 from horn.errors import HornError
+from horn.npz_header import header_array, read_header
 
 FORMAT = "horn-checkpoint-1"
 
 
 def _pack(arrays, meta):
     buf = io.BytesIO()
-    np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    np.savez(buf, __meta__=header_array(meta), **arrays)
     return buf.getvalue()
 
 
 def _unpack(blob):
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    return arrays, json.loads(bytes(arrays.pop("__meta__")).decode())
+    meta = read_header(arrays, "checkpoint blob", "__meta__")
+    del arrays["__meta__"]
+    return arrays, meta
 
 
 def _gather_blobs(peer, blob):

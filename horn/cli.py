@@ -11,6 +11,7 @@ import numpy as np
 from horn.abort import install_abort_hook, run_guarded
 from horn.cli_parser import HornArgumentParser
 from horn.errors import HornError
+from horn.options import print_layer_table
 from horn.shipped_jobs import add_jobs_command, resolve_job
 
 
@@ -93,22 +94,36 @@ def cmd_launch(args):
 
 
 def cmd_validate(args):
+    """Every check ``horn run`` makes before training (horn.runner.prepare), no training."""
+    from horn.runner import prepare
+
     job = _load(args)
-    print(f"{args.job}: ok ({job.name}: {len(job.model.layers)} layers, data {job.data.name}, "
-          f"{job.train.optimizer} lr {job.train.lr}, backend {job.train.backend})")
+    for name, finding in prepare(job, single_process_rule=False).checks():
+        print(f"  {name + ':':<10} {finding}")
+    print(f"{args.job}: ok")
     return 0
 
 
 def _model_path(path):
+    """MODEL as given: a model .npz, or a run directory holding one."""
     path = Path(path)
-    return path / "model.npz" if path.is_dir() else path
+    if path.is_dir():
+        if not (path / "model.npz").is_file():
+            raise HornError(f"{path}: expected a model .npz or a run directory with model.npz, "
+                            f"found a directory without one (a run saves it when it finishes)")
+        return path / "model.npz"
+    return path
 
 
-def _load_model(path, backend):
-    """A model, or an ensemble of members (a run with parallel.ensemble.final = "ensemble")."""
+def _load_model(args):
+    """A model, or an ensemble of members (a run with parallel.ensemble.final = "ensemble").
+    Its layers may come only from built-ins and the modules named with --import: the file
+    itself never makes horn import anything."""
     from horn.ensemble_model import load_predictor
+    from horn.registry import import_modules
 
-    return load_predictor(_model_path(path), backend)
+    import_modules(args.imports or [], os.getcwd(), "--import")
+    return load_predictor(_model_path(args.model), args.backend)
 
 
 def _scaler(meta):
@@ -122,37 +137,89 @@ def _scaler(meta):
         raise HornError(f"model file: malformed scaler in its metadata ({exc!r})") from None
 
 
+def _check_width(model, x, where):
+    if x.shape[1] != model.input_size:
+        raise HornError(f"{where}: the model expects {model.input_size} features per sample, "
+                        f"found {x.shape[1]}")
+
+
 def cmd_eval(args):
+    if args.data is None and (args.labels or args.label_column is not None):
+        raise HornError("horn eval: --labels and --label-column describe a --data FILE; "
+                        "give --data too")
+    if args.data is not None and args.split is not None:
+        raise HornError("horn eval: give --split (of the model's own data) or --data FILE, "
+                        "not both")
+    model, meta = _load_model(args)
+    if args.data is not None:
+        return _eval_file(args, model, meta)
     from horn.data import load_dataset
     from horn.jobs import job_from_dict
 
-    model, meta = _load_model(args.model, args.backend)
-    if "job" not in meta:
-        raise HornError(f"{args.model}: the model file names no job, so its data is unknown")
-    job = job_from_dict(meta["job"], str(_model_path(args.model)))
+    doc = meta.get("job")
+    if not isinstance(doc, dict):
+        raise HornError(f"{args.model}: the model file names no job, so its data is unknown; "
+                        f"evaluate it on a labelled file with --data FILE")
+    if isinstance(doc.get("model"), dict):  # its modules come from --import, never the file
+        doc = {**doc, "model": {k: v for k, v in doc["model"].items() if k != "imports"}}
+    job = job_from_dict(doc, str(_model_path(args.model)))
     data = load_dataset(job.data, base_dir=os.getcwd())
     if data.features != model.input_size:
         raise HornError(f"{args.model}: the model expects {model.input_size} features, the data "
                         f"({data.name}) has {data.features}")
-    x, y = getattr(data, f"x_{args.split}"), getattr(data, f"y_{args.split}")
-    print(f"{args.split} accuracy {model.accuracy(x, y):.4f} ({len(y)} samples, {data.name})")
+    split = args.split or "test"
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    print(f"{split} accuracy {model.accuracy(x, y):.4f} ({len(y)} samples, {data.name})")
     return 0
+
+
+def _eval_file(args, model, meta):
+    """Accuracy on the user's own labelled file, scaled as the model's training data was."""
+    from horn.data import load_labelled
+
+    column = -1 if args.label_column is None else args.label_column
+    x, y = load_labelled(args.data, args.labels, column)
+    _check_width(model, x, args.data)
+    classes = model.out_features
+    if isinstance(classes, int) and y.max() >= classes:
+        raise HornError(f"{args.labels or args.data}: expected labels below {classes} (the "
+                        f"model's classes), found {y.max()}")
+    accuracy = model.accuracy(_scaler(meta).apply(x, args.data), y)
+    print(f"{args.data} accuracy {accuracy:.4f} ({len(y)} samples)")
+    return 0
+
+
+def _output_file(path):
+    """--out checked before any work: a file in an existing directory (none is created,
+    so a mistyped directory is an error rather than a new tree)."""
+    path = Path(path)
+    if path.is_dir():
+        raise HornError(f"--out {path}: expected a file to write, found a directory "
+                        f"(for example --out {path / 'predictions.csv'})")
+    parent = path.parent
+    if not parent.is_dir():
+        found = "a file" if parent.exists() else "nothing"
+        raise HornError(f"--out {path}: expected an existing directory {parent}, found {found} "
+                        f"(horn creates no directories; make it first)")
+    return path
 
 
 def cmd_predict(args):
     from horn.data import load_features
 
-    model, meta = _load_model(args.model, args.backend)
+    out = _output_file(args.out)
+    model, meta = _load_model(args)
     x = load_features(args.input)
-    if x.shape[1] != model.input_size:
-        raise HornError(f"{args.input}: the model expects {model.input_size} features per "
-                        f"sample, found {x.shape[1]}")
-    probs = model.predict(_scaler(meta).apply(x))
+    _check_width(model, x, args.input)
+    probs = model.predict(_scaler(meta).apply(x, args.input))
     header = "label," + ",".join(f"p{i}" for i in range(probs.shape[1]))
     rows = np.column_stack([probs.argmax(axis=1), probs])
-    np.savetxt(args.out, rows, delimiter=",", header=header, comments="",
-               fmt=["%d"] + ["%.6f"] * probs.shape[1])
-    print(f"wrote {len(probs)} predictions to {args.out}")
+    try:
+        np.savetxt(out, rows, delimiter=",", header=header, comments="",
+                   fmt=["%d"] + ["%.6f"] * probs.shape[1])
+    except OSError as exc:
+        raise HornError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+    print(f"wrote {len(probs)} predictions to {out}")
     return 0
 
 
@@ -227,14 +294,28 @@ def build_parser():
         p = sub.add_parser(name, help=help_text)
         p.add_argument("model", help="model .npz or run directory")
         p.add_argument("--backend", default="numpy", choices=("numpy", "numba", "cupy"))
+        p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                       help="import the module with the model's own layers: a name (looked up "
+                            "in the current directory, then installed) or a .py file "
+                            "(repeatable); a model file never imports anything itself")
         p.set_defaults(func=func)
         if name == "eval":
-            p.add_argument("--split", default="test", choices=("test", "val", "train"))
+            p.add_argument("--split", choices=("test", "val", "train"),
+                           help="a split of the data the model was trained on (default test)")
+            p.add_argument("--data", metavar="FILE",
+                           help="your own labelled file instead: .npz (x, y), .csv (label "
+                                "column), or features (.npy, IDX images, ...) with --labels")
+            p.add_argument("--labels", metavar="FILE",
+                           help="labels for --data: IDX, .npy, .npz or a one-column .csv")
+            p.add_argument("--label-column", type=int, metavar="N",
+                           help="the label column of a --data .csv (default -1, the last)")
         else:
             p.add_argument("input", help="features: .npz/.npy/.csv/IDX")
-            p.add_argument("--out", default="predictions.csv", help="CSV to write")
+            p.add_argument("--out", default="predictions.csv",
+                           help="CSV to write, in an existing directory")
     sub.add_parser("info", help="versions, backends, BLAS, threads, MPI").set_defaults(
         func=cmd_info)
+    sub.add_parser("layers", help="layers and their options").set_defaults(func=print_layer_table)
     hosts = sub.add_parser("hosts", help="hostfile tools").add_subparsers(dest="hosts_command",
                                                                            required=True)
     check = hosts.add_parser("check", help="validate a hostfile")

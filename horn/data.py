@@ -532,6 +532,50 @@ def load_features(path):
     return _features(read_idx(path), str(path), lambda i: f"row {i}")
 
 
+def load_labelled(path, labels=None, label_column=-1):
+    """Unscaled float32 (n, features) inputs and int64 labels from a user's own file
+    (``horn eval --data``): an .npz with ``x`` and ``y``, a .csv with the label in
+    ``label_column``, or any :func:`load_features` file (IDX images among them) with
+    ``labels`` naming its labels file (IDX, .npy, or a one-column .csv)."""
+    path = Path(path)
+    if labels is not None:
+        x = load_features(path)
+        return x, _labels(_read_labels(Path(labels)), str(labels), len(x), lambda i: f"row {i}")
+    kind = path.suffix.lower().lstrip(".")
+    if kind not in ("npz", "csv"):
+        raise HornError(f"{path}: expected an .npz with x and y or a .csv with a label column; "
+                        f"a features file (such as IDX images) needs its labels file named too")
+    opts = _Options(name=kind, path=path, root=None, val_fraction=0.0, test_fraction=0.0,
+                    scale="none", seed=0, limit=None, label_column=label_column)
+    raw = _LOADERS[kind](opts, None)
+    row_name = raw.row_name or (lambda i: f"row {i}")
+    x = _features(raw.x, raw.train_where, row_name)
+    return x, _labels(raw.y, raw.train_where, len(x), row_name)
+
+
+def _read_labels(path):
+    """One labels array from an IDX file, an .npy, an .npz (``y`` or its only array) or
+    a one-column .csv."""
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".npy", ".csv") and not path.is_file():
+        raise HornError(f"{path}: expected a labels file, found {_missing(path)}")
+    if suffix == ".npy":
+        return _read_npy(path)
+    if suffix == ".npz":
+        arrays = read_npz(path)
+        if "y" not in arrays and len(arrays) != 1:
+            raise HornError(f"{path}: expected key 'y' or a single array, found "
+                            f"{sorted(arrays) or 'no arrays'}")
+        return arrays.get("y", next(iter(arrays.values()), None))
+    if suffix == ".csv":
+        table, _ = _read_csv(path)
+        if table.shape[1] != 1:
+            raise HornError(f"{path}: expected one label per line, found {table.shape[1]} "
+                            f"columns")
+        return table[:, 0]
+    return read_idx(path)
+
+
 def _read_npy(path):
     """One .npy array, never unpickling."""
     try:

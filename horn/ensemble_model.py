@@ -5,12 +5,12 @@ One .npz holds every member (``member<i>/param/...``) and a JSON header; like a
 model file it is never unpickled.
 """
 
-import json
 
 import numpy as np
 
 from horn.accuracy import accuracy
 from horn.errors import HornError
+from horn.npz_header import header_array, read_header
 from horn.model import FORMAT as MODEL_FORMAT, Model, read_npz
 
 FORMAT = "horn-ensemble-1"
@@ -54,31 +54,40 @@ class Ensemble:
                   "weights": self.weights.tolist(), "meta": meta or {}}
         arrays = {f"member{i}/{k}": v for i, m in enumerate(self.members)
                   for k, v in m.state_arrays().items()}
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        arrays["__header__"] = header_array(header)
         np.savez(path, **arrays)
 
 
 def load_predictor(path, backend="numpy"):
     """A saved model or ensemble, whichever ``path`` holds: ``(predictor, meta)``."""
     arrays = read_npz(path)
-    try:
-        header = json.loads(bytes(arrays["__header__"].astype(np.uint8)).decode())
-        fmt = header["format"]
-    except (KeyError, ValueError, TypeError, RecursionError):
-        fmt = None
+    header = read_header(arrays, path, required=("format",))
+    fmt = header["format"]
     if fmt != FORMAT:
-        if fmt not in (MODEL_FORMAT, None):
+        if fmt != MODEL_FORMAT:
             raise HornError(f"{path}: expected format {MODEL_FORMAT!r} or {FORMAT!r}, "
                             f"found {fmt!r}")
         return Model.load(path, backend)
+    weights, meta = header.get("weights"), header.get("meta", {})
+    if not (isinstance(weights, list) and weights and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf")
+            for w in weights)):
+        raise HornError(f"{path}: expected the ensemble's weights to be a non-empty list of "
+                        f"positive numbers, found {type(weights).__name__} {str(weights)[:40]}")
+    if not isinstance(meta, dict):
+        raise HornError(f"{path}: expected the header's meta to be a table, found "
+                        f"{type(meta).__name__}")
     members = []
     try:
-        for i in range(len(header["weights"])):
-            member = Model.from_spec(header["spec"], backend, initialize_params=False)
+        for i in range(len(weights)):
+            try:
+                member = Model.from_spec(header["spec"], backend, initialize_params=False)
+            except HornError as exc:  # name the file, as Model.load does
+                raise HornError(f"{path}: {exc}") from None
             prefix = f"member{i}/"
             member.load_arrays({k[len(prefix):]: v for k, v in arrays.items()
                                 if k.startswith(prefix)}, f"{path} (member {i})")
             members.append(member)
     except (KeyError, TypeError) as exc:
         raise HornError(f"{path}: malformed ensemble header: {exc}") from None
-    return Ensemble(members, header["weights"]), header.get("meta", {})
+    return Ensemble(members, weights), meta

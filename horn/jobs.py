@@ -47,6 +47,7 @@ class ModelSection:
     layers: list = opt([], list)
     loss: object = opt("softmax_cross_entropy", (str, dict))
     inputs: object = opt(None, (int, list), nullable=True)  # 784, or a shape [1, 28, 28]
+    imports: list = opt([], list)  # modules with the job's own layers (horn.registry)
 
 
 @dataclass(frozen=True)
@@ -132,17 +133,31 @@ class Job:
     checkpoint: CheckpointSection
     log: LogSection
     source: str = ""  # the file it came from: relative data paths resolve against its directory
+    overrides: tuple = ()  # ((key parts), "KEY=VALUE"): what --set changed, for error messages
 
     def to_dict(self):
         doc = {"name": self.name, "description": self.description}
         for key in SECTIONS:
             doc[key] = dataclasses.asdict(getattr(self, key))
-        doc["parallel"].update(doc["parallel"].pop("settings"))  # back to [parallel.NAME] tables
+        # back to [parallel.NAME] tables: the strategies this job uses, so a resolved job
+        # reads back wherever those are known (not only where the same ones were imported)
+        from horn.barriers.registry import worker_strategy
+
+        tables = doc["parallel"].pop("settings")
+        used = (self.parallel.barrier, worker_strategy().name)
+        doc["parallel"].update({name: tables[name] for name in used})
         return doc
 
     def digest(self):
         """A hash of the resolved job: ranks compare it to be sure they run the same job."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def locate(self, *path):
+        """Where a problem with the key ``path`` (e.g. "model", "layers", "2") comes from:
+        ``--set 'KEY=VALUE'`` when an override set it (or a table above or below it),
+        else the job file."""
+        item = _set_item(self.overrides, path)
+        return f"--set {item!r}" if item else self.source
 
     @property
     def base_dir(self):
@@ -168,13 +183,13 @@ def load_job(path, overrides=()):
         raise HornError(f"{path}: malformed {kind}: arrays or tables nested too deeply") from None
     if not isinstance(doc, dict):
         raise HornError(f"{path}: expected a table of sections, found {type(doc).__name__}")
-    for item in overrides:
-        apply_override(doc, item)
-    return job_from_dict(doc, str(path), text, default_name=path.stem)
+    applied = tuple((apply_override(doc, item), item) for item in overrides)
+    return job_from_dict(doc, str(path), text, default_name=path.stem, overrides=applied)
 
 
 def apply_override(doc, item):
-    """Apply ``a.b.c=value`` to the parsed job; value is a TOML value or a bare string."""
+    """Apply ``a.b.c=value`` to the parsed job; value is a TOML value or a bare string.
+    Returns the key's parts (so errors about it can name the ``--set``)."""
     if "=" not in item:
         raise HornError(f"--set {item!r}: expected KEY=VALUE, for example train.lr=0.05")
     key, raw = item.split("=", 1)
@@ -185,28 +200,29 @@ def apply_override(doc, item):
         value = tomllib.loads(f"v = {raw}")["v"]
     except (ValueError, RecursionError):  # not a TOML value (or absurdly long/nested)
         value = raw.strip()
-    node = doc
+    node, path = doc, []  # path: the parts with list indices as plain numbers ("01" -> "1")
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = _list_item(node, part, item)
+            path.append(str(_index(node, part, item)))
+            node = node[int(path[-1])]
         else:
+            path.append(part)
             node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
             raise HornError(f"--set {item!r}: {'.'.join(parts[:i + 1])!r} is not a table")
     if isinstance(node, list):
-        node[_index(node, parts[-1], item)] = value
+        path.append(str(_index(node, parts[-1], item)))
+        node[int(path[-1])] = value
     else:
+        path.append(parts[-1])
         node[parts[-1]] = value
+    return tuple(path)
 
 
 def _index(items, part, item):
     if not (part.isascii() and part.isdigit()) or int(part) >= len(items):
         raise HornError(f"--set {item!r}: expected a list index below {len(items)}, found {part!r}")
     return int(part)
-
-
-def _list_item(items, part, item):
-    return items[_index(items, part, item)]
 
 
 def _line_of(text, section, key):
@@ -226,10 +242,23 @@ def _line_of(text, section, key):
     return None
 
 
-def _where(source, text, section, key):
+def _set_item(overrides, path):
+    """The last ``--set`` item whose key is ``path``, inside it or above it, else None."""
+    path = tuple(str(p) for p in path)
+    for parts, item in reversed(overrides):
+        n = min(len(parts), len(path))
+        if tuple(parts[:n]) == path[:n]:
+            return item
+    return None
+
+
+def _where(source, text, section, key, overrides=()):
+    shown = ".".join(_shown(part) for part in section.split(".")) + "." if section else ""
+    item = _set_item(overrides, (*section.split("."), key) if section else (key,))
+    if item:
+        return f"--set {item!r}: {shown}{_shown(key)}"
     line = _line_of(text, section, key) if text else None
     loc = f"{source}:{line}" if line else source
-    shown = ".".join(_shown(part) for part in section.split(".")) + "." if section else ""
     return f"{loc}: {shown}{_shown(key)}"
 
 
@@ -280,73 +309,81 @@ def key_fields(cls):
     return [f for f in dataclasses.fields(cls) if "table" not in f.metadata]
 
 
-def _section(cls, table, source, text, name, moved=None):
+def _section(cls, table, source, text, name, moved=None, overrides=()):
     if not isinstance(table, dict):
-        raise HornError(f"{_where(source, text, None, name)}: expected a table, found {table!r}")
+        raise HornError(f"{_where(source, text, None, name, overrides)}: expected a table, "
+                        f"found {table!r}")
     fields = {f.name: f for f in key_fields(cls)}
     values = {}
     for key, value in table.items():
         if moved and key in moved:
-            raise HornError(f"{_where(source, text, name, key)}: moved; set it as "
+            raise HornError(f"{_where(source, text, name, key, overrides)}: moved; set it as "
                             f"{moved[key]}")
         if key not in fields:
-            raise HornError(f"{_where(source, text, name, key)}: unknown key"
+            raise HornError(f"{_where(source, text, name, key, overrides)}: unknown key"
                             f"{did_you_mean(key, fields)}; known: {', '.join(fields)}")
         values[key] = _convert(value, fields[key].metadata,
-                               lambda key=key: _where(source, text, name, key))
+                               lambda key=key: _where(source, text, name, key, overrides))
     return cls(**values)
 
 
-def _parallel(table, source, text):
+def _parallel(table, source, text, overrides=()):
     """``[parallel]``: the layout keys, then one settings table per registered strategy."""
     from horn.barriers.registry import group_strategy, moved_keys, strategies
 
+    def where(section, key):
+        return _where(source, text, section, key, overrides)
+
     if not isinstance(table, dict):
-        raise HornError(f"{_where(source, text, None, 'parallel')}: expected a table, "
-                        f"found {table!r}")
+        raise HornError(f"{where(None, 'parallel')}: expected a table, found {table!r}")
     known = strategies()
     flat = {k: v for k, v in table.items() if k not in known}
-    section = _section(ParallelSection, flat, source, text, "parallel", moved_keys())
-    settings = {name: _section(s.settings, table.get(name, {}), source, text, f"parallel.{name}")
+    section = _section(ParallelSection, flat, source, text, "parallel", moved_keys(), overrides)
+    settings = {name: _section(s.settings, table.get(name, {}), source, text, f"parallel.{name}",
+                               overrides=overrides)
                 for name, s in known.items()}
-    group_strategy(section.barrier, _where(source, text, "parallel", "barrier"))
+    group_strategy(section.barrier, where("parallel", "barrier"))
     for name, strategy in known.items():
         if strategy.scope == "group" and name != section.barrier and name in table \
                 and settings[name] != strategy.settings():
-            raise HornError(f"{_where(source, text, None, f'parallel.{name}')}: applies only to "
+            raise HornError(f"{where(None, f'parallel.{name}')}: applies only to "
                             f"barrier = {name!r}, found barrier = {section.barrier!r}")
     section = dataclasses.replace(section, settings=settings)
     for name in (section.barrier, next(n for n, s in known.items() if s.scope == "worker")):
-        settings[name].check(section, lambda key, table=name: _where(source, text,
-                                                                       f"parallel.{table}", key))
+        settings[name].check(section, lambda key, table=name: where(f"parallel.{table}", key))
     return section
 
 
-def job_from_dict(doc, source="<job>", text="", default_name="job"):
+def job_from_dict(doc, source="<job>", text="", default_name="job", overrides=()):
+    """The validated job of a parsed document; ``overrides`` are ``((key parts), item)``
+    pairs of the ``--set`` items applied to it (errors about those keys name them)."""
     for key in doc:
         if key not in SECTIONS and key not in TOP_LEVEL:
-            raise HornError(f"{_where(source, text, None, key)}: unknown section or key"
-                            f"{did_you_mean(key, list(SECTIONS) + list(TOP_LEVEL))}; "
+            raise HornError(f"{_where(source, text, None, key, overrides)}: unknown section or "
+                            f"key{did_you_mean(key, list(SECTIONS) + list(TOP_LEVEL))}; "
                             f"known: {', '.join(list(SECTIONS) + list(TOP_LEVEL))}")
-    sections = {name: _section(cls, doc.get(name, {}), source, text, name)
+    sections = {name: _section(cls, doc.get(name, {}), source, text, name, overrides=overrides)
                 for name, cls in SECTIONS.items() if name != "parallel"}
-    sections["parallel"] = _parallel(doc.get("parallel", {}), source, text)
+    sections["parallel"] = _parallel(doc.get("parallel", {}), source, text, overrides)
     name = doc.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[\w.\-]{1,64}", name):
-        raise HornError(f"{_where(source, text, None, 'name')}: expected a short name of letters, "
+        raise HornError(f"{_where(source, text, None, 'name', overrides)}: expected a short "
+                        f"name of letters, "
                         f"digits, '-', '_' or '.', found {name!r}")
-    sections["train"] = _with_early_stop(sections["train"], source, text)
-    job = Job(name=name, description=str(doc.get("description", "")), source=source, **sections)
+    sections["train"] = _with_early_stop(sections["train"], source, text, overrides)
+    job = Job(name=name, description=str(doc.get("description", "")), source=source,
+              overrides=tuple(overrides), **sections)
     _check_model(job, text)
     _check_parallel(job, text)
     return job
 
 
-def _with_early_stop(train, source, text):
+def _with_early_stop(train, source, text, overrides=()):
     """``train`` with its early_stop table checked and its defaults filled in."""
     if not train.early_stop:
         return train
-    table = _section(EarlyStopSection, train.early_stop, source, text, "train.early_stop")
+    table = _section(EarlyStopSection, train.early_stop, source, text, "train.early_stop",
+                     overrides=overrides)
     return dataclasses.replace(train, early_stop=dataclasses.asdict(table))
 
 
@@ -358,27 +395,32 @@ def early_stop_settings(train):
 def _check_model(job, text):
     from horn.layer import as_shape
     from horn.model import layer_from_spec
+    from horn.registry import import_modules
 
+    if job.model.imports:  # imported first: the layers below may be theirs
+        import_modules(job.model.imports, job.base_dir,
+                       _where(job.source, text, "model", "imports"))
     layers = job.model.layers
     if not layers:
-        raise HornError(f"{_where(job.source, text, 'model', 'layers')}: expected a non-empty "
-                        f"list of layer tables, found {layers!r}")
+        raise HornError(f"{_where(job.source, text, 'model', 'layers', job.overrides)}: expected "
+                        f"a non-empty list of layer tables, found {layers!r}")
     for i, spec in enumerate(layers):
-        layer_from_spec(spec, f"{job.source}: model.layers[{i}]")
+        layer_from_spec(spec, f"{job.locate('model', 'layers', i)}: model.layers[{i}]")
     loss = job.model.loss
-    layer_from_spec({"type": loss} if isinstance(loss, str) else loss, f"{job.source}: model.loss")
+    layer_from_spec({"type": loss} if isinstance(loss, str) else loss,
+                    f"{job.locate('model', 'loss')}: model.loss")
     inputs = job.model.inputs
     if inputs is not None and as_shape(inputs) is None:
-        raise HornError(f"{_where(job.source, text, 'model', 'inputs')}: expected a positive "
-                        f"integer or a list of them (a sample shape such as [1, 28, 28]), "
-                        f"found {inputs!r}")
+        raise HornError(f"{_where(job.source, text, 'model', 'inputs', job.overrides)}: expected "
+                        f"a positive integer or a list of them (a sample shape such as "
+                        f"[1, 28, 28]), found {inputs!r}")
 
 
 def _check_parallel(job, text):
     p = job.parallel
     if p.shard != "dirichlet" and p.shard_alpha != ParallelSection.shard_alpha:
-        raise HornError(f"{_where(job.source, text, 'parallel', 'shard_alpha')}: applies only "
-                        f"to shard = 'dirichlet', found shard = {p.shard!r}")
+        raise HornError(f"{_where(job.source, text, 'parallel', 'shard_alpha', job.overrides)}: "
+                        f"applies only to shard = 'dirichlet', found shard = {p.shard!r}")
 
 
 def loss_spec(job):
@@ -395,11 +437,16 @@ def model_spec(job, in_features):
 
 
 def write_resolved(job, path):
-    """The fully resolved job (every default filled in, data paths made absolute) as
-    JSON; ``horn run`` (and ``--resume``) accepts it back from anywhere."""
+    """The fully resolved job (every default filled in, data paths and the job's own
+    modules made absolute) as JSON; ``horn run`` (and ``--resume``) accepts it back from anywhere."""
+    from horn.registry import located
+
     doc = job.to_dict()
+    doc["model"]["imports"] = [found for entry in job.model.imports
+                               for found in located(entry, job.base_dir)]
     tables = [(doc[name], getattr(job, name)) for name in SECTIONS]
-    tables += [(doc["parallel"][name], s) for name, s in job.parallel.settings.items()]
+    tables += [(doc["parallel"][name], s) for name, s in job.parallel.settings.items()
+               if name in doc["parallel"]]
     for table, section in tables:
         for f in dataclasses.fields(section):
             value = table.get(f.name)

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from horn.backends.base import GOLDEN, MIX1, MIX2
+from horn.options import check_options
 
 _MASK64 = (1 << 64) - 1
 
@@ -91,6 +92,7 @@ class Layer:
         # Record the constructor arguments so a model can be saved as a spec and rebuilt.
         obj = super().__new__(cls)
         bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        check_options(cls, bound.arguments)  # typed options: before the constructor coerces
         bound.apply_defaults()
         obj._config = {k: v for k, v in list(bound.arguments.items())[1:]
                        if k not in ("args", "kwargs")}
@@ -120,6 +122,51 @@ class Layer:
         ``dy`` belongs to the layer now: it may be overwritten in place.
         """
         raise NotImplementedError
+
+    # ---- the partition protocol: how sub-networks split a layer ----------------
+    # Sub-network training (horn.subnet) gives each worker a disjoint share of every
+    # hidden layer's output units (an image layer's output channels) and a compact copy
+    # of each layer for that share. It learns everything it needs from these members;
+    # the defaults mean "not partitionable", so a model holding such a layer is refused.
+
+    #: None: the layer cannot be in a sub-network (the default). "split": it owns output
+    #: units that workers share out (dense, conv2d): :meth:`partition_axes` and
+    #: :meth:`partition_spec` say how. "through": its output units follow its input
+    #: units (activations, dropout, pooling, batch norm, flatten): :meth:`map_partition`.
+    partition_role = None
+    #: The factor a "split" layer multiplies its inputs by (set by sub-network training
+    #: when a worker sees only part of them; 1 elsewhere). A split layer must honour it.
+    input_scale = 1.0
+
+    def partition_axes(self):
+        """``{parameter name: (input axis, output axis)}`` for every parameter: the axis
+        that follows the layer's input units and the one that follows its output units
+        (None: neither, e.g. a kernel's height). A "through" layer's parameters (batch
+        norm's per-channel ones) name their axis as the input axis."""
+        return {}
+
+    def partition_spec(self, units):
+        """A "split" layer: the spec (``{"type": ..., **options}``) of its compact copy
+        with ``units`` output units."""
+        raise NotImplementedError(f"{type(self).__name__} does not split its output units")
+
+    def dropconnect_spec(self, spec, p):
+        """A "split" layer: ``spec`` (a compact copy's) with its weights masked by
+        DropConnect of drop probability ``p`` (``dropconnect`` of sub-networks); None
+        (the default): the layer has no such variant and such a job is refused."""
+        return None
+
+    def map_partition(self, kept):
+        """A "through" layer: the output units that follow input units ``kept`` (a sorted
+        int64 array); the default: the same ones. Flatten maps channels to H*W blocks
+        (:meth:`unit_blocks`)."""
+        return kept
+
+    @staticmethod
+    def unit_blocks(kept, block):
+        """The units that ``kept`` become when each unit becomes ``block`` consecutive
+        ones (flatten: a channel's H*W pixels): a host int64 array, sorted like ``kept``."""
+        return (np.asarray(kept, np.int64)[:, None] * block + np.arange(block)).reshape(-1)
 
     # ---- helpers a layer calls ---------------------------------------------
     def declare(self, name, shape, init="zeros", fan_in=None, fan_out=None, trainable=True):
@@ -168,6 +215,10 @@ class Loss(Layer):
 
     def backward(self):
         raise NotImplementedError
+
+    #: True when :meth:`predict` writes class probabilities (rows summing to 1), which an
+    #: ensemble may average and distil (EC-DNN); False (the default) for anything else.
+    predicts_probabilities = False
 
     def predict(self, x, out):
         """Turn the model's output into predictions (e.g. probabilities) written to ``out``."""

@@ -7,7 +7,6 @@ over one array, and a barrier is one in-place collective.
 
 import contextlib
 import datetime
-import json
 import math
 import numbers
 
@@ -16,9 +15,10 @@ import numpy as np
 from horn.accuracy import accuracy
 from horn.backends import Backend, get_backend
 from horn.errors import HornError
+from horn.npz_header import header_array, read_header
 from horn.initializers import INITIALIZERS, initialize
 from horn.layer import Layer, Loss, as_shape, batch_shape, mix64, shape_size
-from horn.registry import resolve
+from horn.registry import class_path, is_builtin, resolve
 
 ALIGN = 16  # elements: every view starts on a 64-byte boundary for aligned SIMD loads
 FORMAT = "horn-model-1"
@@ -27,13 +27,16 @@ FORMAT = "horn-model-1"
 MAX_PARAMS = 2**31
 
 
-def layer_from_spec(spec, where="layer"):
-    """Build a layer from ``{"type": name, **options}``; bad options are a clear error."""
+def layer_from_spec(spec, where="layer", classes=None):
+    """Build a layer from ``{"type": name, **options}``; bad options are a clear error.
+
+    ``classes``: a saved model spec's map of registered names to class paths
+    (see :func:`horn.registry.resolve`)."""
     import inspect
 
     if not isinstance(spec, dict) or "type" not in spec:
         raise HornError(f"{where}: expected a table with a 'type' key, found {spec!r}")
-    cls = resolve(spec["type"], where)
+    cls = resolve(spec["type"], where, classes)
     options = {k: v for k, v in spec.items() if k != "type"}
     for key, value in options.items():
         bad = _not_plain(value)
@@ -51,6 +54,18 @@ def layer_from_spec(spec, where="layer"):
         return cls(**options)
     except (TypeError, ValueError) as exc:
         raise HornError(f"{where} ({spec['type']}): {exc}") from None
+
+
+def _classes(classes):
+    """A spec's ``classes`` table, checked: registered name -> ``"module:Class"``."""
+    if not isinstance(classes, dict):
+        raise HornError(f"model spec: classes: expected a table of layer type names to "
+                        f"'module:Class' strings, found {type(classes).__name__}")
+    bad = next(((k, v) for k, v in classes.items() if not isinstance(v, str)), None)
+    if bad:
+        raise HornError(f"model spec: classes: expected a 'module:Class' string for "
+                        f"{bad[0]!r}, found {type(bad[1]).__name__}")
+    return classes
 
 
 def _not_plain(value):
@@ -118,7 +133,8 @@ def layout(layers, in_features):
 
 def spec_layout(spec):
     """:func:`layout` of a model spec: ``[(qualified name, offset, shape)]`` and the size."""
-    layers = [layer_from_spec(s) for s in spec["layers"]]
+    classes = spec.get("classes")
+    layers = [layer_from_spec(s, classes=classes) for s in spec["layers"]]
     placed, _, size, _ = layout(layers, spec["in_features"])
     return [(f"{i}.{p.name}", off, p.shape) for i, p, off in placed], size
 
@@ -191,14 +207,24 @@ class Model:
         elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise HornError(f"model spec: in_features: expected a positive integer, found "
                             f"{n if isinstance(n, (int, float, str)) else type(n).__name__!r}")
-        layers = [layer_from_spec(s, f"model.layers[{i}]") for i, s in enumerate(spec["layers"])]
-        loss = layer_from_spec(spec["loss"], "model.loss")
+        classes = _classes(spec.get("classes", {}))
+        layers = [layer_from_spec(s, f"model.layers[{i}]", classes)
+                  for i, s in enumerate(spec["layers"])]
+        loss = layer_from_spec(spec["loss"], "model.loss", classes)
         return cls(layers, loss, spec["in_features"], backend, seed, dtype, initialize_params)
 
     def spec(self):
+        """What rebuilds the model: its input shape, layer and loss specs, and (when it has
+        layers of a user's own) ``classes``: each one's registered name -> ``module:Class``,
+        so a model file names the module that must be imported to load it again."""
         shape = self.in_features
-        return {"in_features": shape if isinstance(shape, int) else list(shape),
+        spec = {"in_features": shape if isinstance(shape, int) else list(shape),
                 "layers": [l.spec() for l in self.layers], "loss": self.loss.spec()}
+        classes = {type(l).type_name: class_path(type(l)) for l in [*self.layers, self.loss]
+                   if type(l).type_name and not is_builtin(type(l)) and class_path(type(l))}
+        if classes:
+            spec["classes"] = classes
+        return spec
 
     @property
     def input_size(self):
@@ -312,29 +338,14 @@ class Model:
         """Write ``path`` (.npz): named parameter arrays plus the JSON spec. No pickle."""
         header = {"format": FORMAT, "spec": self.spec(), "meta": meta or {}}
         arrays = self.state_arrays()
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        arrays["__header__"] = header_array(header)
         np.savez(path, **arrays)
 
     @classmethod
     def load(cls, path, backend="numpy"):
         """Rebuild a model saved by :meth:`save`; returns ``(model, meta)``."""
         arrays = read_npz(path)
-        if "__header__" not in arrays:
-            raise HornError(f"{path}: not a horn model file (no __header__ array)")
-        raw = arrays["__header__"]
-        if raw.dtype != np.uint8 or raw.ndim != 1:
-            raise HornError(f"{path}: expected __header__ to be 1-D uint8 (JSON text), found "
-                            f"{raw.dtype} of shape {raw.shape}")
-        try:
-            header = json.loads(raw.tobytes().decode())
-        except ValueError as exc:  # also UnicodeDecodeError, and integers over 4300 digits
-            raise HornError(f"{path}: unreadable model header: {exc}") from None
-        except RecursionError:
-            raise HornError(f"{path}: unreadable model header: nested too deeply") from None
-        if not (isinstance(header, dict) and "format" in header and "spec" in header):
-            found = f"keys {sorted(header)}" if isinstance(header, dict) else type(header).__name__
-            raise HornError(f"{path}: unreadable model header: expected a table with format and "
-                            f"spec, found {found}")
+        header = read_header(arrays, path, required=("format", "spec"))
         fmt, spec, meta = header["format"], header["spec"], header.get("meta", {})
         if fmt != FORMAT:
             raise HornError(f"{path}: expected format {FORMAT!r}, found {fmt!r}")

@@ -37,17 +37,21 @@ class RunState:
             meta["peer"] = self.peer.counters()
         return own, shared, meta
 
-    def restore(self, manifest, arrays, layout):
-        """Load this rank's part of a checkpoint; returns (step, epoch counters)."""
+    def restore(self, manifest, arrays, layout, where="checkpoint"):
+        """Load this rank's part of a checkpoint (``where`` names it in errors); returns
+        (step, epoch counters)."""
+        check_architecture(manifest, self.model, where)
         rank = self.peer.rank if self.peer else 0
         same_layout = manifest["layout"] == layout
         if not same_layout:
-            return self._restore_on_new_layout(manifest, arrays, layout)
+            return self._restore_on_new_layout(manifest, arrays, layout, where)
         meta = manifest["ranks"][str(rank)]
-        backend = self.model.backend
         for name, (key, buf) in self.sync.checkpoint_buffers(self.model, self.optimizer).items():
-            saved = arrays[f"rank{rank}/{name}" if key is None else f"{key}/{name}"]
-            buf[...] = backend.asarray(saved.reshape(buf.shape))
+            label = f"rank{rank}/{name}" if key is None else f"{key}/{name}"
+            if label not in arrays:
+                raise HornError(f"{where}: expected an array {label!r}, found none (a checkpoint "
+                                f"of another architecture or optimizer)")
+            _fill(buf, arrays[label], label, self.model.backend, where)
         self.stream.restore({"order": arrays[f"rank{rank}/stream.order"]}, meta["stream"])
         self.model.mask_draws = meta["mask_draws"]
         self.optimizer.restore_counters(meta["optimizer"])
@@ -56,18 +60,19 @@ class RunState:
         self.sync.restore_meta(meta["sync"])
         return meta["step"], tuple(meta["counters"])
 
-    def _restore_on_new_layout(self, manifest, arrays, layout):
+    def _restore_on_new_layout(self, manifest, arrays, layout, where):
         """Another world size: only the models carry over -- model averaging's averaged
         model, or sub-network groups' parents (re-partitioned over the new worker count
         when the next round begins). Optimizer state restarts, and every rank starts a
         fresh epoch order."""
         old = manifest["layout"]
+        model = self.model
         if "world/params" in arrays:
-            self.model.params[...] = self.model.backend.asarray(arrays["world/params"])
+            _fill(model.params, arrays["world/params"], "world/params", model.backend, where)
         elif "group0/parent" in arrays:
-            self.model.params[...] = self.model.backend.asarray(
-                _parent_for(arrays, old["groups"], layout["groups"],
-                            self.peer.group if self.peer else 0))
+            group = self.peer.group if self.peer else 0
+            _fill(model.params, _parent_for(arrays, old["groups"], layout["groups"], group),
+                  f"group{group}/parent", model.backend, where)
         else:
             raise HornError(
                 f"checkpoint was written by {old['world']} rank(s) as {old['groups']} group(s) x "
@@ -83,6 +88,38 @@ class RunState:
         self.stream.epoch = meta["stream"]["epoch"]
         self.sync.restore_meta(meta["sync"])
         return meta["step"], (0.0, 0, 0, 0)
+
+
+def parameter_shapes(model):
+    """The model's parameters as a checkpoint manifest records them: [[name, shape]]."""
+    return [[name, list(shape)] for name, _, _, shape in model.slots]
+
+
+def check_architecture(manifest, model, where):
+    """A checkpoint of another model is a one-line error naming the first difference
+    (manifests before this record carry no shapes: :func:`_fill` still checks sizes)."""
+    saved = manifest.get("parameters")
+    mine = parameter_shapes(model)
+    if saved is None or saved == mine:
+        return
+    for i in range(max(len(saved), len(mine))):
+        theirs = saved[i] if i < len(saved) else None
+        ours = mine[i] if i < len(mine) else None
+        if theirs != ours:
+            break
+
+    def shown(entry):
+        return f"parameter {entry[0]!r} of shape {tuple(entry[1])}" if entry else "nothing"
+    raise HornError(f"{where}: the checkpoint is of another architecture: it holds "
+                    f"{shown(theirs)} where this job's model has {shown(ours)}")
+
+
+def _fill(buf, saved, label, backend, where):
+    """Copy a checkpoint array into ``buf``: a size mismatch is a HornError, not numpy's."""
+    if saved.size != buf.size:
+        raise HornError(f"{where}: array {label!r} holds {saved.size} values, this job's "
+                        f"model needs {buf.size} (a checkpoint of another architecture)")
+    buf[...] = backend.asarray(saved.reshape(buf.shape))
 
 
 def _parent_for(arrays, old_groups, new_groups, group):

@@ -2,27 +2,30 @@
 
 import dataclasses
 import os
+import shlex
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from horn.backends import get_backend
+from horn.barriers import Setup, make_sync
 from horn.batches import BatchStream
 from horn.checkpoint import Checkpointer, load_latest
 from horn.data import load_dataset
+from horn.early_stop import BestTracker, agree
+from horn.ensemble_model import load_predictor
 from horn.errors import HornError
 from horn.jobs import early_stop_settings, model_spec, write_resolved
-from horn.early_stop import BestTracker, agree
-from horn.metrics import MetricsLog, print_progress
-from horn.plots import plot_curves
 from horn.layer import as_shape, shape_size
+from horn.memory import Estimate, check_fits, estimate
+from horn.metrics import MetricsLog, print_progress
 from horn.model import Model
 from horn.optim import make_optimizer
-from horn.barriers import Setup, make_sync
-from horn.registry import resolve
 from horn.parallel import derive_seed, dirichlet_shard_indices, local_ranks, shard_indices
-from horn.resume import Preemption, RunState, install_preemption_handlers
+from horn.plots import plot_curves
+from horn.registry import resolve
+from horn.resume import Preemption, RunState, install_preemption_handlers, parameter_shapes
 from horn.schedules import make_schedule
 from horn.trainer import Trainer, total_steps
 
@@ -78,31 +81,33 @@ def input_shape(job, data):
     if inputs is not None:
         shape = as_shape(inputs)
         if shape is None or shape_size(shape) != data.features:
-            raise HornError(f"{job.source}: model.inputs is {inputs} but the data "
-                            f"({data.name}) has {data.features} features")
+            raise HornError(f"{job.locate('model', 'inputs')}: model.inputs is {inputs} but "
+                            f"the data ({data.name}) has {data.features} features")
         return shape
     first = job.model.layers[0]
-    rank = resolve(first["type"], f"{job.source}: model.layers[0]").input_rank
+    where = f"{job.locate('model', 'layers', 0)}: model.layers[0]"
+    rank = resolve(first["type"], where).input_rank
     if rank is None or rank == 1:
         return data.features
     shape = data.sample_shape
     if isinstance(shape, tuple) and len(shape) == rank:
         return shape
-    raise HornError(f"{job.source}: model.layers[0] ({first['type']}) takes samples of "
-                    f"{rank} axes (C, H, W) but the data ({data.name}) gives flat vectors of "
-                    f"{data.features} values; set model.inputs = [C, H, W]")
+    raise HornError(f"{where} ({first['type']}) takes samples of {rank} axes (C, H, W) but the "
+                    f"data ({data.name}) gives flat vectors of {data.features} values; set "
+                    f"model.inputs = [C, H, W]")
 
 
 def check_fit(job, data, model):
     """The model's output must be one value per class of the data."""
     if not isinstance(model.out_features, int):
-        raise HornError(f"{job.source}: the model outputs samples of shape "
+        raise HornError(f"{job.locate('model', 'layers')}: the model outputs samples of shape "
                         f"{model.out_features}; end its image layers with flatten or "
                         f"global_avg_pool")
     if model.out_features != data.classes:
-        last = max(i for i, spec in enumerate(job.model.layers) if "units" in spec) \
-            if any("units" in spec for spec in job.model.layers) else len(job.model.layers) - 1
-        raise HornError(f"{job.source}: model.layers[{last}] makes the model output "
+        sets_width = [i for i, layer in enumerate(model.layers) if layer.partition_role == "split"]
+        last = sets_width[-1] if sets_width else len(model.layers) - 1
+        raise HornError(f"{job.locate('model', 'layers', last)}: model.layers[{last}] makes "
+                        f"the model output "
                         f"{model.out_features} values but the data ({data.name}) has "
                         f"{data.classes} classes: the last layer must output one per class")
 
@@ -112,10 +117,11 @@ def scaler_meta(scaler):
             "scale": np.asarray(scaler.scale).tolist()}
 
 
-def build(job, data, backend, group=0, worker=0):
+def build(job, data, backend, group=0, worker=0, spec=None):
     """The model, optimizer, schedule and batch stream of one rank of a job."""
     seed = job.train.seed
-    model = Model.from_spec(model_spec(job, input_shape(job, data)), backend, seed=seed)
+    spec = spec or model_spec(job, input_shape(job, data))
+    model = Model.from_spec(spec, backend, seed=seed)
     model.mask_seed = derive_seed(seed, group, worker)
     stream = BatchStream(data.x_train, data.y_train, job.train.batch_size,
                          derive_seed(seed, group, worker), backend)
@@ -135,6 +141,100 @@ def shard(data, peer, seed, kind="iid", alpha=0.5):
     return dataclasses.replace(data, x_train=data.x_train[idx], y_train=data.y_train[idx])
 
 
+def needed_ranks(parallel):
+    """The fewest ranks a job's layout runs on (groups = 0 derives from the world size)."""
+    return max(parallel.groups, 1) * parallel.workers
+
+
+def check_single_process(job):
+    """One rule with and without mpirun: the job's layout must fit the world, and a
+    process not started by mpirun is a world of one (``mpirun -n 1`` refuses the same
+    job). So parallel settings are never silently ignored."""
+    p, n = job.parallel, needed_ranks(job.parallel)
+    if n > 1:
+        raise HornError(f"{job.locate('parallel')}: parallel.groups = {p.groups} x "
+                        f"parallel.workers = {p.workers} needs {n} ranks, but this is one "
+                        f"process (not started by mpirun); run: {launch_command(job, n)} (or "
+                        f"set parallel.groups = 1 and parallel.workers = 1)")
+
+
+def launch_command(job, ranks):
+    """The command line that runs ``job`` (with its --set items) on ``ranks`` ranks."""
+    sets = [f"--set {shlex.quote(item)}" for _, item in job.overrides]
+    return " ".join([f"mpirun --oversubscribe -n {ranks} horn run", shlex.quote(job.source),
+                     *sets])
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One rank's state before its first step: what ``horn run`` builds and
+    ``horn validate`` checks (:func:`prepare` is the only place either does it)."""
+
+    job: object
+    threads: int
+    backend: object
+    data: object
+    local: object
+    model: Model
+    optimizer: object
+    schedule: object
+    stream: BatchStream
+    steps: int
+    sync: object
+    memory: Estimate
+    available: int  # bytes (None: unknown or on the GPU, not checked)
+
+    def checks(self):
+        """What was checked, one ``(name, finding)`` per check, for ``horn validate``."""
+        job, data, model = self.job, self.data, self.model
+        n = needed_ranks(job.parallel)
+        available = "not checked (the GPU backend)" if self.backend.name == "cupy" else \
+            "not checked (MemAvailable unknown)" if self.available is None else \
+            f"{self.available / 2**30:.2f} GiB available"
+        return [
+            ("data", f"{data.name}: {len(data.y_train)}/{len(data.y_val)}/{len(data.y_test)} "
+                     f"train/val/test samples of {data.features} features, {data.classes} "
+                     f"classes"),
+            ("model", f"{len(job.model.layers)} layers built on samples of shape "
+                      f"{model.in_features}: {model.num_params:,} parameters, "
+                      f"{model.out_features} outputs for {data.classes} classes"),
+            ("memory", f"about {self.memory.text()} per rank; {available}"),
+            ("training", f"{self.steps} steps of {job.train.batch_size} samples, "
+                         f"{job.train.optimizer} lr {job.train.lr}, backend {self.backend.name}, "
+                         f"{self.threads} thread(s)"),
+            ("layout", "one process" if n == 1 else
+             f"{n} ranks: {launch_command(job, n)}"),
+        ]
+
+
+def prepare(job, peer=None, single_process_rule=True):
+    """Every check ``horn run`` makes before training, in the order it needs them: the
+    layout (:func:`check_single_process`), the data opened, the model's memory against
+    what is available (before allocating it), the model built on the data's shapes,
+    its outputs against the data's classes, the parallel strategy. ``horn validate``
+    calls it without a peer (and without the single-process rule) and trains nothing."""
+    if peer is None and single_process_rule:
+        check_single_process(job)
+    group, worker = (peer.group, peer.worker) if peer else (0, 0)
+    threads = configure_threads(job.train.threads, local_ranks())
+    backend = get_backend(job.train.backend)
+    data = load_dataset(job.data, base_dir=job.base_dir)
+    local = shard(data, peer, job.train.seed, job.parallel.shard, job.parallel.shard_alpha)
+    spec = model_spec(job, input_shape(job, local))
+    where = job.locate("model", "layers")
+    need = estimate(job, spec, max(len(data.y_val), len(data.y_test)),
+                    local_ranks() if peer else 1, where)
+    available = None if backend.name == "cupy" else check_fits(need, where)
+    model, optimizer, schedule, stream, steps = build(job, local, backend, group, worker, spec)
+    check_fit(job, data, model)
+    sync = make_sync(Setup(peer, model, optimizer, lambda m: make_optimizer(job.train, m), steps,
+                           job.parallel.local_steps, job.parallel.global_every, job.train.seed,
+                           job.train.batch_size, job.train.lr, job.source, job.base_dir, data,
+                           local), job.parallel)
+    return Prepared(job, threads, backend, data, local, model, optimizer, schedule, stream, steps,
+                 sync, need, available)
+
+
 def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_rank=False):
     """Train ``job`` on this rank (a world of one without a peer).
 
@@ -145,17 +245,10 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_ran
     """
     root = peer is None or peer.rank == 0
     run_dir = Path(run_dir) if run_dir else None
-    group, worker = (peer.group, peer.worker) if peer else (0, 0)
-    threads = configure_threads(job.train.threads, local_ranks())
-    backend = get_backend(job.train.backend)
-    data = load_dataset(job.data, base_dir=job.base_dir)
-    local = shard(data, peer, job.train.seed, job.parallel.shard, job.parallel.shard_alpha)
-    model, optimizer, schedule, stream, steps = build(job, local, backend, group, worker)
-    check_fit(job, data, model)
-    sync = make_sync(Setup(peer, model, optimizer, lambda m: make_optimizer(job.train, m), steps,
-                           job.parallel.local_steps, job.parallel.global_every, job.train.seed,
-                           job.train.batch_size, job.train.lr, job.source, job.base_dir, data,
-                           local), job.parallel)
+    setup = prepare(job, peer)
+    threads, backend, data, local = setup.threads, setup.backend, setup.data, setup.local
+    model, optimizer, schedule = setup.model, setup.optimizer, setup.schedule
+    stream, steps, sync = setup.stream, setup.steps, setup.sync
     show = root and progress and job.log.progress != "none"
     settings = early_stop_settings(job.train)
     if settings and not len(data.y_val):
@@ -178,7 +271,8 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_ran
     start_step, counters, offset, elapsed = 0, (0.0, 0, 0, 0), None, 0.0
     if resume:
         manifest, arrays = load_latest(run_dir, every=job.checkpoint.every)
-        start_step, counters = state.restore(manifest, arrays, layout)
+        start_step, counters = state.restore(manifest, arrays, layout,
+                                             str(run_dir / "checkpoints" / manifest["file"]))
         offset, elapsed = manifest["metrics_bytes"], manifest.get("time_s", 0.0)
         best.restore(manifest.get("best"))
         print_progress(f"horn: resuming {run_dir} at step {start_step} of {steps}", show)
@@ -196,6 +290,7 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_ran
             own, shared, meta = state.snapshot(done, epoch_counters)
             checkpointer.save(done, own, meta, shared, {
                 "layout": layout, "job_digest": job.digest(), "round": rounds[0],
+                "parameters": parameter_shapes(model),
                 "metrics_bytes": metrics.tell(), "time_s": elapsed_s, "best": best.state()})
         return stop
 
@@ -231,7 +326,7 @@ def run_job(job, progress=True, run_dir=None, peer=None, resume=False, every_ran
         if trainer.early_stopped_at is not None:
             final["stopped_early_at_epoch"] = history[-1]["epoch"]
         if root and best.best_epoch is not None:
-            best_model, _ = Model.load(run_dir / "best.npz", backend.name)
+            best_model, _ = load_predictor(run_dir / "best.npz", backend.name)  # or an ensemble
             final.update(best_epoch=best.best_epoch, best_val_accuracy=best.best,
                          best_test_accuracy=best_model.accuracy(data.x_test, data.y_test))
         per_rank = sync.bytes_per_rank()

@@ -8,9 +8,15 @@ single-process and parallel training cannot drift apart.
 import math
 import time
 
+import numpy as np
+
 from horn.barriers.base import Sync
 from horn.errors import DivergenceError
 from horn.metrics import EpochProgress, print_progress, progress_line
+
+#: A loss this many times its first value (or 1, when that is smaller) has diverged even
+#: while it stays finite (lr = 1e10 reaches 1e35 and "trains" on at chance accuracy).
+EXPLODE_FACTOR = 1e4
 
 
 class Trainer:
@@ -32,17 +38,33 @@ class Trainer:
         self.stop_requested = False  # early stop: at the next round boundary
         self.early_stopped_at = None
         self._clock = (time.perf_counter(), 0.0)
+        self.loss_bound = None  # EXPLODE_FACTOR x the first finite loss: set by the first step
 
     def elapsed_s(self):
         """Training seconds so far, those of the run this one resumes included."""
         start, before = self._clock
         return before + time.perf_counter() - start
 
+    def _healthy(self, loss):
+        """A finite loss within the bound (the first finite loss sets the bound)."""
+        if not math.isfinite(loss):
+            return False
+        if self.loss_bound is None:
+            self.loss_bound = EXPLODE_FACTOR * max(loss, 1.0)
+        return loss <= self.loss_bound
+
     def _diverged(self, model, step, loss):
-        where = model.first_nonfinite() or "the loss itself"
         prefix = f"{self.rank_name}: " if self.rank_name else ""
+        where = model.first_nonfinite()
+        if math.isfinite(loss) and where is None:
+            raise DivergenceError(
+                f"{prefix}training diverged at step {step}: loss is {loss:.4g}, over "
+                f"{EXPLODE_FACTOR:g} times its first value (bound {self.loss_bound:.4g}); "
+                f"largest gradient: {_largest_gradient(model)} (lower train.lr or check the "
+                f"data)")
         raise DivergenceError(f"{prefix}training diverged at step {step}: loss is {loss}; first "
-                              f"non-finite value: {where} (lower train.lr or check the data)")
+                              f"non-finite value: {where or 'the loss itself'} (lower train.lr "
+                              f"or check the data)")
 
     def run(self, start_step=0, counters=(0.0, 0, 0, 0), elapsed_s=0.0):
         """Train from ``start_step`` (a resumed run passes its checkpoint's step, the
@@ -57,10 +79,15 @@ class Trainer:
         for step in range(start_step, self.total_steps):
             xb, yb = stream.next()
             model, optimizer = self.sync.trainee(self.model, self.optimizer)
-            loss = model.train_step(xb, yb)
             skip = self.skip_bad_batches  # on_nan = "skip_batch": drop a poisoned batch's update
-            if math.isfinite(loss) and (not skip or model.backend.all_finite(model.grads)):
-                optimizer.step(self.schedule(step))
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                # overflow is detected right here, by name (numpy's warnings would only repeat
+                # it, before the message that says where)
+                loss = model.train_step(xb, yb)
+                ok = self._healthy(loss) and (not skip or model.backend.all_finite(model.grads))
+                if ok:
+                    optimizer.step(self.schedule(step))
+            if ok:
                 epoch_loss += loss * len(yb)
                 epoch_correct += model.correct(yb)
                 epoch_seen += len(yb)
@@ -97,7 +124,8 @@ class Trainer:
         loss_sum, correct, seen, skipped = self.sync.reduce_stats(list(counters))
         if not seen:
             raise DivergenceError(f"training diverged: every batch of epoch "
-                                  f"{self.stream.epoch + 1} had a NaN/Inf loss or gradient and "
+                                  f"{self.stream.epoch + 1} had a NaN/Inf or exploding loss or a "
+                                  f"NaN/Inf gradient and "
                                   f"was skipped (on_nan = \"skip_batch\")")
         val_model = self.sync.eval_model(self.model)  # may be a collective: once per epoch
         record = {"kind": "epoch", "epoch": self.stream.epoch + 1, "step": step + 1,
@@ -123,6 +151,19 @@ class Trainer:
         if len(y) == 0:
             return float("nan")
         return (model if model is not None else self.sync.eval_model(self.model)).accuracy(x, y)
+
+
+def _largest_gradient(model):
+    """Which parameter's gradient holds the largest magnitude (where an explosion shows)."""
+    def peak(slot):
+        _, _, off, shape = slot
+        size = math.prod(shape)
+        return float(model.xp.abs(model.grads[off:off + size]).max()) if size else 0.0
+    if not model.slots:
+        return "none (the model has no parameters)"
+    name, layer, _, _ = max(model.slots, key=peak)
+    index, pname = name.split(".", 1)
+    return f"{pname!r} of layer {index} ({layer.spec()['type']})"
 
 
 def total_steps(train, steps_per_epoch):

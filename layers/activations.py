@@ -5,6 +5,7 @@ from horn import Layer, register_layer
 
 class _Activation(Layer):
     kind = None
+    partition_role = "through"  # elementwise: sub-networks carry the partition on
 
     def forward(self, x, train):
         self.y = self.buffer("y", x.shape)

@@ -22,10 +22,15 @@ class BatchNorm(Layer):
     the replicas' means: small when the shards are alike), and EC-DNN's members,
     shared or Allgathered as flat buffers, keep their own for the ensemble, while
     distillation (training-mode forward passes) updates the student's. The
-    optimizer never steps them, so weight decay cannot shrink them.
+    optimizer never steps them, so weight decay cannot shrink them. In sub-networks
+    all four follow the channel partition (partition protocol: "through"): a worker
+    normalizes, and keeps the running statistics of, its own channels only, and
+    assembly writes each channel's back from the worker that owned it that round.
     """
 
-    def __init__(self, momentum=0.1, eps=1e-5):
+    partition_role = "through"
+
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5):
         if not 0 < momentum <= 1:
             raise ValueError(f"momentum must be in (0, 1], found {momentum!r}")
         if not eps > 0:
@@ -39,6 +44,9 @@ class BatchNorm(Layer):
         self.declare("running_mean", (channels,), init="zeros", trainable=False)
         self.declare("running_var", (channels,), init="ones", trainable=False)
         return in_shape
+
+    def partition_axes(self):
+        return {name: (0, None) for name in ("gamma", "beta", "running_mean", "running_var")}
 
     def _broadcast(self, v, ndim):
         return v.reshape((1, -1) + (1,) * (ndim - 2))

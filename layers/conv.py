@@ -1,5 +1,7 @@
 """2-D convolution lowered to one BLAS matmul (im2col), with a fused epilogue."""
 
+from collections.abc import Callable
+
 from horn import Layer, register_layer
 from horn.layers._windows import image_shape, output_hw, pair
 
@@ -15,12 +17,19 @@ class Conv2d(Layer):
     applies the activation and reorders to (N, O, OH, OW) in one pass. Backward is the same
     three steps in reverse: ``ops.act_backward_nchw`` (with the bias gradient), two
     matmuls (dW, d columns), ``ops.col2im`` (skipped for the first layer).
+
+    Partition protocol (sub-networks split output channels): W's axis 0 and b follow
+    the output channels, W's axis 1 the input channels. ``input_scale`` (s) multiplies
+    the matmul's result before the epilogue (and dz after the bias gradient), only
+    when it is not 1.
     """
 
     input_rank = 3
+    partition_role = "split"
 
-    def __init__(self, channels, kernel=3, stride=1, padding=0, activation="identity",
-                 init="he", bias=True):
+    def __init__(self, channels: int, kernel: int | list[int] = 3, stride: int | list[int] = 1,
+                 padding: int | list[int] = 0, activation: str = "identity",
+                 init: str | Callable = "he", bias: bool = True):
         if not (isinstance(channels, int) and not isinstance(channels, bool) and channels > 0):
             raise ValueError(f"channels must be a positive integer, found {channels!r}")
         if activation not in ACTIVATIONS:
@@ -48,6 +57,8 @@ class Conv2d(Layer):
         self.ops.im2col(x, self.kernel, self.stride, self.padding, self.cols)
         z = self.buffer("z", (self.channels, rows))
         self.xp.matmul(weights, self.cols, out=z)
+        if self.input_scale != 1.0:
+            self.ops.scale(z, self.input_scale)
         self.y = self.buffer("y", (n, self.channels, *self.out_hw))
         bias = self.params["b"] if self.bias else self._zeros()
         self.ops.bias_act_nchw(z, bias, self.activation, self.y.reshape(n, self.channels, -1))
@@ -59,6 +70,8 @@ class Conv2d(Layer):
         db = self.grads["b"] if self.bias else self.buffer("db", (self.channels,))
         self.ops.act_backward_nchw(dy.reshape(n, self.channels, -1),
                                    self.y.reshape(n, self.channels, -1), self.activation, dz, db)
+        if self.input_scale != 1.0:  # after the bias gradient: the bias is not scaled
+            self.ops.scale(dz, self.input_scale)
         self.xp.matmul(dz, self.cols.T, out=self.grads["W"].reshape(self.channels, -1))
         if not self.needs_input_grad:
             return None
@@ -66,6 +79,12 @@ class Conv2d(Layer):
         dx = self.buffer("dx", self.x.shape)
         self.ops.col2im(self.cols, self.kernel, self.stride, self.padding, dx)
         return dx
+
+    def partition_axes(self):
+        return {"W": (1, 0), "b": (None, 0)} if self.bias else {"W": (1, 0)}
+
+    def partition_spec(self, units):
+        return {**self.spec(), "channels": units}
 
     def _zeros(self):
         zeros = self.buffer("no_bias", (self.channels,))

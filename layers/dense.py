@@ -1,5 +1,7 @@
 """Fully connected layer with a fused bias + activation."""
 
+from collections.abc import Callable
+
 from horn import Layer, register_layer
 
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
@@ -9,15 +11,17 @@ ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
 class Dense(Layer):
     """y = act(s * (x @ W) + b). Fusing the activation saves a pass over the output.
 
-    ``input_scale`` (s, default 1) is set by sub-network training: a worker that
-    sees only a fraction k of this layer's inputs scales them by 1/k (structured
-    inverted dropout), so the reassembled parent needs no rescaling.
+    Partition protocol (sub-networks): W's rows follow the input units, its columns
+    and b the output units. ``input_scale`` (s, default 1) is set by sub-network
+    training: a worker that sees only a fraction k of this layer's inputs scales them
+    by 1/k (structured inverted dropout), so the reassembled parent needs no rescaling.
     """
 
-    input_scale = 1.0
     input_rank = 1  # flat vectors: images go through flatten first
+    partition_role = "split"
 
-    def __init__(self, units, activation="identity", init="he", bias=True):
+    def __init__(self, units: int, activation: str = "identity",
+                 init: str | Callable = "he", bias: bool = True):
         if int(units) != units or units <= 0:
             raise ValueError(f"units must be a positive integer, found {units!r}")
         if activation not in ACTIVATIONS:
@@ -29,6 +33,15 @@ class Dense(Layer):
         if self.bias:
             self.declare("b", (self.units,), init="zeros")
         return self.units
+
+    def partition_axes(self):
+        return {"W": (0, 1), "b": (None, 0)} if self.bias else {"W": (0, 1)}
+
+    def partition_spec(self, units):
+        return {**self.spec(), "units": units}
+
+    def dropconnect_spec(self, spec, p):
+        return {**spec, "type": "dropconnect_dense", "p": p}
 
     def weights(self, train):
         """The matrix the matmul uses (DropConnectDense masks it)."""

@@ -1,5 +1,7 @@
 """DropConnect: a Bernoulli mask on the weights in training (Wan et al., 2013)."""
 
+from collections.abc import Callable
+
 from horn import register_layer
 from horn.layers.dense import Dense
 
@@ -12,11 +14,15 @@ class DropConnectDense(Dense):
     The mask is a hash of (key, index): recomputed in backward, never stored.
     """
 
-    def __init__(self, units, p=0.5, activation="identity", init="he", bias=True):
+    def __init__(self, units: int, p: float = 0.5, activation: str = "identity",
+                 init: str | Callable = "he", bias: bool = True):
         super().__init__(units, activation, init, bias)
         if not 0 <= p < 1:
             raise ValueError(f"p must be in [0, 1), found {p!r}")
         self.p = p
+
+    def dropconnect_spec(self, spec, p):
+        return spec  # already masked: the layer keeps its own p
 
     def weights(self, train):
         self.masked = train and self.p > 0

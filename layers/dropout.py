@@ -5,7 +5,9 @@ from horn import Layer, register_layer
 
 @register_layer("dropout")
 class Dropout(Layer):
-    def __init__(self, p=0.5):
+    partition_role = "through"  # elementwise: sub-networks carry the partition on
+
+    def __init__(self, p: float = 0.5):
         if not 0 <= p < 1:
             raise ValueError(f"p must be in [0, 1), found {p!r}")
         self.p = p

@@ -11,8 +11,10 @@ class _Pool2d(Layer):
     half the kernel, so every window holds at least one pixel)."""
 
     input_rank = 3
+    partition_role = "through"  # per channel: sub-networks carry the channel partition on
 
-    def __init__(self, kernel=2, stride=None, padding=0):
+    def __init__(self, kernel: int | list[int] = 2, stride: int | list[int] | None = None,
+                 padding: int | list[int] = 0):
         self.kernel = pair(kernel, "kernel", 1)
         self.stride = self.kernel if stride is None else pair(stride, "stride", 1)
         self.padding = pair(padding, "padding", 0)
@@ -66,6 +68,7 @@ class GlobalAvgPool(Layer):
     """(N, C, H, W) -> (N, C): each channel's mean (an average pool over the whole image)."""
 
     input_rank = 3
+    partition_role = "through"  # channel c becomes feature c
 
     def build(self, in_shape):
         c, h, w = image_shape(in_shape, "global_avg_pool")
@@ -86,10 +89,17 @@ class GlobalAvgPool(Layer):
 
 @register_layer("flatten")
 class Flatten(Layer):
-    """(N, C, H, W) -> (N, C*H*W) in C order: a view both ways, nothing is copied."""
+    """(N, C, H, W) -> (N, C*H*W) in C order: a view both ways, nothing is copied.
+    In a sub-network, a kept channel becomes its block of H*W features."""
+
+    partition_role = "through"
 
     def build(self, in_shape):
+        self.block = math.prod(in_shape[1:]) if isinstance(in_shape, tuple) else 1
         return math.prod(in_shape) if isinstance(in_shape, tuple) else in_shape
+
+    def map_partition(self, kept):
+        return self.unit_blocks(kept, self.block)
 
     def forward(self, x, train):
         self.in_shape = x.shape

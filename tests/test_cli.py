@@ -67,7 +67,7 @@ def test_eval_and_predict_on_a_run_directory(tmp_path):
 
 
 def test_validate_and_info():
-    result = horn("validate", ROOT / "jobs/fashion_mlp.toml")
+    result = horn("validate", ROOT / "jobs/digits.toml")
     assert result.returncode == 0 and "ok" in result.stdout
     result = horn("info")
     assert result.returncode == 0 and "numba" in result.stdout and "Open MPI" in result.stdout
@@ -126,7 +126,7 @@ def test_custom_layer_from_a_users_module(tmp_path):
                 self.grads["s"][...] = (dy * self.x).sum(axis=0)
                 return dy * self.params["s"]
     '''))
-    body = '[model]\nlayers = [{ type = "mylayers:Scale" }, { type = "dense", units = 10 }]\n' \
+    body = '[model]\nimports = ["mylayers"]\nlayers = [{ type = "mylayers:Scale" }, { type = "dense", units = 10 }]\n' \
            '[train]\nepochs = 2\n'
     result = horn("run", bad_job(tmp_path, body), "--quiet", cwd=tmp_path,
                   env={"PYTHONPATH": str(tmp_path)})

@@ -361,6 +361,7 @@ name = "cnn"
 [data]
 name = "digits"
 [model]
+imports = ["killer"]
 layers = [{ type = "conv2d", channels = 4, padding = 1, activation = "relu" },
           { type = "killer:KillAt" }, { type = "batch_norm" }, { type = "max_pool2d" },
           { type = "dropout", p = 0.1 }, { type = "flatten" }, { type = "dense", units = 10 }]

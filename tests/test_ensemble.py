@@ -273,7 +273,8 @@ def test_killed_ensemble_run_resumes_bit_for_bit(tmp_path):
     drawn from seeds, so a resumed run repeats the uninterrupted one exactly."""
     killer = textwrap.dedent(JOB).replace(
         '{ type = "dense", units = 10 }', '{ type = "killer:KillAt" }, { type = "dense", units = 10 }'
-    ).replace("local_steps = 40", "local_steps = 20\nglobal_every = 2")
+    ).replace("local_steps = 40", "local_steps = 20\nglobal_every = 2").replace(
+        "[model]\n", '[model]\nimports = ["killer"]\n')
     env = {"PYTHONPATH": f"{ROOT / 'tests/mpi_progs'}:{ROOT}"}
     dirs = {}
     for name, extra in (("whole", {}), ("killed", {"HORN_TEST_KILL_RANK": "1",

@@ -29,6 +29,7 @@ WATCHDOG_S = 3
 JOB = """
 name = "faults"
 [model]
+imports = ["killer"]
 layers = [{ type = "dense", units = 256, activation = "relu" }, { type = "killer:KillAt" },
           { type = "dense", units = 256, activation = "relu" }, { type = "dense", units = 10 }]
 [train]

@@ -29,13 +29,16 @@ from hypothesis.extra import numpy as hnp
 
 from horn import registry
 from horn.data import load_dataset, load_features
+from horn.ensemble_model import FORMAT as ENSEMBLE_FORMAT, load_predictor
 from horn.errors import HornError
 from horn.hosts import check_hostfile
 from horn.barriers.registry import strategies
 from horn.jobs import SECTIONS, key_fields, load_job, write_resolved
 from horn.layer import batch_shape
 from horn.layers import Dense, SoftmaxCrossEntropy
-from horn.model import FORMAT, Model, spec_layout
+from horn.model import FORMAT, Model, layer_from_spec, spec_layout
+from horn.options import matches, option_types
+from horn.runner import needed_ranks, prepare
 
 FUZZ = settings(max_examples=2000, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -425,6 +428,82 @@ def test_fuzz_set_overrides(work, good_job, items):
     job = only_horn_errors(lambda: load_job(good_job, items), str(good_job), "--set")
     if job is not None:
         check_job(job, work)
+
+
+# ================================================ typed layer options, --set, validate (issue 11)
+OPTION_VALUES = st.one_of(JUNK, st.sampled_from([True, False, 0, 1, 3, -1, 2.5, 1e9, "relu", "he",
+                                                 "no", "", [3, 3], [2], [1, "2"], None]))
+
+
+@st.composite
+def layer_options(draw):
+    """A registered layer type and values, of any type, for its own options."""
+    kind = draw(st.sampled_from(sorted(registry.registered())))
+    names = sorted(option_types(registry.registered()[kind]))
+    options = draw(st.dictionaries(st.sampled_from(names), OPTION_VALUES, max_size=3)) \
+        if names else {}
+    return kind, options
+
+
+@FUZZ
+@given(case=layer_options())
+def test_fuzz_layer_option_types(case):
+    """Whatever a layer accepts holds its annotated types; a type error names the layer,
+    the option, the expected type and the value, and only a wrong type gets one."""
+    kind, options = case
+    declared = option_types(registry.registered()[kind])
+    where = "job.toml: model.layers[1]"
+    try:
+        layer = layer_from_spec({"type": kind, **options}, where)
+    except HornError as exc:
+        message = str(exc)
+        assert message.startswith(where) and kind in message and "\n" not in message, message
+        typed = re.match(rf"{re.escape(where)} \({kind}\): option '(\w+)': expected (.+), "
+                         rf"found (.+)$", message)
+        if typed:
+            name = typed.group(1)
+            assert not matches(options[name], declared[name][0]) and \
+                typed.group(3) == repr(options[name]), message
+        else:  # the layer's own word on a value of the right type; a missing option; NaN
+            assert re.search("missing a required argument|expected finite numbers", message) or all(
+                matches(v, declared[k][0]) for k, v in options.items()), message
+        return
+    for name, (kind_of, _) in declared.items():
+        assert matches(layer.config[name], kind_of), (name, layer.config[name])
+
+
+@FUZZ
+@given(items=st.lists(OVERRIDES, min_size=1, max_size=4))
+def test_fuzz_set_errors_name_the_set(work, good_job, items):
+    """The job file is valid, so every error is an override's: it names ``--set``."""
+    try:
+        load_job(good_job, items)
+    except HornError as exc:
+        assert str(exc).startswith("--set "), str(exc)
+
+
+@settings(FUZZ, max_examples=300)
+@given(doc=near_miss_jobs())
+def test_fuzz_validate_and_run_agree(work, doc):
+    """``horn validate`` and ``horn run`` make the same checks before training (only
+    the single-process rule differs), never a traceback; what validates takes a step."""
+    if isinstance(doc.setdefault("train", {}), dict):
+        doc["train"]["threads"] = 1  # fuzzed thread counts would outlive the test
+    path = work / "validate.toml"
+    path.write_text(toml_document(doc, False), encoding="utf-8")
+    job = only_horn_errors(lambda: load_job(path), str(path))
+    if job is None:
+        return
+    validated = only_horn_errors(lambda: prepare(job, single_process_rule=False))
+    ran = only_horn_errors(lambda: prepare(job))
+    if needed_ranks(job.parallel) > 1:
+        assert ran is None
+    else:
+        assert (validated is None) == (ran is None)
+    if ran is not None:
+        xb, yb = ran.stream.next()
+        ran.model.train_step(xb, yb)
+        ran.optimizer.step(ran.schedule(0))
 
 
 # =========================================================================== hostfiles
@@ -954,6 +1033,157 @@ def test_model_file_with_absurd_size_is_refused_before_allocating(tmp_path, unit
         Model.load(path)
 
 
+# =========================================================================== files naming modules
+# A model file (or a job) may name any module in a layer type ("mod:Cls") or a model
+# spec's classes table. Loading a file never imports one (issue 11): it either loads, with
+# classes from modules imported already or horn.layers, or is one line naming the module.
+MODULE_NAMES = st.one_of(
+    st.sampled_from(["fuzz_tripwire", "fuzz_tripwire.sub", "this", "antigravity", "os", "sys",
+                     "json", "numpy", "numpy.testing", "builtins", "importlib", "__main__",
+                     "horn", "horn.cli", "horn.layers", "horn.layers.dense", "horn.layers.nope",
+                     "horn.layers.conv", "tests.test_fuzz", "hypothesis"]),
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}(\.[A-Za-z_][A-Za-z0-9_]{0,5}){0,2}",
+                  fullmatch=True),
+    st.text(TEXT, max_size=12),
+)
+CLASS_NAMES = st.one_of(
+    st.sampled_from(["Dense", "Evil", "Layer", "Loss", "system", "PReLU", "SoftmaxCrossEntropy",
+                     "Dropout", "__class__", "testing", "Conv2d", "MSE"]),
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
+    st.text(TEXT, max_size=6),
+)
+CLASS_PATHS = st.builds(lambda module, sep, cls: f"{module}{sep}{cls}", MODULE_NAMES,
+                        st.sampled_from([":", ":", ":", ".", "::", ": ", ":\n"]), CLASS_NAMES)
+NAMED_TYPES = st.one_of(CLASS_PATHS, CLASS_PATHS, st.sampled_from(
+    ["dense", "prelu", "relu", "softmax_cross_entropy", "mse", "dropout", "fuzz_evil"]))
+CLASS_TABLES = st.one_of(
+    st.dictionaries(st.sampled_from(["dense", "prelu", "relu", "softmax_cross_entropy",
+                                     "fuzz_evil", ""]),
+                    st.one_of(CLASS_PATHS, CLASS_PATHS, JSON_JUNK), max_size=3),
+    JSON_JUNK)
+
+
+@pytest.fixture(scope="module")
+def tripwire(work):
+    """``fuzz_tripwire`` on sys.path: importing it (by any route) leaves a file behind."""
+    site, wire = work / "site", work / "TRIPWIRE"
+    site.mkdir(exist_ok=True)
+    (site / "fuzz_tripwire.py").write_text(f"import pathlib\npathlib.Path({str(wire)!r})"
+                                           f".write_text('imported')\n")
+    sys.path.insert(0, str(site))
+    importlib.import_module("encodings.cp437")  # zipfile's codec for member names: not the file's doing
+    yield wire
+    sys.path.remove(str(site))
+
+
+@st.composite
+def headers_naming_modules(draw):
+    """BASE's header (as a model or a one-member ensemble) with layer types, the loss type
+    and the spec's classes table naming generated modules."""
+    header = json.loads(json.dumps(BASE_HEADER))
+    spec = header["spec"]
+    for layer in spec["layers"]:
+        if draw(BOOL):
+            layer["type"] = draw(NAMED_TYPES)
+    if draw(BOOL):
+        spec["loss"]["type"] = draw(NAMED_TYPES)
+    if draw(BOOL):
+        spec["classes"] = draw(CLASS_TABLES)
+    if draw(BOOL):
+        header = {"format": ENSEMBLE_FORMAT, "spec": spec, "weights": [1.0], "meta": {}}
+    return header
+
+
+class ImportLog:
+    """Stands in for registry's importlib during one load: records every import asked for."""
+
+    def __init__(self, inner):
+        self.inner, self.asked = inner, []
+
+    def import_module(self, name, package=None):
+        self.asked.append(name)
+        return self.inner.import_module(name, package)
+
+
+def builtin_module(name):
+    return name == "horn.layers" or name.startswith("horn.layers.")
+
+
+@FUZZ
+@given(header=headers_naming_modules())
+def test_fuzz_model_files_naming_modules_never_import_them(work, tripwire, header):
+    path = work / "named.npz"
+    prefix = "member0/" if header["format"] == ENSEMBLE_FORMAT else ""
+    arrays = {f"{prefix}{k}": v for k, v in BASE_ARRAYS.items()}
+    arrays["__header__"] = header_array(json.dumps(header), "uint8")
+    np.savez(path, **arrays)
+    before, log = set(sys.modules), ImportLog(registry.importlib)
+    registry.importlib = log
+    try:
+        loaded = only_horn_errors(lambda: load_predictor(path), str(path))
+    finally:
+        registry.importlib = log.inner
+    assert all(builtin_module(name) for name in log.asked), log.asked
+    assert all(builtin_module(name) for name in set(sys.modules) - before), set(sys.modules) - before
+    assert not tripwire.exists()
+    if loaded is not None:
+        model = loaded[0].members[0] if prefix else loaded[0]
+        for layer in [*model.layers, model.loss]:
+            module = type(layer).__module__
+            assert builtin_module(module) or module in before, module
+        assert loaded[0].predict(np.ones((2, 5), np.float32)).shape == (2, 3)
+
+
+JOB_DIR_MODULES = {
+    "fuzz_ok": 'import horn\n\n\n@horn.register_layer("fuzz_ok_relu")\nclass Ok(horn.Layer):\n'
+               '    def forward(self, x, train):\n        return x\n\n'
+               '    def backward(self, dy):\n        return dy\n',
+    "fuzz_trap": "import pathlib\npathlib.Path(__file__).with_name('TRAPPED').write_text('x')\n",
+}
+IMPORT_ENTRIES = st.one_of(
+    st.sampled_from(["fuzz_ok", "fuzz_trap", "fuzz_ok.py", "./fuzz_trap.py", "fuzz_trap.sub",
+                     "fuzz_tripwire", "json", "this", "os", "fuzz_ok:Ok", "", "../x.py"]),
+    MODULE_NAMES, JSON_JUNK)
+JOB_LAYER_TYPES = st.one_of(NAMED_TYPES, st.sampled_from(
+    ["fuzz_ok_relu", "fuzz_ok:Ok", "fuzz_trap:X", "fuzz_tripwire:X", "relu"]))
+GOOD_IMPORTS = st.lists(st.sampled_from(["fuzz_ok", "fuzz_ok.py", "fuzz_trap", "./fuzz_trap.py"]),
+                        max_size=2)
+
+
+@FUZZ
+@given(imports=st.one_of(st.lists(IMPORT_ENTRIES, max_size=3), GOOD_IMPORTS, JSON_JUNK),
+       kinds=st.lists(JOB_LAYER_TYPES, min_size=1, max_size=2))
+def test_fuzz_jobs_import_exactly_the_modules_they_name(work, tripwire, imports, kinds):
+    """The job's directory holds a layer module and a trap: a job imports what its
+    model.imports names and nothing else, whatever its layer types say."""
+    jobs = work / "jobdir"
+    jobs.mkdir(exist_ok=True)
+    for name, text in JOB_DIR_MODULES.items():
+        (jobs / f"{name}.py").write_text(text)
+    trapped = jobs / "TRAPPED"
+    layers = [{"type": kind} for kind in kinds] + [{"type": "dense", "units": 3}]
+    path = jobs / "job.json"
+    path.write_text(json.dumps({"model": {"imports": imports, "layers": layers}}))
+    before, saved = set(sys.modules), dict(registry._LAYERS)
+    try:
+        only_horn_errors(lambda: load_job(path), str(path))
+        named = {Path(e).stem if e.endswith(".py") else e.split(".")[0]
+                 for e in (imports if isinstance(imports, list) else []) if isinstance(e, str)}
+        new = {name.split(".")[0] for name in set(sys.modules) - before}
+        assert new <= named | {"horn"}, (new, named)
+        assert trapped.exists() <= ("fuzz_trap" in named)
+        assert not tripwire.exists()
+        for name in named & set(JOB_DIR_MODULES) & set(sys.modules):  # the job's dir first
+            assert Path(sys.modules[name].__file__).parent == jobs
+    finally:
+        for name in set(sys.modules) - before:
+            if name.split(".")[0] in JOB_DIR_MODULES:  # horn's own (the guard lets them in) stay
+                del sys.modules[name]
+        registry._LAYERS.clear()
+        registry._LAYERS.update(saved)
+        trapped.unlink(missing_ok=True)
+
+
 # =========================================================================== code execution
 PWNED = []
 
@@ -1031,9 +1261,9 @@ def test_job_naming_code_as_layer_is_refused_without_calling_it(tmp_path, tripwi
     with pytest.raises(HornError, match="job.toml: model.layers\\[0\\]"):
         load_job(path)
     path.write_text(GOOD_JOB)
-    with pytest.raises(HornError, match="job.toml: model.loss"):
+    with pytest.raises(HornError, match=r"^--set .model.loss=.*.: model.loss"):  # issue 11
         load_job(path, [f"model.loss={kind}"])
-    with pytest.raises(HornError, match="job.toml: model.layers\\[1\\]"):
+    with pytest.raises(HornError, match=r"^--set .model.layers.1.type=.*.: model.layers\[1\]"):
         load_job(path, [f"model.layers.1.type={kind}"])
 
 
@@ -1042,7 +1272,7 @@ def test_every_fuzzed_layer_type_loads_or_is_one_clear_line(tmp_path, tripwires,
     path = tmp_path / "job.toml"
     path.write_text(GOOD_JOB.replace('"dense", units = 8', f"{json.dumps(kind)}, units = 8"))
     only_horn_errors(lambda: load_job(path), f"{path}: model.layers[0]")
-    only_horn_errors(lambda: load_job(path, [f"model.loss={json.dumps(kind)}"]), str(path))
+    only_horn_errors(lambda: load_job(path, [f"model.loss={json.dumps(kind)}"]), str(path), "--set")
 
 
 @pytest.mark.parametrize("kind", CODE_TYPES)
@@ -1134,7 +1364,7 @@ REGRESSION_MODELS = [
     (model_file(raw_header=json.dumps(BASE_HEADER).encode()),
      "array '__header__': expected a .npy member"),
     (zip_bytes([("__header__.npy", npy(header_array("[" * 100000, "uint8")))]),
-     "unreadable model header: nested too deeply"),
+     "unreadable header: nested too deeply"),
     (zip_bytes([("__header__.npy", npy(np.zeros(2**20, "V0")))]),
      "expected __header__ to be 1-D uint8"),
     (npy(np.ones(3)), "expected an .npz archive, found a single .npy array"),

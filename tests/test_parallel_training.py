@@ -112,7 +112,8 @@ def test_a_rank_that_raises_stops_the_job_naming_the_rank(tmp_path):
                 return dy
     '''))
     job = write_job(tmp_path, JOB.replace('[{ type = "dense", units = 32',
-                                          '[{ type = "boom:Boom" }, { type = "dense", units = 32'))
+                                          '[{ type = "boom:Boom" }, { type = "dense", units = 32')
+                    .replace("[model]\n", '[model]\nimports = ["boom"]\n'))
     stamp = tmp_path / "boom_time"
     result = mpirun(2, horn_args("run", job, "--quiet"), timeout=120,
                     env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "BOOM_TIME": str(stamp)})

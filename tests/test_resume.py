@@ -19,6 +19,7 @@ from tests.mpirun import PROGS, mpirun
 JOB = """
 name = "ck"
 [model]
+imports = ["killer"]
 layers = [{ type = "dense", units = 32, activation = "relu" }, { type = "killer:KillAt" },
           { type = "dense", units = 24, activation = "relu" }, { type = "dropout", p = 0.1 },
           { type = "dense", units = 10 }]

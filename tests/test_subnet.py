@@ -233,7 +233,7 @@ def simulate(job, groups, workers):
     outer = job.parallel.of("average")
     anchor, velocity = parents[0].params.astype(np.float64), 0.0
     p, settings, steps = job.parallel, job.parallel.of("subnet"), job.train.steps
-    layout = SubnetLayout(parents[0], scale_at=settings.scale_at)
+    layout = SubnetLayout(parents[0], scale=settings.scale, scale_at=settings.scale_at)
     schedule = ranks[0][2]
     warmup = settings.warmup_steps
     for start in range(0, warmup, p.local_steps):
@@ -297,3 +297,155 @@ def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, 
     assert len(rounds) == (30 - warmup) // 5 and all(sum(s) == n for r in rounds
                                           for s, n in zip(r["partition_sizes"], [24, 20]))
     assert all(r["bytes_sent"] > 0 for r in rows if "superstep" in r)
+
+
+# ---- channel-partitioned sub-networks of CNNs (issue 15) ---------------------------
+def cnn_parent(backend="numpy", dtype=np.float32, head="flatten"):
+    """conv -> batch norm -> max pool -> conv -> avg pool -> flatten -> dense -> dense (or a
+    global average pool head): every partition-protocol role on images."""
+    from horn.layers import AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, MaxPool2d
+    layers = [Conv2d(6, 3, padding=1, activation="relu"), BatchNorm(), MaxPool2d(2),
+              Conv2d(5, 3, padding=1, activation="tanh"), AvgPool2d(2)]
+    layers += ([Flatten(), Dense(7, "relu"), Dense(3)] if head == "flatten"
+               else [Conv2d(3, 1), GlobalAvgPool()])
+    parent = Model(layers, SoftmaxCrossEntropy(), (2, 8, 8), backend, seed=3, dtype=dtype)
+    parent.params[...] = np.random.default_rng(4).standard_normal(parent.size)  # stats too
+    var = parent.layers[1].params["running_var"]
+    var[...] = np.abs(var) + 0.5
+    return parent
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("workers,head", [(2, "flatten"), (3, "flatten"), (2, "global")])
+def test_cnn_extract_then_assemble_returns_the_parent_bit_for_bit(backend, workers, head):
+    from tests.test_partition_protocol import extract_then_assemble
+    parent = cnn_parent(backend, head=head)
+    layout, plans, parts = plans_for(parent, workers)
+    assert layout.sizes == ([6, 5, 7] if head == "flatten" else [6, 5])
+    before, after = extract_then_assemble(parent, layout, plans, backend)
+    owned = ~np.isnan(after)
+    assert np.array_equal(after[owned], before[owned])
+    for i in (1,):  # batch norm: every channel's parameters and statistics come back whole
+        for name in ("gamma", "beta", "running_mean", "running_var"):
+            off, shape = layout.parent_slots[f"{i}.{name}"]
+            assert owned[off:off + shape[0]].all(), name
+    w2 = after[slice(*(lambda o, s: (o, o + int(np.prod(s))))(*layout.parent_slots["3.W"]))]
+    lost = np.isnan(w2.reshape(5, 6, 3, 3))  # conv 2 keeps only (own out, own in) channels
+    for w in range(workers):
+        assert not lost[np.ix_(parts[1][w], parts[0][w])].any()
+    assert lost.all(axis=(2, 3)).sum() == 5 * 6 - sum(len(a) * len(b) for a, b in
+                                                      zip(parts[1], parts[0]))
+    compact = Model.from_spec(plans[0].spec, backend, initialize_params=False)
+    assert [s.get("channels") for s in plans[0].spec["layers"][:4:3]] == \
+        [len(parts[0][0]), len(parts[1][0])] and compact.out_features == parent.out_features
+
+
+@pytest.mark.parametrize("head", ["flatten", "global"])
+@pytest.mark.parametrize("scale", ["inverse", "sqrt"])
+def test_cnn_subnetwork_forward_equals_the_channel_masked_parent(head, scale):
+    from tests.test_partition_protocol import masked_parent_forward
+    parent = cnn_parent(dtype=np.float64, head=head)
+    layout, plans, parts = plans_for(parent, 3, scale=scale)
+    rule = {"inverse": lambda k: 1 / k, "sqrt": lambda k: k ** -0.5}[scale]
+    x = np.random.default_rng(0).standard_normal((4, 2, 8, 8))
+    for w, plan in enumerate(plans):
+        compact = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
+        gather(get_backend("numpy"), layout, plan, parent.params, compact.params)
+        for i, s in plan.input_scales.items():
+            compact.layers[i].input_scale = s
+        np.testing.assert_allclose(compact.forward(x),
+                                   masked_parent_forward(layout, parts, w, x, rule),
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_conv_input_scale_passes_check_layer(monkeypatch):
+    import horn
+    from horn.layers import Conv2d
+    monkeypatch.setattr(Conv2d, "input_scale", 2.5)  # check_layer rebuilds the layer
+    horn.check_layer(Conv2d(3, 3, padding=1, activation="relu"), in_features=(2, 6, 5))
+
+
+def test_cnn_folded_scale_gives_the_same_function():
+    parent = cnn_parent(dtype=np.float64)
+    be = get_backend("numpy")
+    x = np.random.default_rng(1).standard_normal((3, 2, 8, 8))
+    _, plans_in, _ = plans_for(parent, 2)
+    layout, plans, _ = plans_for(parent, 2, scale_at="weights")
+    assert set(plans[0].weight_scales) == {"3.W", "6.W", "7.W"}  # W after the first: no b
+    for plan_in, plan in zip(plans_in, plans):
+        folded = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
+        gather(be, layout, plan, parent.params, folded.params)
+        scaled = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
+        gather(be, layout, plan_in, parent.params, scaled.params)
+        for i, s in plan_in.input_scales.items():
+            scaled.layers[i].input_scale = s
+        np.testing.assert_allclose(folded.forward(x), scaled.forward(x), rtol=1e-10)
+
+
+CNN_JOB = """
+name = "cnn-sub"
+[data]
+name = "digits"
+[model]
+layers = [{ type = "conv2d", channels = 8, padding = 1, activation = "relu" },
+          { type = "batch_norm" },
+          { type = "conv2d", channels = 8, padding = 1, activation = "relu" },
+          { type = "max_pool2d" }, { type = "flatten" },
+          { type = "dense", units = 16, activation = "relu" }, { type = "dense", units = 10 }]
+[train]
+steps = 30
+batch_size = 16
+lr = 0.03
+momentum = 0.0
+backend = "numpy"
+[parallel]
+local_steps = 5
+"""
+CNN_SUBNET = "[parallel.subnet]\npartition = 'irregular'\n"
+
+
+@pytest.mark.parametrize("groups,workers,extra", [
+    (1, 4, 'scale = "sqrt"\n'), (2, 2, "")])
+def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, workers, extra):
+    """Every hidden conv layer's output channels (and the dense layer's units) are shared
+    out; the parent saved by rank 0 equals the single-process simulation, and it trained."""
+    from horn.data import load_dataset
+    from horn.jobs import load_job
+    path = tmp_path / "cnn.toml"
+    path.write_text(textwrap.dedent(CNN_JOB) + f"groups = {groups}\nworkers = {workers}\n"
+                    f'{CNN_SUBNET}scale_at = "weights"\nwarmup_steps = 10\n{extra}'
+                    f"[log]\ndir = '{tmp_path}'\n")
+    result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=180)
+    assert result.returncode == 0, result.stderr
+    run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
+    saved, _ = Model.load(f"{run_dir}/model.npz")
+    job = load_job(path)
+    np.testing.assert_allclose(saved.params, simulate(job, groups, workers), rtol=1e-5,
+                               atol=1e-6)
+    with open(f"{run_dir}/metrics.jsonl") as f:
+        rounds = [r for r in map(json.loads, f) if "partition_sizes" in r]
+    assert len(rounds) == (30 - job.parallel.of("subnet").warmup_steps) // 5
+    assert all([sum(s) for s in r["partition_sizes"]] == [8, 8, 16] for r in rounds)
+    data = load_dataset(job.data)
+    untrained = Model.from_spec(saved.spec(), seed=job.train.seed)
+    loss = [m.loss.forward(m.forward(data.x_train), data.y_train) for m in (untrained, saved)]
+    assert loss[1] < loss[0] - 0.1, loss  # it trained (a parent left as it was: equal)
+
+
+def test_reassembled_cnn_parent_equals_the_scattered_pieces_on_every_rank(tmp_path):
+    """tests/mpi_progs/cnn_subnet.py on 4 ranks (1 x 4), 3 rounds: bit-exact bookkeeping."""
+    from tests.mpirun import PROGS
+    path = tmp_path / "cnn.toml"
+    path.write_text(textwrap.dedent(CNN_JOB) + "groups = 1\nworkers = 4\n" + CNN_SUBNET)
+    result = mpirun(4, [PROGS / "cnn_subnet.py", path, 3], timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line[7:]) for line in result.stdout.splitlines()
+            if line.startswith("RESULT ")]
+    assert sorted(r["rank"] for r in rows) == [0, 1, 2, 3]
+    for row in rows:
+        assert row["finite"] and len(row["rounds"]) == 3
+        for check in row["rounds"]:
+            assert check["block_mismatches"] == 0 and check["shared_is_mean"]
+            assert check["unheld"] > 0 and check["unheld_changed"] == 0
+            assert check["through_params"] == 4 and check["through_params_held"]
+    assert len({r["parent_sha256"] for r in rows}) == 1  # every rank holds the same parent

@@ -89,9 +89,11 @@ class EnsembleSync(PeerSync):
         if peer.groups < 2:
             raise HornError(f"{setup.source}: parallel.barrier = 'ensemble' needs at least 2 "
                             f"groups; the layout has {peer.groups}")
-        if model.loss.spec()["type"] != "softmax_cross_entropy":
+        if not model.loss.predicts_probabilities:
             raise HornError(f"{setup.source}: parallel.barrier = 'ensemble' distills class "
-                            f"probabilities: model.loss must be softmax_cross_entropy")
+                            f"probabilities: model.loss ({model.loss.spec()['type']}) does not "
+                            f"predict them (Loss.predicts_probabilities); use "
+                            f"softmax_cross_entropy")
         p = settings
         self.model, self.inner, self.make_optimizer = model, inner, setup.make_optimizer
         self.p, self.total_steps, self.seed = p, setup.total_steps, setup.seed

@@ -164,9 +164,8 @@ class SubnetSync(PeerSync):
                 gather(self.backend, self.layout, plan, self.parent_optimizer.state()[name], buf)
             else:
                 buf[...] = 0
-        for index, layer in enumerate(model.layers):
-            if "W" in layer.params:
-                layer.input_scale = plan.input_scales.get(index, 1.0)
+        for index in self.layout.split:  # the partition protocol's input scale
+            model.layers[index].input_scale = plan.input_scales.get(index, 1.0)
         model.mask_draws = self.mask_draws
         self.model, self.optimizer = model, optimizer
         digest = hashlib.sha256(b"".join(u.tobytes() for p in parts for u in p)).hexdigest()[:16]

@@ -11,6 +11,8 @@ class KillAt(horn.Layer):
     HORN_TEST_FAULT says: "kill" (SIGKILL itself, the default), "raise", "hang", or
     "slow" (from then on, sleep HORN_TEST_SLOW_S seconds in every forward: a straggler)."""
 
+    partition_role = "through"  # the identity: sub-networks may carry a partition through it
+
     def forward(self, x, train):
         if train:
             self.calls = getattr(self, "calls", 0) + 1

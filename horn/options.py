@@ -1,0 +1,106 @@
+"""Typed layer options: a layer's constructor annotations are its option types.
+
+``Dense(units: int, bias: bool = True)`` declares that ``units`` takes an integer
+and ``bias`` true or false; a job value of another type (``units = true``,
+``bias = "no"``) is refused before the layer is constructed, instead of being
+coerced silently. bool is not an int, an int is accepted where a float is
+expected, and an unannotated option is passed through as it is. User layers get
+the same check from their own annotations.
+"""
+
+import collections.abc
+import inspect
+import numbers
+import types
+import typing
+
+
+def option_types(cls):
+    """``{option: (annotation, default)}`` of a layer class's constructor (the
+    annotation is ``inspect.Parameter.empty`` when the option has none)."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # a string annotation naming something unresolvable: use the raw ones
+        hints = {}
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return {p.name: (hints.get(p.name, p.annotation), p.default) for p in params
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def matches(value, kind):
+    """Whether ``value`` is of the option type ``kind`` (an annotation)."""
+    if kind is inspect.Parameter.empty or kind is typing.Any:
+        return True
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if kind is None or kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(matches, value, args))
+        return not args or all(matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin is collections.abc.Callable or kind is collections.abc.Callable:
+        return callable(value)
+    return isinstance(value, origin or kind) if isinstance(origin or kind, type) else True
+
+
+def describe(kind):
+    """An option type as a message shows it: ``int``, ``int | list[int]``, ``bool``."""
+    if kind is inspect.Parameter.empty:
+        return "any value"
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(describe(arg) for arg in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if kind is None or kind is type(None):
+        return "None"
+    if origin is collections.abc.Callable or kind is collections.abc.Callable:
+        return "callable"
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else describe(a) for a in args)
+        return f"{origin.__name__}[{inner}]" if inner else origin.__name__
+    return getattr(kind, "__name__", str(kind))
+
+
+def check_options(cls, arguments):
+    """TypeError naming the first option of ``arguments`` (name -> value) whose value is
+    not of its annotated type; the caller names the layer."""
+    declared = option_types(cls)
+    for name, value in arguments.items():
+        kind = declared.get(name, (inspect.Parameter.empty,))[0]
+        if not matches(value, kind):
+            raise TypeError(f"option {name!r}: expected {describe(kind)}, found {value!r}")
+
+
+def layer_table():
+    """``horn layers``: every registered layer (built-in or imported) with its options."""
+    from horn.registry import registered
+
+    lines = []
+    for name, cls in sorted(registered().items()):
+        options = []
+        for option, (kind, default) in option_types(cls).items():
+            text = option if kind is inspect.Parameter.empty else f"{option}: {describe(kind)}"
+            options.append(text if default is inspect.Parameter.empty else f"{text} = {default!r}")
+        where = f"{cls.__module__}:{cls.__qualname__}"
+        lines.append(f"{name:<22} {', '.join(options) or '(no options)'}  [{where}]")
+    return "\n".join(lines)
+
+
+def print_layer_table(args=None):
+    print(layer_table())
+    return 0

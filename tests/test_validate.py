@@ -1,0 +1,241 @@
+"""Issue 11: validation that validates and errors that are errors.
+
+``horn validate`` runs every check ``horn run`` makes before training (one function,
+horn.runner.prepare), layer options are typed, a model that cannot fit is refused
+before allocating, divergence that stays finite is caught, parallel settings are
+never silently ignored, and every --set error names the --set.
+"""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from horn import memory
+from horn.errors import DivergenceError, HornError
+from horn.jobs import load_job
+from horn.layer import Layer
+from horn.model import layer_from_spec
+from horn.options import check_options, layer_table
+from horn.runner import prepare
+from tests.cli import ROOT, horn
+from tests.mpirun import mpirun
+
+LAYERS = ('[model]\nlayers = [{ type = "dense", units = 16, activation = "relu" }, '
+          '{ type = "dense", units = 10 }]\n')
+QUICK = "[train]\nepochs = 1\nbackend = \"numpy\"\n[log]\nplot = false\n"
+
+
+def job_file(tmp_path, body, name="job.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body) + "\n")
+    return path
+
+
+def one_error_line(result, code=2):
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("horn: error: "), result.stderr
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+    return lines[0]
+
+
+def data_files(tmp_path):
+    """A pickled npz, an npz whose test labels exceed the training classes."""
+    x = np.random.default_rng(0).standard_normal((40, 5)).astype(np.float32)
+    y = np.arange(40) % 3
+    np.savez(tmp_path / "pickled.npz", x=np.array([object()] * 40, dtype=object), y=y)
+    np.savez(tmp_path / "labels.npz", x=x, y=y, x_test=x[:8], y_test=np.full(8, 7))
+    np.savez(tmp_path / "good.npz", x=x, y=y)
+
+
+# Defect 6: each of these validated "ok" before; run refused them (or crashed).
+BAD_JOBS = {
+    "classes": (LAYERS.replace("units = 10", "units = 12"), "has 10 classes"),
+    "missing data": (LAYERS + "[data]\nname = 'npz'\npath = 'missing.npz'\n", "missing.npz"),
+    "pickled npz": (LAYERS + "[data]\nname = 'npz'\npath = 'pickled.npz'\n", "object array"),
+    "labels": (LAYERS.replace("units = 10", "units = 3") + "[data]\nname = 'npz'\n"
+               "path = 'labels.npz'\n", "expected labels below 3"),
+    "initializer": (LAYERS.replace('units = 16,', 'units = 16, init = "bogus",'),
+                    "expected an initializer"),
+    "float units": (LAYERS.replace("units = 16", "units = 1e9"),
+                    "model.layers[0] (dense): option 'units': expected int, found 1000000000.0"),
+    "memory": (LAYERS.replace("units = 16", "units = 20_000_000"), "does not fit in memory"),
+}
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("case", sorted(BAD_JOBS))
+def test_validate_refuses_what_run_refuses(tmp_path, case, command):
+    data_files(tmp_path)
+    body, message = BAD_JOBS[case]
+    path = job_file(tmp_path, body + ("" if "[train]" in body else QUICK))
+    line = one_error_line(horn(command, path, "--set", f"log.dir='{tmp_path}'", cwd=tmp_path))
+    assert message in line and ("job.toml" in line or ".npz" in line), line  # names the file
+
+
+def test_validate_says_what_it_checked_and_trains_nothing(tmp_path):
+    result = horn("validate", ROOT / "jobs/digits.toml", "--set", f"log.dir='{tmp_path}'")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    checks = [line.split(":")[0].strip() for line in lines[:-1]]
+    assert checks == ["data", "model", "memory", "training", "layout"], lines
+    assert "10 outputs for 10 classes" in result.stdout and "GiB available" in result.stdout
+    assert lines[-1].endswith("digits.toml: ok") and not list(tmp_path.iterdir())
+
+
+def test_prepare_is_the_one_pre_training_check_and_sizes_memory(monkeypatch):
+    job = load_job(ROOT / "jobs/digits.toml")
+    setup = prepare(job)
+    need = setup.memory
+    assert need.parameters >= setup.model.num_params
+    # params, grads, initial values, momentum: four float32 buffers, plus activations
+    assert need.rank_bytes == need.parameters * 4 * 4 + need.activation_bytes
+    monkeypatch.setattr(memory, "available_bytes", lambda: need.rank_bytes - 1)
+    with pytest.raises(HornError, match=r"does not fit in memory: it needs about .* is "
+                                        r"available"):
+        prepare(job)
+    monkeypatch.setattr(memory, "available_bytes", lambda: need.rank_bytes)
+    assert prepare(job).available == need.rank_bytes
+
+
+@pytest.mark.parametrize("optimizer,momentum,buffers", [("sgd", 0.0, 3), ("sgd", 0.9, 4),
+                                                        ("adam", 0.9, 5)])
+def test_memory_counts_the_optimizer_state(optimizer, momentum, buffers):
+    job = load_job(ROOT / "jobs/digits.toml", [f"train.optimizer={optimizer!r}",
+                                               f"train.momentum={momentum}"])
+    assert sum(memory.parameter_buffers(job).values()) == buffers
+
+
+def test_available_memory_reads_meminfo(tmp_path):
+    path = tmp_path / "meminfo"
+    path.write_text("MemTotal:       24000000 kB\nMemAvailable:   1000 kB\n")
+    assert memory.available_bytes(path) == 1000 * 1024
+    assert memory.available_bytes(tmp_path / "none") is None
+
+
+# Defect 7: silent coercions.
+@pytest.mark.parametrize("option,value,expected", [
+    ("units", "true", "expected int, found True"),
+    ("units", '"abc"', "expected int, found 'abc'"),
+    ("bias", '"no"', "option 'bias': expected bool, found 'no'"),
+    ("activation", "1", "option 'activation': expected str, found 1"),
+])
+def test_layer_options_are_typed(tmp_path, option, value, expected):
+    body = LAYERS.replace("units = 16" if option == "units" else 'activation = "relu"',
+                          f"{option} = {value}")
+    line = one_error_line(horn("validate", job_file(tmp_path, body)))
+    assert "job.toml" in line and "model.layers[0] (dense)" in line and expected in line, line
+
+
+class Annotated(Layer):
+    def __init__(self, scale: float = 1.0, note=None, shape: list[int] | None = None):
+        self.scale, self.note, self.shape = scale, note, shape
+
+
+def test_user_layers_get_the_check_from_their_annotations():
+    assert Annotated(scale=2).scale == 2  # an int is accepted for a float
+    assert Annotated(note=object()).note is not None  # unannotated: passed through
+    assert Annotated(shape=[1, 2]).shape == [1, 2]
+    for bad in ({"scale": True}, {"scale": "2"}, {"shape": [1, "2"]}, {"shape": 3}):
+        with pytest.raises(TypeError, match=f"option '{next(iter(bad))}': expected"):
+            Annotated(**bad)
+    with pytest.raises(HornError, match=r"x.toml: model.layers\[2\] \(tests.test_validate:"
+                                        r"Annotated\): option 'scale': expected float, found 'a'"):
+        layer_from_spec({"type": "tests.test_validate:Annotated", "scale": "a"},
+                        "x.toml: model.layers[2]")
+
+
+def test_check_options_reads_the_constructor():
+    check_options(Annotated, {"scale": 1, "note": "x"})
+    with pytest.raises(TypeError, match=r"expected list\[int\] \| None, found 'x'"):
+        check_options(Annotated, {"shape": "x"})
+
+
+def test_horn_layers_lists_every_layer_with_its_options():
+    result = horn("layers")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == layer_table()
+    dense = next(line for line in result.stdout.splitlines() if line.startswith("dense "))
+    assert "units: int, activation: str = 'identity'" in dense and "bias: bool = True" in dense
+    assert any(line.startswith("conv2d ") and "kernel: int | list[int] = 3" in line
+               for line in result.stdout.splitlines())
+
+
+# Defect 5: tracebacks that never happen.
+def test_resume_of_another_architecture_names_the_checkpoint(tmp_path):
+    path = job_file(tmp_path, LAYERS + QUICK + f"dir = '{tmp_path / 'runs'}'\n"
+                    "[checkpoint]\nevery = 5\n")
+    assert horn("run", path, "--quiet").returncode == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    job = json.loads((run_dir / "job.json").read_text())
+    job["model"]["layers"][0]["units"] = 17
+    (run_dir / "job.json").write_text(json.dumps(job))
+    line = one_error_line(horn("run", "--resume", run_dir))
+    assert "checkpoints/ckpt-" in line and "another architecture" in line, line
+    assert "(64, 16)" in line and "(64, 17)" in line, line
+    for manifest in (run_dir / "checkpoints").glob("*.json"):  # an older manifest: no shapes
+        record = json.loads(manifest.read_text())
+        del record["parameters"]
+        manifest.write_text(json.dumps(record))
+    line = one_error_line(horn("run", "--resume", run_dir))
+    assert "checkpoints/ckpt-" in line and "'rank0/params' holds" in line, line
+
+
+@pytest.mark.parametrize("weights,found", [('["a", 1]', "['a', 1]"), ("[1, true]", "[1, True]"),
+                                           ("[1, -2]", "[1, -2]"), ("[1, nan]", "[1, nan]"),
+                                           ("[1, 2, 3]", "expected 2 shares (one per worker)")])
+def test_partition_weights_are_checked(tmp_path, weights, found):
+    body = LAYERS + "[parallel]\nworkers = 2\n[parallel.subnet]\npartition = 'weighted'\n" \
+                    f"weights = {weights}\n"
+    line = one_error_line(horn("validate", job_file(tmp_path, body)))
+    assert "job.toml:7: parallel.subnet.weights: expected" in line and found in line, line
+
+
+@pytest.mark.parametrize("item,message", [
+    ("train.lr=abc", "train.lr: expected a number"),
+    ("train.lrr=1", "train.lrr: unknown key"),
+    ("model.layers.0.units=true", "model.layers[0] (dense): option 'units': expected int"),
+    ("model.layers.1.units=12", "model.layers[1] makes the model output 12 values"),
+    ("parallel.groups=2", "needs 2 ranks"),
+    ("parallel.subnet.weights=['x']", "parallel.subnet.weights: expected"),
+    ("parallel.partition_weights=[1]", "parallel.partition_weights: moved"),
+])
+def test_every_set_error_names_the_set(tmp_path, item, message):
+    path = job_file(tmp_path, LAYERS + QUICK)
+    for command in ("validate", "run"):
+        if command == "validate" and item.startswith("parallel.groups"):
+            continue  # validate reports the layout a job needs, see below
+        line = one_error_line(horn(command, path, "--set", item, "--set", "train.epochs=1"))
+        assert line.startswith(f"horn: error: --set {item!r}: ") and message in line, line
+
+
+# Defect 8: divergence that stays finite.
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("lr", ["1e10", "1e30"])
+def test_divergence_is_caught_without_numpy_warnings(tmp_path, backend, lr):
+    path = job_file(tmp_path, LAYERS + QUICK.replace("numpy", backend))
+    line = one_error_line(horn("run", path, "--quiet", "--set", f"train.lr={lr}", "--set",
+                               f"log.dir='{tmp_path}'"), code=3)
+    assert "training diverged at step" in line and "of layer" in line, line
+
+
+def test_an_exploding_loss_stops_the_trainer_under_on_nan_stop():
+    from tests.test_trainer import trainer
+
+    t, model = trainer(every=0, skip=False)
+    t.schedule = lambda step: 1e10
+    with pytest.raises(DivergenceError, match=r"loss is .* over 10000 times its first value"):
+        t.run()
+
+
+# Defect 9: one rule with and without mpirun.
+def test_parallel_settings_without_mpirun_refuse_with_the_command(tmp_path):
+    path = job_file(tmp_path, LAYERS + QUICK + "[parallel]\ngroups = 4\n")
+    line = one_error_line(horn("run", path))
+    assert f"run: mpirun --oversubscribe -n 4 horn run {path}" in line, line
+    result = horn("validate", path)
+    assert result.returncode == 0 and "layout:    4 ranks: mpirun" in result.stdout
+    refused = mpirun(1, ["-m", "horn.cli", "run", str(path)])  # the same rule under mpirun
+    assert refused.returncode != 0 and "parallel.groups=4" in refused.stderr + refused.stdout
