@@ -160,13 +160,13 @@ def horn_worker(spec_path, out_path):
     snapshots = {}  # target -> (spec, backend, host params) of the first model reaching it
     stop_at = spec.get("stop_at")
 
-    def evaluate(self, split):
+    def evaluate(self, split, model=None):
         """horn's Trainer.evaluate, which also keeps (on rank 0) the evaluated model's
         parameters when it first reaches a target, for its test accuracy afterwards."""
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
         if len(y) == 0:
             return float("nan")
-        model = self.sync.eval_model(self.model)
+        model = model if model is not None else self.sync.eval_model(self.model)
         acc = model.accuracy(x, y)
         if split == "val" and rank == 0 and hasattr(model, "params"):
             for target in TARGETS:
