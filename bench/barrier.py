@@ -46,14 +46,16 @@ def gloo_all_reduce(world):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     port = world.bcast(port, root=0)  # setup only, pickling is fine here
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
-                            rank=world.rank, world_size=world.size)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=world.rank, world_size=world.size
+    )
     return lambda buf: dist.all_reduce(torch.from_numpy(buf))
 
 
 def worker():
-    from horn.bsp import Peer  # first: it sets libnbc's Iallreduce algorithm before MPI_Init
     from mpi4py import MPI
+
+    from horn.bsp import Peer  # first: it sets libnbc's Iallreduce algorithm before MPI_Init
 
     world = MPI.COMM_WORLD
     peer = Peer.create(world, groups=None, workers=1)
@@ -66,9 +68,13 @@ def worker():
         world.Allreduce(MPI.IN_PLACE, buf, MPI.SUM)
         buf /= p
 
-    methods = {"raw": raw, "raw_mean": raw_scaled,
-               "horn_sum": peer.allreduce_sum, "horn_mean": peer.allreduce_mean,
-               "guard": lambda buf: peer.barrier("bench")}
+    methods = {
+        "raw": raw,
+        "raw_mean": raw_scaled,
+        "horn_sum": peer.allreduce_sum,
+        "horn_mean": peer.allreduce_mean,
+        "guard": lambda buf: peer.barrier("bench"),
+    }
     gloo = gloo_all_reduce(world)
     if gloo is not None:
         methods["gloo"] = gloo
@@ -80,7 +86,7 @@ def worker():
         before = peer.bytes_sent_total
         for rep in range(WARMUP + REPS):
             names = list(methods)
-            for name in names[rep % len(names):] + names[:rep % len(names)]:
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
                 np.copyto(buf, source)
                 world.Barrier()
                 t0 = time.perf_counter()
@@ -103,10 +109,22 @@ def worker():
 
 def launch(ranks):
     mpirun = Path(sys.prefix) / "bin" / "mpirun"
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [str(mpirun) if mpirun.exists() else shutil.which("mpirun"), "--oversubscribe",
-           "-n", str(ranks), sys.executable, __file__, "--worker"]
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO),
+    )
+    cmd = [
+        str(mpirun) if mpirun.exists() else shutil.which("mpirun"),
+        "--oversubscribe",
+        "-n",
+        str(ranks),
+        sys.executable,
+        __file__,
+        "--worker",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         sys.exit(f"mpirun -n {ranks} failed:\n{proc.stdout}{proc.stderr}")
@@ -128,7 +146,9 @@ def table(rows):
             f"| {r['ranks']} | {r['params'] >> 20}M | {4 * r['params'] / 2**20:.0f} | {r['bytes_per_rank']:,} "
             f"| {ms(r['raw'])} | {ms(r['raw_mean'])} | {ms(r['horn_sum'])} | {ms(r['horn_mean'])} "
             f"| {ms(r['guard'])} | {ms(r.get('gloo'))} | "
-            + " | ".join(f"{r[f'{name}/{base}']:.2f}x" for name, base in RATIOS) + " |")
+            + " | ".join(f"{r[f'{name}/{base}']:.2f}x" for name, base in RATIOS)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -144,19 +164,22 @@ def main():
     text = table(rows)
     print(text)
     print(load)
-    note = (f"Measured by `python bench/barrier.py` on {os.cpu_count()} CPU cores "
-            f"({platform.processor() or platform.machine()}, {platform.system()}), Open MPI shared memory, "
-            f"ranks oversubscribed when ranks > cores; {load}. Medians of {REPS} repetitions (after "
-            f"{WARMUP} warm-up), each the slowest rank's time; ratios are medians of per-repetition "
-            "ratios (both timed in the same repetition). bytes/rank is horn's ring cost model "
-            "2*(p-1)/p * nbytes, which the other columns move too.\n\n"
-            "horn sum/mean = in-place `Iallreduce` polled by the watchdog (+ `/= p` for the mean); "
-            "watchdog barrier = `peer.barrier` (a polled `Ibarrier`); "
-            "raw = mpi4py `Allreduce(MPI.IN_PLACE, buf, MPI.SUM)`; gloo = `torch.distributed.all_reduce` "
-            "over TCP loopback.\n")
+    note = (
+        f"Measured by `python bench/barrier.py` on {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}, {platform.system()}), Open MPI shared memory, "
+        f"ranks oversubscribed when ranks > cores; {load}. Medians of {REPS} repetitions (after "
+        f"{WARMUP} warm-up), each the slowest rank's time; ratios are medians of per-repetition "
+        "ratios (both timed in the same repetition). bytes/rank is horn's ring cost model "
+        "2*(p-1)/p * nbytes, which the other columns move too.\n\n"
+        "horn sum/mean = in-place `Iallreduce` polled by the watchdog (+ `/= p` for the mean); "
+        "watchdog barrier = `peer.barrier` (a polled `Ibarrier`); "
+        "raw = mpi4py `Allreduce(MPI.IN_PLACE, buf, MPI.SUM)`; gloo = `torch.distributed.all_reduce` "
+        "over TCP loopback.\n"
+    )
     (REPO / "docs").mkdir(exist_ok=True)
     (REPO / "docs" / "barrier.md").write_text(
-        "# Model-averaging barrier cost\n\n" + note + "\n" + text + "\n")
+        "# Model-averaging barrier cost\n\n" + note + "\n" + text + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ for DDP, which overlaps its all-reduces with backward, a lower bound: 1 - (secon
 unlimited / seconds per step at the rate).
 """
 
-import horn  # noqa: F401  first: horn pins Numba's threading layer before numba/torch load
-
 import argparse
 import json
 import os
@@ -40,6 +38,8 @@ import sys
 from argparse import Namespace
 from datetime import datetime
 from pathlib import Path
+
+import horn  # noqa: F401  first: horn pins Numba's threading layer before numba/torch load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vs_torch  # noqa: E402  bench/vs_torch.py: configurations, workers, run_once
@@ -54,48 +54,82 @@ RATES = ("unlimited", "1gbit", "100mbit")
 TARGET = 0.88
 LIMIT = 8192  # training samples of an extrapolation run (its seconds per step)
 NAME = "bench"
-CONFIGS = {name: vs_torch.CONFIGS[name]
-           for name in ("ddp", "sync", "ma", "ma_tuned", "subnet_tuned", "ec")
-           if name in vs_torch.CONFIGS}
+CONFIGS = {
+    name: vs_torch.CONFIGS[name]
+    for name in ("ddp", "sync", "ma", "ma_tuned", "subnet_tuned", "ec")
+    if name in vs_torch.CONFIGS
+}
 # tuned per bandwidth on the validation split only (seeds 100+), each a job file of its own
 TUNED = {
-    "ma_1gbit": {"label": "horn model averaging, tuned for 1 Gbit/s (jobs/bench_cluster_1gbit.toml)",
-                 "kind": "horn", "procs": 2, "job": "jobs/bench_cluster_1gbit.toml"},
-    "ma_100mbit": {"label": "horn model averaging, tuned for 100 Mbit/s "
-                            "(jobs/bench_cluster_100mbit.toml)",
-                   "kind": "horn", "procs": 2, "job": "jobs/bench_cluster_100mbit.toml"},
-    "ma_100mbit_int8": {"label": "horn model averaging, int8 exchanges, tuned for 100 Mbit/s "
-                                 "(jobs/bench_cluster_100mbit_int8.toml)",
-                        "kind": "horn", "procs": 2, "job": "jobs/bench_cluster_100mbit_int8.toml"},
-    "ma_100mbit_int8_64": {"label": "horn model averaging every 64 steps, int8 exchanges "
-                                    "(jobs/bench_cluster_100mbit_int8_64.toml)",
-                           "kind": "horn", "procs": 2,
-                           "job": "jobs/bench_cluster_100mbit_int8_64.toml"},
+    "ma_1gbit": {
+        "label": "horn model averaging, tuned for 1 Gbit/s (jobs/bench_cluster_1gbit.toml)",
+        "kind": "horn",
+        "procs": 2,
+        "job": "jobs/bench_cluster_1gbit.toml",
+    },
+    "ma_100mbit": {
+        "label": "horn model averaging, tuned for 100 Mbit/s (jobs/bench_cluster_100mbit.toml)",
+        "kind": "horn",
+        "procs": 2,
+        "job": "jobs/bench_cluster_100mbit.toml",
+    },
+    "ma_100mbit_int8": {
+        "label": "horn model averaging, int8 exchanges, tuned for 100 Mbit/s "
+        "(jobs/bench_cluster_100mbit_int8.toml)",
+        "kind": "horn",
+        "procs": 2,
+        "job": "jobs/bench_cluster_100mbit_int8.toml",
+    },
+    "ma_100mbit_int8_64": {
+        "label": "horn model averaging every 64 steps, int8 exchanges "
+        "(jobs/bench_cluster_100mbit_int8_64.toml)",
+        "kind": "horn",
+        "procs": 2,
+        "job": "jobs/bench_cluster_100mbit_int8_64.toml",
+    },
 }
 CONFIGS.update({n: c for n, c in TUNED.items() if (REPO / c["job"]).exists()})
-EXTRAPOLATED = {("ddp", "1gbit"), ("ddp", "100mbit"), ("sync", "1gbit"), ("sync", "100mbit"),
-                ("ma", "100mbit")}
+EXTRAPOLATED = {
+    ("ddp", "1gbit"),
+    ("ddp", "100mbit"),
+    ("sync", "1gbit"),
+    ("sync", "100mbit"),
+    ("ma", "100mbit"),
+}
 GOALS = {"1gbit": 0.3, "100mbit": 0.1}  # best horn time to 0.88 / DDP's
 
 
 def cluster_launch(c):
     """``vs_torch.run_once``'s launcher for cluster ``c``: one rank or DDP process per host."""
+
     def launch(name, config, spec_path, out_path, args):
         me = [sys.executable, str(VS_TORCH)]
         if config["kind"] == "horn":
-            argv = c.mpirun_argv([*me, "--worker", "horn", spec_path, out_path],
-                                 ranks=config["procs"])
+            argv = c.mpirun_argv(
+                [*me, "--worker", "horn", spec_path, out_path], ranks=config["procs"]
+            )
             env = vs_torch.thread_env(1, c.environment())
-            return [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)], [out_path]
+            return [
+                subprocess.Popen(
+                    argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+            ], [out_path]
         world = config["procs"]
         outs = [out_path.with_suffix(f".r{r}") for r in range(world)]
         extra = {"MASTER_ADDR": c.address(1), "MASTER_PORT": "29512", "GLOO_SOCKET_IFNAME": "eth0"}
-        return [subprocess.Popen(
-            c.host_argv(r + 1, [*me, *vs_torch.torch_worker_args(spec_path, outs[r], r, world,
-                                                                 config)]),
-            env=vs_torch.thread_env(config["threads"], extra), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True) for r in range(world)], outs
+        return [
+            subprocess.Popen(
+                c.host_argv(
+                    r + 1, [*me, *vs_torch.torch_worker_args(spec_path, outs[r], r, world, config)]
+                ),
+                env=vs_torch.thread_env(config["threads"], extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for r in range(world)
+        ], outs
+
     return launch
 
 
@@ -116,11 +150,18 @@ def seconds_per_step(result):
 
 def run(name, rate, seed, args, launch, extrapolate):
     config = CONFIGS[name]
-    run_args = Namespace(epochs=1 if extrapolate else args.epochs,
-                         limit=LIMIT if extrapolate else args.limit, width=0, set=args.set,
-                         full_runs=1, timeout=args.timeout, profile=False)
-    result = vs_torch.run_once(name, config, seed, run_args,
-                               stop_at=None if extrapolate else TARGET, launch=launch)
+    run_args = Namespace(
+        epochs=1 if extrapolate else args.epochs,
+        limit=LIMIT if extrapolate else args.limit,
+        width=0,
+        set=args.set,
+        full_runs=1,
+        timeout=args.timeout,
+        profile=False,
+    )
+    result = vs_torch.run_once(
+        name, config, seed, run_args, stop_at=None if extrapolate else TARGET, launch=launch
+    )
     result.update(rate=rate, extrapolation_run=extrapolate, comm_share=comm_share(result))
     return result
 
@@ -144,9 +185,18 @@ def row_of(name, rate, results):
     share = r["comm_share"]
     if CONFIGS[name]["kind"] == "ddp" and base and rate != "unlimited":
         share = max(0.0, 1 - seconds_per_step(base) / seconds_per_step(r))
-    return {"config": name, "rate": rate, "time": time_s, "bytes": bytes_, "epochs": epochs,
-            "s_per_epoch": per_epoch, "comm_share": share, "extrapolated": r["extrapolation_run"],
-            "load": r["load"], "val": r["epochs"][-1]["val_accuracy"] if r["epochs"] else None}
+    return {
+        "config": name,
+        "rate": rate,
+        "time": time_s,
+        "bytes": bytes_,
+        "epochs": epochs,
+        "s_per_epoch": per_epoch,
+        "comm_share": share,
+        "extrapolated": r["extrapolation_run"],
+        "load": r["load"],
+        "val": r["epochs"][-1]["val_accuracy"] if r["epochs"] else None,
+    }
 
 
 def fmt(value, spec, missing="n/a"):
@@ -154,8 +204,11 @@ def fmt(value, spec, missing="n/a"):
 
 
 def table(rows_by_rate):
-    lines = ["| configuration | rate | s to 0.88 val | vs DDP | MB to 0.88 / rank | epochs | "
-             "s / epoch | comm share | load |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| configuration | rate | s to 0.88 val | vs DDP | MB to 0.88 / rank | epochs | "
+        "s / epoch | comm share | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for rate, rows in rows_by_rate.items():
         ddp = next((r for r in rows if r["config"] == "ddp"), None)
         for r in rows:
@@ -168,7 +221,8 @@ def table(rows_by_rate):
                 f"{fmt(r['time'], '.1f', 'not reached')}{' (extrapolated)' if r['extrapolated'] else ''} | "
                 f"{fmt(ratio, '.2f') + 'x' if ratio else 'n/a'} | {fmt(r['bytes'] and r['bytes'] / 1e6, ',.0f')} | "
                 f"{fmt(r['epochs'], '.0f')} | {fmt(r['s_per_epoch'], '.1f')} | {share_text} | "
-                f"{r['load']:.1f} |")
+                f"{r['load']:.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -183,9 +237,11 @@ def verdicts(rows_by_rate):
             continue
         best = min(horn_rows, key=lambda r: r["time"])
         ratio = best["time"] / ddp["time"]
-        lines.append(f"- {rate}: best horn configuration `{best['config']}` reaches 0.88 in "
-                     f"{best['time']:.1f} s against DDP's {ddp['time']:.1f} s: **{ratio:.2f}x** "
-                     f"(target <= {goal}x: {'met' if ratio <= goal else 'missed'})")
+        lines.append(
+            f"- {rate}: best horn configuration `{best['config']}` reaches 0.88 in "
+            f"{best['time']:.1f} s against DDP's {ddp['time']:.1f} s: **{ratio:.2f}x** "
+            f"(target <= {goal}x: {'met' if ratio <= goal else 'missed'})"
+        )
     return "\n".join(lines)
 
 
@@ -196,8 +252,7 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     rates = [rate for rate in RATES if any(r == rate for _, r in results)]  # --rates measured
-    fig, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 5), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 5), sharey=True, squeeze=False)
     axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, rate in zip(axes, rates):
@@ -236,7 +291,7 @@ def write_doc(text, verdict_text, loads, elapsed):
     doc = DOCS / "cluster.md"
     kept = ""
     if doc.exists() and vs_torch.ANALYSIS in doc.read_text():
-        kept = "\n" + doc.read_text()[doc.read_text().index(vs_torch.ANALYSIS):]
+        kept = "\n" + doc.read_text()[doc.read_text().index(vs_torch.ANALYSIS) :]
     doc.write_text(
         "# horn vs PyTorch DDP across 2 simulated hosts\n\n"
         f"Measured {datetime.now():%Y-%m-%d %H:%M} by "
@@ -246,14 +301,18 @@ def write_doc(text, verdict_text, loads, elapsed):
         f"({os.cpu_count()} cores shared with other work). 2 hosts of `horn cluster` (network "
         "namespaces on one bridge, tc tbf on both ends of each link), 1 rank (or DDP process) "
         "per host, 1 thread each. The jobs, network, initial weights, optimizer and schedule are "
-        "bench/vs_torch.py's (see docs/vs_torch.md); one seed. \"(extrapolated)\": the unlimited "
+        'bench/vs_torch.py\'s (see docs/vs_torch.md); one seed. "(extrapolated)": the unlimited '
         f"run's epochs to 0.88 x seconds per epoch from a 1-epoch run on {LIMIT} samples at "
         "that rate (epochs to accuracy do not depend on the bandwidth). MB: sent per rank, "
         "ring model (as in docs/vs_torch.md). Comm share: rank 0's communication seconds / "
         "training seconds (horn's superstep records); DDP overlaps its all-reduce with "
         "backward, so its share is a lower bound from the step time against unlimited.\n\n"
-        + text + "\n\nTargets:\n\n" + verdict_text + "\n\n"
-        "![validation accuracy vs wall seconds at each bandwidth](cluster.png)\n" + kept)
+        + text
+        + "\n\nTargets:\n\n"
+        + verdict_text
+        + "\n\n"
+        "![validation accuracy vs wall seconds at each bandwidth](cluster.png)\n" + kept
+    )
     plot_path = DOCS / "cluster.png"
     return doc, plot_path
 
@@ -266,8 +325,13 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="seed (tuning: 100 and up)")
     parser.add_argument("--epochs", type=int, default=5, help="budget of the BASE-job rows")
     parser.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override every horn job (tuning only)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override every horn job (tuning only)",
+    )
     parser.add_argument("--timeout", type=int, default=900, help="seconds per run")
     parser.add_argument("--resume", action="store_true", help="reuse runs/cluster/results.jsonl")
     args = parser.parse_args()
@@ -295,7 +359,8 @@ def main():
         try:
             for name in names:
                 extrapolate = (name, rate) in EXTRAPOLATED and (
-                    "unlimited" in rates or (name, "unlimited") in results)
+                    "unlimited" in rates or (name, "unlimited") in results
+                )
                 if (name, rate) in results:
                     continue
                 r = run(name, rate, args.seed, args, cluster_launch(c), extrapolate)
@@ -303,16 +368,21 @@ def main():
                 with open(results_path, "a") as f:
                     f.write(json.dumps(r) + "\n")
                 row = row_of(name, rate, results)
-                print(f"  {name:12} {rate:9} to {TARGET}: {fmt(row['time'], '.1f', 'not reached')} s"
-                      f"{' (extrapolated)' if extrapolate else ''}  "
-                      f"{fmt(row['bytes'] and row['bytes'] / 1e6, ',.0f')} MB  "
-                      f"{fmt(row['s_per_epoch'], '.1f')} s/epoch  comm "
-                      f"{fmt(row['comm_share'] and 100 * row['comm_share'], '.0f')}%  "
-                      f"last val {fmt(row['val'], '.4f')}  load {r['load']:.1f}", flush=True)
+                print(
+                    f"  {name:12} {rate:9} to {TARGET}: {fmt(row['time'], '.1f', 'not reached')} s"
+                    f"{' (extrapolated)' if extrapolate else ''}  "
+                    f"{fmt(row['bytes'] and row['bytes'] / 1e6, ',.0f')} MB  "
+                    f"{fmt(row['s_per_epoch'], '.1f')} s/epoch  comm "
+                    f"{fmt(row['comm_share'] and 100 * row['comm_share'], '.0f')}%  "
+                    f"last val {fmt(row['val'], '.4f')}  load {r['load']:.1f}",
+                    flush=True,
+                )
         finally:
             simulated.down(NAME)
-    rows_by_rate = {rate: [row for name in names
-                           if (row := row_of(name, rate, results)) is not None] for rate in rates}
+    rows_by_rate = {
+        rate: [row for name in names if (row := row_of(name, rate, results)) is not None]
+        for rate in rates
+    }
     text, verdict_text = table(rows_by_rate), verdicts(rows_by_rate)
     print(text)
     print(verdict_text)

@@ -12,8 +12,6 @@ of the same buffer, and an 8-byte Allreduce (the latency a per-collective handsh
 costs). Repeated for a few TCP BTL settings (``--mca`` on the cluster's mpirun).
 """
 
-import horn  # noqa: F401
-
 import argparse
 import json
 import statistics
@@ -23,6 +21,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import horn  # noqa: F401
 from horn import cluster as simulated
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,15 +29,35 @@ NAME = "bstep"
 VARIANTS = {
     "default": [],
     "btl_tcp_links 4": ["--mca", "btl_tcp_links", "4"],
-    "eager 64k, sndbuf/rcvbuf 4M": ["--mca", "btl_tcp_eager_limit", "65536",
-                                    "--mca", "btl_tcp_sndbuf", "4194304",
-                                    "--mca", "btl_tcp_rcvbuf", "4194304"],
+    "eager 64k, sndbuf/rcvbuf 4M": [
+        "--mca",
+        "btl_tcp_eager_limit",
+        "65536",
+        "--mca",
+        "btl_tcp_sndbuf",
+        "4194304",
+        "--mca",
+        "btl_tcp_rcvbuf",
+        "4194304",
+    ],
     "max_send_size 1M": ["--mca", "btl_tcp_max_send_size", "1048576"],
     "libnbc ring Iallreduce": ["--mca", "coll_libnbc_iallreduce_algorithm", "1"],
-    "links 4 + libnbc ring Iallreduce": ["--mca", "btl_tcp_links", "4",
-                                         "--mca", "coll_libnbc_iallreduce_algorithm", "1"],
-    "links 4 + libnbc binomial Iallreduce": ["--mca", "btl_tcp_links", "4",
-                                             "--mca", "coll_libnbc_iallreduce_algorithm", "2"],
+    "links 4 + libnbc ring Iallreduce": [
+        "--mca",
+        "btl_tcp_links",
+        "4",
+        "--mca",
+        "coll_libnbc_iallreduce_algorithm",
+        "1",
+    ],
+    "links 4 + libnbc binomial Iallreduce": [
+        "--mca",
+        "btl_tcp_links",
+        "4",
+        "--mca",
+        "coll_libnbc_iallreduce_algorithm",
+        "2",
+    ],
 }
 
 
@@ -84,11 +103,13 @@ def worker(reps):
         world.Iallreduce(MPI.IN_PLACE, buf, MPI.SUM).Wait()
 
     parts = {}
-    for key, fn in (("compute", train),
-                    ("peer_allreduce_mean", lambda: peer.allreduce_mean(buf, comm="cross")),
-                    ("raw_allreduce", lambda: world.Allreduce(MPI.IN_PLACE, buf, MPI.SUM)),
-                    ("raw_iallreduce_wait", nonblocking),
-                    ("allreduce_8_bytes", lambda: world.Allreduce(MPI.IN_PLACE, tiny, MPI.SUM))):
+    for key, fn in (
+        ("compute", train),
+        ("peer_allreduce_mean", lambda: peer.allreduce_mean(buf, comm="cross")),
+        ("raw_allreduce", lambda: world.Allreduce(MPI.IN_PLACE, buf, MPI.SUM)),
+        ("raw_iallreduce_wait", nonblocking),
+        ("allreduce_8_bytes", lambda: world.Allreduce(MPI.IN_PLACE, tiny, MPI.SUM)),
+    ):
         world.Barrier()
         parts[key] = median_ms(fn, reps)
     every = world.gather(parts, root=0)
@@ -112,17 +133,20 @@ def main():
         for label, extra in VARIANTS.items():
             if args.variants != "all" and label not in args.variants.split(","):
                 continue
-            argv = c.mpirun_argv([sys.executable, __file__, "--worker", "--reps", str(args.reps)],
-                                 extra=extra)
+            argv = c.mpirun_argv(
+                [sys.executable, __file__, "--worker", "--reps", str(args.reps)], extra=extra
+            )
             env = c.environment()
             env["PYTHONPATH"] = str(REPO)
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("PARTS ")), None)
             if line is None:
                 sys.exit(f"{label}: failed\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-            rows[label] = json.loads(line[len("PARTS "):])
-            print(f"  {label:30} " + "  ".join(f"{k} {v:.1f}" for k, v in rows[label].items()),
-                  flush=True)
+            rows[label] = json.loads(line[len("PARTS ") :])
+            print(
+                f"  {label:30} " + "  ".join(f"{k} {v:.1f}" for k, v in rows[label].items()),
+                flush=True,
+            )
     finally:
         simulated.down(NAME)
     print(f"\n2 hosts at {args.rate}, ms (median of {args.reps}, the slower rank):\n")
@@ -130,8 +154,11 @@ def main():
     print("| TCP settings | " + " | ".join(keys) + " | sync step = compute + peer |")
     print("|---|" + "---:|" * (len(keys) + 1))
     for label, parts in rows.items():
-        print(f"| {label} | " + " | ".join(f"{parts[k]:.1f}" for k in keys)
-              + f" | {parts['compute'] + parts['peer_allreduce_mean']:.1f} |")
+        print(
+            f"| {label} | "
+            + " | ".join(f"{parts[k]:.1f}" for k in keys)
+            + f" | {parts['compute'] + parts['peer_allreduce_mean']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

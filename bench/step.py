@@ -73,10 +73,13 @@ def problem(net):
         layers = [(he((i, o), i), np.zeros(o, np.float32)) for i, o in zip(SIZES, SIZES[1:])]
         width, classes = SIZES[0], SIZES[-1]
     else:
-        layers = [(he((o, i, 3, 3), 9 * i), np.zeros(o, np.float32))
-                  for i, o in zip(CNN_CHANNELS, CNN_CHANNELS[1:])]
-        layers += [(he((i, o), i), np.zeros(o, np.float32))
-                   for i, o in zip(CNN_DENSE, CNN_DENSE[1:])]
+        layers = [
+            (he((o, i, 3, 3), 9 * i), np.zeros(o, np.float32))
+            for i, o in zip(CNN_CHANNELS, CNN_CHANNELS[1:])
+        ]
+        layers += [
+            (he((i, o), i), np.zeros(o, np.float32)) for i, o in zip(CNN_DENSE, CNN_DENSE[1:])
+        ]
         width, classes = 28 * 28, CNN_DENSE[-1]
     x = rng.random((BATCH[net], width), dtype=np.float32)
     labels = rng.integers(0, classes, BATCH[net])
@@ -90,10 +93,16 @@ def horn_layers(net):
     if net == "mlp":
         widths = SIZES[1:]
         return [Dense(w, activation="relu") for w in widths[:-1]] + [Dense(widths[-1])], SIZES[0]
-    convs = [m for c in CNN_CHANNELS[1:]
-             for m in (Conv2d(c, kernel=3, padding=1, activation="relu"), MaxPool2d(2))]
-    return convs + [Flatten(), Dense(CNN_DENSE[1], activation="relu"),
-                    Dense(CNN_DENSE[2])], (1, 28, 28)
+    convs = [
+        m
+        for c in CNN_CHANNELS[1:]
+        for m in (Conv2d(c, kernel=3, padding=1, activation="relu"), MaxPool2d(2))
+    ]
+    return convs + [Flatten(), Dense(CNN_DENSE[1], activation="relu"), Dense(CNN_DENSE[2])], (
+        1,
+        28,
+        28,
+    )
 
 
 def horn_peer(net, backend, threads):
@@ -107,8 +116,13 @@ def horn_peer(net, backend, threads):
     modules, inputs = horn_layers(net)
     model = Model(modules, SoftmaxCrossEntropy(), inputs, backend=backend, seed=SEED)
     with_params = [i for i, m in enumerate(modules) if m.params]
-    model.load_arrays({f"param/{i}.{name}": value for i, pair in zip(with_params, layers)
-                       for name, value in zip("Wb", pair)})
+    model.load_arrays(
+        {
+            f"param/{i}.{name}": value
+            for i, pair in zip(with_params, layers)
+            for name, value in zip("Wb", pair)
+        }
+    )
     opt = SGD(model, momentum=MOMENTUM)
     xb, yb = model.backend.asarray(x), model.backend.asarray(labels)
 
@@ -243,14 +257,26 @@ def expect(proc, tag, what):
     """The payload of the worker's next ``tag`` line; exits if the worker died first."""
     for line in proc.stdout:
         if line.startswith(tag + " "):
-            return line[len(tag) + 1:]
+            return line[len(tag) + 1 :]
     sys.exit(f"{what} worker failed (exit status {proc.wait()}); its stderr is above")
 
 
 def start_worker(peer, threads, backend, reps, net):
     """A warmed-up worker process: {proc, what, losses, device, blocks}, or None (no torch)."""
-    cmd = [sys.executable, __file__, "--worker", peer, "--threads", str(threads),
-           "--backend", backend, "--reps", str(reps), "--net", net]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        peer,
+        "--threads",
+        str(threads),
+        "--backend",
+        backend,
+        "--reps",
+        str(reps),
+        "--net",
+        net,
+    ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     what = f"{net} {peer} at {threads} thread(s)"
     info = json.loads(expect(proc, "READY", what))
@@ -274,7 +300,7 @@ def measure(threads, peers, backend, reps, net):
     workers = {peer: start_worker(peer, threads, backend, reps, net) for peer in peers}
     live = [peer for peer, w in workers.items() if w is not None]
     for block in range(BLOCKS):
-        for peer in live[block % len(live):] + live[:block % len(live)]:
+        for peer in live[block % len(live) :] + live[: block % len(live)]:
             run_block(workers[peer])
     for peer in live:
         workers[peer]["proc"].stdin.close()
@@ -286,11 +312,17 @@ def measure(threads, peers, backend, reps, net):
 def report(result):
     result["ms"] = 1e3 * statistics.median(result["blocks"])
     blocks = " ".join(f"{1e3 * b:.2f}" for b in result["blocks"])
-    print(f"  {result['what']} on {result['device']}: median {result['ms']:.2f} ms/step "
-          f"(blocks: {blocks})", flush=True)
+    print(
+        f"  {result['what']} on {result['device']}: median {result['ms']:.2f} ms/step "
+        f"(blocks: {blocks})",
+        flush=True,
+    )
     if max(result["blocks"]) > NOISY * min(result["blocks"]):
-        print(f"  warning: blocks differ by more than {NOISY - 1:.0%}: is something else using "
-              "the CPU? (top -bn1)", flush=True)
+        print(
+            f"  warning: blocks differ by more than {NOISY - 1:.0%}: is something else using "
+            "the CPU? (top -bn1)",
+            flush=True,
+        )
 
 
 def check_same_math(results):
@@ -303,8 +335,10 @@ def check_same_math(results):
     for peer, result in results.items():
         for step, (got, want) in enumerate(zip(result["losses"], reference)):
             if abs(got - want) > LOSS_RTOL * abs(want):
-                sys.exit(f"{peer} loss at step {step} is {got:.6f}, {name}'s {want:.6f}: "
-                         "the peers do not compute the same step")
+                sys.exit(
+                    f"{peer} loss at step {step} is {got:.6f}, {name}'s {want:.6f}: "
+                    "the peers do not compute the same step"
+                )
 
 
 def ratio(a, b):
@@ -317,11 +351,15 @@ def ms(value):
 
 def table(rows):
     """Markdown table of {threads, horn, numpy, torch} (ms/step, torch may be None)."""
-    lines = ["| threads | horn ms | numpy ms | torch ms | horn/torch | horn/numpy |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| threads | horn ms | numpy ms | torch ms | horn/torch | horn/numpy |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['threads']} | {ms(r['horn'])} | {ms(r['numpy'])} | {ms(r['torch'])} "
-                     f"| {ratio(r['horn'], r['torch'])} | {ratio(r['horn'], r['numpy'])} |")
+        lines.append(
+            f"| {r['threads']} | {ms(r['horn'])} | {ms(r['numpy'])} | {ms(r['torch'])} "
+            f"| {ratio(r['horn'], r['torch'])} | {ratio(r['horn'], r['numpy'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -341,32 +379,35 @@ def cpu_model():
 NET_TEXT = {
     "mlp": f"an MLP {'-'.join(map(str, SIZES))} (ReLU), float32, batch {BATCH['mlp']}",
     "cnn": "the CNN conv(1->32, 3x3, pad 1)-ReLU-maxpool 2-conv(32->64, 3x3, pad 1)-ReLU-"
-           f"maxpool 2-dense(3136->128)-ReLU-dense(10), float32, batch {BATCH['cnn']}",
+    f"maxpool 2-dense(3136->128)-ReLU-dense(10), float32, batch {BATCH['cnn']}",
 }
 PEER_TEXT = {
     "mlp": "numpy = a hand-written step (`@`, `np.maximum`, max-shifted softmax, in-place "
-           "momentum, no input-layer gradient); torch = `nn.Sequential(Linear, ReLU, ...)`",
+    "momentum, no input-layer gradient); torch = `nn.Sequential(Linear, ReLU, ...)`",
     "cnn": "no numpy peer; torch = `nn.Sequential(Conv2d, ReLU, MaxPool2d, ..., Flatten, "
-           "Linear, ReLU, Linear)`",
+    "Linear, ReLU, Linear)`",
 }
 
 
 def write_doc(net, text, target, backend, reps, torch_device, load):
     versions = f"numpy {metadata.version('numpy')}, numba {metadata.version('numba')}, " + (
-        f"torch {metadata.version('torch')} on {torch_device}" if torch_device else "no torch")
-    note = (f"Measured {date.today().isoformat()} by `python bench/step.py --net {net} "
-            f"--backend {backend} --reps {reps}` on {cpu_model()}; {versions}; load average "
-            f"{load[0]:.2f} before and {load[1]:.2f} after the run.\n\n"
-            f"One step = forward + softmax cross-entropy + backward + SGD (momentum {MOMENTUM}) "
-            f"update of {NET_TEXT[net]}. "
-            "Each (peer, threads) pair runs in a fresh process with OMP/OPENBLAS/MKL/NUMBA "
-            f"thread variables set before import; {WARMUP} warm-up steps, then the median over "
-            f"{BLOCKS} blocks of {reps} steps, the peers taking turns block by block (rotating "
-            f"order, {IDLE_GAP} s apart, {REWARM} untimed steps before each block). All peers "
-            "start from the same weights and batch "
-            f"and their first {CHECKED_STEPS} losses agree to {LOSS_RTOL:g} relative.\n\n"
-            f"horn = `Model.train_step` + `SGD.step` on the {backend} backend; "
-            f"{PEER_TEXT[net]}, `CrossEntropyLoss`, `optim.SGD`, `torch.set_num_threads(n)`.\n")
+        f"torch {metadata.version('torch')} on {torch_device}" if torch_device else "no torch"
+    )
+    note = (
+        f"Measured {date.today().isoformat()} by `python bench/step.py --net {net} "
+        f"--backend {backend} --reps {reps}` on {cpu_model()}; {versions}; load average "
+        f"{load[0]:.2f} before and {load[1]:.2f} after the run.\n\n"
+        f"One step = forward + softmax cross-entropy + backward + SGD (momentum {MOMENTUM}) "
+        f"update of {NET_TEXT[net]}. "
+        "Each (peer, threads) pair runs in a fresh process with OMP/OPENBLAS/MKL/NUMBA "
+        f"thread variables set before import; {WARMUP} warm-up steps, then the median over "
+        f"{BLOCKS} blocks of {reps} steps, the peers taking turns block by block (rotating "
+        f"order, {IDLE_GAP} s apart, {REWARM} untimed steps before each block). All peers "
+        "start from the same weights and batch "
+        f"and their first {CHECKED_STEPS} losses agree to {LOSS_RTOL:g} relative.\n\n"
+        f"horn = `Model.train_step` + `SGD.step` on the {backend} backend; "
+        f"{PEER_TEXT[net]}, `CrossEntropyLoss`, `optim.SGD`, `torch.set_num_threads(n)`.\n"
+    )
     (REPO / "docs").mkdir(exist_ok=True)
     title = {"mlp": "an MLP", "cnn": "a CNN"}[net]
     path = REPO / "docs" / DOCS[net]
@@ -394,8 +435,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--net", default="all", choices=("mlp", "cnn", "all"))
     parser.add_argument("--backend", default="numba", choices=("numba", "numpy", "cupy"))
-    parser.add_argument("--reps", type=int, help="steps per timed block (default: 30 for the "
-                        "MLP, 10 for the CNN)")
+    parser.add_argument(
+        "--reps", type=int, help="steps per timed block (default: 30 for the MLP, 10 for the CNN)"
+    )
     parser.add_argument("--worker", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -423,8 +465,9 @@ def bench_net(net, backend, reps):
         check_same_math(results)
         if "torch" in results:
             torch_device = results["torch"]["device"]
-        rows.append({"threads": threads, **{p: results[p]["ms"] if p in results else None
-                                            for p in PEERS}})
+        rows.append(
+            {"threads": threads, **{p: results[p]["ms"] if p in results else None for p in PEERS}}
+        )
     load.append(os.getloadavg()[0])
     text, target = table(rows), target_line(rows)
     print(text)

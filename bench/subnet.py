@@ -65,8 +65,15 @@ RACE_JOB = REPO / "jobs" / "fashion_subnet.toml"
 # 105 steps an epoch); its own shorter cosine schedule, since a full-parent step costs ~9x
 # a W=4 worker's and it needs fewer passes. local_steps divides the epoch, so that the
 # per-epoch evaluation finds the replicas averaged and costs no extra Allreduce.
-RACE_MA = {local: ("parallel.groups=4", "parallel.workers=1", "train.epochs=10",
-                   f"parallel.local_steps={local}") for local in (105, 21)}
+RACE_MA = {
+    local: (
+        "parallel.groups=4",
+        "parallel.workers=1",
+        "train.epochs=10",
+        f"parallel.local_steps={local}",
+    )
+    for local in (105, 21)
+}
 
 
 # ---- models ------------------------------------------------------------------
@@ -112,6 +119,7 @@ def trainer(model, batch=BATCH):
     def step():
         model.train_step(x, y)
         opt.step(LR)
+
     return step
 
 
@@ -180,7 +188,7 @@ def compute_rows(backend_name):
         samples.update({f"{k}.{op}": [] for k in round_ops for op in ("gather", "scatter")})
         for block in range(BLOCKS):
             names = list(variants)
-            for name in names[block % len(names):] + names[:block % len(names)]:
+            for name in names[block % len(names) :] + names[: block % len(names)]:
                 samples[name].append(timed(variants[name], REPS, backend.synchronize))
             for key, (g, s, refresh) in round_ops.items():
                 samples[f"{key}.gather"].append(timed(g, 5, backend.synchronize))
@@ -193,11 +201,22 @@ def compute_rows(backend_name):
             measured = float(np.median(np.array(samples[f"W{w}"]) / np.array(samples["parent"])))
             g, s = med[f"W{w}.gather"], med[f"W{w}.scatter"]
             round_s = LOCAL_STEPS * med[f"W{w}"] + g + s
-            rows.append({"threads": threads, "workers": w, "parent_ms": med["parent"] * 1e3,
-                         "worker_ms": med[f"W{w}"] * 1e3, "measured": measured, "ideal": ideal,
-                         "vs_ideal": measured / ideal, "gather_ms": g * 1e3,
-                         "scatter_ms": s * 1e3, "round_ms": round_s * 1e3,
-                         "share": (g + s) / round_s, "spread": spread})
+            rows.append(
+                {
+                    "threads": threads,
+                    "workers": w,
+                    "parent_ms": med["parent"] * 1e3,
+                    "worker_ms": med[f"W{w}"] * 1e3,
+                    "measured": measured,
+                    "ideal": ideal,
+                    "vs_ideal": measured / ideal,
+                    "gather_ms": g * 1e3,
+                    "scatter_ms": s * 1e3,
+                    "round_ms": round_s * 1e3,
+                    "share": (g + s) / round_s,
+                    "spread": spread,
+                }
+            )
     return rows
 
 
@@ -208,8 +227,11 @@ CNN_JOB, CNN_BATCH = REPO / "jobs" / "fashion_cnn_subnet.toml", 128
 def cnn_step_flops(model, batch=CNN_BATCH):
     """Matmul FLOPs of one step of a CNN: per split layer (conv2d, dense) weights x output
     positions, forward and weight gradient, plus the input gradient but for the first."""
-    macs = [int(np.prod(layer.params["W"].shape)) * int(np.prod(getattr(layer, "out_hw", (1,))))
-            for layer in model.layers if layer.partition_role == "split"]
+    macs = [
+        int(np.prod(layer.params["W"].shape)) * int(np.prod(getattr(layer, "out_hw", (1,))))
+        for layer in model.layers
+        if layer.partition_role == "split"
+    ]
     return 2 * batch * (2 * sum(macs) + sum(macs[1:]))
 
 
@@ -224,8 +246,7 @@ def cnn_rows(backend_name):
 
     with open(CNN_JOB, "rb") as f:
         layers = tomllib.load(f)["model"]["layers"]
-    spec = {"in_features": [1, 28, 28], "layers": layers,
-            "loss": {"type": "softmax_cross_entropy"}}
+    spec = {"in_features": [1, 28, 28], "layers": layers, "loss": {"type": "softmax_cross_entropy"}}
     backend = get_backend(backend_name)
     parent = Model.from_spec(spec, backend, seed=SEED)
     variants, ideal = {"parent": trainer(parent, CNN_BATCH)}, {}
@@ -242,26 +263,38 @@ def cnn_rows(backend_name):
     samples = {name: [] for name in variants}
     for block in range(BLOCKS):
         names = list(variants)
-        for name in names[block % len(names):] + names[:block % len(names)]:
+        for name in names[block % len(names) :] + names[: block % len(names)]:
             samples[name].append(timed(variants[name], 2, backend.synchronize))
     rows = []
     for w in WORKERS:
         measured = float(np.median(np.array(samples[f"W{w}"]) / np.array(samples["parent"])))
-        rows.append({"workers": w, "parent_ms": float(np.median(samples["parent"])) * 1e3,
-                     "worker_ms": float(np.median(samples[f"W{w}"])) * 1e3,
-                     "measured": measured, "ideal": ideal[w], "vs_ideal": measured / ideal[w]})
+        rows.append(
+            {
+                "workers": w,
+                "parent_ms": float(np.median(samples["parent"])) * 1e3,
+                "worker_ms": float(np.median(samples[f"W{w}"])) * 1e3,
+                "measured": measured,
+                "ideal": ideal[w],
+                "vs_ideal": measured / ideal[w],
+            }
+        )
     return rows
 
 
 def cnn_table(rows, backend, load):
-    out = [f"Channel-partitioned sub-networks of `jobs/fashion_cnn_subnet.toml`'s parent, batch "
-           f"{CNN_BATCH}, 1 thread, backend {backend}, balanced partition, scale folded into "
-           f"the weights; medians of {BLOCKS} interleaved blocks; {load}.\n",
-           "| W | parent step | worker step | worker / parent | ideal FLOP fraction | "
-           "vs ideal (target <= 1.2x) |", "|---|---|---|---|---|---|"]
+    out = [
+        f"Channel-partitioned sub-networks of `jobs/fashion_cnn_subnet.toml`'s parent, batch "
+        f"{CNN_BATCH}, 1 thread, backend {backend}, balanced partition, scale folded into "
+        f"the weights; medians of {BLOCKS} interleaved blocks; {load}.\n",
+        "| W | parent step | worker step | worker / parent | ideal FLOP fraction | "
+        "vs ideal (target <= 1.2x) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['workers']} | {r['parent_ms']:.1f} ms | {r['worker_ms']:.1f} ms | "
-                   f"{r['measured']:.3f} | {r['ideal']:.3f} | **{r['vs_ideal']:.2f}x** |")
+        out.append(
+            f"| {r['workers']} | {r['parent_ms']:.1f} ms | {r['worker_ms']:.1f} ms | "
+            f"{r['measured']:.3f} | {r['ideal']:.3f} | **{r['vs_ideal']:.2f}x** |"
+        )
     return "\n".join(out)
 
 
@@ -300,8 +333,10 @@ def bytes_worker(backend_name):
     recv = backend.xp.empty(sum(counts), dtype=parent.dtype)
     times = {"ist": [], "ma": []}
     sent = {}
-    for name, peer, op in (("ist", ist, lambda: ist.allgatherv(block, recv, counts, "group")),
-                           ("ma", ma, lambda: ma.allreduce_mean(parent.params, "world"))):
+    for name, peer, op in (
+        ("ist", ist, lambda: ist.allgatherv(block, recv, counts, "group")),
+        ("ma", ma, lambda: ma.allreduce_mean(parent.params, "world")),
+    ):
         op()  # warm-up
         before = peer.bytes_sent_total
         for _ in range(REPS * 3):
@@ -310,9 +345,16 @@ def bytes_worker(backend_name):
             op()
             times[name].append(time.perf_counter() - t0)
         sent[name] = (peer.bytes_sent_total - before) // (REPS * 3)
-    per_rank = world.gather({"rank": world.rank, "ist_bytes": sent["ist"], "ma_bytes": sent["ma"],
-                             "ist_ms": 1e3 * float(np.median(times["ist"])),
-                             "ma_ms": 1e3 * float(np.median(times["ma"]))}, root=0)
+    per_rank = world.gather(
+        {
+            "rank": world.rank,
+            "ist_bytes": sent["ist"],
+            "ma_bytes": sent["ma"],
+            "ist_ms": 1e3 * float(np.median(times["ist"])),
+            "ma_ms": 1e3 * float(np.median(times["ma"])),
+        },
+        root=0,
+    )
     if world.rank == 0:
         print("BENCH " + json.dumps(per_rank), flush=True)
     ist.close()
@@ -321,15 +363,26 @@ def bytes_worker(backend_name):
 
 def mpirun_python(ranks, args, timeout=1800):
     mpirun = Path(sys.prefix) / "bin" / "mpirun"
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    cmd = [str(mpirun) if mpirun.exists() else shutil.which("mpirun"), "--oversubscribe",
-           "-n", str(ranks), sys.executable, *map(str, args)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    cmd = [
+        str(mpirun) if mpirun.exists() else shutil.which("mpirun"),
+        "--oversubscribe",
+        "-n",
+        str(ranks),
+        sys.executable,
+        *map(str, args),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        sys.exit(f"mpirun -n {ranks} {' '.join(map(str, args))} failed:\n"
-                 f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        sys.exit(
+            f"mpirun -n {ranks} {' '.join(map(str, args))} failed:\n"
+            f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
     return proc.stdout
 
 
@@ -339,19 +392,40 @@ def bytes_rows(backend_name):
         out = mpirun_python(w, [__file__, "--bytes-worker", "--backend", backend_name])
         ranks = json.loads(next(l for l in out.splitlines() if l.startswith("BENCH "))[6:])
         ist_f, ma_f, theta, total = formula_bytes(w)
-        rows.append({"workers": w, "theta": theta, "params": total, "ist_formula": ist_f,
-                     "ma_formula": ma_f, "ist_measured": [r["ist_bytes"] for r in ranks],
-                     "ma_measured": [r["ma_bytes"] for r in ranks],
-                     "ist_ms": max(r["ist_ms"] for r in ranks),
-                     "ma_ms": max(r["ma_ms"] for r in ranks)})
+        rows.append(
+            {
+                "workers": w,
+                "theta": theta,
+                "params": total,
+                "ist_formula": ist_f,
+                "ma_formula": ma_f,
+                "ist_measured": [r["ist_bytes"] for r in ranks],
+                "ma_measured": [r["ma_bytes"] for r in ranks],
+                "ist_ms": max(r["ist_ms"] for r in ranks),
+                "ma_ms": max(r["ma_ms"] for r in ranks),
+            }
+        )
     return rows
 
 
 # ---- (d): time to 0.88 validation accuracy -----------------------------------------
 def run_job(ranks, overrides, log_dir):
-    out = mpirun_python(ranks, ["-m", "horn.cli", "run", RACE_JOB, "--quiet",
-                                "--set", f"log.dir={log_dir}", "--set", "log.plot=false",
-                                *[a for o in overrides for a in ("--set", o)]], timeout=7200)
+    out = mpirun_python(
+        ranks,
+        [
+            "-m",
+            "horn.cli",
+            "run",
+            RACE_JOB,
+            "--quiet",
+            "--set",
+            f"log.dir={log_dir}",
+            "--set",
+            "log.plot=false",
+            *[a for o in overrides for a in ("--set", o)],
+        ],
+        timeout=7200,
+    )
     return out.strip().splitlines()[-1].split("run directory ")[1]
 
 
@@ -365,11 +439,22 @@ def first_reach(run_dir, target=TARGET_VAL):
         if "superstep" in row:
             sent += row["bytes_sent"]
         elif "epoch" in row and row["val_accuracy"] >= target:
-            return {"job": job, "epoch": row["epoch"], "step": row["step"],
-                    "time_s": row["time_s"], "bytes": sent, "val": row["val_accuracy"]}
+            return {
+                "job": job,
+                "epoch": row["epoch"],
+                "step": row["step"],
+                "time_s": row["time_s"],
+                "bytes": sent,
+                "val": row["val_accuracy"],
+            }
     final = next((r for r in rows if r.get("kind") == "final"), {})
-    return {"job": job, "epoch": None, "val": final.get("val_accuracy"),
-            "test": final.get("test_accuracy"), "time_s": final.get("time_s")}
+    return {
+        "job": job,
+        "epoch": None,
+        "val": final.get("val_accuracy"),
+        "test": final.get("test_accuracy"),
+        "time_s": final.get("time_s"),
+    }
 
 
 def race_flops(reach):
@@ -388,18 +473,36 @@ def race_flops(reach):
 
 def race(subnet_dir, *ma_dirs):
     rows = []
-    for name, run_dir in [("sub-networks", subnet_dir)] + [("model averaging", d)
-                                                            for d in ma_dirs]:
+    for name, run_dir in [("sub-networks", subnet_dir)] + [("model averaging", d) for d in ma_dirs]:
         reach = first_reach(run_dir)
         p = reach["job"]["parallel"]
         layout = f"{p['groups']} x {p['workers']}, local_steps {p['local_steps']}"
         if reach["epoch"] is None:
-            rows.append({"name": name, "layout": layout, "run": run_dir, "reached": False,
-                         "val": reach["val"], "time_s": reach["time_s"]})
+            rows.append(
+                {
+                    "name": name,
+                    "layout": layout,
+                    "run": run_dir,
+                    "reached": False,
+                    "val": reach["val"],
+                    "time_s": reach["time_s"],
+                }
+            )
             continue
-        rows.append({"name": name, "layout": layout, "run": run_dir, "reached": True,
-                     "epoch": reach["epoch"], "step": reach["step"], "time_s": reach["time_s"],
-                     "bytes": reach["bytes"], "flops": race_flops(reach), "val": reach["val"]})
+        rows.append(
+            {
+                "name": name,
+                "layout": layout,
+                "run": run_dir,
+                "reached": True,
+                "epoch": reach["epoch"],
+                "step": reach["step"],
+                "time_s": reach["time_s"],
+                "bytes": reach["bytes"],
+                "flops": race_flops(reach),
+                "val": reach["val"],
+            }
+        )
     return rows
 
 
@@ -407,76 +510,98 @@ def race(subnet_dir, *ma_dirs):
 def tables(compute, nbytes, races, backend_name, load):
     out = []
     out.append("### (a) worker step vs parent step, and (b) gather + scatter per round\n")
-    out.append(f"Parent MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, backend "
-               f"{backend_name}, SGD momentum {MOMENTUM}; a worker's compact sub-network is "
-               f"{'-'.join(map(str, compact_widths(2)))} (W=2) or "
-               f"{'-'.join(map(str, compact_widths(4)))} (W=4). Ideal = matmul FLOP fraction. "
-               f"Round = {LOCAL_STEPS} worker steps + gather (the worker's plan, parameters) + "
-               f"scatter (all W blocks into the parent, what every rank does at assembly); "
-               f"communication is in (c). Medians of {BLOCKS} interleaved blocks of {REPS} "
-               f"steps; the measured fraction is the median of per-block ratios (worker and parent "
-               f"blocks timed in the same block), spread = slowest/fastest block of a step variant "
-               f"(noisy above {NOISY}: other processes took the cores). {load}.\n")
-    out.append("| threads | W | parent ms/step | worker ms/step | measured fraction | ideal "
-               "fraction | measured / ideal (target <= 1.2) | gather ms | scatter ms | round ms "
-               "| gather+scatter share (target < 10%) | spread |")
+    out.append(
+        f"Parent MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, backend "
+        f"{backend_name}, SGD momentum {MOMENTUM}; a worker's compact sub-network is "
+        f"{'-'.join(map(str, compact_widths(2)))} (W=2) or "
+        f"{'-'.join(map(str, compact_widths(4)))} (W=4). Ideal = matmul FLOP fraction. "
+        f"Round = {LOCAL_STEPS} worker steps + gather (the worker's plan, parameters) + "
+        f"scatter (all W blocks into the parent, what every rank does at assembly); "
+        f"communication is in (c). Medians of {BLOCKS} interleaved blocks of {REPS} "
+        f"steps; the measured fraction is the median of per-block ratios (worker and parent "
+        f"blocks timed in the same block), spread = slowest/fastest block of a step variant "
+        f"(noisy above {NOISY}: other processes took the cores). {load}.\n"
+    )
+    out.append(
+        "| threads | W | parent ms/step | worker ms/step | measured fraction | ideal "
+        "fraction | measured / ideal (target <= 1.2) | gather ms | scatter ms | round ms "
+        "| gather+scatter share (target < 10%) | spread |"
+    )
     out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in compute:
-        out.append(f"| {r['threads']} | {r['workers']} | {r['parent_ms']:.1f} | "
-                   f"{r['worker_ms']:.1f} | {r['measured']:.3f} | {r['ideal']:.3f} | "
-                   f"{r['vs_ideal']:.2f}x {'met' if r['vs_ideal'] <= 1.2 else 'MISSED'} | "
-                   f"{r['gather_ms']:.2f} | {r['scatter_ms']:.2f} | {r['round_ms']:.0f} | "
-                   f"{100 * r['share']:.2f}% {'met' if r['share'] < 0.1 else 'MISSED'} | "
-                   f"{r['spread']:.2f}{' noisy' if r['spread'] > NOISY else ''} |")
+        out.append(
+            f"| {r['threads']} | {r['workers']} | {r['parent_ms']:.1f} | "
+            f"{r['worker_ms']:.1f} | {r['measured']:.3f} | {r['ideal']:.3f} | "
+            f"{r['vs_ideal']:.2f}x {'met' if r['vs_ideal'] <= 1.2 else 'MISSED'} | "
+            f"{r['gather_ms']:.2f} | {r['scatter_ms']:.2f} | {r['round_ms']:.0f} | "
+            f"{100 * r['share']:.2f}% {'met' if r['share'] < 0.1 else 'MISSED'} | "
+            f"{r['spread']:.2f}{' noisy' if r['spread'] > NOISY else ''} |"
+        )
     out.append("\n### (c) bytes per rank per round\n")
-    out.append("Formulas (horn's cost model, `horn/barriers/subnet.py`): IST assembly = ring "
-               "Allgatherv, 4 (W-1) |theta_w| bytes per rank, |theta_w| = the worker's compact "
-               "sub-network; model averaging = ring Allreduce of the parent, 4 * 2 (W-1)/W * P. "
-               "Measured = `peer.bytes_sent_total` around the real `Peer.allgatherv` / "
-               "`Peer.allreduce_mean` calls under `mpirun -n W`, per rank (min-max over ranks: "
-               "every rank is a worker, none is a leader; the blocks differ by at most a unit "
-               "row/column). With `parallel.subnet.momentum = \"keep\"` the IST bytes double.\n")
-    out.append("| W | parent P | worker |theta_w| | IST bytes/rank (formula) | IST measured "
-               "(min-max) | MA bytes/rank (formula) | MA measured (min-max) | MA / IST (target "
-               ">= W) | IST ms | MA ms |")
+    out.append(
+        "Formulas (horn's cost model, `horn/barriers/subnet.py`): IST assembly = ring "
+        "Allgatherv, 4 (W-1) |theta_w| bytes per rank, |theta_w| = the worker's compact "
+        "sub-network; model averaging = ring Allreduce of the parent, 4 * 2 (W-1)/W * P. "
+        "Measured = `peer.bytes_sent_total` around the real `Peer.allgatherv` / "
+        "`Peer.allreduce_mean` calls under `mpirun -n W`, per rank (min-max over ranks: "
+        "every rank is a worker, none is a leader; the blocks differ by at most a unit "
+        'row/column). With `parallel.subnet.momentum = "keep"` the IST bytes double.\n'
+    )
+    out.append(
+        "| W | parent P | worker |theta_w| | IST bytes/rank (formula) | IST measured "
+        "(min-max) | MA bytes/rank (formula) | MA measured (min-max) | MA / IST (target "
+        ">= W) | IST ms | MA ms |"
+    )
     out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in nbytes:
         ratio = min(r["ma_measured"]) / max(r["ist_measured"])
-        out.append(f"| {r['workers']} | {r['params']:,} | {r['theta']:,} | {r['ist_formula']:,} | "
-                   f"{min(r['ist_measured']):,}-{max(r['ist_measured']):,} | {r['ma_formula']:,} "
-                   f"| {min(r['ma_measured']):,}-{max(r['ma_measured']):,} | {ratio:.2f}x "
-                   f"{'met' if ratio >= r['workers'] else 'MISSED'} | {r['ist_ms']:.1f} | "
-                   f"{r['ma_ms']:.1f} |")
+        out.append(
+            f"| {r['workers']} | {r['params']:,} | {r['theta']:,} | {r['ist_formula']:,} | "
+            f"{min(r['ist_measured']):,}-{max(r['ist_measured']):,} | {r['ma_formula']:,} "
+            f"| {min(r['ma_measured']):,}-{max(r['ma_measured']):,} | {ratio:.2f}x "
+            f"{'met' if ratio >= r['workers'] else 'MISSED'} | {r['ist_ms']:.1f} | "
+            f"{r['ma_ms']:.1f} |"
+        )
     if races:
         out.append(f"\n### (d) per worker, to first reach {TARGET_VAL} validation accuracy\n")
-        out.append("Parent 784-2048-2048-10 (`jobs/fashion_subnet.toml`; 4096 is too slow to "
-                   "train twice on 2 cores), 4 ranks on 2 cores. Model averaging = the same job "
-                   f"with `{', '.join(RACE_MA[105][:3])}` and `parallel.local_steps` as in its row "
-                   "(every rank trains the whole parent on a quarter of the data, 105 steps an "
-                   "epoch, averaged every local_steps steps). Bytes = what rank 0 sent (superstep records); "
-                   "FLOPs = matmul FLOPs of one worker's steps (compact or whole-parent); wall "
-                   "time = the run's `time_s` at that epoch's record (evaluations included), "
-                   "measured at epoch ends.\n")
-        out.append("| strategy | layout | epoch | steps/worker | wall s | MB sent/worker | "
-                   "GFLOP/worker | val acc |")
+        out.append(
+            "Parent 784-2048-2048-10 (`jobs/fashion_subnet.toml`; 4096 is too slow to "
+            "train twice on 2 cores), 4 ranks on 2 cores. Model averaging = the same job "
+            f"with `{', '.join(RACE_MA[105][:3])}` and `parallel.local_steps` as in its row "
+            "(every rank trains the whole parent on a quarter of the data, 105 steps an "
+            "epoch, averaged every local_steps steps). Bytes = what rank 0 sent (superstep records); "
+            "FLOPs = matmul FLOPs of one worker's steps (compact or whole-parent); wall "
+            "time = the run's `time_s` at that epoch's record (evaluations included), "
+            "measured at epoch ends.\n"
+        )
+        out.append(
+            "| strategy | layout | epoch | steps/worker | wall s | MB sent/worker | "
+            "GFLOP/worker | val acc |"
+        )
         out.append("|---|---|---:|---:|---:|---:|---:|---:|")
         for r in races:
             if r["reached"]:
-                out.append(f"| {r['name']} | {r['layout']} | {r['epoch']} | {r['step']} | "
-                           f"{r['time_s']:.0f} | {r['bytes'] / 1e6:.0f} | {r['flops'] / 1e9:.0f} "
-                           f"| {r['val']:.4f} |")
+                out.append(
+                    f"| {r['name']} | {r['layout']} | {r['epoch']} | {r['step']} | "
+                    f"{r['time_s']:.0f} | {r['bytes'] / 1e6:.0f} | {r['flops'] / 1e9:.0f} "
+                    f"| {r['val']:.4f} |"
+                )
             else:
-                out.append(f"| {r['name']} | {r['layout']} | never (final val {r['val']}) | | "
-                           f"{r['time_s']:.0f} | | | |")
+                out.append(
+                    f"| {r['name']} | {r['layout']} | never (final val {r['val']}) | | "
+                    f"{r['time_s']:.0f} | | | |"
+                )
         s = races[0]
         verdict = lambda a, b: "met" if a < b else "MISSED"
         for m in races[1:]:
             if s["reached"] and m["reached"]:
-                out.append(f"\nSub-networks / model averaging ({m['layout']}): bytes "
-                           f"{s['bytes'] / m['bytes']:.2f}x ({verdict(s['bytes'], m['bytes'])}), "
-                           f"wall time {s['time_s'] / m['time_s']:.2f}x "
-                           f"({verdict(s['time_s'], m['time_s'])}), FLOPs "
-                           f"{s['flops'] / m['flops']:.2f}x.")
+                out.append(
+                    f"\nSub-networks / model averaging ({m['layout']}): bytes "
+                    f"{s['bytes'] / m['bytes']:.2f}x ({verdict(s['bytes'], m['bytes'])}), "
+                    f"wall time {s['time_s'] / m['time_s']:.2f}x "
+                    f"({verdict(s['time_s'], m['time_s'])}), FLOPs "
+                    f"{s['flops'] / m['flops']:.2f}x."
+                )
         out.append("\nRuns: " + ", ".join(f"`{r['run']}`" for r in races))
     return "\n".join(out)
 
@@ -484,13 +609,23 @@ def tables(compute, nbytes, races, backend_name, load):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numba", choices=("numba", "numpy"))
-    parser.add_argument("--race", action="store_true",
-                        help="(d): train sub-networks and model averaging to the target")
-    parser.add_argument("--race-from", nargs="+", metavar="RUN",
-                        help="(d) from existing run directories: sub-networks, then model "
-                             "averaging runs")
-    parser.add_argument("--net", default="mlp", choices=("mlp", "cnn"),
-                        help="cnn: the channel-partitioned CNN step ratio only (printed)")
+    parser.add_argument(
+        "--race",
+        action="store_true",
+        help="(d): train sub-networks and model averaging to the target",
+    )
+    parser.add_argument(
+        "--race-from",
+        nargs="+",
+        metavar="RUN",
+        help="(d) from existing run directories: sub-networks, then model averaging runs",
+    )
+    parser.add_argument(
+        "--net",
+        default="mlp",
+        choices=("mlp", "cnn"),
+        help="cnn: the channel-partitioned CNN step ratio only (printed)",
+    )
     parser.add_argument("--bytes-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bytes_worker:
@@ -499,13 +634,20 @@ def main():
     if args.net == "cnn":
         load_before = os.getloadavg()[0]
         rows = cnn_rows(args.backend)
-        print(cnn_table(rows, args.backend, f"1-minute load average {load_before:.2f} before, "
-                                             f"{os.getloadavg()[0]:.2f} after"))
+        print(
+            cnn_table(
+                rows,
+                args.backend,
+                f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after",
+            )
+        )
         return
     load_before = os.getloadavg()[0]
     compute = compute_rows(args.backend)
-    load = (f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
-            f"the timings, on {os.cpu_count()} cores ({platform.machine()})")
+    load = (
+        f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+        f"the timings, on {os.cpu_count()} cores ({platform.machine()})"
+    )
     nbytes = bytes_rows(args.backend)
     races = None
     if args.race_from:
@@ -521,7 +663,11 @@ def main():
         "# Sub-network groups (HORN-27): benchmark\n\nMeasured by `python bench/subnet.py"
         + (f" --backend {args.backend}" if args.backend != "numba" else "")
         + (" --race" if args.race else "")
-        + (" --race-from RUN..." if args.race_from else "") + "`.\n\n" + text + "\n")
+        + (" --race-from RUN..." if args.race_from else "")
+        + "`.\n\n"
+        + text
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -31,9 +31,6 @@ Results append to runs/vs_torch/results.jsonl, so ``--resume`` continues a stopp
 Without torch the PyTorch configurations are skipped with a message.
 """
 
-import horn  # noqa: F401  first: horn pins Numba's threading layer before numba/torch load
-import horn.backends.numba_backend  # noqa: F401
-
 import argparse
 import json
 import math
@@ -51,6 +48,9 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+import horn  # noqa: F401  first: horn pins Numba's threading layer before numba/torch load
+import horn.backends.numba_backend  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 BASE = REPO / "jobs/bench_vs_torch.toml"
 OUT = REPO / "runs/vs_torch"
@@ -58,47 +58,99 @@ DOCS = REPO / "docs"
 TARGETS = (0.85, 0.88)
 RANKS = 2  # processes of the distributed PyTorch run and of horn's 2-rank configurations
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-TORCH_MISSING = "torch not installed: skipping the PyTorch configurations (pip install torch==2.13.0)"
+TORCH_MISSING = (
+    "torch not installed: skipping the PyTorch configurations (pip install torch==2.13.0)"
+)
 QUICK = {"epochs": 2, "limit": 8192}
 
 # name -> label, kind (torch | ddp | horn), processes, threads each, horn job overrides
 # (a dict of sections) or a job file of its own ("job").
-SUBNET = {"local_steps": 20, "subnet": {"partition": "balanced", "scale": "inverse",
-                                        "scale_at": "weights", "momentum": "reset"}}
+SUBNET = {
+    "local_steps": 20,
+    "subnet": {
+        "partition": "balanced",
+        "scale": "inverse",
+        "scale_at": "weights",
+        "momentum": "reset",
+    },
+}
 CONFIGS = {
-    "torch": {"label": "PyTorch, 1 process x 2 threads", "kind": "torch", "procs": 1,
-              "threads": 2},
-    "ddp": {"label": "PyTorch DDP (gloo), 2 processes x 1 thread", "kind": "ddp",
-            "procs": RANKS, "threads": 1},
-    "sync": {"label": "horn sync data-parallel (local_steps 1), 2 ranks", "kind": "horn",
-             "procs": 2, "parallel": {"groups": 2, "workers": 1, "local_steps": 1}},
-    "ma": {"label": "horn model averaging (local_steps 8), 2 ranks", "kind": "horn",
-           "procs": 2, "parallel": {"groups": 2, "workers": 1, "local_steps": 8}},
-    "subnet1x2": {"label": "horn sub-networks, 1 group x 2 workers (local_steps 20)",
-                  "kind": "horn", "procs": 2,
-                  "parallel": {"groups": 1, "workers": 2, **SUBNET}},
-    "subnet2x2": {"label": "horn sub-networks, 2 groups x 2 workers, 4 ranks (oversubscribed)",
-                  "kind": "horn", "procs": 4,
-                  "parallel": {"groups": 2, "workers": 2, "barrier": "average",
-                               "global_every": 1, **SUBNET}},
-    "ec": {"label": "horn EC-DNN ensemble compression, 2 groups x 1 worker", "kind": "horn",
-           "procs": 2, "ec_epochs": 2,  # an ensemble barrier every 2 epochs (and at the end)
-           "parallel": {"groups": 2, "workers": 1, "barrier": "ensemble",
-                        "ensemble": {"teacher_data": "shared", "distill_size": 2048,
-                                     "distill_steps": 100, "temperature": 2.0, "alpha": 0.5,
-                                     "student": "local", "final": "compressed"}}},
+    "torch": {"label": "PyTorch, 1 process x 2 threads", "kind": "torch", "procs": 1, "threads": 2},
+    "ddp": {
+        "label": "PyTorch DDP (gloo), 2 processes x 1 thread",
+        "kind": "ddp",
+        "procs": RANKS,
+        "threads": 1,
+    },
+    "sync": {
+        "label": "horn sync data-parallel (local_steps 1), 2 ranks",
+        "kind": "horn",
+        "procs": 2,
+        "parallel": {"groups": 2, "workers": 1, "local_steps": 1},
+    },
+    "ma": {
+        "label": "horn model averaging (local_steps 8), 2 ranks",
+        "kind": "horn",
+        "procs": 2,
+        "parallel": {"groups": 2, "workers": 1, "local_steps": 8},
+    },
+    "subnet1x2": {
+        "label": "horn sub-networks, 1 group x 2 workers (local_steps 20)",
+        "kind": "horn",
+        "procs": 2,
+        "parallel": {"groups": 1, "workers": 2, **SUBNET},
+    },
+    "subnet2x2": {
+        "label": "horn sub-networks, 2 groups x 2 workers, 4 ranks (oversubscribed)",
+        "kind": "horn",
+        "procs": 4,
+        "parallel": {"groups": 2, "workers": 2, "barrier": "average", "global_every": 1, **SUBNET},
+    },
+    "ec": {
+        "label": "horn EC-DNN ensemble compression, 2 groups x 1 worker",
+        "kind": "horn",
+        "procs": 2,
+        "ec_epochs": 2,  # an ensemble barrier every 2 epochs (and at the end)
+        "parallel": {
+            "groups": 2,
+            "workers": 1,
+            "barrier": "ensemble",
+            "ensemble": {
+                "teacher_data": "shared",
+                "distill_size": 2048,
+                "distill_steps": 100,
+                "temperature": 2.0,
+                "alpha": 0.5,
+                "student": "local",
+                "final": "compressed",
+            },
+        },
+    },
 }
 # Tuned horn configurations (validation accuracy only; seeds 100+ while tuning), each a job
 # file of its own: added when the file exists.
 TUNED = {
-    "ma_tuned": {"label": "horn model averaging, tuned (jobs/bench_ma.toml), 2 ranks",
-                 "kind": "horn", "procs": 2, "job": "jobs/bench_ma.toml"},
-    "subnet_tuned": {"label": "horn sub-networks 1 x 2, tuned (jobs/bench_subnet.toml), 2 ranks",
-                     "kind": "horn", "procs": 2, "job": "jobs/bench_subnet.toml"},
+    "ma_tuned": {
+        "label": "horn model averaging, tuned (jobs/bench_ma.toml), 2 ranks",
+        "kind": "horn",
+        "procs": 2,
+        "job": "jobs/bench_ma.toml",
+    },
+    "subnet_tuned": {
+        "label": "horn sub-networks 1 x 2, tuned (jobs/bench_subnet.toml), 2 ranks",
+        "kind": "horn",
+        "procs": 2,
+        "job": "jobs/bench_subnet.toml",
+    },
     # control: PyTorch DDP given ma_tuned's training settings (batch 2 x 64, same lr, epochs),
     # so that what the tuning bought is not credited to horn
-    "ddp_tuned": {"label": "control: PyTorch DDP with ma_tuned's settings (jobs/bench_ma.toml)",
-                  "kind": "ddp", "procs": RANKS, "threads": 1, "job": "jobs/bench_ma.toml"},
+    "ddp_tuned": {
+        "label": "control: PyTorch DDP with ma_tuned's settings (jobs/bench_ma.toml)",
+        "kind": "ddp",
+        "procs": RANKS,
+        "threads": 1,
+        "job": "jobs/bench_ma.toml",
+    },
 }
 for _name, _config in TUNED.items():
     if (REPO / _config["job"]).exists():
@@ -171,8 +223,11 @@ def horn_worker(spec_path, out_path):
         if split == "val" and rank == 0 and hasattr(model, "params"):
             for target in TARGETS:
                 if acc >= target and target not in snapshots:
-                    snapshots[target] = (model.spec(), model.backend,
-                                         model.backend.to_host(model.params).copy())
+                    snapshots[target] = (
+                        model.spec(),
+                        model.backend,
+                        model.backend.to_host(model.params).copy(),
+                    )
         if split == "val" and stop_at is not None and acc >= stop_at:
             request_stop()
         return acc
@@ -182,6 +237,7 @@ def horn_worker(spec_path, out_path):
     if profile and rank == 0:
         import cProfile
         import pstats
+
         profiler = cProfile.Profile()
         result = profiler.runcall(run_job, job, progress=False, peer=peer)
         with open(profile, "w") as f:
@@ -195,6 +251,7 @@ def horn_worker(spec_path, out_path):
     if rank != 0:
         return
     from horn.data import load_dataset
+
     data = load_dataset(job.data, base_dir=job.base_dir)
     test_at = {}
     for target, (mspec, backend, params) in snapshots.items():
@@ -208,17 +265,29 @@ def horn_worker(spec_path, out_path):
         if "superstep" in r and "bytes_sent" in r:
             sent += r["bytes_sent"]
         elif "epoch" in r and "val_accuracy" in r:
-            epochs.append({"epoch": r["epoch"], "step": r["step"], "time_s": r["time_s"],
-                           "val_accuracy": r["val_accuracy"],
-                           "samples_per_s": r["samples_per_s"], "bytes": sent})
-    out = {"epochs": epochs, "test_at": test_at, "maxrss_mb": rss_all,
-           "params": model_size(job, data), "run_dir": result["run_dir"],
-           "full_budget": final is not None,
-           "final_test_accuracy": final and final["test_accuracy"],
-           "final_val_accuracy": final and final["val_accuracy"],
-           "train_s": final["time_s"] if final else epochs[-1]["time_s"],
-           "bytes_total": final.get("bytes_sent_per_rank", [0])[0] if final else sent,
-           "steps": final["steps"] if final else result.get("step")}
+            epochs.append(
+                {
+                    "epoch": r["epoch"],
+                    "step": r["step"],
+                    "time_s": r["time_s"],
+                    "val_accuracy": r["val_accuracy"],
+                    "samples_per_s": r["samples_per_s"],
+                    "bytes": sent,
+                }
+            )
+    out = {
+        "epochs": epochs,
+        "test_at": test_at,
+        "maxrss_mb": rss_all,
+        "params": model_size(job, data),
+        "run_dir": result["run_dir"],
+        "full_budget": final is not None,
+        "final_test_accuracy": final and final["test_accuracy"],
+        "final_val_accuracy": final and final["val_accuracy"],
+        "train_s": final["time_s"] if final else epochs[-1]["time_s"],
+        "bytes_total": final.get("bytes_sent_per_rank", [0])[0] if final else sent,
+        "steps": final["steps"] if final else result.get("step"),
+    }
     Path(out_path).write_text(json.dumps(out))
 
 
@@ -237,8 +306,7 @@ def model_size(job, data):
     from horn.jobs import model_spec
     from horn.model import Model
 
-    return Model.from_spec(model_spec(job, data.features), "numpy",
-                           initialize_params=False).size
+    return Model.from_spec(model_spec(job, data.features), "numpy", initialize_params=False).size
 
 
 # ---- PyTorch worker (one process, or one DDP rank) ------------------------------------------
@@ -293,12 +361,18 @@ def torch_worker(spec_path, out_path, rank, world, threads):
     params = sum(p.numel() for p in net.parameters())
     if world > 1:
         import torch.distributed as dist
+
         dist.init_process_group("gloo", rank=rank, world_size=world)  # env://, 127.0.0.1
         model = torch.nn.parallel.DistributedDataParallel(net)
     else:
         model = net
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                          nesterov=t.nesterov, weight_decay=t.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=t.lr,
+        momentum=t.momentum,
+        nesterov=t.nesterov,
+        weight_decay=t.weight_decay,
+    )
     loss_fn = torch.nn.CrossEntropyLoss()
     batch = spec["global_batch"] // world
     n = len(data.y_train)
@@ -315,8 +389,8 @@ def torch_worker(spec_path, out_path, rank, world, threads):
         correct = 0
         with torch.no_grad():
             for lo in range(0, len(y), 2048):
-                out = net(torch.from_numpy(x[lo:lo + 2048]))
-                correct += int((out.argmax(1).numpy() == y[lo:lo + 2048]).sum())
+                out = net(torch.from_numpy(x[lo : lo + 2048]))
+                correct += int((out.argmax(1).numpy() == y[lo : lo + 2048]).sum())
         net.train()
         return correct / len(y)
 
@@ -330,7 +404,7 @@ def torch_worker(spec_path, out_path, rank, world, threads):
         order = np.random.default_rng((t.seed, epoch)).permutation(n)[rank::world]
         loss_sum, correct = 0.0, 0
         for i in range(per_epoch):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             np.take(data.x_train, idx, axis=0, out=xb)
             np.take(data.y_train, idx, axis=0, out=yb)
             for group in opt.param_groups:
@@ -346,10 +420,17 @@ def torch_worker(spec_path, out_path, rank, world, threads):
         now = time.perf_counter()
         if rank == 0:
             val = accuracy(data.x_val, data.y_val)
-            epochs.append({"epoch": epoch + 1, "step": step, "time_s": now - start,
-                           "val_accuracy": val, "loss": loss_sum / (per_epoch * batch),
-                           "samples_per_s": per_epoch * batch * world / (now - epoch_start),
-                           "bytes": step * bytes_per_step})
+            epochs.append(
+                {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "time_s": now - start,
+                    "val_accuracy": val,
+                    "loss": loss_sum / (per_epoch * batch),
+                    "samples_per_s": per_epoch * batch * world / (now - epoch_start),
+                    "bytes": step * bytes_per_step,
+                }
+            )
             for target in TARGETS:
                 if val >= target and target not in snapshots:
                     snapshots[target] = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -371,9 +452,17 @@ def torch_worker(spec_path, out_path, rank, world, threads):
         for target, state in snapshots.items():
             net.load_state_dict(state)
             test_at[str(target)] = accuracy(data.x_test, data.y_test)
-        out.update(epochs=epochs, test_at=test_at, final_test_accuracy=final_test, full_budget=full,
-                   final_val_accuracy=final_val, train_s=train_s,
-                   bytes_total=step * bytes_per_step, steps=step, params=params)
+        out.update(
+            epochs=epochs,
+            test_at=test_at,
+            final_test_accuracy=final_test,
+            full_budget=full,
+            final_val_accuracy=final_val,
+            train_s=train_s,
+            bytes_total=step * bytes_per_step,
+            steps=step,
+            params=params,
+        )
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -399,28 +488,60 @@ def launch_here(name, config, spec_path, out_path, args):
     me = [sys.executable, str(Path(__file__).resolve())]
     if config["kind"] == "horn":
         mpirun = Path(sys.prefix) / "bin" / "mpirun"
-        cmd = [str(mpirun) if mpirun.exists() else shutil.which("mpirun"), "--oversubscribe",
-               "--bind-to", "none", "-n", str(config["procs"]), *me, "--worker", "horn",
-               str(spec_path), str(out_path)]
+        cmd = [
+            str(mpirun) if mpirun.exists() else shutil.which("mpirun"),
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+            "-n",
+            str(config["procs"]),
+            *me,
+            "--worker",
+            "horn",
+            str(spec_path),
+            str(out_path),
+        ]
         env = thread_env(1, {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
         if args.profile:
             env["VS_TORCH_PROFILE"] = str(OUT / f"profile-{name}.txt")
-        return [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)], [out_path]
+        return [
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        ], [out_path]
     world = config["procs"] if config["kind"] == "ddp" else 1
-    extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-             "GLOO_SOCKET_IFNAME": "lo"} if world > 1 else {}
+    extra = (
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "GLOO_SOCKET_IFNAME": "lo"}
+        if world > 1
+        else {}
+    )
     outs = [out_path.with_suffix(f".r{r}") for r in range(world)]
-    return [subprocess.Popen([*me, *torch_worker_args(spec_path, outs[r], r, world, config)],
-                             env=thread_env(config["threads"], extra),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for r in range(world)], outs
+    return [
+        subprocess.Popen(
+            [*me, *torch_worker_args(spec_path, outs[r], r, world, config)],
+            env=thread_env(config["threads"], extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ], outs
 
 
 def torch_worker_args(spec_path, out_path, rank, world, config):
     """This script's arguments for one PyTorch process (after the interpreter and script)."""
-    return ["--worker", "torch", str(spec_path), str(out_path), "--rank", str(rank),
-            "--world", str(world), "--threads", str(config["threads"])]
+    return [
+        "--worker",
+        "torch",
+        str(spec_path),
+        str(out_path),
+        "--rank",
+        str(rank),
+        "--world",
+        str(world),
+        "--threads",
+        str(config["threads"]),
+    ]
 
 
 def run_once(name, config, seed, args, stop_at=None, launch=None):
@@ -433,8 +554,12 @@ def run_once(name, config, seed, args, stop_at=None, launch=None):
     tag = f"{name}-s{seed}-{os.getpid()}"
     spec_path, out_path = OUT / "specs" / f"{tag}.json", OUT / "specs" / f"{tag}.out"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
-    spec = {"job": doc, "source": source, "global_batch": global_batch(doc, RANKS),
-            "stop_at": stop_at}
+    spec = {
+        "job": doc,
+        "source": source,
+        "global_batch": global_batch(doc, RANKS),
+        "stop_at": stop_at,
+    }
     spec_path.write_text(json.dumps(spec))
     start = time.perf_counter()
     procs_list, outs = (launch or launch_here)(name, config, spec_path, out_path, args)
@@ -455,19 +580,31 @@ def run_once(name, config, seed, args, stop_at=None, launch=None):
     result = results[0]
     for extra_rank in results[1:]:
         result["maxrss_mb"] += extra_rank["maxrss_mb"]
-    result.update(config=name, seed=seed, wall_s=wall, procs=procs,
-                  global_batch=global_batch(doc, procs if config["kind"] == "horn" else RANKS),
-                  per_rank_batch=doc["train"]["batch_size"] if config["kind"] == "horn"
-                  else spec["global_batch"] // (procs if config["kind"] == "ddp" else 1),
-                  signature=signature(args), load=os.getloadavg()[0])
+    result.update(
+        config=name,
+        seed=seed,
+        wall_s=wall,
+        procs=procs,
+        global_batch=global_batch(doc, procs if config["kind"] == "horn" else RANKS),
+        per_rank_batch=doc["train"]["batch_size"]
+        if config["kind"] == "horn"
+        else spec["global_batch"] // (procs if config["kind"] == "ddp" else 1),
+        signature=signature(args),
+        load=os.getloadavg()[0],
+    )
     for path in [spec_path, *outs]:
         Path(path).unlink(missing_ok=True)
     return result
 
 
 def signature(args):
-    return {"epochs": args.epochs, "limit": args.limit, "width": args.width, "set": args.set,
-            "full_runs": args.full_runs}
+    return {
+        "epochs": args.epochs,
+        "limit": args.limit,
+        "width": args.width,
+        "set": args.set,
+        "full_runs": args.full_runs,
+    }
 
 
 def first_reach(result, target):
@@ -491,18 +628,25 @@ def median(values):
 
 def summarise(name, runs):
     full = [r for r in runs if r.get("full_budget", True)]
-    row = {"config": name, "label": CONFIGS[name]["label"], "runs": len(runs), "full": len(full),
-           "final_test": median([r["final_test_accuracy"] for r in full]),
-           "final_val": median([r["final_val_accuracy"] for r in full]),
-           "samples_per_s": median([statistics.median([e["samples_per_s"] for e in r["epochs"]])
-                                    for r in runs]),
-           "ms_per_step": median([ms_per_step(r) for r in runs]),
-           "train_s": median([r["train_s"] for r in full]),
-           "wall_s": median([r["wall_s"] for r in full]),
-           "bytes_total": median([r["bytes_total"] for r in runs]),
-           "rss_mb": median([max(r["maxrss_mb"]) for r in runs]),
-           "procs": runs[0]["procs"], "per_rank_batch": runs[0]["per_rank_batch"],
-           "ms_by_seed": {r["seed"]: ms_per_step(r) for r in runs}}
+    row = {
+        "config": name,
+        "label": CONFIGS[name]["label"],
+        "runs": len(runs),
+        "full": len(full),
+        "final_test": median([r["final_test_accuracy"] for r in full]),
+        "final_val": median([r["final_val_accuracy"] for r in full]),
+        "samples_per_s": median(
+            [statistics.median([e["samples_per_s"] for e in r["epochs"]]) for r in runs]
+        ),
+        "ms_per_step": median([ms_per_step(r) for r in runs]),
+        "train_s": median([r["train_s"] for r in full]),
+        "wall_s": median([r["wall_s"] for r in full]),
+        "bytes_total": median([r["bytes_total"] for r in runs]),
+        "rss_mb": median([max(r["maxrss_mb"]) for r in runs]),
+        "procs": runs[0]["procs"],
+        "per_rank_batch": runs[0]["per_rank_batch"],
+        "ms_by_seed": {r["seed"]: ms_per_step(r) for r in runs},
+    }
     for target in TARGETS:
         hits = [first_reach(r, target) for r in runs]
         reached = [h for h in hits if h is not None]
@@ -540,15 +684,21 @@ def ratio(a, b):
 def table(rows):
     base = next((r for r in rows if r["config"] == BASELINE), None)
     b = base or {}
-    lines = ["| configuration | procs x batch | s to 0.85 val | s to 0.88 val | vs DDP (0.88) "
-             "| MB to 0.88 (per rank) | vs DDP | test acc @0.88 | final test acc | final val acc "
-             "| samples/s | ms/step | vs DDP | peak RSS MB/process | train s (budget) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| configuration | procs x batch | s to 0.85 val | s to 0.88 val | vs DDP (0.88) "
+        "| MB to 0.88 (per rank) | vs DDP | test acc @0.88 | final test acc | final val acc "
+        "| samples/s | ms/step | vs DDP | peak RSS MB/process | train s (budget) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         n_full = f" (n={r['full']})" if r["full"] < r["runs"] else ""
-        reach = {t: (f"{fmt(r[f'time_{t}'], 's')}" +
-                     (f" ({r[f'reached_{t}']}/{r['runs']})" if r[f"reached_{t}"] < r["runs"] else ""))
-                 for t in TARGETS}
+        reach = {
+            t: (
+                f"{fmt(r[f'time_{t}'], 's')}"
+                + (f" ({r[f'reached_{t}']}/{r['runs']})" if r[f"reached_{t}"] < r["runs"] else "")
+            )
+            for t in TARGETS
+        }
         lines.append(
             f"| {r['config']}: {r['label']} | {r['procs']} x {r['per_rank_batch']} "
             f"| {reach[0.85]} | {reach[0.88]} | {fmt(ratio(r['time_0.88'], b.get('time_0.88')), 'x')} "
@@ -556,7 +706,8 @@ def table(rows):
             f"| {fmt(r['test_at_0.88'], 'acc')} | {fmt(r['final_test'], 'acc')}{n_full} "
             f"| {fmt(r['final_val'], 'acc')}{n_full} | {fmt(r['samples_per_s'], 'n')} "
             f"| {r['ms_per_step']:.1f} | {fmt(ratio(r['ms_per_step'], b.get('ms_per_step')), 'x')} "
-            f"| {fmt(r['rss_mb'], 'n')} | {fmt(r['train_s'], 's')} |")
+            f"| {fmt(r['rss_mb'], 'n')} | {fmt(r['train_s'], 's')} |"
+        )
     return "\n".join(lines)
 
 
@@ -572,28 +723,48 @@ def targets(rows):
         if value is None:
             lines.append(f"- {name}: not measured")
         else:
-            lines.append(f"- {name}: {value:.2f}x (target <= {limit}x): "
-                         f"**{'MET' if value <= limit else 'MISSED'}**")
+            lines.append(
+                f"- {name}: {value:.2f}x (target <= {limit}x): "
+                f"**{'MET' if value <= limit else 'MISSED'}**"
+            )
 
     tag = f" (best horn configuration: {best['config']})" if best else ""
-    verdict(f"horn's best time to 0.88 val vs PyTorch DDP{tag}",
-            ratio(best and best["time_0.88"], by.get("ddp", {}).get("time_0.88")), 0.5)
-    verdict(f"horn's best time to 0.88 val vs PyTorch single process{tag}",
-            ratio(best and best["time_0.88"], by.get("torch", {}).get("time_0.88")), 0.7)
-    verdict("horn sync data-parallel time per step vs PyTorch DDP",
-            ratio(by.get("sync", {}).get("ms_per_step"), by.get("ddp", {}).get("ms_per_step")), 1.1)
+    verdict(
+        f"horn's best time to 0.88 val vs PyTorch DDP{tag}",
+        ratio(best and best["time_0.88"], by.get("ddp", {}).get("time_0.88")),
+        0.5,
+    )
+    verdict(
+        f"horn's best time to 0.88 val vs PyTorch single process{tag}",
+        ratio(best and best["time_0.88"], by.get("torch", {}).get("time_0.88")),
+        0.7,
+    )
+    verdict(
+        "horn sync data-parallel time per step vs PyTorch DDP",
+        ratio(by.get("sync", {}).get("ms_per_step"), by.get("ddp", {}).get("ms_per_step")),
+        1.1,
+    )
     if "sync" in by and "ddp" in by:  # runs next to each other share the machine's load
         seeds = sorted(set(by["sync"]["ms_by_seed"]) & set(by["ddp"]["ms_by_seed"]))
         paired = [by["sync"]["ms_by_seed"][s] / by["ddp"]["ms_by_seed"][s] for s in seeds]
         if paired:
-            lines.append(f"  (paired by seed, sync and DDP run back to back: "
-                         f"{', '.join(f'{x:.2f}x' for x in paired)}; median "
-                         f"{statistics.median(paired):.2f}x)")
-    verdict(f"horn's bytes to 0.88 val vs PyTorch DDP{tag}",
-            ratio(best and best["bytes_0.88"], by.get("ddp", {}).get("bytes_0.88")), 0.1)
+            lines.append(
+                f"  (paired by seed, sync and DDP run back to back: "
+                f"{', '.join(f'{x:.2f}x' for x in paired)}; median "
+                f"{statistics.median(paired):.2f}x)"
+            )
+    verdict(
+        f"horn's bytes to 0.88 val vs PyTorch DDP{tag}",
+        ratio(best and best["bytes_0.88"], by.get("ddp", {}).get("bytes_0.88")),
+        0.1,
+    )
     if best and "ddp_tuned" in by and best["config"] == "ma_tuned":
-        verdict("control, same settings: ma_tuned's time to 0.88 vs PyTorch DDP with those "
-                "settings (ddp_tuned)", ratio(best["time_0.88"], by["ddp_tuned"]["time_0.88"]), 0.5)
+        verdict(
+            "control, same settings: ma_tuned's time to 0.88 vs PyTorch DDP with those "
+            "settings (ddp_tuned)",
+            ratio(best["time_0.88"], by["ddp_tuned"]["time_0.88"]),
+            0.5,
+        )
     return "\n".join(lines)
 
 
@@ -643,7 +814,8 @@ def write_doc(rows, runs_by_config, args, loads, elapsed):
     width = args.width or 1024
     note = (
         f"Measured {datetime.now():%Y-%m-%d %H:%M} by `python bench/vs_torch.py "
-        f"{' '.join(a for a in sys.argv[1:] if a != '--resume')}".rstrip() + f"` on {cpu} ({os.cpu_count()} logical CPUs, no GPU); "
+        f"{' '.join(a for a in sys.argv[1:] if a != '--resume')}".rstrip()
+        + f"` on {cpu} ({os.cpu_count()} logical CPUs, no GPU); "
         f"python {platform.python_version()}, numpy {metadata.version('numpy')}, numba "
         f"{metadata.version('numba')}, torch {torch_version}. **1-minute load average** before "
         f"each run: min {min(loads):.1f}, median {statistics.median(loads):.1f}, max "
@@ -655,14 +827,17 @@ def write_doc(rows, runs_by_config, args, loads, elapsed):
         f"over the run (jobs/bench_vs_torch.toml; tuned horn rows name their own job), "
         f"{budget}, validation accuracy after every epoch. Medians over {args.runs} run(s) "
         f"(seeds {args.seed0}..{args.seed0 + args.runs - 1}; configurations interleaved within each seed)"
-        + (f"; the first {args.full_runs} seed(s) train the whole budget (final accuracies, "
-           f"train s), the others stop at the first evaluation >= {max(TARGETS)} (horn through "
-           f"its preemption path) to keep the bench short. " if args.full_runs < args.runs
-           else ". ") +
-        "\"s to 0.88 val\" is the training clock (first step to the end of the epoch whose "
+        + (
+            f"; the first {args.full_runs} seed(s) train the whole budget (final accuracies, "
+            f"train s), the others stop at the first evaluation >= {max(TARGETS)} (horn through "
+            f"its preemption path) to keep the bench short. "
+            if args.full_runs < args.runs
+            else ". "
+        )
+        + '"s to 0.88 val" is the training clock (first step to the end of the epoch whose '
         "validation accuracy first reached 0.88, earlier evaluations included, process "
         "start-up and data loading excluded; a run that never reached it counts as infinitely "
-        "slow, (k/n) = runs that reached it); \"test acc @0.88\" is that model's test "
+        'slow, (k/n) = runs that reached it); "test acc @0.88" is that model\'s test '
         "accuracy. Bytes are sent per rank up to that evaluation: horn's Peer accounting "
         "(ring model 2(p-1)/p x 4 B x parameters per Allreduce; Allgatherv (p-1) x own block); "
         "DDP is charged the same ring model, 2(p-1)/p x 4 B x parameters per step (gloo's actual "
@@ -671,45 +846,73 @@ def write_doc(rows, runs_by_config, args, loads, elapsed):
         "a per-rank step of a smaller network or of one group, so compare their time to "
         "accuracy, not ms/step. Peak RSS is ru_maxrss, the largest process. All horn rows run "
         "under `mpirun --bind-to none` with 1 BLAS/Numba thread per rank; PyTorch processes are "
-        "unpinned too.\n")
+        "unpinned too.\n"
+    )
     doc = DOCS / "vs_torch.md"
     kept = ""  # a hand-written "## Analysis" section (and what follows) survives a re-run
     if doc.exists() and ANALYSIS in doc.read_text():
-        kept = "\n" + doc.read_text()[doc.read_text().index(ANALYSIS):]
+        kept = "\n" + doc.read_text()[doc.read_text().index(ANALYSIS) :]
     doc.write_text(
         "# horn vs PyTorch: time and bytes to accuracy\n\n" + note + "\n" + text + "\n\n"
         "Targets (ratios of medians):\n\n" + verdicts + "\n\n"
-        "![validation accuracy vs wall seconds and vs bytes](vs_torch.png)\n" + kept)
+        "![validation accuracy vs wall seconds and vs bytes](vs_torch.png)\n" + kept
+    )
     plot(runs_by_config, DOCS / "vs_torch.png")
     return text, verdicts
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK['epochs']} epochs of {QUICK['limit']} "
-                             "samples, 1 run each")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: {QUICK['epochs']} epochs of {QUICK['limit']} samples, 1 run each",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs (seeds) per configuration")
-    parser.add_argument("--configs", default="all",
-                        help=f"comma-separated subset of: {', '.join(CONFIGS)}")
+    parser.add_argument(
+        "--configs", default="all", help=f"comma-separated subset of: {', '.join(CONFIGS)}"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="budget in epochs (default 5)")
     parser.add_argument("--limit", type=int, default=None, help="training samples (data.limit)")
     parser.add_argument("--width", type=int, default=0, help="hidden width (default 1024)")
-    parser.add_argument("--full-runs", type=int, default=None,
-                        help="runs (the first seeds) that train the whole budget; the others "
-                             "stop at the first evaluation >= 0.88 val (default: all)")
-    parser.add_argument("--profile", action="store_true",
-                        help="cProfile rank 0 of each horn run into runs/vs_torch/profile-NAME.txt")
+    parser.add_argument(
+        "--full-runs",
+        type=int,
+        default=None,
+        help="runs (the first seeds) that train the whole budget; the others "
+        "stop at the first evaluation >= 0.88 val (default: all)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile rank 0 of each horn run into runs/vs_torch/profile-NAME.txt",
+    )
     parser.add_argument("--stop-at", type=float, default=max(TARGETS), help=argparse.SUPPRESS)
-    parser.add_argument("--seed0", type=int, default=0,
-                        help="first seed (tuning: 100 and up, results in results-tune.jsonl)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override every configuration's job (tuning sweeps only)")
+    parser.add_argument(
+        "--seed0",
+        type=int,
+        default=0,
+        help="first seed (tuning: 100 and up, results in results-tune.jsonl)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override every configuration's job (tuning sweeps only)",
+    )
     parser.add_argument("--timeout", type=int, default=900, help="seconds per run")
-    parser.add_argument("--resume", action="store_true",
-                        help="reuse matching results from runs/vs_torch/results.jsonl")
-    parser.add_argument("--doc", action="store_true", default=None,
-                        help="write docs/vs_torch.md and .png (default: unless --quick)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse matching results from runs/vs_torch/results.jsonl",
+    )
+    parser.add_argument(
+        "--doc",
+        action="store_true",
+        default=None,
+        help="write docs/vs_torch.md and .png (default: unless --quick)",
+    )
     parser.add_argument("--worker", choices=("horn", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
@@ -733,6 +936,7 @@ def main():
         parser.error(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
     try:
         import importlib.util
+
         has_torch = importlib.util.find_spec("torch") is not None
     except ImportError:
         has_torch = False
@@ -742,8 +946,9 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     tuning = bool(args.seed0 or args.set or args.profile)
     write = write and not tuning
-    results_path = OUT / ("results-quick.jsonl" if args.quick else
-                          "results-tune.jsonl" if tuning else "results.jsonl")
+    results_path = OUT / (
+        "results-quick.jsonl" if args.quick else "results-tune.jsonl" if tuning else "results.jsonl"
+    )
     done = {}
     if args.resume and results_path.exists():
         for line in open(results_path):
@@ -761,8 +966,7 @@ def main():
             else:
                 loads.append(os.getloadavg()[0])
                 full = seed < args.seed0 + args.full_runs
-                result = run_once(name, CONFIGS[name], seed, args,
-                                  None if full else args.stop_at)
+                result = run_once(name, CONFIGS[name], seed, args, None if full else args.stop_at)
                 if result is None:
                     print(TORCH_MISSING)
                     continue
@@ -771,13 +975,21 @@ def main():
             loads.append(result["load"])
             runs_by_config[name].append(result)
             hit = {t: first_reach(result, t) for t in TARGETS}
-            print(f"  {name:10} seed {seed}: " + "  ".join(
-                f"{t}: {h[0]:.1f}s/{h[1] / 1e6:.0f}MB" if h else f"{t}: not reached"
-                for t, h in hit.items())
-                + (f"  final test {result['final_test_accuracy']:.4f}  "
-                   if result.get("full_budget", True) else f"  stopped at {args.stop_at}  ")
+            print(
+                f"  {name:10} seed {seed}: "
+                + "  ".join(
+                    f"{t}: {h[0]:.1f}s/{h[1] / 1e6:.0f}MB" if h else f"{t}: not reached"
+                    for t, h in hit.items()
+                )
+                + (
+                    f"  final test {result['final_test_accuracy']:.4f}  "
+                    if result.get("full_budget", True)
+                    else f"  stopped at {args.stop_at}  "
+                )
                 + f"{ms_per_step(result):.1f} ms/step  {result['train_s']:.0f}s train, "
-                f"{result['wall_s']:.0f}s wall, load {result['load']:.1f}", flush=True)
+                f"{result['wall_s']:.0f}s wall, load {result['load']:.1f}",
+                flush=True,
+            )
     runs_by_config = {n: r for n, r in runs_by_config.items() if r}
     rows = [summarise(n, r) for n, r in runs_by_config.items()]
     text, verdicts = table(rows), targets(rows)

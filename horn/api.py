@@ -41,11 +41,9 @@ def run(job, overrides=(), progress=False):
     elif isinstance(job, (str, Path)):
         resolved = load_job(job, list(overrides))
     else:
-        raise HornError(f"horn.run: expected a job file path or a dict, found "
-                        f"{type(job).__name__}")
+        raise HornError(f"horn.run: expected a job file path or a dict, found {type(job).__name__}")
     install_preemption_handlers()  # a stop signal ends at a round boundary, as for horn run
     out = run_job(resolved, progress=progress, peer=create_peer(resolved), every_rank=True)
     run_dir = out.pop("run_dir")
     history, model = out.pop("history"), out.pop("model")
-    return RunResult(history, model, Path(run_dir) if run_dir else None,
-                     out if run_dir else None)
+    return RunResult(history, model, Path(run_dir) if run_dir else None, out if run_dir else None)

@@ -27,7 +27,7 @@ class BatchStream:
             self.epoch, self.position = self.epoch + 1, 0
             self.order = self.rng.permutation(self.n)
         lo = self.position * self.batch_size
-        idx = self.order[lo:lo + self.batch_size]
+        idx = self.order[lo : lo + self.batch_size]
         self.position += 1
         np.take(self.x, idx, axis=0, out=self.xb)
         np.take(self.y, idx, axis=0, out=self.yb)
@@ -37,8 +37,11 @@ class BatchStream:
 
     def state(self):
         """The data-order position: resuming from it replays the same batches."""
-        return {"order": self.order}, {"epoch": self.epoch, "position": self.position,
-                                       "rng": self.rng.bit_generator.state}
+        return {"order": self.order}, {
+            "epoch": self.epoch,
+            "position": self.position,
+            "rng": self.rng.bit_generator.state,
+        }
 
     def restore(self, arrays, meta):
         self.order = np.asarray(arrays["order"], dtype=np.int64)

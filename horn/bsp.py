@@ -54,7 +54,9 @@ def derive_layout(world_size, groups, workers):
     if groups is None and workers is None:
         workers = 1
     if groups is None or workers is None:
-        key, given = ("parallel.workers", workers) if groups is None else ("parallel.groups", groups)
+        key, given = (
+            ("parallel.workers", workers) if groups is None else ("parallel.groups", groups)
+        )
         if world_size % given:
             raise HornError(f"world size {world_size} is not divisible by {key}={given}")
         other = world_size // given
@@ -122,11 +124,14 @@ class Peer:
     def layout_text(self):
         """One line for rank 0 to print so users can check the layout they asked for."""
         w = self.workers
-        spans = [f"group {g} = ranks {g * w}" + (f"-{g * w + w - 1}" if w > 1 else "")
-                 for g in range(min(self.groups, 4))]
+        spans = [
+            f"group {g} = ranks {g * w}" + (f"-{g * w + w - 1}" if w > 1 else "")
+            for g in range(min(self.groups, 4))
+        ]
         more = ", ..." if self.groups > 4 else ""
-        return (f"{self.size} ranks as {self.groups} group(s) x {w} worker(s): "
-                f"{', '.join(spans)}{more}")
+        return (
+            f"{self.size} ranks as {self.groups} group(s) x {w} worker(s): {', '.join(spans)}{more}"
+        )
 
     def close(self):
         """Free the communicators this peer created (not the world)."""
@@ -173,15 +178,23 @@ class Peer:
         head = np.empty((self.size, 3), np.int64)
         head[:, 0], head[:, 1], head[:, 2] = sendcounts, busy_ns, int(self._step_comm_s * 1e9)
         heads = np.empty_like(head)
-        self._collective(world, "sync", lambda c: c.Ialltoall([head, 3, MPI.INT64_T],
-                                                              [heads, 3, MPI.INT64_T]),
-                         24 * (self.size - 1))
+        self._collective(
+            world,
+            "sync",
+            lambda c: c.Ialltoall([head, 3, MPI.INT64_T], [heads, 3, MPI.INT64_T]),
+            24 * (self.size - 1),
+        )
         recvcounts = np.ascontiguousarray(heads[:, 0])
         recvbuf = np.empty(int(recvcounts.sum()), np.uint8)
-        self._collective(world, "sync", lambda c: c.Ialltoallv(
-            [sendbuf, (sendcounts, _displs(sendcounts)), MPI.BYTE],
-            [recvbuf, (recvcounts, _displs(recvcounts)), MPI.BYTE]),
-            int(sendcounts.sum() - sendcounts[self.rank]))
+        self._collective(
+            world,
+            "sync",
+            lambda c: c.Ialltoallv(
+                [sendbuf, (sendcounts, _displs(sendcounts)), MPI.BYTE],
+                [recvbuf, (recvcounts, _displs(recvcounts)), MPI.BYTE],
+            ),
+            int(sendcounts.sum() - sendcounts[self.rank]),
+        )
         self._inbox = _unpack(recvbuf, recvcounts)
         self._close_superstep(heads[:, 1] / 1e9, heads[:, 2] / 1e9)
 
@@ -192,10 +205,12 @@ class Peer:
         offset = 0
         for box in self._outbox:
             for arr in box:
-                sendbuf[offset:offset + 8] = np.frombuffer(arr.dtype.str.encode().ljust(8, b"\0"), np.uint8)
-                sendbuf[offset + 8:offset + 16].view(np.int64)[0] = arr.size
+                sendbuf[offset : offset + 8] = np.frombuffer(
+                    arr.dtype.str.encode().ljust(8, b"\0"), np.uint8
+                )
+                sendbuf[offset + 8 : offset + 16].view(np.int64)[0] = arr.size
                 offset += _HEADER
-                sendbuf[offset:offset + arr.nbytes] = arr.view(np.uint8)
+                sendbuf[offset : offset + arr.nbytes] = arr.view(np.uint8)
                 offset += _padded(arr.nbytes)
         self._outbox = [[] for _ in range(self.size)]
         return sendbuf, sendcounts
@@ -206,15 +221,18 @@ class Peer:
         now = time.perf_counter()
         total = now - self._step_start
         slowest = int(np.argmax(rank_compute_s))
-        self.superstep_records.append({
-            "kind": "superstep", "superstep": self.superstep,
-            "compute_s": max(total - self._step_comm_s, 0.0),
-            "comm_s": self._step_comm_s,
-            "bytes_sent": self._step_bytes,
-            "rank_compute_s": np.round(rank_compute_s, 6).tolist(),
-            "rank_wait_s": np.round(rank_wait_s, 6).tolist(),
-            "waited_for": {"rank": slowest, "host": self.hosts[slowest]},
-        })
+        self.superstep_records.append(
+            {
+                "kind": "superstep",
+                "superstep": self.superstep,
+                "compute_s": max(total - self._step_comm_s, 0.0),
+                "comm_s": self._step_comm_s,
+                "bytes_sent": self._step_bytes,
+                "rank_compute_s": np.round(rank_compute_s, 6).tolist(),
+                "rank_wait_s": np.round(rank_wait_s, 6).tolist(),
+                "waited_for": {"rank": slowest, "host": self.hosts[slowest]},
+            }
+        )
         self.superstep += 1
         self._step_start, self._step_comm_s, self._step_bytes = now, 0.0, 0
 
@@ -229,8 +247,11 @@ class Peer:
     def counters(self):
         """Superstep number and byte counts: checkpointed so a resumed run's records
         continue exactly where the interrupted run's stopped."""
-        return {"superstep": self.superstep, "bytes_sent_total": self.bytes_sent_total,
-                "step_bytes": self._step_bytes}
+        return {
+            "superstep": self.superstep,
+            "bytes_sent_total": self.bytes_sent_total,
+            "step_bytes": self._step_bytes,
+        }
 
     def restore_counters(self, counters):
         self.superstep = counters["superstep"]
@@ -266,13 +287,21 @@ class Peer:
 
     def _allreduce(self, buf, comm, name):
         p = self._channels[comm].size
-        self._collective(comm, name, lambda c: c.Iallreduce(MPI.IN_PLACE, buf, MPI.SUM),
-                         2 * (p - 1) * buf.nbytes // p)
+        self._collective(
+            comm,
+            name,
+            lambda c: c.Iallreduce(MPI.IN_PLACE, buf, MPI.SUM),
+            2 * (p - 1) * buf.nbytes // p,
+        )
 
     def allgather(self, sendbuf, recvbuf, comm="world"):
         """Gather equal blocks from every rank. Sends (p-1) * own block bytes."""
-        self._collective(comm, "allgather", lambda c: c.Iallgather(sendbuf, recvbuf),
-                         (self._channels[comm].size - 1) * sendbuf.nbytes)
+        self._collective(
+            comm,
+            "allgather",
+            lambda c: c.Iallgather(sendbuf, recvbuf),
+            (self._channels[comm].size - 1) * sendbuf.nbytes,
+        )
 
     def allgatherv(self, sendbuf, recvbuf, counts, comm="world"):
         """Gather blocks of ``counts[i]`` elements. Sends (p-1) * own block bytes.
@@ -281,17 +310,27 @@ class Peer:
         """
         channel = self._channels[comm]
         if sendbuf.size != counts[channel.rank]:
-            raise ValueError(f"sendbuf has {sendbuf.size} elements but counts[{channel.rank}] "
-                             f"is {counts[channel.rank]}")
+            raise ValueError(
+                f"sendbuf has {sendbuf.size} elements but counts[{channel.rank}] "
+                f"is {counts[channel.rank]}"
+            )
         counts = list(counts)
-        self._collective(comm, "allgatherv", lambda c: c.Iallgatherv(sendbuf, [recvbuf, counts]),
-                         (channel.size - 1) * sendbuf.nbytes)
+        self._collective(
+            comm,
+            "allgatherv",
+            lambda c: c.Iallgatherv(sendbuf, [recvbuf, counts]),
+            (channel.size - 1) * sendbuf.nbytes,
+        )
 
     def bcast(self, buf, root, comm="world"):
         """Broadcast in place from ``root``. Flat-tree model: root sends (p-1)*nbytes."""
         channel = self._channels[comm]
-        self._collective(comm, "bcast", lambda c: c.Ibcast(buf, root),
-                         (channel.size - 1) * buf.nbytes if channel.rank == root else 0)
+        self._collective(
+            comm,
+            "bcast",
+            lambda c: c.Ibcast(buf, root),
+            (channel.size - 1) * buf.nbytes if channel.rank == root else 0,
+        )
 
     def gather_bytes(self, blob, what="gather"):
         """Every rank's ``blob`` (bytes) on world rank 0, in rank order (None elsewhere).
@@ -300,8 +339,13 @@ class Peer:
         Counted as 0 bytes: it serves checkpoints, not training.
         """
         sizes = np.zeros(self.size, np.int64)
-        self._collective("world", what, lambda c: c.Igather(
-            np.array([len(blob)], np.int64), sizes if self.rank == 0 else None, root=0))
+        self._collective(
+            "world",
+            what,
+            lambda c: c.Igather(
+                np.array([len(blob)], np.int64), sizes if self.rank == 0 else None, root=0
+            ),
+        )
         send = np.frombuffer(blob, np.uint8)
         recv = np.empty(int(sizes.sum()) if self.rank == 0 else 0, np.uint8)
         spec = [recv, sizes, _displs(sizes), MPI.BYTE] if self.rank == 0 else None
@@ -309,7 +353,7 @@ class Peer:
         if self.rank != 0:
             return None
         bounds = np.concatenate([[0], np.cumsum(sizes)])
-        return [recv[bounds[i]:bounds[i + 1]].tobytes() for i in range(self.size)]
+        return [recv[bounds[i] : bounds[i + 1]].tobytes() for i in range(self.size)]
 
     def verify_same(self, comm, text_or_bytes, what="job"):
         """Raise HornError on every rank unless all ranks of ``comm`` hold the same value.
@@ -322,17 +366,21 @@ class Peer:
         data = text_or_bytes.encode() if isinstance(text_or_bytes, str) else bytes(text_or_bytes)
         h = int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1  # -h cannot overflow
         both = np.array([h, -h], np.int64)
-        self._collective(channel, "verify_same",
-                         lambda c: c.Iallreduce(MPI.IN_PLACE, both, MPI.MIN))
+        self._collective(
+            channel, "verify_same", lambda c: c.Iallreduce(MPI.IN_PLACE, both, MPI.MIN)
+        )
         same = both[0] == -both[1]
         if not same:
             hashes = np.empty(channel.size, np.int64)
-            self._collective(channel, "verify_same",
-                             lambda c: c.Iallgather(np.array([h], np.int64), hashes))
+            self._collective(
+                channel, "verify_same", lambda c: c.Iallgather(np.array([h], np.int64), hashes)
+            )
         if not same:
             odd = [channel.world_ranks[i] for i in range(channel.size) if hashes[i] != hashes[0]]
-            raise HornError(f"{what} differs between ranks: rank(s) {', '.join(map(str, odd))} "
-                            f"disagree with rank {channel.world_ranks[0]}")
+            raise HornError(
+                f"{what} differs between ranks: rank(s) {', '.join(map(str, odd))} "
+                f"disagree with rank {channel.world_ranks[0]}"
+            )
 
     # -- watchdog ------------------------------------------------------------
 
@@ -380,7 +428,7 @@ class Peer:
             self.control.Recv(np.empty(1, np.int8), source, _PING_TAG)
             answer = np.zeros(_PONG_BYTES, np.uint8)
             text = self._where(name, channel).encode()[:_PONG_BYTES]
-            answer[:len(text)] = np.frombuffer(text, np.uint8)
+            answer[: len(text)] = np.frombuffer(text, np.uint8)
             self._pongs.append((self.control.Isend(answer, source, _PONG_TAG), answer))
 
     def _roll_call(self, channel, name):
@@ -410,14 +458,19 @@ class Peer:
     def _timed_out(self, channel, name, waited):
         heard, silent = self._roll_call(channel, name)
         if silent:
-            who = (f"{self.describe(silent)} never arrived (no answer to a roll call within "
-                   f"{_roll_call_s(self.timeout_s):.0f} s: stopped, stuck, dead or unreachable)")
+            who = (
+                f"{self.describe(silent)} never arrived (no answer to a roll call within "
+                f"{_roll_call_s(self.timeout_s):.0f} s: stopped, stuck, dead or unreachable)"
+            )
         else:
             who = "every rank answered, but they wait in other exchanges: " + "; ".join(
-                f"{self.describe([r])} in {text}" for r, text in sorted(heard.items()))
-        line = (f"horn: rank {self.rank} (host {self.hosts[self.rank]}): "
-                f"{self._where(name, channel)} timed out after {waited:.1f} s waiting for the "
-                f"other ranks; {who}")
+                f"{self.describe([r])} in {text}" for r, text in sorted(heard.items())
+            )
+        line = (
+            f"horn: rank {self.rank} (host {self.hosts[self.rank]}): "
+            f"{self._where(name, channel)} timed out after {waited:.1f} s waiting for the "
+            f"other ranks; {who}"
+        )
         abort_job(self.world, line, 1)
 
 
@@ -441,10 +494,10 @@ def _unpack(recvbuf, recvcounts):
     for count in recvcounts:
         end, box = offset + int(count), []
         while offset < end:
-            dtype = np.dtype(recvbuf[offset:offset + 8].tobytes().rstrip(b"\0").decode())
-            size = int(recvbuf[offset + 8:offset + 16].view(np.int64)[0])
+            dtype = np.dtype(recvbuf[offset : offset + 8].tobytes().rstrip(b"\0").decode())
+            size = int(recvbuf[offset + 8 : offset + 16].view(np.int64)[0])
             offset += _HEADER
-            box.append(recvbuf[offset:offset + size * dtype.itemsize].view(dtype))
+            box.append(recvbuf[offset : offset + size * dtype.itemsize].view(dtype))
             offset += _padded(size * dtype.itemsize)
         inbox.append(box)
     return inbox

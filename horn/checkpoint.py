@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from horn.errors import HornError
 from horn.npz_header import header_array, read_header
 
@@ -88,8 +89,10 @@ class Checkpointer:
         rank = self.peer.rank if self.peer else 0
         payload = {f"own/{n}": a for n, a in arrays.items()}
         payload.update({f"shared/{n}": a for n, (_, a) in shared.items()})
-        blobs = _gather_blobs(self.peer, _pack(payload, {
-            "meta": meta, "shared": {n: k for n, (k, _) in shared.items()}}))
+        blobs = _gather_blobs(
+            self.peer,
+            _pack(payload, {"meta": meta, "shared": {n: k for n, (k, _) in shared.items()}}),
+        )
         if rank != 0:
             return None
         merged, metas = {}, {}
@@ -103,31 +106,45 @@ class Checkpointer:
 
     def _write(self, step, arrays, metas, header):
         name = f"ckpt-{step:09d}"
-        manifest = {"format": FORMAT, "step": step, "file": f"{name}.npz", **header,
-                    "ranks": metas, "arrays": {k: _digest(a) for k, a in arrays.items()}}
+        manifest = {
+            "format": FORMAT,
+            "step": step,
+            "file": f"{name}.npz",
+            **header,
+            "ranks": metas,
+            "arrays": {k: _digest(a) for k, a in arrays.items()},
+        }
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.dir / f"{name}.npz", lambda f: np.savez(f, **arrays))
-            _write_atomic(self.dir / f"{name}.json",
-                          lambda f: f.write(json.dumps(manifest).encode()))
+            _write_atomic(
+                self.dir / f"{name}.json", lambda f: f.write(json.dumps(manifest).encode())
+            )
         except OSError as exc:
             previous = self.valid_steps()
-            kept = f"the previous checkpoint (step {previous[-1]}) is intact" if previous \
+            kept = (
+                f"the previous checkpoint (step {previous[-1]}) is intact"
+                if previous
                 else "no earlier checkpoint exists"
-            raise HornError(f"checkpoint: cannot write {self.dir / name}.npz: "
-                            f"{exc.strerror or exc}; {kept}") from None
+            )
+            raise HornError(
+                f"checkpoint: cannot write {self.dir / name}.npz: {exc.strerror or exc}; {kept}"
+            ) from None
         self._prune()
         return self.dir / f"{name}.npz"
 
     def _prune(self):
         manifests = sorted(self.dir.glob("ckpt-*.json"))
-        for old in manifests[:-self.keep_last]:
+        for old in manifests[: -self.keep_last]:
             old.unlink(missing_ok=True)  # the manifest first: a half-pruned one is just invalid
             old.with_suffix(".npz").unlink(missing_ok=True)
 
     def valid_steps(self):
-        return [m["step"] for m in (read_manifest(p) for p in sorted(self.dir.glob("ckpt-*.json")))
-                if m is not None]
+        return [
+            m["step"]
+            for m in (read_manifest(p) for p in sorted(self.dir.glob("ckpt-*.json")))
+            if m is not None
+        ]
 
 
 def read_manifest(path):
@@ -157,16 +174,19 @@ def load_latest(run_dir, warn=print, every=None):
                 problem = f"unreadable data ({exc})"
             else:
                 expected = manifest.get("arrays", {})
-                bad = sorted(k for k in expected if k not in arrays
-                             or _digest(arrays[k]) != expected[k])
+                bad = sorted(
+                    k for k in expected if k not in arrays or _digest(arrays[k]) != expected[k]
+                )
                 if bad or set(arrays) != set(expected):
                     problem = f"checksum mismatch in {bad[0] if bad else 'its array list'}"
         if problem is None:
             return manifest, arrays
         warn(f"horn: warning: skipping checkpoint {path.name}: {problem}", file=sys.stderr)
     if every == 0:
-        raise HornError(f"{run_dir}: no checkpoint to resume from: the run's job has "
-                        f"checkpoint.every = 0 (checkpoints off; only a preempted run writes "
-                        f"one); turn them on with --set checkpoint.every=N (every N rounds) "
-                        f"or [checkpoint] every = N in the job, and run it again")
+        raise HornError(
+            f"{run_dir}: no checkpoint to resume from: the run's job has "
+            f"checkpoint.every = 0 (checkpoints off; only a preempted run writes "
+            f"one); turn them on with --set checkpoint.every=N (every N rounds) "
+            f"or [checkpoint] every = N in the job, and run it again"
+        )
     raise HornError(f"{run_dir}: no valid checkpoint to resume from (looked in {directory})")

@@ -50,8 +50,18 @@ def _close(a, b, rtol, atol):
     return np.abs(a - b) <= atol + rtol * np.abs(b)
 
 
-def check_layer(layer, in_features=6, batch=4, targets=None, seed=0, eps=1e-6, rtol=1e-4,
-                atol=1e-6, max_entries=40, backends=("numpy", "numba")):
+def check_layer(
+    layer,
+    in_features=6,
+    batch=4,
+    targets=None,
+    seed=0,
+    eps=1e-6,
+    rtol=1e-4,
+    atol=1e-6,
+    max_entries=40,
+    backends=("numpy", "numba"),
+):
     """Check ``layer`` (a Layer or a Loss instance) against horn's layer contract.
 
     ``in_features`` is one input sample's shape: an int (flat vectors) or a tuple
@@ -94,8 +104,11 @@ def _check_plain(layer, x, rng, eps, rtol, atol, max_entries, backends):
     x0 = x.copy()
     y = lay.forward(x, train=True)
     if y.shape != batch_shape(n, out):
-        _fail(layer, f"forward returned shape {y.shape}, expected {batch_shape(n, out)} "
-                     f"(batch, build()'s shape)")
+        _fail(
+            layer,
+            f"forward returned shape {y.shape}, expected {batch_shape(n, out)} "
+            f"(batch, build()'s shape)",
+        )
     if y.dtype != x.dtype:
         _fail(layer, f"forward returned dtype {y.dtype} for {x.dtype} input")
     if not np.array_equal(x, x0):
@@ -125,19 +138,26 @@ def _check_plain(layer, x, rng, eps, rtol, atol, max_entries, backends):
     _, g2 = grads()
     for name in g1:
         if not np.array_equal(g1[name], g2[name]):
-            _fail(layer, f"grads[{name!r}] differ between two identical backward calls "
-                         f"(accumulating instead of overwriting?)")
+            _fail(
+                layer,
+                f"grads[{name!r}] differ between two identical backward calls "
+                f"(accumulating instead of overwriting?)",
+            )
     passed.append("grads overwritten")
     for spec in lay._specs:
         if not spec.trainable and np.any(g1[spec.name]):
             _fail(layer, f"grads[{spec.name!r}] of a trainable=False statistic must be zero")
     if dx is None or dx.shape != x.shape:
-        _fail(layer, f"backward returned {None if dx is None else dx.shape} for input of shape "
-                     f"{x.shape} with needs_input_grad=True")
+        _fail(
+            layer,
+            f"backward returned {None if dx is None else dx.shape} for input of shape "
+            f"{x.shape} with needs_input_grad=True",
+        )
     _finite_diff(layer, "input", x, dx, loss_at, rng, eps, rtol, atol, max_entries)
     for name, p in lay.params.items():
-        _finite_diff(layer, f"parameter {name!r}", p, g1[name], loss_at, rng, eps, rtol, atol,
-                     max_entries)
+        _finite_diff(
+            layer, f"parameter {name!r}", p, g1[name], loss_at, rng, eps, rtol, atol, max_entries
+        )
     passed.append("gradients (finite differences, float64)")
     for backend in backends:
         if backend == "numpy":
@@ -159,8 +179,11 @@ def _same_on_backend(layer, backend, model, lay, x, r):
     def compare(what, got, want):
         got = other.backend.to_host(got)
         if not np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(want).max())):
-            _fail(layer, f"float32 {what} on backend {backend!r} differs from the float64 "
-                         f"numpy reference (max abs diff {np.abs(got - want).max():.3g})")
+            _fail(
+                layer,
+                f"float32 {what} on backend {backend!r} differs from the float64 "
+                f"numpy reference (max abs diff {np.abs(got - want).max():.3g})",
+            )
 
     compare("forward (train=False)", olay.forward(x32, train=False), lay.forward(x, train=False))
     compare("forward (train=True)", olay.forward(x32, train=True), lay.forward(x, train=True))
@@ -184,8 +207,9 @@ def _check_loss(layer, x, kind, rng, eps, rtol, atol, max_entries):
     dx = loss.backward().copy()
     if dx.shape != x.shape:
         _fail(layer, f"backward returned shape {dx.shape}, expected {x.shape}")
-    _finite_diff(layer, "input", x, dx, lambda: loss.forward(x, targets), rng, eps, rtol, atol,
-                 max_entries)
+    _finite_diff(
+        layer, "input", x, dx, lambda: loss.forward(x, targets), rng, eps, rtol, atol, max_entries
+    )
     return ["loss value", f"gradients vs {kind} targets (finite differences, float64)"]
 
 
@@ -199,7 +223,11 @@ def _finite_diff(layer, what, array, analytic, loss_at, rng, eps, rtol, atol, ma
         down = loss_at()
         flat[i] = keep
         numeric = (up - down) / (2 * eps)
-        if not _close(grad[i], numeric, rtol, atol * max(1.0, abs(numeric))) and \
-                abs(grad[i] - numeric) > 1e-4 * max(1.0, abs(numeric)):
-            _fail(layer, f"gradient of {what} at flat index {i}: backward gives {grad[i]:.6g}, "
-                         f"finite differences give {numeric:.6g}")
+        if not _close(grad[i], numeric, rtol, atol * max(1.0, abs(numeric))) and abs(
+            grad[i] - numeric
+        ) > 1e-4 * max(1.0, abs(numeric)):
+            _fail(
+                layer,
+                f"gradient of {what} at flat index {i}: backward gives {grad[i]:.6g}, "
+                f"finite differences give {numeric:.6g}",
+            )

@@ -20,15 +20,15 @@ import re
 import shlex
 import shutil
 import signal
-import sys
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from horn.errors import HornError
 
-SUBNET_PREFIX = "10.213.7"        # host i is 10.213.7.i; exists only inside the namespaces
+SUBNET_PREFIX = "10.213.7"  # host i is 10.213.7.i; exists only inside the namespaces
 SUBNET = f"{SUBNET_PREFIX}.0/24"
 STATE_ROOT = Path("/run/horn-cluster")
 NETNS_DIR = Path("/run/netns")
@@ -44,8 +44,11 @@ _CAP_NET_ADMIN, _CAP_SYS_ADMIN = 12, 21
 TCP_MCA = {"coll_libnbc_iallreduce_algorithm": "1"}
 # PRRTE's daemons notice a lost host by TCP keepalive: 300 s idle + 9 probes x 20 s by
 # default (prte_info), so mpirun waited minutes after a rank's abort; 2 s + 3 x 1 s here.
-OOB_KEEPALIVE = {"oob_tcp_keepalive_time": "2", "oob_tcp_keepalive_intvl": "1",
-                 "oob_tcp_keepalive_probes": "3"}
+OOB_KEEPALIVE = {
+    "oob_tcp_keepalive_time": "2",
+    "oob_tcp_keepalive_intvl": "1",
+    "oob_tcp_keepalive_probes": "3",
+}
 
 
 def check_name(name):
@@ -59,8 +62,10 @@ def parse_rate(rate):
     if rate in (None, "", "unlimited"):
         return None
     if not _RATE.fullmatch(rate) or float(_RATE.fullmatch(rate).group(1)) <= 0:
-        raise HornError(f"--rate: expected 'unlimited' or a positive rate such as 1gbit, 100mbit, "
-                        f"500kbit, found '{rate}'")
+        raise HornError(
+            f"--rate: expected 'unlimited' or a positive rate such as 1gbit, 100mbit, "
+            f"500kbit, found '{rate}'"
+        )
     return rate
 
 
@@ -74,23 +79,31 @@ def _capabilities():
 def require_privileges():
     """Namespaces and links need CAP_NET_ADMIN and CAP_SYS_ADMIN (in practice: root)."""
     caps = _capabilities()
-    missing = [n for n, bit in (("CAP_NET_ADMIN", _CAP_NET_ADMIN), ("CAP_SYS_ADMIN", _CAP_SYS_ADMIN))
-               if not caps >> bit & 1]
+    missing = [
+        n
+        for n, bit in (("CAP_NET_ADMIN", _CAP_NET_ADMIN), ("CAP_SYS_ADMIN", _CAP_SYS_ADMIN))
+        if not caps >> bit & 1
+    ]
     if missing:
-        raise HornError(f"cluster: making network namespaces needs root ({' and '.join(missing)} "
-                        f"missing for uid {os.geteuid()}); run it as root, e.g. with sudo")
+        raise HornError(
+            f"cluster: making network namespaces needs root ({' and '.join(missing)} "
+            f"missing for uid {os.geteuid()}); run it as root, e.g. with sudo"
+        )
     for tool in ("ip", "nsenter", "unshare", "tc"):
         if shutil.which(tool) is None:
-            raise HornError(f"cluster: the '{tool}' command is missing (install iproute2 and "
-                            f"util-linux)")
+            raise HornError(
+                f"cluster: the '{tool}' command is missing (install iproute2 and util-linux)"
+            )
 
 
 def _sh(*argv, check=True):
     """Run a system command; a failure becomes a one-line HornError naming it."""
     done = subprocess.run(argv, capture_output=True, text=True)
     if check and done.returncode != 0:
-        raise HornError(f"cluster: '{' '.join(argv)}' failed: "
-                        f"{(done.stderr or done.stdout).strip() or f'exit {done.returncode}'}")
+        raise HornError(
+            f"cluster: '{' '.join(argv)}' failed: "
+            f"{(done.stderr or done.stdout).strip() or f'exit {done.returncode}'}"
+        )
     return done
 
 
@@ -149,8 +162,13 @@ class Cluster:
     def host_argv(self, i, argv):
         """``argv`` run inside host ``i``'s network and UTS namespaces (no shell)."""
         self._check_host(i)
-        return ["nsenter", f"--net={NETNS_DIR / self.netns(i)}", f"--uts={self.uts_file(i)}",
-                "--", *map(str, argv)]
+        return [
+            "nsenter",
+            f"--net={NETNS_DIR / self.netns(i)}",
+            f"--uts={self.uts_file(i)}",
+            "--",
+            *map(str, argv),
+        ]
 
     def mpirun_argv(self, command, ranks=None, mpirun=None, extra=()):
         """The full argv that runs ``command`` on ``ranks`` ranks across the hosts.
@@ -159,21 +177,44 @@ class Cluster:
         TCP; ``HORN_THREADS`` tells every rank its share of the machine's cores
         (each rank would otherwise see one local rank and take them all).
         """
-        return self.host_argv(1, [mpirun or mpirun_path(), *self.mpirun_options(ranks), *extra,
-                                  *command])
+        return self.host_argv(
+            1, [mpirun or mpirun_path(), *self.mpirun_options(ranks), *extra, *command]
+        )
 
     def mpirun_options(self, ranks=None):
         ranks = self.ranks if ranks is None else ranks
-        return ["--hostfile", str(self.hostfile), "-n", str(ranks),
-                "--mca", "plm_rsh_agent", str(self.agent),
-                "--mca", "oob_tcp_if_include", SUBNET, "--mca", "btl_tcp_if_include", SUBNET,
-                "--mca", "btl", "tcp,self", "--mca", "pml", "ob1",
-                # every host sees the same cores: binding would stack ranks on core 0
-                "--bind-to", "none",
-                *[arg for key, value in TCP_MCA.items() for arg in ("--mca", key, value)],
-                *[arg for key, value in OOB_KEEPALIVE.items() for arg in ("--prtemca", key, value)],
-                "-x", f"HORN_THREADS={max(1, (os.cpu_count() or 1) // ranks)}",
-                "-x", "OMPI_ALLOW_RUN_AS_ROOT=1", "-x", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"]
+        return [
+            "--hostfile",
+            str(self.hostfile),
+            "-n",
+            str(ranks),
+            "--mca",
+            "plm_rsh_agent",
+            str(self.agent),
+            "--mca",
+            "oob_tcp_if_include",
+            SUBNET,
+            "--mca",
+            "btl_tcp_if_include",
+            SUBNET,
+            "--mca",
+            "btl",
+            "tcp,self",
+            "--mca",
+            "pml",
+            "ob1",
+            # every host sees the same cores: binding would stack ranks on core 0
+            "--bind-to",
+            "none",
+            *[arg for key, value in TCP_MCA.items() for arg in ("--mca", key, value)],
+            *[arg for key, value in OOB_KEEPALIVE.items() for arg in ("--prtemca", key, value)],
+            "-x",
+            f"HORN_THREADS={max(1, (os.cpu_count() or 1) // ranks)}",
+            "-x",
+            "OMPI_ALLOW_RUN_AS_ROOT=1",
+            "-x",
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+        ]
 
     def environment(self, base=None):
         """The environment for ``mpirun_argv``: root allowed, this Python's bin on PATH."""
@@ -222,8 +263,11 @@ class Cluster:
 
     # state -----------------------------------------------------------------
     def save(self):
-        (self.state_dir / "cluster.json").write_text(json.dumps(
-            {"name": self.name, "hosts": self.hosts, "slots": self.slots, "rate": self.rate}))
+        (self.state_dir / "cluster.json").write_text(
+            json.dumps(
+                {"name": self.name, "hosts": self.hosts, "slots": self.slots, "rate": self.rate}
+            )
+        )
 
     @classmethod
     def load(cls, name="horn"):
@@ -231,8 +275,10 @@ class Cluster:
         try:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
-            raise HornError(f"cluster {name}: not up ({path} missing or unreadable); "
-                            f"start it with 'horn cluster up N'") from None
+            raise HornError(
+                f"cluster {name}: not up ({path} missing or unreadable); "
+                f"start it with 'horn cluster up N'"
+            ) from None
 
 
 def mpirun_path():
@@ -280,7 +326,8 @@ def _make(c):
             c.set_rate(i, c.rate)
     c.hostfile.write_text(
         f"# horn simulated cluster '{c.name}' ({c.hosts} hosts; made by 'horn cluster up')\n"
-        + "".join(f"{c.hostname(i)} slots={c.slots}\n" for i in range(1, c.hosts + 1)))
+        + "".join(f"{c.hostname(i)} slots={c.slots}\n" for i in range(1, c.hosts + 1))
+    )
     _write_agent(c)
     c.save()
 
@@ -289,7 +336,8 @@ def _write_agent(c):
     """An ssh-like launch agent: ``agent [-options] HOST COMMAND...`` runs COMMAND in HOST."""
     cases = "".join(
         f"  {c.hostname(i)}|{c.address(i)}) ns={NETNS_DIR / c.netns(i)}; uts={c.uts_file(i)};;\n"
-        for i in range(1, c.hosts + 1))
+        for i in range(1, c.hosts + 1)
+    )
     c.agent.write_text(
         "#!/bin/sh\n"
         f"# Launch agent of horn's simulated cluster '{c.name}' (mpirun --mca plm_rsh_agent):\n"
@@ -298,10 +346,11 @@ def _write_agent(c):
         'host="$1"; shift\n'
         'case "$host" in\n'
         f"{cases}"
-        f'  *) echo "horn cluster agent: no host \'$host\' in cluster {c.name}" >&2; exit 255;;\n'
+        f"  *) echo \"horn cluster agent: no host '$host' in cluster {c.name}\" >&2; exit 255;;\n"
         "esac\n"
         f'[ $# -gt 0 ] || set -- "${{SHELL:-/bin/sh}}"\n'
-        f'exec {shutil.which("nsenter")} --net="$ns" --uts="$uts" -- /bin/sh -c "$*"\n')
+        f'exec {shutil.which("nsenter")} --net="$ns" --uts="$uts" -- /bin/sh -c "$*"\n'
+    )
     c.agent.chmod(0o755)
 
 
@@ -314,8 +363,12 @@ def leftovers(name="horn"):
     for ns in namespaces:
         pids += [int(p) for p in _sh("ip", "netns", "pids", ns, check=False).stdout.split()]
     state = STATE_ROOT / name
-    return {"namespaces": namespaces, "links": links, "pids": pids,
-            "state": [str(state)] if state.exists() else []}
+    return {
+        "namespaces": namespaces,
+        "links": links,
+        "pids": pids,
+        "state": [str(state)] if state.exists() else [],
+    }
 
 
 def _netns_names():
@@ -349,8 +402,11 @@ def _kill_all(namespaces, grace_s):
     """SIGKILL every process in ``namespaces`` until none is left (or ``grace_s`` passes)."""
     deadline = time.monotonic() + grace_s
     while True:
-        pids = [int(p) for ns in namespaces
-                for p in _sh("ip", "netns", "pids", ns, check=False).stdout.split()]
+        pids = [
+            int(p)
+            for ns in namespaces
+            for p in _sh("ip", "netns", "pids", ns, check=False).stdout.split()
+        ]
         if not pids or time.monotonic() > deadline:
             return
         for pid in pids:
@@ -364,5 +420,6 @@ def _kill_all(namespaces, grace_s):
 def mpirun_line(cluster, command=("horn", "run", "JOB")):
     """The shell line a user pastes to run ``command`` across ``cluster``."""
     argv = cluster.mpirun_argv(list(command))
-    return ("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
-            + " ".join(shlex.quote(a) for a in argv))
+    return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " + " ".join(
+        shlex.quote(a) for a in argv
+    )

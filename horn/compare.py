@@ -25,8 +25,11 @@ def load_run(path):
     epochs = records_of(rows, "epoch")
     if not epochs:
         raise HornError(f"horn compare: {metrics}: no epoch records yet")
-    points = [(r["time_s"], max(r.get("bytes_sent_per_rank") or [0]), r["val_accuracy"])
-              for r in epochs if not math.isnan(r.get("val_accuracy", math.nan))]
+    points = [
+        (r["time_s"], max(r.get("bytes_sent_per_rank") or [0]), r["val_accuracy"])
+        for r in epochs
+        if not math.isnan(r.get("val_accuracy", math.nan))
+    ]
     final = next(iter(records_of(rows, "final")), {})
     return run_dir.name, final, points, epochs[-1]
 
@@ -47,23 +50,46 @@ def compare(run_dirs, png_path="compare.png"):
     runs = [load_run(d) for d in run_dirs]
     reached = [max((acc for _, _, acc in points), default=None) for _, _, points, _ in runs]
     common = min(reached) if runs and None not in reached else None
-    header = ("run", "val", "test", "best val", "best test", "seconds", "MB sent",
-              f"s to {_fmt(common, '.4f')}", f"MB to {_fmt(common, '.4f')}")
+    header = (
+        "run",
+        "val",
+        "test",
+        "best val",
+        "best test",
+        "seconds",
+        "MB sent",
+        f"s to {_fmt(common, '.4f')}",
+        f"MB to {_fmt(common, '.4f')}",
+    )
     lines = [header]
     for label, final, points, last in runs:
         at = first_reaching(points, common) if common is not None else None
-        lines.append((label, _fmt(final.get("val_accuracy", last.get("val_accuracy")), ".4f"),
-                      _fmt(final.get("test_accuracy"), ".4f"),
-                      _fmt(final.get("best_val_accuracy"), ".4f"),
-                      _fmt(final.get("best_test_accuracy"), ".4f"),
-                      _fmt(final.get("time_s", last["time_s"]), ".1f"),
-                      _fmt(max(final.get("bytes_sent_per_rank")
-                               or last.get("bytes_sent_per_rank") or [0]) / 1e6, ",.2f"),
-                      _fmt(at and at[0], ".1f"), _fmt(at and at[1] / 1e6, ",.2f")))
+        lines.append(
+            (
+                label,
+                _fmt(final.get("val_accuracy", last.get("val_accuracy")), ".4f"),
+                _fmt(final.get("test_accuracy"), ".4f"),
+                _fmt(final.get("best_val_accuracy"), ".4f"),
+                _fmt(final.get("best_test_accuracy"), ".4f"),
+                _fmt(final.get("time_s", last["time_s"]), ".1f"),
+                _fmt(
+                    max(final.get("bytes_sent_per_rank") or last.get("bytes_sent_per_rank") or [0])
+                    / 1e6,
+                    ",.2f",
+                ),
+                _fmt(at and at[0], ".1f"),
+                _fmt(at and at[1] / 1e6, ",.2f"),
+            )
+        )
     plot_compare([(label, points) for label, _, points, _ in runs], png_path, common)
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
-    text = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                      for i, (c, w) in enumerate(zip(row, widths))) for row in lines]
+    text = [
+        "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths))
+        )
+        for row in lines
+    ]
     return text + [f"MB: bytes sent by the busiest rank; plot: {png_path}"]
 
 
@@ -74,8 +100,11 @@ def cmd_compare(args):
 
 
 def add_compare_command(sub):
-    p = sub.add_parser("compare", help="compare runs: one table and one PNG of validation "
-                                       "accuracy against seconds and bytes sent")
+    p = sub.add_parser(
+        "compare",
+        help="compare runs: one table and one PNG of validation "
+        "accuracy against seconds and bytes sent",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--out", default="compare.png", help="PNG to write (default compare.png)")
     p.set_defaults(func=cmd_compare)

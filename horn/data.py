@@ -38,8 +38,10 @@ IDX_FILES = (
 )
 IDX_HOMES = {"idx": "fashion-mnist", "fashion_mnist": "fashion-mnist", "mnist": "mnist"}
 SYSTEM_DATASETS = Path("/usr/share/datasets")
-GET_FASHION_MNIST = ("get Fashion-MNIST with `apt-get install dataset-fashion-mnist`, "
-                     "or set data.path or HORN_DATA to a directory holding the IDX files")
+GET_FASHION_MNIST = (
+    "get Fashion-MNIST with `apt-get install dataset-fashion-mnist`, "
+    "or set data.path or HORN_DATA to a directory holding the IDX files"
+)
 
 _IDX_DTYPES = {
     0x08: np.dtype(">u1"),
@@ -78,8 +80,9 @@ class Scaler:
         if kind == "standard":
             mean = x.mean(axis=0, dtype=np.float64)
             std = x.std(axis=0, dtype=np.float64)
-            return cls("standard", mean.astype(np.float32),
-                       np.maximum(std, _STD_FLOOR).astype(np.float32))
+            return cls(
+                "standard", mean.astype(np.float32), np.maximum(std, _STD_FLOOR).astype(np.float32)
+            )
         if kind == "none":
             return cls("none", 0.0, 1.0)
         raise HornError(f"data.scale: expected one of {', '.join(SCALE_KINDS)}, found {kind!r}")
@@ -94,8 +97,10 @@ class Scaler:
         with np.errstate(over="ignore", invalid="ignore"):
             out = np.ascontiguousarray((x - self.offset) / self.scale, dtype=np.float32)
         if not np.isfinite(out).all():  # finite input, e.g. +-3e38, can overflow x - mean
-            raise HornError(f"{where}: expected features that stay finite after {self.kind} "
-                            f"scaling, found NaN or Inf (values beyond float32 range)")
+            raise HornError(
+                f"{where}: expected features that stay finite after {self.kind} "
+                f"scaling, found NaN or Inf (values beyond float32 range)"
+            )
         return out
 
 
@@ -189,37 +194,48 @@ def _parse_idx(stream, path, size, compressed):
     dtype = _IDX_DTYPES.get(head[2])
     if dtype is None:
         codes = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
-        raise HornError(f"{path}: expected an IDX dtype code ({codes}) at offset 2, "
-                        f"found 0x{head[2]:02X}")
+        raise HornError(
+            f"{path}: expected an IDX dtype code ({codes}) at offset 2, found 0x{head[2]:02X}"
+        )
     ndim = head[3]
     if ndim == 0:
         raise HornError(f"{path}: expected at least 1 dimension at offset 3, found 0")
     dims_raw = _read_upto(stream, 4 * ndim)
     if len(dims_raw) < 4 * ndim:
-        raise HornError(f"{path}: expected {ndim} dimension sizes (header of {4 + 4 * ndim} "
-                        f"bytes), found a truncated header of {4 + len(dims_raw)} bytes")
+        raise HornError(
+            f"{path}: expected {ndim} dimension sizes (header of {4 + 4 * ndim} "
+            f"bytes), found a truncated header of {4 + len(dims_raw)} bytes"
+        )
     dims = struct.unpack(f">{ndim}I", dims_raw)
     if 0 in dims:
         axis = dims.index(0)
-        raise HornError(f"{path}: expected non-zero dimension sizes, found 0 for axis {axis} "
-                        f"at offset {4 + 4 * axis}")
+        raise HornError(
+            f"{path}: expected non-zero dimension sizes, found 0 for axis {axis} "
+            f"at offset {4 + 4 * axis}"
+        )
     header = 4 + 4 * ndim
     declared = math.prod(dims) * dtype.itemsize
     what = f"{_shape_str(dims)} {dtype.name} ({declared} bytes)"
     if compressed and declared > size * _GZIP_MAX_RATIO:
-        raise HornError(f"{path}: header declares {what}, more than a {size}-byte gzip file "
-                        f"can hold")
+        raise HornError(
+            f"{path}: header declares {what}, more than a {size}-byte gzip file can hold"
+        )
     if not compressed and declared != size - header:
         problem = "truncated payload" if declared > size - header else "trailing bytes"
-        raise HornError(f"{path}: {problem}: header declares {what} but {size - header} bytes "
-                        f"follow the {header}-byte header")
+        raise HornError(
+            f"{path}: {problem}: header declares {what} but {size - header} bytes "
+            f"follow the {header}-byte header"
+        )
     payload = _read_upto(stream, declared)
     if len(payload) < declared:
-        raise HornError(f"{path}: truncated payload: header declares {what} but the data ends "
-                        f"after {len(payload)} bytes")
+        raise HornError(
+            f"{path}: truncated payload: header declares {what} but the data ends "
+            f"after {len(payload)} bytes"
+        )
     if stream.read(1):
-        raise HornError(f"{path}: trailing bytes: expected the data to end after {what}, "
-                        f"found more")
+        raise HornError(
+            f"{path}: trailing bytes: expected the data to end after {what}, found more"
+        )
     return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -245,9 +261,15 @@ def _load_idx(opts, base_dir):
     directory, files = _find_idx_dir(opts, base_dir)
     paths = [_within_root(f, opts.root, base_dir) for f in files]
     x, y, x_test, y_test = (read_idx(p) for p in paths)
-    return _Raw(x, y, x_test, y_test, source=str(directory),
-                train_where=f"{paths[0]} / {paths[1].name}",
-                test_where=f"{paths[2]} / {paths[3].name}")
+    return _Raw(
+        x,
+        y,
+        x_test,
+        y_test,
+        source=str(directory),
+        train_where=f"{paths[0]} / {paths[1].name}",
+        test_where=f"{paths[2]} / {paths[3].name}",
+    )
 
 
 def _find_idx_dir(opts, base_dir):
@@ -268,8 +290,10 @@ def _find_idx_dir(opts, base_dir):
         missing = [f"{n}[.gz]" for n, f in zip(IDX_FILES, files) if f is None]
         reason = "not a directory" if not directory.is_dir() else f"missing {', '.join(missing)}"
         tried.append(f"{directory} ({reason})")
-    raise HornError(f"{opts.name}: expected a directory with the four IDX files, tried "
-                    f"{'; '.join(tried)}; {GET_FASHION_MNIST}")
+    raise HornError(
+        f"{opts.name}: expected a directory with the four IDX files, tried "
+        f"{'; '.join(tried)}; {GET_FASHION_MNIST}"
+    )
 
 
 def _idx_file(directory, name):
@@ -288,8 +312,15 @@ def _load_digits(opts, base_dir):
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    return _Raw(x.reshape(len(x), 8, 8), y, None, None, source="sklearn.datasets.load_digits",
-                train_where="digits", test_where="digits")
+    return _Raw(
+        x.reshape(len(x), 8, 8),
+        y,
+        None,
+        None,
+        source="sklearn.datasets.load_digits",
+        train_where="digits",
+        test_where="digits",
+    )
 
 
 def _load_npz(opts, base_dir):
@@ -299,21 +330,44 @@ def _load_npz(opts, base_dir):
     if "x" not in arrays or "y" not in arrays:
         raise HornError(f"{path}: expected keys 'x' and 'y', found {sorted(arrays) or 'none'}")
     if ("x_test" in arrays) != ("y_test" in arrays):
-        raise HornError(f"{path}: expected both 'x_test' and 'y_test' or neither, "
-                        f"found {sorted(arrays)}")
-    return _Raw(arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test"),
-                source=str(path), train_where=f"{path} [x/y]",
-                test_where=f"{path} [x_test/y_test]")
+        raise HornError(
+            f"{path}: expected both 'x_test' and 'y_test' or neither, found {sorted(arrays)}"
+        )
+    return _Raw(
+        arrays["x"],
+        arrays["y"],
+        arrays.get("x_test"),
+        arrays.get("y_test"),
+        source=str(path),
+        train_where=f"{path} [x/y]",
+        test_where=f"{path} [x_test/y_test]",
+    )
 
 
 # What zipfile and its decompressors raise on a damaged archive (RuntimeError: an
 # encrypted member; NotImplementedError: an unknown compression method).
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError,
-               OSError, ValueError, RuntimeError, NotImplementedError)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    ValueError,
+    RuntimeError,
+    NotImplementedError,
+)
 # What numpy lets escape from a malformed .npy header or payload (its header is parsed
 # with ast.literal_eval and tokenize, so SyntaxError, TypeError and friends get through).
-_NPY_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, MemoryError, SyntaxError,
-               tokenize.TokenError)
+_NPY_ERRORS = (
+    ValueError,
+    TypeError,
+    OverflowError,
+    RecursionError,
+    MemoryError,
+    SyntaxError,
+    tokenize.TokenError,
+)
 
 
 def read_npz(path):
@@ -356,30 +410,40 @@ def _npz_member(archive, info, where):
                 if version not in ((1, 0), (2, 0), (3, 0)):
                     raise ValueError(f"unknown .npy version {version}")
                 # 3.0 differs from 2.0 only in UTF-8 field names: same shape and size
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
                 shape, _, dtype = read_header(member)
             except _NPY_ERRORS as err:
-                raise HornError(f"{where}: expected a valid .npy header, found "
-                                f"{_first_line(err)}") from None
+                raise HornError(
+                    f"{where}: expected a valid .npy header, found {_first_line(err)}"
+                ) from None
             if dtype.hasobject:
-                raise HornError(f"{where}: expected numeric arrays, found an object array; "
-                                f"refusing pickled data")
+                raise HornError(
+                    f"{where}: expected numeric arrays, found an object array; "
+                    f"refusing pickled data"
+                )
             if any(d < 0 for d in shape):
                 raise HornError(f"{where}: expected sizes >= 0, found shape {shape}")
             declared = math.prod(shape) * dtype.itemsize
             if declared > info.file_size:
-                raise HornError(f"{where}: header declares {_shape_str(shape)} {dtype} "
-                                f"({declared} bytes) but the member holds {info.file_size} bytes")
+                raise HornError(
+                    f"{where}: header declares {_shape_str(shape)} {dtype} "
+                    f"({declared} bytes) but the member holds {info.file_size} bytes"
+                )
             member.seek(0)
             try:
                 return np.lib.format.read_array(member, allow_pickle=False)
             except _NPY_ERRORS as err:
-                raise HornError(f"{where}: expected a valid .npy array, found "
-                                f"{_first_line(err)}") from None
+                raise HornError(
+                    f"{where}: expected a valid .npy array, found {_first_line(err)}"
+                ) from None
     except _ZIP_ERRORS as err:
-        raise HornError(f"{where}: expected a valid zip member, found {type(err).__name__}: "
-                        f"{_first_line(err)}") from None
+        raise HornError(
+            f"{where}: expected a valid zip member, found {type(err).__name__}: {_first_line(err)}"
+        ) from None
 
 
 def _first_line(err):
@@ -394,12 +458,22 @@ def _load_csv(opts, base_dir):
     table, lines = _read_csv(path)
     width = table.shape[1]
     if width < 2 or not -width <= opts.label_column < width:
-        raise HornError(f"{path}: expected label_column {opts.label_column} plus at least one "
-                        f"feature column, found {width} columns")
+        raise HornError(
+            f"{path}: expected label_column {opts.label_column} plus at least one "
+            f"feature column, found {width} columns"
+        )
     column = opts.label_column % width
     x = np.delete(table, column, axis=1)
-    return _Raw(x, table[:, column], None, None, source=str(path), train_where=str(path),
-                test_where=str(path), row_name=lambda i: f"line {lines[i]}")
+    return _Raw(
+        x,
+        table[:, column],
+        None,
+        None,
+        source=str(path),
+        train_where=str(path),
+        test_where=str(path),
+        row_name=lambda i: f"line {lines[i]}",
+    )
 
 
 def _read_csv(path):
@@ -419,13 +493,17 @@ def _read_csv(path):
                     if not all(map(_is_number, fields)):
                         continue  # header
                 if len(fields) != width:
-                    raise HornError(f"{path}: line {reader.line_num}: expected {width} fields, "
-                                    f"found {len(fields)}")
+                    raise HornError(
+                        f"{path}: line {reader.line_num}: expected {width} fields, "
+                        f"found {len(fields)}"
+                    )
                 rows.append(_numbers(fields, path, reader.line_num))
                 lines.append(reader.line_num)
     except UnicodeDecodeError as err:
-        raise HornError(f"{path}: expected UTF-8 text, found byte 0x{err.object[err.start]:02x} "
-                        f"at offset {err.start}") from None
+        raise HornError(
+            f"{path}: expected UTF-8 text, found byte 0x{err.object[err.start]:02x} "
+            f"at offset {err.start}"
+        ) from None
     except csv.Error as err:
         raise HornError(f"{path}: line {reader.line_num}: expected CSV, found {err}") from None
     except OSError as err:
@@ -450,12 +528,19 @@ def _numbers(fields, path, line):
         return [float(s) for s in fields]
     except ValueError:
         column = next(i for i, s in enumerate(fields) if not _is_number(s))
-        raise HornError(f"{path}: line {line}: field {column + 1}: expected a number, "
-                        f"found {fields[column]!r}") from None
+        raise HornError(
+            f"{path}: line {line}: field {column + 1}: expected a number, found {fields[column]!r}"
+        ) from None
 
 
-_LOADERS = {"digits": _load_digits, "idx": _load_idx, "fashion_mnist": _load_idx,
-            "mnist": _load_idx, "npz": _load_npz, "csv": _load_csv}
+_LOADERS = {
+    "digits": _load_digits,
+    "idx": _load_idx,
+    "fashion_mnist": _load_idx,
+    "mnist": _load_idx,
+    "npz": _load_npz,
+    "csv": _load_csv,
+}
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -485,14 +570,21 @@ def load_dataset(spec, base_dir=None):
         y_test = _labels(raw.y_test, raw.test_where, len(x_test), lambda i: f"row {i}")
         _check_test(x_test, y_test, x.shape[1], classes, raw.test_where)
     val, train = _split(len(x), opts.val_fraction, opts.seed, "val_fraction")
-    train = train[:opts.limit]
+    train = train[: opts.limit]
     x_train = x[train]
     scaler = Scaler.fit(opts.scale, x_train)
     return Dataset(
-        x_train=scaler.apply(x_train, raw.train_where), y_train=y[train],
-        x_val=scaler.apply(x[val], raw.train_where), y_val=y[val],
-        x_test=scaler.apply(x_test, raw.test_where), y_test=y_test,
-        classes=classes, name=opts.name, source=raw.source, scaler=scaler, sample_shape=shape,
+        x_train=scaler.apply(x_train, raw.train_where),
+        y_train=y[train],
+        x_val=scaler.apply(x[val], raw.train_where),
+        y_val=y[val],
+        x_test=scaler.apply(x_test, raw.test_where),
+        y_test=y_test,
+        classes=classes,
+        name=opts.name,
+        source=raw.source,
+        scaler=scaler,
+        sample_shape=shape,
     )
 
 
@@ -520,10 +612,12 @@ def load_features(path):
     if suffix == ".npz":
         arrays = read_npz(path)
         if "x" not in arrays and len(arrays) != 1:
-            raise HornError(f"{path}: expected key 'x' or a single array, found "
-                            f"{sorted(arrays) or 'no arrays'}")
-        return _features(arrays.get("x", next(iter(arrays.values()), None)), str(path),
-                         lambda i: f"row {i}")
+            raise HornError(
+                f"{path}: expected key 'x' or a single array, found {sorted(arrays) or 'no arrays'}"
+            )
+        return _features(
+            arrays.get("x", next(iter(arrays.values()), None)), str(path), lambda i: f"row {i}"
+        )
     if suffix == ".npy":
         return _features(_read_npy(path), str(path), lambda i: f"row {i}")
     if suffix == ".csv":
@@ -543,10 +637,21 @@ def load_labelled(path, labels=None, label_column=-1):
         return x, _labels(_read_labels(Path(labels)), str(labels), len(x), lambda i: f"row {i}")
     kind = path.suffix.lower().lstrip(".")
     if kind not in ("npz", "csv"):
-        raise HornError(f"{path}: expected an .npz with x and y or a .csv with a label column; "
-                        f"a features file (such as IDX images) needs its labels file named too")
-    opts = _Options(name=kind, path=path, root=None, val_fraction=0.0, test_fraction=0.0,
-                    scale="none", seed=0, limit=None, label_column=label_column)
+        raise HornError(
+            f"{path}: expected an .npz with x and y or a .csv with a label column; "
+            f"a features file (such as IDX images) needs its labels file named too"
+        )
+    opts = _Options(
+        name=kind,
+        path=path,
+        root=None,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        scale="none",
+        seed=0,
+        limit=None,
+        label_column=label_column,
+    )
     raw = _LOADERS[kind](opts, None)
     row_name = raw.row_name or (lambda i: f"row {i}")
     x = _features(raw.x, raw.train_where, row_name)
@@ -564,14 +669,14 @@ def _read_labels(path):
     if suffix == ".npz":
         arrays = read_npz(path)
         if "y" not in arrays and len(arrays) != 1:
-            raise HornError(f"{path}: expected key 'y' or a single array, found "
-                            f"{sorted(arrays) or 'no arrays'}")
+            raise HornError(
+                f"{path}: expected key 'y' or a single array, found {sorted(arrays) or 'no arrays'}"
+            )
         return arrays.get("y", next(iter(arrays.values()), None))
     if suffix == ".csv":
         table, _ = _read_csv(path)
         if table.shape[1] != 1:
-            raise HornError(f"{path}: expected one label per line, found {table.shape[1]} "
-                            f"columns")
+            raise HornError(f"{path}: expected one label per line, found {table.shape[1]} columns")
         return table[:, 0]
     return read_idx(path)
 
@@ -582,12 +687,14 @@ def _read_npy(path):
         array = np.load(path, allow_pickle=False)
     except ValueError as err:
         if "allow_pickle" in str(err):
-            raise HornError(f"{path}: expected a numeric array, found an object array; "
-                            f"refusing pickled data") from None
+            raise HornError(
+                f"{path}: expected a numeric array, found an object array; refusing pickled data"
+            ) from None
         raise HornError(f"{path}: expected a valid .npy file, found {err}") from None
     except Exception as err:  # truncated/garbled files raise various types
-        raise HornError(f"{path}: expected a valid .npy file, found {type(err).__name__}: "
-                        f"{err}") from None
+        raise HornError(
+            f"{path}: expected a valid .npy file, found {type(err).__name__}: {err}"
+        ) from None
     if not isinstance(array, np.ndarray):
         raise HornError(f"{path}: expected a single .npy array, found an .npz archive")
     return array
@@ -602,14 +709,16 @@ def _features(x, where, row_name):
     if x.dtype.kind not in "biuf":
         raise HornError(f"{where}: expected numeric features, found dtype {x.dtype}")
     if x.ndim == 0 or len(x) == 0 or x.size == 0:
-        raise HornError(f"{where}: expected at least one sample with features, "
-                        f"found shape {x.shape}")
+        raise HornError(
+            f"{where}: expected at least one sample with features, found shape {x.shape}"
+        )
     floats = x.dtype.kind == "f"
     x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
     bad = ~np.isfinite(x).all(axis=1) if floats else None  # float64 overflow becomes Inf too
     if floats and bad.any():
-        raise HornError(f"{where}: expected finite features, found NaN or Inf at "
-                        f"{row_name(int(bad.argmax()))}")
+        raise HornError(
+            f"{where}: expected finite features, found NaN or Inf at {row_name(int(bad.argmax()))}"
+        )
     return x
 
 
@@ -631,28 +740,35 @@ def _labels(y, where, n, row_name):
         bad |= y != np.floor(y)
     if bad.any():
         i = int(bad.argmax())
-        raise HornError(f"{where}: expected non-negative integer labels, found {y[i]} "
-                        f"at {row_name(i)}")
+        raise HornError(
+            f"{where}: expected non-negative integer labels, found {y[i]} at {row_name(i)}"
+        )
     return y.astype(np.int64)
 
 
 def _check_test(x_test, y_test, features, classes, where):
     """The test split must fit the model trained on the training split."""
     if x_test.shape[1] != features:
-        raise HornError(f"{where}: expected {features} features per sample like the training "
-                        f"data, found {x_test.shape[1]}")
+        raise HornError(
+            f"{where}: expected {features} features per sample like the training "
+            f"data, found {x_test.shape[1]}"
+        )
     if y_test.max() >= classes:
         i = int(y_test.argmax())
-        raise HornError(f"{where}: expected labels below {classes} (max training label + 1), "
-                        f"found {y_test[i]} at row {i}")
+        raise HornError(
+            f"{where}: expected labels below {classes} (max training label + 1), "
+            f"found {y_test[i]} at row {i}"
+        )
 
 
 def _split(n, fraction, seed, key):
     """Seeded permutation of range(n) cut into (fraction part, rest); rest never empty."""
     cut = round(n * fraction)
     if n - cut < 1 or (key == "test_fraction" and cut < 1):
-        raise HornError(f"data.{key}: {fraction} of {n} samples leaves an empty split; "
-                        f"expected more samples or another fraction")
+        raise HornError(
+            f"data.{key}: {fraction} of {n} samples leaves an empty split; "
+            f"expected more samples or another fraction"
+        )
     order = np.random.default_rng(seed).permutation(n)
     return order[:cut], order[cut:]
 
@@ -672,16 +788,20 @@ def _options(spec):
     if name not in DATASET_NAMES:
         raise HornError(f"data.name: expected one of {', '.join(DATASET_NAMES)}, found {name!r}")
     opts = _Options(
-        name=name, path=get("path"), root=get("root"),
+        name=name,
+        path=get("path"),
+        root=get("root"),
         val_fraction=_number(value("val_fraction", 0.1), "val_fraction", 0.0, True),
         test_fraction=_number(value("test_fraction", 0.2), "test_fraction", 0.0, False),
-        scale=value("scale", "unit"), seed=_integer(value("seed", 0), "seed", None),
+        scale=value("scale", "unit"),
+        seed=_integer(value("seed", 0), "seed", None),
         limit=None if get("limit") is None else _integer(get("limit"), "limit", 1),
         label_column=_integer(value("label_column", -1), "label_column", None),
     )
     if opts.scale not in SCALE_KINDS:
-        raise HornError(f"data.scale: expected one of {', '.join(SCALE_KINDS)}, "
-                        f"found {opts.scale!r}")
+        raise HornError(
+            f"data.scale: expected one of {', '.join(SCALE_KINDS)}, found {opts.scale!r}"
+        )
     for key in ("path", "root"):
         found = getattr(opts, key)
         if found is not None and not isinstance(found, (str, os.PathLike)):
@@ -700,8 +820,11 @@ def _number(found, key, low, low_inclusive):
 
 def _integer(found, key, low):
     """An int (numpy ints too, never bools), at least ``low`` when given."""
-    if isinstance(found, bool) or not isinstance(found, (int, np.integer)) or (
-            low is not None and found < low):
+    if (
+        isinstance(found, bool)
+        or not isinstance(found, (int, np.integer))
+        or (low is not None and found < low)
+    ):
         floor = f" >= {low}" if low is not None else ""
         raise HornError(f"data.{key}: expected an integer{floor}, found {found!r}")
     return int(found)

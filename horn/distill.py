@@ -41,8 +41,10 @@ class DistillLoss(Loss):
         hard_rows = 0 if labels is None else len(labels)
         soft_rows = 0 if soft is None else len(soft)
         if hard_rows + soft_rows != n and not hard_rows == soft_rows == n:
-            raise ValueError(f"distillation targets cover {hard_rows} labeled and {soft_rows} "
-                             f"soft rows of a batch of {n}: they must split it or both cover it")
+            raise ValueError(
+                f"distillation targets cover {hard_rows} labeled and {soft_rows} "
+                f"soft rows of a batch of {n}: they must split it or both cover it"
+            )
         self.grad = self.buffer("grad", x.shape)
         a, t = self.alpha, self.temperature
         value = 0.0
@@ -70,10 +72,10 @@ def soft_outputs(model, x, temperature, out, batch_size=2048):
     backend = model.backend
     probs = model.xp.empty((min(batch_size, max(len(x), 1)), model.out_features), model.dtype)
     for lo in range(0, len(x), batch_size):
-        xb = backend.asarray(np.ascontiguousarray(x[lo:lo + batch_size], model.dtype))
-        part = probs[:len(xb)]
+        xb = backend.asarray(np.ascontiguousarray(x[lo : lo + batch_size], model.dtype))
+        part = probs[: len(xb)]
         backend.softmax(model.forward(xb, train=False), part, temperature)
-        out[lo:lo + len(xb)] = backend.to_host(part)
+        out[lo : lo + len(xb)] = backend.to_host(part)
     return out
 
 
@@ -90,7 +92,7 @@ class _Cycle:
             if self.position == self.n:
                 self.order, self.position = self.rng.permutation(self.n), 0
             m = min(k, self.n - self.position)
-            parts.append(self.order[self.position:self.position + m])
+            parts.append(self.order[self.position : self.position + m])
             self.position, k = self.position + m, k - m
         return np.concatenate(parts)
 
@@ -134,9 +136,11 @@ def distill(model, optimizer, loss, batches, steps, lr):
             x, targets = batches.next()
             last = model.train_step(x, targets)
             if not math.isfinite(last):
-                raise DivergenceError(f"distillation diverged at step {step}: loss is {last}; "
-                                      f"first non-finite value: {model.first_nonfinite()} "
-                                      f"(lower parallel.ensemble.distill_lr)")
+                raise DivergenceError(
+                    f"distillation diverged at step {step}: loss is {last}; "
+                    f"first non-finite value: {model.first_nonfinite()} "
+                    f"(lower parallel.ensemble.distill_lr)"
+                )
             first = last if step == 0 else first
             optimizer.step(schedule(step))
     return first, last

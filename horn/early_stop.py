@@ -32,8 +32,11 @@ class BestTracker:
         return self.patience is not None and self.waited >= self.patience
 
     def state(self):
-        return {"best": self.best if self.best_epoch is not None else None,
-                "best_epoch": self.best_epoch, "waited": self.waited}
+        return {
+            "best": self.best if self.best_epoch is not None else None,
+            "best_epoch": self.best_epoch,
+            "waited": self.waited,
+        }
 
     def restore(self, state):
         if state:

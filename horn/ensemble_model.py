@@ -5,13 +5,13 @@ One .npz holds every member (``member<i>/param/...``) and a JSON header; like a
 model file it is never unpickled.
 """
 
-
 import numpy as np
 
 from horn.accuracy import accuracy
 from horn.errors import HornError
+from horn.model import FORMAT as MODEL_FORMAT
+from horn.model import Model, read_npz
 from horn.npz_header import header_array, read_header
-from horn.model import FORMAT as MODEL_FORMAT, Model, read_npz
 
 FORMAT = "horn-ensemble-1"
 
@@ -50,10 +50,17 @@ class Ensemble:
 
     def save(self, path, meta=None):
         """One .npz: every member's named parameters plus a JSON header (spec, weights)."""
-        header = {"format": FORMAT, "spec": self.members[0].spec(),
-                  "weights": self.weights.tolist(), "meta": meta or {}}
-        arrays = {f"member{i}/{k}": v for i, m in enumerate(self.members)
-                  for k, v in m.state_arrays().items()}
+        header = {
+            "format": FORMAT,
+            "spec": self.members[0].spec(),
+            "weights": self.weights.tolist(),
+            "meta": meta or {},
+        }
+        arrays = {
+            f"member{i}/{k}": v
+            for i, m in enumerate(self.members)
+            for k, v in m.state_arrays().items()
+        }
         arrays["__header__"] = header_array(header)
         np.savez(path, **arrays)
 
@@ -65,18 +72,27 @@ def load_predictor(path, backend="numpy"):
     fmt = header["format"]
     if fmt != FORMAT:
         if fmt != MODEL_FORMAT:
-            raise HornError(f"{path}: expected format {MODEL_FORMAT!r} or {FORMAT!r}, "
-                            f"found {fmt!r}")
+            raise HornError(
+                f"{path}: expected format {MODEL_FORMAT!r} or {FORMAT!r}, found {fmt!r}"
+            )
         return Model.load(path, backend)
     weights, meta = header.get("weights"), header.get("meta", {})
-    if not (isinstance(weights, list) and weights and all(
+    if not (
+        isinstance(weights, list)
+        and weights
+        and all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf")
-            for w in weights)):
-        raise HornError(f"{path}: expected the ensemble's weights to be a non-empty list of "
-                        f"positive numbers, found {type(weights).__name__} {str(weights)[:40]}")
+            for w in weights
+        )
+    ):
+        raise HornError(
+            f"{path}: expected the ensemble's weights to be a non-empty list of "
+            f"positive numbers, found {type(weights).__name__} {str(weights)[:40]}"
+        )
     if not isinstance(meta, dict):
-        raise HornError(f"{path}: expected the header's meta to be a table, found "
-                        f"{type(meta).__name__}")
+        raise HornError(
+            f"{path}: expected the header's meta to be a table, found {type(meta).__name__}"
+        )
     members = []
     try:
         for i in range(len(weights)):
@@ -85,8 +101,10 @@ def load_predictor(path, backend="numpy"):
             except HornError as exc:  # name the file, as Model.load does
                 raise HornError(f"{path}: {exc}") from None
             prefix = f"member{i}/"
-            member.load_arrays({k[len(prefix):]: v for k, v in arrays.items()
-                                if k.startswith(prefix)}, f"{path} (member {i})")
+            member.load_arrays(
+                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)},
+                f"{path} (member {i})",
+            )
             members.append(member)
     except (KeyError, TypeError) as exc:
         raise HornError(f"{path}: malformed ensemble header: {exc}") from None

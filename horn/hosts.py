@@ -27,8 +27,10 @@ def check_hostfile(path):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise HornError(f"{path}:{line}: expected UTF-8 text, found byte 0x{raw[exc.start]:02x}") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise HornError(
+            f"{path}:{line}: expected UTF-8 text, found byte 0x{raw[exc.start]:02x}"
+        ) from None
     return parse_hosts(text, str(path))
 
 
@@ -43,11 +45,15 @@ def parse_hosts(text, filename):
         name, slots = _parse_line(words, where)
         key = name.lower()
         if key in first_line:
-            raise HornError(f"{where}: duplicate host '{name}' (first listed on line {first_line[key]})")
+            raise HornError(
+                f"{where}: duplicate host '{name}' (first listed on line {first_line[key]})"
+            )
         first_line[key] = number
         hosts.append((name, slots))
     if not hosts:
-        raise HornError(f"{filename}: no hosts found; expected lines like 'node1 slots=4' or 'node1:4'")
+        raise HornError(
+            f"{filename}: no hosts found; expected lines like 'node1 slots=4' or 'node1:4'"
+        )
     return hosts, sum(slots for _, slots in hosts)
 
 
@@ -55,8 +61,10 @@ def _parse_line(words, where):
     head, options = words[0], words[1:]
     if ":" in head:
         if options:
-            raise HornError(f"{where}: expected 'HOST:SLOTS' alone (MPICH syntax) or "
-                            f"'HOST slots=N' (Open MPI syntax), found both in '{' '.join(words)}'")
+            raise HornError(
+                f"{where}: expected 'HOST:SLOTS' alone (MPICH syntax) or "
+                f"'HOST slots=N' (Open MPI syntax), found both in '{' '.join(words)}'"
+            )
         name, _, count = head.partition(":")
         _check_host(name, where)
         return name, _positive(count, "slots (after ':')", where)
@@ -65,10 +73,14 @@ def _parse_line(words, where):
     for option in options:
         key, eq, value = option.partition("=")
         if not eq:
-            raise HornError(f"{where}: expected KEY=VALUE such as slots=4 after host '{head}', found '{option}'")
+            raise HornError(
+                f"{where}: expected KEY=VALUE such as slots=4 after host '{head}', found '{option}'"
+            )
         if key not in _KEYS:
-            raise HornError(f"{where}: unknown key '{key}'{did_you_mean(key, _KEYS)} (expected "
-                            f"one of: {', '.join(_KEYS)})")
+            raise HornError(
+                f"{where}: unknown key '{key}'{did_you_mean(key, _KEYS)} (expected "
+                f"one of: {', '.join(_KEYS)})"
+            )
         if key in values:
             raise HornError(f"{where}: key '{key}' given twice for host '{head}'")
         values[key] = _positive(value, key, where)
@@ -88,11 +100,15 @@ def _check_host(name, where):
             raise HornError(f"{where}: invalid IPv4 address '{name}'") from None
         return
     if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise HornError(f"{where}: invalid host name '{name}' (expected letters, digits, '-' and "
-                        f"'.'-separated labels of 1-63 characters, or an IPv4 address)")
+        raise HornError(
+            f"{where}: invalid host name '{name}' (expected letters, digits, '-' and "
+            f"'.'-separated labels of 1-63 characters, or an IPv4 address)"
+        )
 
 
 def _positive(text, what, where):
     if not re.fullmatch(r"[0-9]{1,7}", text) or not 0 < int(text) <= _MAX_SLOTS:
-        raise HornError(f"{where}: {what} must be a positive integer (at most {_MAX_SLOTS}), found '{text}'")
+        raise HornError(
+            f"{where}: {what} must be a positive integer (at most {_MAX_SLOTS}), found '{text}'"
+        )
     return int(text)

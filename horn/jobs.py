@@ -18,12 +18,29 @@ from horn.errors import HornError
 from horn.suggest import did_you_mean
 
 
-def opt(default, kind, choices=None, lo=None, hi=None, lo_open=False, hi_open=False,
-        nullable=False, path=False):
+def opt(
+    default,
+    kind,
+    choices=None,
+    lo=None,
+    hi=None,
+    lo_open=False,
+    hi_open=False,
+    nullable=False,
+    path=False,
+):
     """A job key: its default, type and allowed values (checked by :func:`_convert`);
     ``path``: a file name, relative to the job file's directory."""
-    meta = dict(kind=kind, choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open,
-                nullable=nullable, path=path)
+    meta = dict(
+        kind=kind,
+        choices=choices,
+        lo=lo,
+        hi=hi,
+        lo_open=lo_open,
+        hi_open=hi_open,
+        nullable=nullable,
+        path=path,
+    )
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -80,6 +97,7 @@ class TrainSection:
 class EarlyStopSection:
     """``train.early_stop``: stop once validation accuracy has not risen by more than
     ``min_delta`` for ``patience`` evaluations in a row (an empty table: never stop)."""
+
     patience: int = opt(5, int, lo=1)
     min_delta: float = opt(0.0, float, lo=0.0, hi=1.0)
 
@@ -117,8 +135,14 @@ class LogSection:
     plot: bool = opt(True, bool)
 
 
-SECTIONS = {"data": DataSection, "model": ModelSection, "train": TrainSection,
-            "parallel": ParallelSection, "checkpoint": CheckpointSection, "log": LogSection}
+SECTIONS = {
+    "data": DataSection,
+    "model": ModelSection,
+    "train": TrainSection,
+    "parallel": ParallelSection,
+    "checkpoint": CheckpointSection,
+    "log": LogSection,
+}
 TOP_LEVEL = ("name", "description")
 
 
@@ -174,7 +198,7 @@ def load_job(path, overrides=()):
         raise HornError(f"{path}: no such job file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise HornError(f"{path}: cannot read job file: {exc}") from None
-    kind = path.suffix.lstrip('.') or 'TOML'
+    kind = path.suffix.lstrip(".") or "TOML"
     try:
         doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except ValueError as exc:  # TOMLDecodeError, JSONDecodeError, or an integer over 4300 digits
@@ -209,7 +233,7 @@ def apply_override(doc, item):
             path.append(part)
             node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
-            raise HornError(f"--set {item!r}: {'.'.join(parts[:i + 1])!r} is not a table")
+            raise HornError(f"--set {item!r}: {'.'.join(parts[: i + 1])!r} is not a table")
     if isinstance(node, list):
         path.append(str(_index(node, parts[-1], item)))
         node[int(path[-1])] = value
@@ -237,7 +261,11 @@ def _line_of(text, section, key):
             continue
         if current == section and re.match(rf"\s*{re.escape(key or '')}\s*=", line):
             return number
-        if section and current is None and re.match(rf"\s*{re.escape(section)}\.{re.escape(key or '')}\s*=", line):
+        if (
+            section
+            and current is None
+            and re.match(rf"\s*{re.escape(section)}\.{re.escape(key or '')}\s*=", line)
+        ):
             return number
     return None
 
@@ -269,8 +297,15 @@ def _shown(key):
 
 def _describe(meta):
     kind = meta["kind"]
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "a table", (int, list): "an integer or a list of them"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+        (int, list): "an integer or a list of them",
+    }
     base = names.get(kind, "a string or a table")
     if meta["choices"]:
         base = "one of " + ", ".join(repr(c) for c in meta["choices"])
@@ -298,8 +333,12 @@ def _convert(value, meta, where):
         raise HornError(f"{where()}: expected {_describe(meta)}, found {value!r}")
     if kind in (int, float):
         lo, hi = meta["lo"], meta["hi"]
-        if value != value or value in (float("inf"), float("-inf")) or (lo is not None and (value < lo or (meta["lo_open"] and value == lo))) \
-                or (hi is not None and (value > hi or (meta["hi_open"] and value == hi))):
+        if (
+            value != value
+            or value in (float("inf"), float("-inf"))
+            or (lo is not None and (value < lo or (meta["lo_open"] and value == lo)))
+            or (hi is not None and (value > hi or (meta["hi_open"] and value == hi)))
+        ):
             raise HornError(f"{where()}: expected {_describe(meta)}, found {value!r}")
     return value
 
@@ -311,19 +350,24 @@ def key_fields(cls):
 
 def _section(cls, table, source, text, name, moved=None, overrides=()):
     if not isinstance(table, dict):
-        raise HornError(f"{_where(source, text, None, name, overrides)}: expected a table, "
-                        f"found {table!r}")
+        raise HornError(
+            f"{_where(source, text, None, name, overrides)}: expected a table, found {table!r}"
+        )
     fields = {f.name: f for f in key_fields(cls)}
     values = {}
     for key, value in table.items():
         if moved and key in moved:
-            raise HornError(f"{_where(source, text, name, key, overrides)}: moved; set it as "
-                            f"{moved[key]}")
+            raise HornError(
+                f"{_where(source, text, name, key, overrides)}: moved; set it as {moved[key]}"
+            )
         if key not in fields:
-            raise HornError(f"{_where(source, text, name, key, overrides)}: unknown key"
-                            f"{did_you_mean(key, fields)}; known: {', '.join(fields)}")
-        values[key] = _convert(value, fields[key].metadata,
-                               lambda key=key: _where(source, text, name, key, overrides))
+            raise HornError(
+                f"{_where(source, text, name, key, overrides)}: unknown key"
+                f"{did_you_mean(key, fields)}; known: {', '.join(fields)}"
+            )
+        values[key] = _convert(
+            value, fields[key].metadata, lambda key=key: _where(source, text, name, key, overrides)
+        )
     return cls(**values)
 
 
@@ -339,15 +383,24 @@ def _parallel(table, source, text, overrides=()):
     known = strategies()
     flat = {k: v for k, v in table.items() if k not in known}
     section = _section(ParallelSection, flat, source, text, "parallel", moved_keys(), overrides)
-    settings = {name: _section(s.settings, table.get(name, {}), source, text, f"parallel.{name}",
-                               overrides=overrides)
-                for name, s in known.items()}
+    settings = {
+        name: _section(
+            s.settings, table.get(name, {}), source, text, f"parallel.{name}", overrides=overrides
+        )
+        for name, s in known.items()
+    }
     group_strategy(section.barrier, where("parallel", "barrier"))
     for name, strategy in known.items():
-        if strategy.scope == "group" and name != section.barrier and name in table \
-                and settings[name] != strategy.settings():
-            raise HornError(f"{where(None, f'parallel.{name}')}: applies only to "
-                            f"barrier = {name!r}, found barrier = {section.barrier!r}")
+        if (
+            strategy.scope == "group"
+            and name != section.barrier
+            and name in table
+            and settings[name] != strategy.settings()
+        ):
+            raise HornError(
+                f"{where(None, f'parallel.{name}')}: applies only to "
+                f"barrier = {name!r}, found barrier = {section.barrier!r}"
+            )
     section = dataclasses.replace(section, settings=settings)
     for name in (section.barrier, next(n for n, s in known.items() if s.scope == "worker")):
         settings[name].check(section, lambda key, table=name: where(f"parallel.{table}", key))
@@ -359,20 +412,32 @@ def job_from_dict(doc, source="<job>", text="", default_name="job", overrides=()
     pairs of the ``--set`` items applied to it (errors about those keys name them)."""
     for key in doc:
         if key not in SECTIONS and key not in TOP_LEVEL:
-            raise HornError(f"{_where(source, text, None, key, overrides)}: unknown section or "
-                            f"key{did_you_mean(key, list(SECTIONS) + list(TOP_LEVEL))}; "
-                            f"known: {', '.join(list(SECTIONS) + list(TOP_LEVEL))}")
-    sections = {name: _section(cls, doc.get(name, {}), source, text, name, overrides=overrides)
-                for name, cls in SECTIONS.items() if name != "parallel"}
+            raise HornError(
+                f"{_where(source, text, None, key, overrides)}: unknown section or "
+                f"key{did_you_mean(key, list(SECTIONS) + list(TOP_LEVEL))}; "
+                f"known: {', '.join(list(SECTIONS) + list(TOP_LEVEL))}"
+            )
+    sections = {
+        name: _section(cls, doc.get(name, {}), source, text, name, overrides=overrides)
+        for name, cls in SECTIONS.items()
+        if name != "parallel"
+    }
     sections["parallel"] = _parallel(doc.get("parallel", {}), source, text, overrides)
     name = doc.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[\w.\-]{1,64}", name):
-        raise HornError(f"{_where(source, text, None, 'name', overrides)}: expected a short "
-                        f"name of letters, "
-                        f"digits, '-', '_' or '.', found {name!r}")
+        raise HornError(
+            f"{_where(source, text, None, 'name', overrides)}: expected a short "
+            f"name of letters, "
+            f"digits, '-', '_' or '.', found {name!r}"
+        )
     sections["train"] = _with_early_stop(sections["train"], source, text, overrides)
-    job = Job(name=name, description=str(doc.get("description", "")), source=source,
-              overrides=tuple(overrides), **sections)
+    job = Job(
+        name=name,
+        description=str(doc.get("description", "")),
+        source=source,
+        overrides=tuple(overrides),
+        **sections,
+    )
     _check_model(job, text)
     _check_parallel(job, text)
     return job
@@ -382,8 +447,9 @@ def _with_early_stop(train, source, text, overrides=()):
     """``train`` with its early_stop table checked and its defaults filled in."""
     if not train.early_stop:
         return train
-    table = _section(EarlyStopSection, train.early_stop, source, text, "train.early_stop",
-                     overrides=overrides)
+    table = _section(
+        EarlyStopSection, train.early_stop, source, text, "train.early_stop", overrides=overrides
+    )
     return dataclasses.replace(train, early_stop=dataclasses.asdict(table))
 
 
@@ -398,29 +464,38 @@ def _check_model(job, text):
     from horn.registry import import_modules
 
     if job.model.imports:  # imported first: the layers below may be theirs
-        import_modules(job.model.imports, job.base_dir,
-                       _where(job.source, text, "model", "imports"))
+        import_modules(
+            job.model.imports, job.base_dir, _where(job.source, text, "model", "imports")
+        )
     layers = job.model.layers
     if not layers:
-        raise HornError(f"{_where(job.source, text, 'model', 'layers', job.overrides)}: expected "
-                        f"a non-empty list of layer tables, found {layers!r}")
+        raise HornError(
+            f"{_where(job.source, text, 'model', 'layers', job.overrides)}: expected "
+            f"a non-empty list of layer tables, found {layers!r}"
+        )
     for i, spec in enumerate(layers):
         layer_from_spec(spec, f"{job.locate('model', 'layers', i)}: model.layers[{i}]")
     loss = job.model.loss
-    layer_from_spec({"type": loss} if isinstance(loss, str) else loss,
-                    f"{job.locate('model', 'loss')}: model.loss")
+    layer_from_spec(
+        {"type": loss} if isinstance(loss, str) else loss,
+        f"{job.locate('model', 'loss')}: model.loss",
+    )
     inputs = job.model.inputs
     if inputs is not None and as_shape(inputs) is None:
-        raise HornError(f"{_where(job.source, text, 'model', 'inputs', job.overrides)}: expected "
-                        f"a positive integer or a list of them (a sample shape such as "
-                        f"[1, 28, 28]), found {inputs!r}")
+        raise HornError(
+            f"{_where(job.source, text, 'model', 'inputs', job.overrides)}: expected "
+            f"a positive integer or a list of them (a sample shape such as "
+            f"[1, 28, 28]), found {inputs!r}"
+        )
 
 
 def _check_parallel(job, text):
     p = job.parallel
     if p.shard != "dirichlet" and p.shard_alpha != ParallelSection.shard_alpha:
-        raise HornError(f"{_where(job.source, text, 'parallel', 'shard_alpha', job.overrides)}: "
-                        f"applies only to shard = 'dirichlet', found shard = {p.shard!r}")
+        raise HornError(
+            f"{_where(job.source, text, 'parallel', 'shard_alpha', job.overrides)}: "
+            f"applies only to shard = 'dirichlet', found shard = {p.shard!r}"
+        )
 
 
 def loss_spec(job):
@@ -432,8 +507,11 @@ def model_spec(job, in_features):
     """The model spec of ``job`` for samples of shape ``in_features`` (int or tuple)."""
     if not isinstance(in_features, int):
         in_features = list(in_features)
-    return {"in_features": in_features, "layers": [dict(s) for s in job.model.layers],
-            "loss": loss_spec(job)}
+    return {
+        "in_features": in_features,
+        "layers": [dict(s) for s in job.model.layers],
+        "loss": loss_spec(job),
+    }
 
 
 def write_resolved(job, path):
@@ -442,11 +520,15 @@ def write_resolved(job, path):
     from horn.registry import located
 
     doc = job.to_dict()
-    doc["model"]["imports"] = [found for entry in job.model.imports
-                               for found in located(entry, job.base_dir)]
+    doc["model"]["imports"] = [
+        found for entry in job.model.imports for found in located(entry, job.base_dir)
+    ]
     tables = [(doc[name], getattr(job, name)) for name in SECTIONS]
-    tables += [(doc["parallel"][name], s) for name, s in job.parallel.settings.items()
-               if name in doc["parallel"]]
+    tables += [
+        (doc["parallel"][name], s)
+        for name, s in job.parallel.settings.items()
+        if name in doc["parallel"]
+    ]
     for table, section in tables:
         for f in dataclasses.fields(section):
             value = table.get(f.name)

@@ -38,6 +38,7 @@ _POLL_S = 0.2
 
 # ---- rank side ---------------------------------------------------------------------
 
+
 def _report_dir():
     value = os.environ.get(ENV)
     return Path(value) if value else None
@@ -54,8 +55,10 @@ def report_start(rank, size, host):
     directory = _report_dir()
     if directory is None:
         return
-    _write(directory / f"start-{rank}.json",
-           json.dumps({"rank": rank, "size": size, "host": host, "pid": os.getpid()}))
+    _write(
+        directory / f"start-{rank}.json",
+        json.dumps({"rank": rank, "size": size, "host": host, "pid": os.getpid()}),
+    )
     atexit.register(lambda: _write(directory / f"done-{rank}", ""))
 
 
@@ -70,6 +73,7 @@ def report_abort(rank, line, code):
 
 
 # ---- launcher side -----------------------------------------------------------------
+
 
 class Launch:
     """One mpirun job whose ranks report their start and clean finish.
@@ -125,13 +129,19 @@ class Launch:
         lost = [r for r in range(size) if r not in done]
         aborts = [json.loads(p.read_text()) for p in sorted(self.dir.glob("abort-*.json"))]
         if killed:
-            print(f"horn: mpirun did not end the job {ABORT_GRACE_S:.0f} s after a rank "
-                  f"aborted it; killed it ({aborts[0]['line']})", file=sys.stderr, flush=True)
+            print(
+                f"horn: mpirun did not end the job {ABORT_GRACE_S:.0f} s after a rank "
+                f"aborted it; killed it ({aborts[0]['line']})",
+                file=sys.stderr,
+                flush=True,
+            )
             return aborts[0]["code"] or 1
         if not lost and size or not size and not self.require_reports:
             return returncode
         if not size:
-            what = "no rank reported a start (not a horn program, or mpirun lacks -x HORN_REPORT_DIR)"
+            what = (
+                "no rank reported a start (not a horn program, or mpirun lacks -x HORN_REPORT_DIR)"
+            )
         else:
             what = f"{describe_ranks(lost, {r: s['host'] for r, s in starts.items()})} never finished cleanly (lost host, killed or cut off)"
         if returncode == 0:
@@ -146,10 +156,12 @@ def describe_ranks(ranks, host_of):
     (``host_of[r]``, or missing for a rank that never started)."""
     by_host = {}
     for r in ranks:
-        host = host_of[r] if r in host_of else None
+        host = host_of.get(r)
         by_host.setdefault(host, []).append(str(r))
-    parts = [f"{', '.join(rs)} ({'never started' if h is None else 'host ' + h})"
-             for h, rs in by_host.items()]
+    parts = [
+        f"{', '.join(rs)} ({'never started' if h is None else 'host ' + h})"
+        for h, rs in by_host.items()
+    ]
     return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(parts)}"
 
 
@@ -187,11 +199,21 @@ def job_argv(hostfile, ranks, run_args, oversubscribe=False, mpirun=None):
         raise HornError(f"horn launch: -n must be at least 1, found {ranks}")
     hosts, slots = check_hostfile(hostfile)
     if ranks > slots and not oversubscribe:
-        raise HornError(f"horn launch: -n {ranks} is more than the {slots} slot(s) of "
-                        f"{hostfile} ({len(hosts)} host(s)); add slots, lower -n, or pass "
-                        f"--oversubscribe")
-    argv = [mpirun or mpirun_path(), *Launch.options, "--hostfile", str(hostfile),
-            "-n", str(ranks), "--bind-to", "none"]
+        raise HornError(
+            f"horn launch: -n {ranks} is more than the {slots} slot(s) of "
+            f"{hostfile} ({len(hosts)} host(s)); add slots, lower -n, or pass "
+            f"--oversubscribe"
+        )
+    argv = [
+        mpirun or mpirun_path(),
+        *Launch.options,
+        "--hostfile",
+        str(hostfile),
+        "-n",
+        str(ranks),
+        "--bind-to",
+        "none",
+    ]
     if oversubscribe:
         argv.append("--oversubscribe")
     env = dict(os.environ)

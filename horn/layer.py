@@ -39,8 +39,13 @@ def as_shape(shape):
     axes; ``None`` when ``shape`` is neither (non-positive sizes included)."""
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         return int(shape) if shape > 0 else None
-    if not isinstance(shape, (tuple, list)) or not shape or not all(
-            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape):
+    if (
+        not isinstance(shape, (tuple, list))
+        or not shape
+        or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape
+        )
+    ):
         return None
     return int(shape[0]) if len(shape) == 1 else tuple(int(d) for d in shape)
 
@@ -94,8 +99,9 @@ class Layer:
         bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
         check_options(cls, bound.arguments)  # typed options: before the constructor coerces
         bound.apply_defaults()
-        obj._config = {k: v for k, v in list(bound.arguments.items())[1:]
-                       if k not in ("args", "kwargs")}
+        obj._config = {
+            k: v for k, v in list(bound.arguments.items())[1:] if k not in ("args", "kwargs")
+        }
         obj._specs, obj._buffers = [], {}
         obj.params, obj.grads = {}, {}
         obj.xp = obj.ops = obj._keys = None
@@ -198,8 +204,10 @@ class Layer:
         return dict(self._config)
 
     def spec(self):
-        return {"type": self.type_name or f"{type(self).__module__}:{type(self).__qualname__}",
-                **self.config}
+        return {
+            "type": self.type_name or f"{type(self).__module__}:{type(self).__qualname__}",
+            **self.config,
+        }
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())

@@ -52,11 +52,14 @@ class Estimate:
         return self.rank_bytes * self.ranks
 
     def text(self):
-        parts = " + ".join(f"{name} x{count}" if count != 1 else name
-                           for name, count in self.buffers.items())
+        parts = " + ".join(
+            f"{name} x{count}" if count != 1 else name for name, count in self.buffers.items()
+        )
         per = f" x {self.ranks} ranks on this host" if self.ranks > 1 else ""
-        return (f"{_gib(self.host_bytes)} ({self.parameters:,} parameters as {parts}, "
-                f"{_gib(self.activation_bytes)} of activations{per})")
+        return (
+            f"{_gib(self.host_bytes)} ({self.parameters:,} parameters as {parts}, "
+            f"{_gib(self.activation_bytes)} of activations{per})"
+        )
 
 
 def parameter_buffers(job):
@@ -108,7 +111,9 @@ def check_fits(need, where, available=None):
     available bytes (None: unknown, not checked)."""
     available = available_bytes() if available is None else available
     if available is not None and need.host_bytes > available:
-        raise HornError(f"{where}: the model does not fit in memory: it needs about "
-                        f"{need.text()}, {_gib(available)} is available; make it smaller "
-                        f"(fewer units or layers, a smaller train.batch_size)")
+        raise HornError(
+            f"{where}: the model does not fit in memory: it needs about "
+            f"{need.text()}, {_gib(available)} is available; make it smaller "
+            f"(fewer units or layers, a smaller train.batch_size)"
+        )
     return available

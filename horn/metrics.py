@@ -19,7 +19,7 @@ class MetricsLog:
         self.path = path
         self.file = open(path, "a") if path else None
         if self.file and truncate_to is not None:  # a resumed run drops what came after
-            self.file.truncate(truncate_to)       # its checkpoint
+            self.file.truncate(truncate_to)  # its checkpoint
             self.file.seek(truncate_to)
 
     def tell(self):
@@ -39,9 +39,11 @@ class MetricsLog:
 def progress_line(record, total_epochs):
     val = record.get("val_accuracy")
     val_text = "  val_acc n/a" if val is None or math.isnan(val) else f"  val_acc {val:.4f}"
-    return (f"epoch {record['epoch']:>3}/{total_epochs}  loss {record['loss']:.4f}  "
-            f"train_acc {record['train_accuracy']:.4f}{val_text}  "
-            f"{record['samples_per_s']:,.0f} samples/s  {record['time_s']:.1f}s")
+    return (
+        f"epoch {record['epoch']:>3}/{total_epochs}  loss {record['loss']:.4f}  "
+        f"train_acc {record['train_accuracy']:.4f}{val_text}  "
+        f"{record['samples_per_s']:,.0f} samples/s  {record['time_s']:.1f}s"
+    )
 
 
 def print_progress(text, enabled=True):
@@ -71,10 +73,17 @@ class EpochProgress:
             from tqdm import tqdm
 
             size = shutil.get_terminal_size()  # 80 x 24 where a terminal reports 0 x 0
-            self.bar = tqdm(total=self.per_epoch, initial=position - 1, unit="step",
-                            desc=f"epoch {epoch}/{self.total_epochs}", file=sys.stdout,
-                            leave=False, disable=False,  # our own TTY check above
-                            ncols=size.columns, nrows=size.lines)
+            self.bar = tqdm(
+                total=self.per_epoch,
+                initial=position - 1,
+                unit="step",
+                desc=f"epoch {epoch}/{self.total_epochs}",
+                file=sys.stdout,
+                leave=False,
+                disable=False,  # our own TTY check above
+                ncols=size.columns,
+                nrows=size.lines,
+            )
         self.bar.update(1)
 
     def close(self):
@@ -87,9 +96,13 @@ def record_kind(record):
     """A record's kind; also for runs written before records carried one."""
     if "kind" in record:
         return record["kind"]
-    for key, kind in (("final", "final"), ("superstep", "superstep"),
-                      ("partition_sizes", "partition"), ("ensemble_barrier", "barrier"),
-                      ("epoch", "epoch")):
+    for key, kind in (
+        ("final", "final"),
+        ("superstep", "superstep"),
+        ("partition_sizes", "partition"),
+        ("ensemble_barrier", "barrier"),
+        ("epoch", "epoch"),
+    ):
         if key in record:
             return kind
     return None

@@ -15,9 +15,9 @@ import numpy as np
 from horn.accuracy import accuracy
 from horn.backends import Backend, get_backend
 from horn.errors import HornError
-from horn.npz_header import header_array, read_header
 from horn.initializers import INITIALIZERS, initialize
 from horn.layer import Layer, Loss, as_shape, batch_shape, mix64, shape_size
+from horn.npz_header import header_array, read_header
 from horn.registry import class_path, is_builtin, resolve
 
 ALIGN = 16  # elements: every view starts on a 64-byte boundary for aligned SIMD loads
@@ -41,12 +41,15 @@ def layer_from_spec(spec, where="layer", classes=None):
     for key, value in options.items():
         bad = _not_plain(value)
         if bad is not None:  # specs are saved as JSON: dates, NaN or Inf cannot round-trip
-            raise HornError(f"{where}: option {key!r} for layer {spec['type']!r}: expected "
-                            f"finite numbers, strings, booleans, lists or tables, found {bad!r}")
+            raise HornError(
+                f"{where}: option {key!r} for layer {spec['type']!r}: expected "
+                f"finite numbers, strings, booleans, lists or tables, found {bad!r}"
+            )
     params = inspect.signature(cls.__init__).parameters
     for key in options:
         if key not in params:
             import difflib
+
             close = difflib.get_close_matches(key, params, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise HornError(f"{where}: unknown option {key!r} for layer {spec['type']!r}{hint}")
@@ -59,12 +62,16 @@ def layer_from_spec(spec, where="layer", classes=None):
 def _classes(classes):
     """A spec's ``classes`` table, checked: registered name -> ``"module:Class"``."""
     if not isinstance(classes, dict):
-        raise HornError(f"model spec: classes: expected a table of layer type names to "
-                        f"'module:Class' strings, found {type(classes).__name__}")
+        raise HornError(
+            f"model spec: classes: expected a table of layer type names to "
+            f"'module:Class' strings, found {type(classes).__name__}"
+        )
     bad = next(((k, v) for k, v in classes.items() if not isinstance(v, str)), None)
     if bad:
-        raise HornError(f"model spec: classes: expected a 'module:Class' string for "
-                        f"{bad[0]!r}, found {type(bad[1]).__name__}")
+        raise HornError(
+            f"model spec: classes: expected a 'module:Class' string for "
+            f"{bad[0]!r}, found {type(bad[1]).__name__}"
+        )
     return classes
 
 
@@ -96,10 +103,14 @@ def layout(layers, in_features):
         where = f"layer {i} ({layer.spec()['type']})"
         rank = 1 if isinstance(features, int) else len(features)
         if layer.input_rank is not None and layer.input_rank != rank:
-            wants, hint = (("flat vectors", "put a flatten layer before it")
-                           if layer.input_rank == 1 else
-                           (f"samples of {layer.input_rank} axes",
-                            "set model.inputs to an image shape or use image data"))
+            wants, hint = (
+                ("flat vectors", "put a flatten layer before it")
+                if layer.input_rank == 1
+                else (
+                    f"samples of {layer.input_rank} axes",
+                    "set model.inputs to an image shape or use image data",
+                )
+            )
             raise HornError(f"{where} takes {wants}, found samples of shape {features}: {hint}")
         try:
             built = layer.build(features)
@@ -107,14 +118,20 @@ def layout(layers, in_features):
             raise HornError(f"{where}: {exc}") from None
         out = as_shape(built)
         if out is None:
-            raise HornError(f"layer {i} ({layer.spec()['type']}): build() must return a "
-                            f"positive output width or a shape tuple of them, returned "
-                            f"{built!r}")
+            raise HornError(
+                f"layer {i} ({layer.spec()['type']}): build() must return a "
+                f"positive output width or a shape tuple of them, returned "
+                f"{built!r}"
+            )
         for spec in layer._specs:
             where = f"layer {i} ({layer.spec()['type']}): parameter {spec.name!r}"
-            if not (callable(spec.init) or (isinstance(spec.init, str) and spec.init in INITIALIZERS)):
-                raise HornError(f"{where}: expected an initializer ({', '.join(INITIALIZERS)}), "
-                                f"found {spec.init!r}")
+            if not (
+                callable(spec.init) or (isinstance(spec.init, str) and spec.init in INITIALIZERS)
+            ):
+                raise HornError(
+                    f"{where}: expected an initializer ({', '.join(INITIALIZERS)}), "
+                    f"found {spec.init!r}"
+                )
             if any(d < 0 for d in spec.shape):
                 raise HornError(f"{where}: expected a shape of sizes >= 0, found {spec.shape}")
             declared.append((i, spec, where))
@@ -124,8 +141,10 @@ def layout(layers, in_features):
         placed.append((i, spec, offset))
         offset += -(-math.prod(spec.shape) // ALIGN) * ALIGN  # exact: np.prod can wrap around
         if offset > MAX_PARAMS:
-            raise HornError(f"{where}: shape {spec.shape} takes the model past {MAX_PARAMS} "
-                            f"parameters; refusing to allocate it")
+            raise HornError(
+                f"{where}: shape {spec.shape} takes the model past {MAX_PARAMS} "
+                f"parameters; refusing to allocate it"
+            )
         if spec.trainable:
             trainable = offset
     return placed, features, offset, trainable
@@ -142,14 +161,24 @@ def spec_layout(spec):
 class Model:
     """Layers + a loss over flat parameter/gradient buffers on one backend."""
 
-    def __init__(self, layers, loss, in_features, backend="numpy", seed=0, dtype=np.float32,
-                 initialize_params=True):
+    def __init__(
+        self,
+        layers,
+        loss,
+        in_features,
+        backend="numpy",
+        seed=0,
+        dtype=np.float32,
+        initialize_params=True,
+    ):
         self.layers = list(layers)
         self.loss = loss
         self.in_features = as_shape(in_features)  # one sample: an int, or a tuple (C, H, W)
         if self.in_features is None:
-            raise HornError(f"the model's input shape must be a positive integer or a tuple "
-                            f"of them, found {in_features!r}")
+            raise HornError(
+                f"the model's input shape must be a positive integer or a tuple "
+                f"of them, found {in_features!r}"
+            )
         self.backend = backend if isinstance(backend, Backend) else get_backend(backend)
         self.xp = self.backend.xp
         self.dtype = np.dtype(dtype)
@@ -186,8 +215,9 @@ class Model:
             layer.params[spec.name] = self.params[view].reshape(spec.shape)
             layer.grads[spec.name] = self.grads[view].reshape(spec.shape)
             if initialize_params:
-                host[view] = initialize(spec.init, rng, spec.shape, spec.fan_in,
-                                        spec.fan_out).reshape(-1)
+                host[view] = initialize(
+                    spec.init, rng, spec.shape, spec.fan_in, spec.fan_out
+                ).reshape(-1)
             self.slots.append((f"{index}.{spec.name}", layer, off, spec.shape))
         if initialize_params:
             self.params[...] = self.backend.asarray(host)
@@ -196,20 +226,27 @@ class Model:
     def from_spec(cls, spec, backend="numpy", seed=0, dtype=np.float32, initialize_params=True):
         if not (isinstance(spec, dict) and isinstance(spec.get("layers"), list) and "loss" in spec):
             found = f"keys {sorted(spec)}" if isinstance(spec, dict) else type(spec).__name__
-            raise HornError(f"model spec: expected a table with in_features, layers (a list) and "
-                            f"loss, found {found}")
+            raise HornError(
+                f"model spec: expected a table with in_features, layers (a list) and "
+                f"loss, found {found}"
+            )
         n = spec.get("in_features")
         if isinstance(n, list):
             if as_shape(n) is None or shape_size(as_shape(n)) > MAX_PARAMS:
-                raise HornError(f"model spec: in_features: expected a sample shape of "
-                                f"positive integers (at most {MAX_PARAMS} values), found "
-                                f"{str(n)[:80]}")
+                raise HornError(
+                    f"model spec: in_features: expected a sample shape of "
+                    f"positive integers (at most {MAX_PARAMS} values), found "
+                    f"{str(n)[:80]}"
+                )
         elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise HornError(f"model spec: in_features: expected a positive integer, found "
-                            f"{n if isinstance(n, (int, float, str)) else type(n).__name__!r}")
+            raise HornError(
+                f"model spec: in_features: expected a positive integer, found "
+                f"{n if isinstance(n, (int, float, str)) else type(n).__name__!r}"
+            )
         classes = _classes(spec.get("classes", {}))
-        layers = [layer_from_spec(s, f"model.layers[{i}]", classes)
-                  for i, s in enumerate(spec["layers"])]
+        layers = [
+            layer_from_spec(s, f"model.layers[{i}]", classes) for i, s in enumerate(spec["layers"])
+        ]
         loss = layer_from_spec(spec["loss"], "model.loss", classes)
         return cls(layers, loss, spec["in_features"], backend, seed, dtype, initialize_params)
 
@@ -218,10 +255,16 @@ class Model:
         layers of a user's own) ``classes``: each one's registered name -> ``module:Class``,
         so a model file names the module that must be imported to load it again."""
         shape = self.in_features
-        spec = {"in_features": shape if isinstance(shape, int) else list(shape),
-                "layers": [l.spec() for l in self.layers], "loss": self.loss.spec()}
-        classes = {type(l).type_name: class_path(type(l)) for l in [*self.layers, self.loss]
-                   if type(l).type_name and not is_builtin(type(l)) and class_path(type(l))}
+        spec = {
+            "in_features": shape if isinstance(shape, int) else list(shape),
+            "layers": [l.spec() for l in self.layers],
+            "loss": self.loss.spec(),
+        }
+        classes = {
+            type(l).type_name: class_path(type(l))
+            for l in [*self.layers, self.loss]
+            if type(l).type_name and not is_builtin(type(l)) and class_path(type(l))
+        }
         if classes:
             spec["classes"] = classes
         return spec
@@ -287,13 +330,14 @@ class Model:
     def predict(self, x, batch_size=2048):
         """Predictions (e.g. class probabilities) for host array x, as a host array."""
         out = np.empty(batch_shape(len(x), self.out_features), dtype=np.float32)
-        pred = self.xp.empty(batch_shape(min(batch_size, max(len(x), 1)), self.out_features),
-                             self.dtype)
+        pred = self.xp.empty(
+            batch_shape(min(batch_size, max(len(x), 1)), self.out_features), self.dtype
+        )
         for lo in range(0, len(x), batch_size):
-            xb = self.backend.asarray(np.ascontiguousarray(x[lo:lo + batch_size], self.dtype))
-            part = pred[:len(xb)]
+            xb = self.backend.asarray(np.ascontiguousarray(x[lo : lo + batch_size], self.dtype))
+            part = pred[: len(xb)]
             self.loss.predict(self.forward(xb, train=False), part)
-            out[lo:lo + len(xb)] = self.backend.to_host(part)
+            out[lo : lo + len(xb)] = self.backend.to_host(part)
         return out
 
     def accuracy(self, x, y):
@@ -306,7 +350,7 @@ class Model:
                 continue
             for name, layer, off, shape in self.slots:
                 size = int(np.prod(shape))
-                if not self.backend.all_finite(buf[off:off + size]):
+                if not self.backend.all_finite(buf[off : off + size]):
                     index, pname = name.split(".", 1)
                     return f"{kind} {pname!r} of layer {index} ({layer.spec()['type']})"
         return None
@@ -315,8 +359,10 @@ class Model:
     def state_arrays(self):
         """Named host copies of every parameter (the model file's content)."""
         host = self.backend.to_host(self.params)
-        return {f"param/{name}": host[off:off + int(np.prod(shape))].reshape(shape)
-                for name, _, off, shape in self.slots}
+        return {
+            f"param/{name}": host[off : off + int(np.prod(shape))].reshape(shape)
+            for name, _, off, shape in self.slots
+        }
 
     def load_arrays(self, arrays, source="model file"):
         for name, _, off, shape in self.slots:
@@ -325,14 +371,17 @@ class Model:
                 raise HornError(f"{source}: missing array {key!r}")
             value = np.asarray(arrays[key])
             if value.dtype.kind not in "biuf":
-                raise HornError(f"{source}: array {key!r} has dtype {value.dtype}, expected "
-                                f"real numbers")
+                raise HornError(
+                    f"{source}: array {key!r} has dtype {value.dtype}, expected real numbers"
+                )
             if value.shape != tuple(shape):
-                raise HornError(f"{source}: array {key!r} has shape {value.shape}, the model "
-                                f"expects {tuple(shape)}")
+                raise HornError(
+                    f"{source}: array {key!r} has shape {value.shape}, the model "
+                    f"expects {tuple(shape)}"
+                )
             with np.errstate(over="ignore"):  # beyond float32 becomes Inf: callers check
                 value = value.reshape(-1).astype(self.dtype)
-            self.params[off:off + value.size] = self.backend.asarray(value)
+            self.params[off : off + value.size] = self.backend.asarray(value)
 
     def save(self, path, meta=None):
         """Write ``path`` (.npz): named parameter arrays plus the JSON spec. No pickle."""
@@ -350,8 +399,9 @@ class Model:
         if fmt != FORMAT:
             raise HornError(f"{path}: expected format {FORMAT!r}, found {fmt!r}")
         if not isinstance(meta, dict):
-            raise HornError(f"{path}: expected the header's meta to be a table, found "
-                            f"{type(meta).__name__}")
+            raise HornError(
+                f"{path}: expected the header's meta to be a table, found {type(meta).__name__}"
+            )
         try:  # every parameter comes from the file: no initialization, only zeroed buffers
             model = cls.from_spec(spec, backend, initialize_params=False)
         except HornError as exc:

@@ -20,8 +20,10 @@ def read_header(arrays, source, name="__header__", required=()):
         raise HornError(f"{source}: not a horn file (no {name} array)")
     raw = arrays[name]
     if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise HornError(f"{source}: expected {name} to be 1-D uint8 (JSON text), found "
-                        f"{raw.dtype} of shape {raw.shape}")
+        raise HornError(
+            f"{source}: expected {name} to be 1-D uint8 (JSON text), found "
+            f"{raw.dtype} of shape {raw.shape}"
+        )
     try:
         header = json.loads(raw.tobytes().decode())
     except ValueError as exc:  # also UnicodeDecodeError, and integers over 4300 digits
@@ -30,6 +32,8 @@ def read_header(arrays, source, name="__header__", required=()):
         raise HornError(f"{source}: unreadable header: nested too deeply") from None
     if not (isinstance(header, dict) and all(k in header for k in required)):
         found = f"keys {sorted(header)}" if isinstance(header, dict) else type(header).__name__
-        raise HornError(f"{source}: unreadable header: expected a table with "
-                        f"{', '.join(required) or 'keys'}, found {found}")
+        raise HornError(
+            f"{source}: unreadable header: expected a table with "
+            f"{', '.join(required) or 'keys'}, found {found}"
+        )
     return header

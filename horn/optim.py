@@ -15,9 +15,15 @@ class SGD:
 
     def step(self, lr):
         m, k = self.model, self.model.trainable_size
-        m.backend.sgd_update(m.params[:k], m.grads[:k],
-                             None if self.velocity is None else self.velocity[:k], lr,
-                             self.momentum, self.weight_decay, self.nesterov)
+        m.backend.sgd_update(
+            m.params[:k],
+            m.grads[:k],
+            None if self.velocity is None else self.velocity[:k],
+            lr,
+            self.momentum,
+            self.weight_decay,
+            self.nesterov,
+        )
 
     def state(self):
         """Named state buffers (flat, like the parameters): averaged or checkpointed."""
@@ -43,8 +49,18 @@ class Adam:
     def step(self, lr):
         self.t += 1
         m, k = self.model, self.model.trainable_size
-        m.backend.adam_update(m.params[:k], m.grads[:k], self.m[:k], self.v[:k], lr, self.beta1,
-                              self.beta2, self.eps, self.weight_decay, self.t)
+        m.backend.adam_update(
+            m.params[:k],
+            m.grads[:k],
+            self.m[:k],
+            self.v[:k],
+            lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+            self.t,
+        )
 
     def state(self):
         return {"m": self.m, "v": self.v}

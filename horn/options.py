@@ -23,8 +23,11 @@ def option_types(cls):
     except Exception:  # a string annotation naming something unresolvable: use the raw ones
         hints = {}
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    return {p.name: (hints.get(p.name, p.annotation), p.default) for p in params
-            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {
+        p.name: (hints.get(p.name, p.annotation), p.default)
+        for p in params
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def matches(value, kind):

@@ -49,16 +49,18 @@ def dirichlet_shard_indices(labels, groups, group, alpha, seed):
             draw = rng.multinomial(size - counts.sum(), weights / weights.sum())
             counts += np.minimum(draw, room - counts)
         if g == group:
-            return np.sort(np.concatenate([pools[c][start[c]:start[c] + counts[c]]
-                                           for c in range(classes)]))
+            return np.sort(
+                np.concatenate([pools[c][start[c] : start[c] + counts[c]] for c in range(classes)])
+            )
         start += counts
         room -= counts
 
 
 def launched_by_mpirun():
     """True when this process is a rank of an mpirun/mpiexec job."""
-    return any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK",
-                                         "PMI_SIZE"))
+    return any(
+        k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE")
+    )
 
 
 def local_ranks():
@@ -77,7 +79,11 @@ def create_peer(job):
 
     from horn.bsp import Peer
 
-    peer = Peer.create(MPI.COMM_WORLD, job.parallel.groups or None, job.parallel.workers,
-                       timeout_s=job.parallel.watchdog_s)
+    peer = Peer.create(
+        MPI.COMM_WORLD,
+        job.parallel.groups or None,
+        job.parallel.workers,
+        timeout_s=job.parallel.watchdog_s,
+    )
     peer.verify_same("world", job.digest(), what="the resolved job")
     return peer

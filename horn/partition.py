@@ -19,8 +19,9 @@ def partition(n, workers, kind, rng, weights=None, min_share=0.5):
     equal share. weighted: sizes proportional to ``weights`` (heterogeneous hosts).
     """
     if n < workers:
-        raise HornError(f"cannot split {n} units among {workers} workers: every worker needs "
-                        f"at least one unit")
+        raise HornError(
+            f"cannot split {n} units among {workers} workers: every worker needs at least one unit"
+        )
     order = rng.permutation(n)
     if kind == "balanced":
         parts = np.array_split(order, workers)
@@ -30,7 +31,7 @@ def partition(n, workers, kind, rng, weights=None, min_share=0.5):
         floor = max(1, int(min_share * n / workers))
         owner = np.empty(n, dtype=np.int64)
         owner[: floor * workers] = np.arange(floor * workers) % workers
-        owner[floor * workers:] = rng.integers(0, workers, n - floor * workers)
+        owner[floor * workers :] = rng.integers(0, workers, n - floor * workers)
         parts = [order[owner == w] for w in range(workers)]
     else:
         raise HornError(f"unknown partition kind {kind!r}; expected one of {PARTITION_KINDS}")

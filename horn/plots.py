@@ -45,14 +45,30 @@ def plot_curves(metrics_path, png_path, title):
     ax_acc.plot(xs, [r["train_accuracy"] for r in epochs], "o-", label="training (running)")
     ax_acc.plot(xs, [r.get("val_accuracy") for r in epochs], "s-", label="validation")
     if "test_accuracy" in final:
-        ax_acc.plot([xs[-1]], [final["test_accuracy"]], "*", markersize=14, color="C3",
-                    label=f"test (final model) {final['test_accuracy']:.4f}")
+        ax_acc.plot(
+            [xs[-1]],
+            [final["test_accuracy"]],
+            "*",
+            markersize=14,
+            color="C3",
+            label=f"test (final model) {final['test_accuracy']:.4f}",
+        )
     if final.get("best_test_accuracy") is not None:
-        ax_acc.plot([final["best_epoch"]], [final["best_test_accuracy"]], "P", markersize=10,
-                    color="C4", label=f"test (best.npz) {final['best_test_accuracy']:.4f}")
+        ax_acc.plot(
+            [final["best_epoch"]],
+            [final["best_test_accuracy"]],
+            "P",
+            markersize=10,
+            color="C4",
+            label=f"test (best.npz) {final['best_test_accuracy']:.4f}",
+        )
     if final.get("best_epoch") is not None:
-        ax_acc.axvline(final["best_epoch"], color="grey", linestyle=":",
-                       label=f"best validation, epoch {final['best_epoch']}")
+        ax_acc.axvline(
+            final["best_epoch"],
+            color="grey",
+            linestyle=":",
+            label=f"best validation, epoch {final['best_epoch']}",
+        )
     ax_acc.set_ylabel("accuracy")
     _epoch_axis(ax_acc, xs)
     ax_acc.legend(loc="best", fontsize=8)
@@ -80,8 +96,13 @@ def plot_compare(curves, png_path, target=None):
     for ax in (ax_time, ax_bytes):
         ax.grid(alpha=0.3)
         if target is not None:
-            ax.axhline(target, color="grey", linestyle="--", linewidth=1,
-                       label=f"reached by every run: {target:.4f}")
+            ax.axhline(
+                target,
+                color="grey",
+                linestyle="--",
+                linewidth=1,
+                label=f"reached by every run: {target:.4f}",
+            )
     ax_time.legend(loc="lower right", fontsize=8)
     fig.suptitle("validation accuracy against time and communication")
     fig.tight_layout()

@@ -23,16 +23,20 @@ BUILTIN_PACKAGE = "horn.layers"  # the allow-list: always importable
 _LAYERS = {}
 _CUSTOM = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
-HOW_TO_NAME = ("horn imports only the modules you name: list it in the job's model.imports, "
-               "or pass --import {0} to horn eval/predict")
+HOW_TO_NAME = (
+    "horn imports only the modules you name: list it in the job's model.imports, "
+    "or pass --import {0} to horn eval/predict"
+)
 
 
 def register_layer(name):
     """Class decorator: make a layer (or loss) available to job files as ``name``."""
+
     def wrap(cls):
         _LAYERS[name] = cls
         cls.type_name = name
         return cls
+
     return wrap
 
 
@@ -67,16 +71,20 @@ def resolve(type_name, where="layer", classes=None):
         path = classes[type_name]
         cls = _class_at(path, where, f"layer type {type_name!r} (class {path!r})")
         if cls.type_name != type_name:
-            raise HornError(f"{where}: class {path!r} is registered as {cls.type_name!r}, the "
-                            f"model was saved with it registered as {type_name!r}")
+            raise HornError(
+                f"{where}: class {path!r} is registered as {cls.type_name!r}, the "
+                f"model was saved with it registered as {type_name!r}"
+            )
         return cls
     layers = registered()
     if type_name not in layers:
         close = difflib.get_close_matches(type_name, layers, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise HornError(f"{where}: unknown layer type {type_name!r}{hint}; known: "
-                        f"{', '.join(sorted(layers))} (a layer of your own is known once its "
-                        f"module is imported: model.imports in a job, --import for eval/predict)")
+        raise HornError(
+            f"{where}: unknown layer type {type_name!r}{hint}; known: "
+            f"{', '.join(sorted(layers))} (a layer of your own is known once its "
+            f"module is imported: model.imports in a job, --import for eval/predict)"
+        )
     return layers[type_name]
 
 
@@ -86,14 +94,17 @@ def _class_at(path, where, shown):
     from horn.layer import Layer
 
     if not isinstance(path, str) or not _CUSTOM.fullmatch(path):  # match() would let "\n" in
-        raise HornError(f"{where}: custom layers are named 'package.module:ClassName', "
-                        f"found {path!r}")
+        raise HornError(
+            f"{where}: custom layers are named 'package.module:ClassName', found {path!r}"
+        )
     module_name, cls_name = path.split(":")
     module = sys.modules.get(module_name)
     if module is None:
         if not (module_name == BUILTIN_PACKAGE or module_name.startswith(BUILTIN_PACKAGE + ".")):
-            raise HornError(f"{where}: {shown} is in module {module_name!r}, which is not "
-                            f"imported; {HOW_TO_NAME.format(module_name)}")
+            raise HornError(
+                f"{where}: {shown} is in module {module_name!r}, which is not "
+                f"imported; {HOW_TO_NAME.format(module_name)}"
+            )
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -101,8 +112,10 @@ def _class_at(path, where, shown):
     cls = vars(module).get(cls_name)  # not getattr: a module's __getattr__ may import
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
         found = "nothing" if cls is None else type(cls).__name__
-        raise HornError(f"{where}: {shown} is not a horn.Layer subclass (module "
-                        f"{module_name!r} has {found} named {cls_name!r})")
+        raise HornError(
+            f"{where}: {shown} is not a horn.Layer subclass (module "
+            f"{module_name!r} has {found} named {cls_name!r})"
+        )
     return cls
 
 
@@ -136,14 +149,14 @@ def located(entry, base_dir):
     if spec is None:
         return [entry]
     origin = Path(spec.origin)
-    return [str(origin.parent if spec.submodule_search_locations else origin)] + \
-        ([entry] if "." in entry else [])
+    return [str(origin.parent if spec.submodule_search_locations else origin)] + (
+        [entry] if "." in entry else []
+    )
 
 
 def _import_entry(entry, base_dir, where):
     if not isinstance(entry, str) or not entry:
-        raise HornError(f"{where}: expected a module name or a path to a .py file, found "
-                        f"{entry!r}")
+        raise HornError(f"{where}: expected a module name or a path to a .py file, found {entry!r}")
     if is_path_entry(entry):
         try:
             path = _entry_path(entry, base_dir)
@@ -153,8 +166,10 @@ def _import_entry(entry, base_dir, where):
         _load(spec.name, spec, where)
         return spec.name
     if not _MODULE.fullmatch(entry):
-        raise HornError(f"{where}: expected a module name (letters, digits, '_' and dots) or a "
-                        f"path to a .py file, found {entry!r}")
+        raise HornError(
+            f"{where}: expected a module name (letters, digits, '_' and dots) or a "
+            f"path to a .py file, found {entry!r}"
+        )
     top = entry.split(".")[0]
     spec = _find_in(top, base_dir)
     if spec is not None:
@@ -164,8 +179,9 @@ def _import_entry(entry, base_dir, where):
     except ModuleNotFoundError as exc:
         if exc.name and (entry == exc.name or entry.startswith(exc.name + ".")):
             here = f" in {base_dir} nor" if base_dir else ""
-            raise HornError(f"{where}: no module {entry!r} found{here} on the installed "
-                            f"path") from None
+            raise HornError(
+                f"{where}: no module {entry!r} found{here} on the installed path"
+            ) from None
         raise HornError(f"{where}: importing {entry!r} failed: {_reason(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - the user's module: any failure is theirs, on one line
         raise HornError(f"{where}: importing {entry!r} failed: {_reason(exc)}") from exc
@@ -184,13 +200,20 @@ def _path_spec(path, where):
     if path.is_file() and path.suffix == ".py":
         spec = spec_from_file_location(name, path)
     elif (path / "__init__.py").is_file():
-        spec = spec_from_file_location(name, path / "__init__.py",
-                                       submodule_search_locations=[str(path)])
+        spec = spec_from_file_location(
+            name, path / "__init__.py", submodule_search_locations=[str(path)]
+        )
     else:
-        found = "a directory without __init__.py" if path.is_dir() else \
-            "nothing (no such file)" if not path.exists() else "another kind of file"
-        raise HornError(f"{where}: expected a .py file or a package directory, found {found} "
-                        f"at {path}")
+        found = (
+            "a directory without __init__.py"
+            if path.is_dir()
+            else "nothing (no such file)"
+            if not path.exists()
+            else "another kind of file"
+        )
+        raise HornError(
+            f"{where}: expected a .py file or a package directory, found {found} at {path}"
+        )
     if not _MODULE.fullmatch(name) or "." in name:
         raise HornError(f"{where}: {path} cannot be imported: {name!r} is not a module name")
     return spec
@@ -213,8 +236,10 @@ def _load(name, spec, where):
         loaded = getattr(current, "__file__", None)
         if loaded and Path(loaded).resolve() == origin:
             return current
-        raise HornError(f"{where}: {origin} would be module {name!r}, but a module of that "
-                        f"name is imported already (from {loaded or 'built-in'}); rename it")
+        raise HornError(
+            f"{where}: {origin} would be module {name!r}, but a module of that "
+            f"name is imported already (from {loaded or 'built-in'}); rename it"
+        )
     module = module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -223,8 +248,9 @@ def _load(name, spec, where):
         del sys.modules[name]
         if not isinstance(exc, Exception):
             raise
-        raise HornError(f"{where}: importing {name!r} from {origin} failed: "
-                        f"{_reason(exc)}") from exc
+        raise HornError(
+            f"{where}: importing {name!r} from {origin} failed: {_reason(exc)}"
+        ) from exc
     return module
 
 

@@ -31,9 +31,14 @@ class RunState:
                 shared[name] = (key, host)
         stream_arrays, stream_meta = self.stream.state()
         own.update({f"stream.{k}": v for k, v in stream_arrays.items()})
-        meta = {"step": step, "counters": list(counters), "stream": stream_meta,
-                "mask_draws": self.model.mask_draws, "sync": self.sync.checkpoint_meta(),
-                "optimizer": self.optimizer.counters()}
+        meta = {
+            "step": step,
+            "counters": list(counters),
+            "stream": stream_meta,
+            "mask_draws": self.model.mask_draws,
+            "sync": self.sync.checkpoint_meta(),
+            "optimizer": self.optimizer.counters(),
+        }
         if self.peer is not None:
             meta["peer"] = self.peer.counters()
         return own, shared, meta
@@ -50,8 +55,10 @@ class RunState:
         for name, (key, buf) in self.sync.checkpoint_buffers(self.model, self.optimizer).items():
             label = f"rank{rank}/{name}" if key is None else f"{key}/{name}"
             if label not in arrays:
-                raise HornError(f"{where}: expected an array {label!r}, found none (a checkpoint "
-                                f"of another architecture or optimizer)")
+                raise HornError(
+                    f"{where}: expected an array {label!r}, found none (a checkpoint "
+                    f"of another architecture or optimizer)"
+                )
             _fill(buf, arrays[label], label, self.model.backend, where)
         self.stream.restore({"order": arrays[f"rank{rank}/stream.order"]}, meta["stream"])
         self.model.mask_draws = meta["mask_draws"]
@@ -72,19 +79,29 @@ class RunState:
             _fill(model.params, arrays["world/params"], "world/params", model.backend, where)
         elif "group0/parent" in arrays:
             group = self.peer.group if self.peer else 0
-            _fill(model.params, _parent_for(arrays, old["groups"], layout["groups"], group),
-                  f"group{group}/parent", model.backend, where)
+            _fill(
+                model.params,
+                _parent_for(arrays, old["groups"], layout["groups"], group),
+                f"group{group}/parent",
+                model.backend,
+                where,
+            )
         else:
             raise HornError(
                 f"checkpoint was written by {old['world']} rank(s) as {old['groups']} group(s) x "
                 f"{old['workers']} worker(s) and holds neither an averaged model nor the groups' "
                 f"parents (its strategy keeps per-rank models); this run has {layout['world']} "
-                f"rank(s). Resume with {old['world']} rank(s).")
+                f"rank(s). Resume with {old['world']} rank(s)."
+            )
         if self.peer is None or self.peer.rank == 0:
-            print(f"horn: warning: resuming a {old['world']}-rank checkpoint ({old['groups']} x "
-                  f"{old['workers']}) on {layout['world']} rank(s) ({layout['groups']} x "
-                  f"{layout['workers']}): the model carries over, optimizer state and the "
-                  f"data order restart", file=sys.stderr, flush=True)
+            print(
+                f"horn: warning: resuming a {old['world']}-rank checkpoint ({old['groups']} x "
+                f"{old['workers']}) on {layout['world']} rank(s) ({layout['groups']} x "
+                f"{layout['workers']}): the model carries over, optimizer state and the "
+                f"data order restart",
+                file=sys.stderr,
+                flush=True,
+            )
         meta = manifest["ranks"]["0"]
         self.stream.epoch = meta["stream"]["epoch"]
         self.sync.restore_meta(meta["sync"])
@@ -111,15 +128,20 @@ def check_architecture(manifest, model, where):
 
     def shown(entry):
         return f"parameter {entry[0]!r} of shape {tuple(entry[1])}" if entry else "nothing"
-    raise HornError(f"{where}: the checkpoint is of another architecture: it holds "
-                    f"{shown(theirs)} where this job's model has {shown(ours)}")
+
+    raise HornError(
+        f"{where}: the checkpoint is of another architecture: it holds "
+        f"{shown(theirs)} where this job's model has {shown(ours)}"
+    )
 
 
 def _fill(buf, saved, label, backend, where):
     """Copy a checkpoint array into ``buf``: a size mismatch is a HornError, not numpy's."""
     if saved.size != buf.size:
-        raise HornError(f"{where}: array {label!r} holds {saved.size} values, this job's "
-                        f"model needs {buf.size} (a checkpoint of another architecture)")
+        raise HornError(
+            f"{where}: array {label!r} holds {saved.size} values, this job's "
+            f"model needs {buf.size} (a checkpoint of another architecture)"
+        )
     buf[...] = backend.asarray(saved.reshape(buf.shape))
 
 
@@ -130,8 +152,11 @@ def _parent_for(arrays, old_groups, new_groups, group):
     if new_groups > old_groups:
         return arrays[f"group{group % old_groups}/parent"]
     members = [arrays[f"group{g}/parent"] for g in range(group, old_groups, new_groups)]
-    return members[0] if len(members) == 1 else np.mean(members, axis=0, dtype=np.float64) \
-        .astype(members[0].dtype)
+    return (
+        members[0]
+        if len(members) == 1
+        else np.mean(members, axis=0, dtype=np.float64).astype(members[0].dtype)
+    )
 
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)

@@ -33,6 +33,7 @@ def configure_threads(threads, local_ranks=1):
     threadpool_limits(limits=n, user_api="blas")
     try:
         from horn.backends.numba_backend import set_threads
+
         set_threads(n)
     except ImportError:
         pass
@@ -76,8 +77,10 @@ def input_shape(job, data):
     if inputs is not None:
         shape = as_shape(inputs)
         if shape is None or shape_size(shape) != data.features:
-            raise HornError(f"{job.locate('model', 'inputs')}: model.inputs is {inputs} but "
-                            f"the data ({data.name}) has {data.features} features")
+            raise HornError(
+                f"{job.locate('model', 'inputs')}: model.inputs is {inputs} but "
+                f"the data ({data.name}) has {data.features} features"
+            )
         return shape
     first = job.model.layers[0]
     where = f"{job.locate('model', 'layers', 0)}: model.layers[0]"
@@ -87,29 +90,38 @@ def input_shape(job, data):
     shape = data.sample_shape
     if isinstance(shape, tuple) and len(shape) == rank:
         return shape
-    raise HornError(f"{where} ({first['type']}) takes samples of {rank} axes (C, H, W) but the "
-                    f"data ({data.name}) gives flat vectors of {data.features} values; set "
-                    f"model.inputs = [C, H, W]")
+    raise HornError(
+        f"{where} ({first['type']}) takes samples of {rank} axes (C, H, W) but the "
+        f"data ({data.name}) gives flat vectors of {data.features} values; set "
+        f"model.inputs = [C, H, W]"
+    )
 
 
 def check_fit(job, data, model):
     """The model's output must be one value per class of the data."""
     if not isinstance(model.out_features, int):
-        raise HornError(f"{job.locate('model', 'layers')}: the model outputs samples of shape "
-                        f"{model.out_features}; end its image layers with flatten or "
-                        f"global_avg_pool")
+        raise HornError(
+            f"{job.locate('model', 'layers')}: the model outputs samples of shape "
+            f"{model.out_features}; end its image layers with flatten or "
+            f"global_avg_pool"
+        )
     if model.out_features != data.classes:
         sets_width = [i for i, layer in enumerate(model.layers) if layer.partition_role == "split"]
         last = sets_width[-1] if sets_width else len(model.layers) - 1
-        raise HornError(f"{job.locate('model', 'layers', last)}: model.layers[{last}] makes "
-                        f"the model output "
-                        f"{model.out_features} values but the data ({data.name}) has "
-                        f"{data.classes} classes: the last layer must output one per class")
+        raise HornError(
+            f"{job.locate('model', 'layers', last)}: model.layers[{last}] makes "
+            f"the model output "
+            f"{model.out_features} values but the data ({data.name}) has "
+            f"{data.classes} classes: the last layer must output one per class"
+        )
 
 
 def scaler_meta(scaler):
-    return {"kind": scaler.kind, "offset": np.asarray(scaler.offset).tolist(),
-            "scale": np.asarray(scaler.scale).tolist()}
+    return {
+        "kind": scaler.kind,
+        "offset": np.asarray(scaler.offset).tolist(),
+        "scale": np.asarray(scaler.scale).tolist(),
+    }
 
 
 def build(job, data, backend, group=0, worker=0, spec=None):
@@ -118,8 +130,9 @@ def build(job, data, backend, group=0, worker=0, spec=None):
     spec = spec or model_spec(job, input_shape(job, data))
     model = Model.from_spec(spec, backend, seed=seed)
     model.mask_seed = derive_seed(seed, group, worker)
-    stream = BatchStream(data.x_train, data.y_train, job.train.batch_size,
-                         derive_seed(seed, group, worker), backend)
+    stream = BatchStream(
+        data.x_train, data.y_train, job.train.batch_size, derive_seed(seed, group, worker), backend
+    )
     steps = total_steps(job.train, stream.per_epoch)
     return model, make_optimizer(job.train, model), make_schedule(job.train, steps), stream, steps
 
@@ -147,17 +160,18 @@ def check_single_process(job):
     job). So parallel settings are never silently ignored."""
     p, n = job.parallel, needed_ranks(job.parallel)
     if n > 1:
-        raise HornError(f"{job.locate('parallel')}: parallel.groups = {p.groups} x "
-                        f"parallel.workers = {p.workers} needs {n} ranks, but this is one "
-                        f"process (not started by mpirun); run: {launch_command(job, n)} (or "
-                        f"set parallel.groups = 1 and parallel.workers = 1)")
+        raise HornError(
+            f"{job.locate('parallel')}: parallel.groups = {p.groups} x "
+            f"parallel.workers = {p.workers} needs {n} ranks, but this is one "
+            f"process (not started by mpirun); run: {launch_command(job, n)} (or "
+            f"set parallel.groups = 1 and parallel.workers = 1)"
+        )
 
 
 def launch_command(job, ranks):
     """The command line that runs ``job`` (with its --set items) on ``ranks`` ranks."""
     sets = [f"--set {shlex.quote(item)}" for _, item in job.overrides]
-    return " ".join([f"mpirun --oversubscribe -n {ranks} horn run", shlex.quote(job.source),
-                     *sets])
+    return " ".join([f"mpirun --oversubscribe -n {ranks} horn run", shlex.quote(job.source), *sets])
 
 
 @dataclasses.dataclass
@@ -183,22 +197,34 @@ class Prepared:
         """What was checked, one ``(name, finding)`` per check, for ``horn validate``."""
         job, data, model = self.job, self.data, self.model
         n = needed_ranks(job.parallel)
-        available = "not checked (the GPU backend)" if self.backend.name == "cupy" else \
-            "not checked (MemAvailable unknown)" if self.available is None else \
-            f"{self.available / 2**30:.2f} GiB available"
+        available = (
+            "not checked (the GPU backend)"
+            if self.backend.name == "cupy"
+            else "not checked (MemAvailable unknown)"
+            if self.available is None
+            else f"{self.available / 2**30:.2f} GiB available"
+        )
         return [
-            ("data", f"{data.name}: {len(data.y_train)}/{len(data.y_val)}/{len(data.y_test)} "
-                     f"train/val/test samples of {data.features} features, {data.classes} "
-                     f"classes"),
-            ("model", f"{len(job.model.layers)} layers built on samples of shape "
-                      f"{model.in_features}: {model.num_params:,} parameters, "
-                      f"{model.out_features} outputs for {data.classes} classes"),
+            (
+                "data",
+                f"{data.name}: {len(data.y_train)}/{len(data.y_val)}/{len(data.y_test)} "
+                f"train/val/test samples of {data.features} features, {data.classes} "
+                f"classes",
+            ),
+            (
+                "model",
+                f"{len(job.model.layers)} layers built on samples of shape "
+                f"{model.in_features}: {model.num_params:,} parameters, "
+                f"{model.out_features} outputs for {data.classes} classes",
+            ),
             ("memory", f"about {self.memory.text()} per rank; {available}"),
-            ("training", f"{self.steps} steps of {job.train.batch_size} samples, "
-                         f"{job.train.optimizer} lr {job.train.lr}, backend {self.backend.name}, "
-                         f"{self.threads} thread(s)"),
-            ("layout", "one process" if n == 1 else
-             f"{n} ranks: {launch_command(job, n)}"),
+            (
+                "training",
+                f"{self.steps} steps of {job.train.batch_size} samples, "
+                f"{job.train.optimizer} lr {job.train.lr}, backend {self.backend.name}, "
+                f"{self.threads} thread(s)",
+            ),
+            ("layout", "one process" if n == 1 else f"{n} ranks: {launch_command(job, n)}"),
         ]
 
 
@@ -217,14 +243,43 @@ def prepare(job, peer=None, single_process_rule=True):
     local = shard(data, peer, job.train.seed, job.parallel.shard, job.parallel.shard_alpha)
     spec = model_spec(job, input_shape(job, local))
     where = job.locate("model", "layers")
-    need = estimate(job, spec, max(len(data.y_val), len(data.y_test)),
-                    local_ranks() if peer else 1, where)
+    need = estimate(
+        job, spec, max(len(data.y_val), len(data.y_test)), local_ranks() if peer else 1, where
+    )
     available = None if backend.name == "cupy" else check_fits(need, where)
     model, optimizer, schedule, stream, steps = build(job, local, backend, group, worker, spec)
     check_fit(job, data, model)
-    sync = make_sync(Setup(peer, model, optimizer, lambda m: make_optimizer(job.train, m), steps,
-                           job.parallel.local_steps, job.parallel.global_every, job.train.seed,
-                           job.train.batch_size, job.train.lr, job.source, job.base_dir, data,
-                           local), job.parallel)
-    return Prepared(job, threads, backend, data, local, model, optimizer, schedule, stream, steps,
-                 sync, need, available)
+    sync = make_sync(
+        Setup(
+            peer,
+            model,
+            optimizer,
+            lambda m: make_optimizer(job.train, m),
+            steps,
+            job.parallel.local_steps,
+            job.parallel.global_every,
+            job.train.seed,
+            job.train.batch_size,
+            job.train.lr,
+            job.source,
+            job.base_dir,
+            data,
+            local,
+        ),
+        job.parallel,
+    )
+    return Prepared(
+        job,
+        threads,
+        backend,
+        data,
+        local,
+        model,
+        optimizer,
+        schedule,
+        stream,
+        steps,
+        sync,
+        need,
+        available,
+    )

@@ -10,9 +10,11 @@ from horn.errors import HornError
 
 def shipped_jobs():
     """``{name: path}`` of the example job files, by file stem, sorted."""
-    return {Path(str(entry)).stem: Path(str(entry))
-            for entry in sorted(files("horn.jobfiles").iterdir(), key=lambda e: e.name)
-            if entry.name.endswith(".toml")}
+    return {
+        Path(str(entry)).stem: Path(str(entry))
+        for entry in sorted(files("horn.jobfiles").iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".toml")
+    }
 
 
 def _looks_like_name(arg):
@@ -29,8 +31,10 @@ def resolve_job(arg):
     jobs = shipped_jobs()
     name = arg.removesuffix(".toml")
     if name not in jobs:
-        raise HornError(f"{arg!r}: no such job file, and no shipped job of that name (shipped: "
-                        f"{', '.join(jobs)}; see horn jobs)")
+        raise HornError(
+            f"{arg!r}: no such job file, and no shipped job of that name (shipped: "
+            f"{', '.join(jobs)}; see horn jobs)"
+        )
     return jobs[name]
 
 
@@ -48,11 +52,14 @@ def cmd_jobs(args):
     width = max(map(len, jobs))
     for name, path in jobs.items():
         print(f"{name:<{width}}  {describe(path)}")
-    print(f"{len(jobs)} shipped job(s) in {next(iter(jobs.values())).parent}; run one with "
-          f"horn run NAME, or copy it and edit")
+    print(
+        f"{len(jobs)} shipped job(s) in {next(iter(jobs.values())).parent}; run one with "
+        f"horn run NAME, or copy it and edit"
+    )
     return 0
 
 
 def add_jobs_command(sub):
     sub.add_parser("jobs", help="list the example jobs shipped with horn").set_defaults(
-        func=cmd_jobs)
+        func=cmd_jobs
+    )

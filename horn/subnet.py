@@ -32,8 +32,11 @@ import numpy as np
 from horn.errors import HornError
 from horn.model import spec_layout
 
-SCALE_RULES = {"inverse": lambda k: 1.0 / k, "sqrt": lambda k: 1.0 / math.sqrt(k),
-               "none": lambda k: 1.0}
+SCALE_RULES = {
+    "inverse": lambda k: 1.0 / k,
+    "sqrt": lambda k: 1.0 / math.sqrt(k),
+    "none": lambda k: 1.0,
+}
 SCALE_AT = ("input", "weights")
 ROLES = ("split", "through")
 
@@ -55,27 +58,35 @@ class SubnetLayout:
         for i, layer in enumerate(parent.layers):
             where = f"sub-networks: layer {i} ({self.spec['layers'][i]['type']})"
             if layer.partition_role not in ROLES:
-                raise HornError(f"{where} does not implement the partition protocol "
-                                f"(partition_role {layer.partition_role!r}, expected one of "
-                                f"{ROLES}); it cannot be partitioned")
+                raise HornError(
+                    f"{where} does not implement the partition protocol "
+                    f"(partition_role {layer.partition_role!r}, expected one of "
+                    f"{ROLES}); it cannot be partitioned"
+                )
             axes = _checked_axes(layer, units, where)
             self.axes.append(axes)
             if layer.partition_role == "split":
                 outs = {layer.params[n].shape[o] for n, (_, o) in axes.items() if o is not None}
                 if len(outs) != 1:
-                    raise HornError(f"{where}: partition_axes() must give its parameters one "
-                                    f"output width, found {sorted(outs) or 'none'}")
+                    raise HornError(
+                        f"{where}: partition_axes() must give its parameters one "
+                        f"output width, found {sorted(outs) or 'none'}"
+                    )
                 if dropconnect and layer.dropconnect_spec(layer.spec(), dropconnect) is None:
-                    raise HornError(f"{where} has no DropConnect variant: sub-networks' "
-                                    f"dropconnect = {dropconnect} cannot apply to it")
+                    raise HornError(
+                        f"{where} has no DropConnect variant: sub-networks' "
+                        f"dropconnect = {dropconnect} cannot apply to it"
+                    )
                 self.split.append(i)
                 units = outs.pop()
                 widths.append(units)
             else:
                 units = len(layer.map_partition(np.arange(units, dtype=np.int64)))
         if len(self.split) < 2:
-            raise HornError("sub-networks need at least two dense layers (or other layers "
-                            "that split their output units: a hidden layer to partition)")
+            raise HornError(
+                "sub-networks need at least two dense layers (or other layers "
+                "that split their output units: a hidden layer to partition)"
+            )
         self.sizes = widths[:-1]  # the last split layer's outputs (the classes) stay whole
         self.parent_slots = {name: (off, shape) for name, _, off, shape in parent.slots}
 
@@ -95,22 +106,33 @@ def _checked_axes(layer, units, where):
     axes = layer.partition_axes()
     if not isinstance(axes, dict) or set(axes) != set(layer.params):
         found = sorted(axes) if isinstance(axes, dict) else type(axes).__name__
-        raise HornError(f"{where}: partition_axes() must name every parameter "
-                        f"{sorted(layer.params)}, found {found}")
+        raise HornError(
+            f"{where}: partition_axes() must name every parameter "
+            f"{sorted(layer.params)}, found {found}"
+        )
     for name, pair in axes.items():
         shape = layer.params[name].shape
-        ok = isinstance(pair, tuple) and len(pair) == 2 and all(
-            a is None or (isinstance(a, int) and 0 <= a < len(shape)) for a in pair)
+        ok = (
+            isinstance(pair, tuple)
+            and len(pair) == 2
+            and all(a is None or (isinstance(a, int) and 0 <= a < len(shape)) for a in pair)
+        )
         if not ok or (pair[0] is not None and pair[0] == pair[1]):
-            raise HornError(f"{where}: partition_axes()[{name!r}] must be (input axis, output "
-                            f"axis), each an axis of shape {shape} or None, found {pair!r}")
+            raise HornError(
+                f"{where}: partition_axes()[{name!r}] must be (input axis, output "
+                f"axis), each an axis of shape {shape} or None, found {pair!r}"
+            )
         if pair[0] is not None and shape[pair[0]] != units:
-            raise HornError(f"{where}: axis {pair[0]} of parameter {name!r} (shape {shape}) is "
-                            f"declared to follow the layer's {units} input units, but has "
-                            f"{shape[pair[0]]} entries")
+            raise HornError(
+                f"{where}: axis {pair[0]} of parameter {name!r} (shape {shape}) is "
+                f"declared to follow the layer's {units} input units, but has "
+                f"{shape[pair[0]]} entries"
+            )
         if layer.partition_role == "through" and pair[1] is not None:
-            raise HornError(f"{where}: a 'through' layer's parameters follow its input units; "
-                            f"partition_axes()[{name!r}] names an output axis")
+            raise HornError(
+                f"{where}: a 'through' layer's parameters follow its input units; "
+                f"partition_axes()[{name!r}] names an output axis"
+            )
     return axes
 
 
@@ -154,8 +176,11 @@ class WorkerPlan:
             else:
                 out = None if kept is None else layer.map_partition(kept)
             for name, (axis_in, axis_out) in layout.axes[i].items():
-                picked = {a: k for a, k in ((axis_in, kept), (axis_out, out))
-                          if a is not None and k is not None}
+                picked = {
+                    a: k
+                    for a, k in ((axis_in, kept), (axis_out, out))
+                    if a is not None and k is not None
+                }
                 self.index[f"{i}.{name}"] = _view_index(layer.params[name].shape, picked)
             kept = out
         self.spec = {**layout.spec, "layers": layers}
@@ -163,10 +188,13 @@ class WorkerPlan:
         self.key = tuple(len(u) for u in units)
         # where the factors go: Layer.input_scale, or folded into the gathered weights
         self.input_scales = {} if layout.fold else dict(self.scales)
-        self.weight_scales = {f"{i}.{name}": s for i, s in self.scales.items()
-                              if layout.fold and s != 1.0
-                              for name, (axis_in, _) in layout.axes[i].items()
-                              if axis_in is not None}
+        self.weight_scales = {
+            f"{i}.{name}": s
+            for i, s in self.scales.items()
+            if layout.fold and s != 1.0
+            for name, (axis_in, _) in layout.axes[i].items()
+            if axis_in is not None
+        }
 
     def views(self, parent_buf, compact_buf, layout):
         """Yield (name, parent 2-D view, compact 2-D view, rows, cols) per parameter."""
@@ -174,8 +202,8 @@ class WorkerPlan:
             poff, pshape = layout.parent_slots[name]
             psize = int(np.prod(pshape))
             rows, cols = self.index[name]
-            p2 = parent_buf[poff:poff + psize].reshape(_matrix(pshape))
-            c2 = compact_buf[off:off + int(np.prod(shape))].reshape(_matrix(shape))
+            p2 = parent_buf[poff : poff + psize].reshape(_matrix(pshape))
+            c2 = compact_buf[off : off + int(np.prod(shape))].reshape(_matrix(shape))
             yield name, p2, c2, rows, cols
 
 
@@ -203,4 +231,4 @@ def scatter(backend, layout, plans, blocks, parent_buf):
                 backend.scatter(c2, rows, cols, p2)
     for name, total in shared.items():
         poff, pshape = layout.parent_slots[name]
-        parent_buf[poff:poff + int(np.prod(pshape))] = (total / len(plans)).reshape(-1)
+        parent_buf[poff : poff + int(np.prod(pshape))] = (total / len(plans)).reshape(-1)

@@ -25,15 +25,30 @@ class EpochCounters(NamedTuple):
     seen: int = 0
     skipped: int = 0
 
+
 #: A loss this many times its first value (or 1, when that is smaller) has diverged even
 #: while it stays finite (lr = 1e10 reaches 1e35 and "trains" on at chance accuracy).
 EXPLODE_FACTOR = 1e4
 
 
 class Trainer:
-    def __init__(self, model, optimizer, schedule, stream, data, metrics, total_steps,
-                 sync=None, eval_every=1, progress=True, rank_name="", on_round_end=None,
-                 skip_bad_batches=False, on_evaluated=None):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        schedule,
+        stream,
+        data,
+        metrics,
+        total_steps,
+        sync=None,
+        eval_every=1,
+        progress=True,
+        rank_name="",
+        on_round_end=None,
+        skip_bad_batches=False,
+        on_evaluated=None,
+    ):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.stream, self.data, self.metrics = stream, data, metrics
         self.total_steps, self.eval_every = total_steps, eval_every
@@ -72,10 +87,13 @@ class Trainer:
                 f"{prefix}training diverged at step {step}: loss is {loss:.4g}, over "
                 f"{EXPLODE_FACTOR:g} times its first value (bound {self.loss_bound:.4g}); "
                 f"largest gradient: {_largest_gradient(model)} (lower train.lr or check the "
-                f"data)")
-        raise DivergenceError(f"{prefix}training diverged at step {step}: loss is {loss}; first "
-                              f"non-finite value: {where or 'the loss itself'} (lower train.lr "
-                              f"or check the data)")
+                f"data)"
+            )
+        raise DivergenceError(
+            f"{prefix}training diverged at step {step}: loss is {loss}; first "
+            f"non-finite value: {where or 'the loss itself'} (lower train.lr "
+            f"or check the data)"
+        )
 
     def run(self, start_step=0, counters=None, elapsed_s=0.0):
         """Train from ``start_step`` (a resumed run passes its checkpoint's step, the
@@ -113,8 +131,12 @@ class Trainer:
                 bar.close()
                 if (stream.epoch + 1) % self.eval_every == 0 or last:
                     now = time.perf_counter()
-                    self._log_epoch(step, (epoch_loss, epoch_correct, epoch_seen, epoch_skipped),
-                                    now - epoch_start, total_epochs)
+                    self._log_epoch(
+                        step,
+                        (epoch_loss, epoch_correct, epoch_seen, epoch_skipped),
+                        now - epoch_start,
+                        total_epochs,
+                    )
                     epoch_loss, epoch_correct, epoch_seen, epoch_skipped = 0.0, 0, 0, 0
                     epoch_start = time.perf_counter()
             done = step + 1
@@ -134,16 +156,24 @@ class Trainer:
         """One metrics record (and progress line) for the epoch that just ended."""
         loss_sum, correct, seen, skipped = self.sync.reduce_stats(list(counters))
         if not seen:
-            raise DivergenceError(f"training diverged: every batch of epoch "
-                                  f"{self.stream.epoch + 1} had a NaN/Inf or exploding loss or a "
-                                  f"NaN/Inf gradient and "
-                                  f"was skipped (on_nan = \"skip_batch\")")
+            raise DivergenceError(
+                f"training diverged: every batch of epoch "
+                f"{self.stream.epoch + 1} had a NaN/Inf or exploding loss or a "
+                f"NaN/Inf gradient and "
+                f'was skipped (on_nan = "skip_batch")'
+            )
         val_model = self.sync.eval_model(self.model)  # may be a collective: once per epoch
-        record = {"kind": "epoch", "epoch": self.stream.epoch + 1, "step": step + 1,
-                  "loss": loss_sum / seen if seen else float("nan"),
-                  "train_accuracy": correct / seen if seen else float("nan"),
-                  "val_accuracy": self.evaluate("val", val_model), "lr": self.schedule(step),
-                  "time_s": self.elapsed_s(), "samples_per_s": seen / max(epoch_s, 1e-9)}
+        record = {
+            "kind": "epoch",
+            "epoch": self.stream.epoch + 1,
+            "step": step + 1,
+            "loss": loss_sum / seen if seen else float("nan"),
+            "train_accuracy": correct / seen if seen else float("nan"),
+            "val_accuracy": self.evaluate("val", val_model),
+            "lr": self.schedule(step),
+            "time_s": self.elapsed_s(),
+            "samples_per_s": seen / max(epoch_s, 1e-9),
+        }
         if self.skip_bad_batches:
             record["skipped_batches"] = int(skipped)
         per_rank = self.sync.bytes_per_rank()
@@ -166,10 +196,12 @@ class Trainer:
 
 def _largest_gradient(model):
     """Which parameter's gradient holds the largest magnitude (where an explosion shows)."""
+
     def peak(slot):
         _, _, off, shape = slot
         size = math.prod(shape)
-        return float(model.xp.abs(model.grads[off:off + size]).max()) if size else 0.0
+        return float(model.xp.abs(model.grads[off : off + size]).max()) if size else 0.0
+
     if not model.slots:
         return "none (the model has no parameters)"
     name, layer, _, _ = max(model.slots, key=peak)
@@ -180,4 +212,3 @@ def _largest_gradient(model):
 def total_steps(train, steps_per_epoch):
     """train.steps when set, else epochs x steps per epoch."""
     return train.steps or train.epochs * steps_per_epoch
-

@@ -32,14 +32,22 @@ class Run:
         self.show = self.root and progress and job.log.progress != "none"
         self.early_stop = early_stop_settings(job.train)
         if self.early_stop and not len(self.prepared.data.y_val):
-            raise HornError(f"{job.source}: train.early_stop needs a validation set, but "
-                            f"data.val_fraction is {job.data.val_fraction}")
+            raise HornError(
+                f"{job.source}: train.early_stop needs a validation set, but "
+                f"data.val_fraction is {job.data.val_fraction}"
+            )
         p = self.prepared
         self.state = RunState(p.model, p.optimizer, p.stream, p.sync, peer)
-        self.layout = {"world": peer.size if peer else 1, "groups": peer.groups if peer else 1,
-                       "workers": peer.workers if peer else 1}
-        self.best = BestTracker(self.early_stop.patience, self.early_stop.min_delta) \
-            if self.early_stop else BestTracker()
+        self.layout = {
+            "world": peer.size if peer else 1,
+            "groups": peer.groups if peer else 1,
+            "workers": peer.workers if peer else 1,
+        }
+        self.best = (
+            BestTracker(self.early_stop.patience, self.early_stop.min_delta)
+            if self.early_stop
+            else BestTracker()
+        )
         self.preemption = Preemption(peer)
         self.rounds = 0  # barriers completed: a checkpoint counts them
         self.resumed = False
@@ -58,12 +66,14 @@ class Run:
         """Go on from ``run_dir``'s newest valid checkpoint (same return as :meth:`begin`)."""
         self._announce()
         manifest, arrays = load_latest(self.run_dir, every=self.job.checkpoint.every)
-        step, counters = self.state.restore(manifest, arrays, self.layout,
-                                            str(self.run_dir / "checkpoints" / manifest["file"]))
+        step, counters = self.state.restore(
+            manifest, arrays, self.layout, str(self.run_dir / "checkpoints" / manifest["file"])
+        )
         self.rounds, self.resumed = manifest["round"], True
         self.best.restore(manifest.get("best"))
-        print_progress(f"horn: resuming {self.run_dir} at step {step} of "
-                       f"{self.prepared.steps}", self.show)
+        print_progress(
+            f"horn: resuming {self.run_dir} at step {step} of {self.prepared.steps}", self.show
+        )
         return step, counters, manifest.get("time_s", 0.0), manifest["metrics_bytes"]
 
     def _announce(self):
@@ -72,10 +82,13 @@ class Run:
             print_progress(f"horn: run directory {self.run_dir.resolve()}", self.show)
         if self.peer is not None and self.show:
             print_progress(f"horn: {self.peer.layout_text()}", self.show)
-        print_progress(f"horn: {self.job.name}: {p.data.name} {len(p.local.y_train)}/"
-                       f"{len(p.data.y_val)}/{len(p.data.y_test)} train (per group)/val/test, "
-                       f"{p.model.num_params:,} parameters, backend {p.backend.name}, "
-                       f"{p.threads} thread(s), {p.steps} steps", self.show)
+        print_progress(
+            f"horn: {self.job.name}: {p.data.name} {len(p.local.y_train)}/"
+            f"{len(p.data.y_val)}/{len(p.data.y_test)} train (per group)/val/test, "
+            f"{p.model.num_params:,} parameters, backend {p.backend.name}, "
+            f"{p.threads} thread(s), {p.steps} steps",
+            self.show,
+        )
 
     # ---- train -------------------------------------------------------------------
     def train(self, start):
@@ -83,31 +96,45 @@ class Run:
         plus run_dir, history and model (rank 0), or with a preemption its step."""
         step, counters, elapsed, offset = start
         p = self.prepared
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl" if self.root else None,
-                                  truncate_to=offset)
+        self.metrics = MetricsLog(
+            self.run_dir / "metrics.jsonl" if self.root else None, truncate_to=offset
+        )
         self.checkpointer = Checkpointer(self.run_dir, self.peer, self.job.checkpoint.keep_last)
         if self.peer is not None:
             self.peer.restart_superstep_clock()  # superstep 0 starts with training
         try:
-            trainer = Trainer(p.model, p.optimizer, p.schedule, p.stream, p.data, self.metrics,
-                              p.steps, sync=p.sync, eval_every=self.job.train.eval_every,
-                              progress=self.show,
-                              rank_name=f"rank {self.peer.rank}" if self.peer else "",
-                              on_round_end=self._on_round_end, on_evaluated=self._on_evaluated,
-                              skip_bad_batches=self.job.train.on_nan == "skip_batch")
+            trainer = Trainer(
+                p.model,
+                p.optimizer,
+                p.schedule,
+                p.stream,
+                p.data,
+                self.metrics,
+                p.steps,
+                sync=p.sync,
+                eval_every=self.job.train.eval_every,
+                progress=self.show,
+                rank_name=f"rank {self.peer.rank}" if self.peer else "",
+                on_round_end=self._on_round_end,
+                on_evaluated=self._on_evaluated,
+                skip_bad_batches=self.job.train.on_nan == "skip_batch",
+            )
             if self.resumed and self.early_stop:  # decided just before the checkpoint
                 trainer.stop_requested = agree(self.peer, self.root and self.best.exhausted)
             history = trainer.run(step, counters, elapsed)
             if trainer.stopped_at is not None:
-                return {"preempted": True, "step": trainer.stopped_at,
-                        "run_dir": str(self.run_dir)}
+                return {"preempted": True, "step": trainer.stopped_at, "run_dir": str(self.run_dir)}
             model = p.sync.eval_model(p.model)
             final = self._final_record(trainer, history, model)
             self.metrics.write(final)
         finally:
             self.metrics.close()
-        return {**final, "run_dir": str(self.run_dir) if self.root else None,
-                "history": history, "model": model}
+        return {
+            **final,
+            "run_dir": str(self.run_dir) if self.root else None,
+            "history": history,
+            "model": model,
+        }
 
     def _on_round_end(self, done, counters, elapsed_s):
         """True on every rank when the run must stop (preemption); checkpoints here."""
@@ -118,33 +145,52 @@ class Run:
             for record in self.prepared.sync.records():  # what the metrics offset covers
                 self.metrics.write(record)
             own, shared, meta = self.state.snapshot(done, counters)
-            self.checkpointer.save(done, own, meta, shared, {
-                "layout": self.layout, "job_digest": self.job.digest(), "round": self.rounds,
-                "parameters": parameter_shapes(self.prepared.model),
-                "metrics_bytes": self.metrics.tell(), "time_s": elapsed_s,
-                "best": self.best.state()})
+            self.checkpointer.save(
+                done,
+                own,
+                meta,
+                shared,
+                {
+                    "layout": self.layout,
+                    "job_digest": self.job.digest(),
+                    "round": self.rounds,
+                    "parameters": parameter_shapes(self.prepared.model),
+                    "metrics_bytes": self.metrics.tell(),
+                    "time_s": elapsed_s,
+                    "best": self.best.state(),
+                },
+            )
         return stop
 
     def _on_evaluated(self, record, val_model):
         """Keep the best model (rank 0 decides from its validation accuracy); True on
         every rank when early stopping says stop."""
         if self.root and self.best.update(record["epoch"], record["val_accuracy"]):
-            self.save_model(val_model, "best.npz", {"epoch": record["epoch"],
-                                                    "val_accuracy": record["val_accuracy"]})
+            self.save_model(
+                val_model,
+                "best.npz",
+                {"epoch": record["epoch"], "val_accuracy": record["val_accuracy"]},
+            )
         return self.early_stop is not None and agree(self.peer, self.root and self.best.exhausted)
 
     def _final_record(self, trainer, history, model):
         data = self.prepared.data
-        final = {"kind": "final", "test_accuracy": model.accuracy(data.x_test, data.y_test),
-                 "val_accuracy": model.accuracy(data.x_val, data.y_val),
-                 "time_s": trainer.elapsed_s(),
-                 "steps": trainer.early_stopped_at or trainer.total_steps}
+        final = {
+            "kind": "final",
+            "test_accuracy": model.accuracy(data.x_test, data.y_test),
+            "val_accuracy": model.accuracy(data.x_val, data.y_val),
+            "time_s": trainer.elapsed_s(),
+            "steps": trainer.early_stopped_at or trainer.total_steps,
+        }
         if trainer.early_stopped_at is not None:
             final["stopped_early_at_epoch"] = history[-1]["epoch"]
         if self.root and self.best.best_epoch is not None:
             best, _ = load_predictor(self.run_dir / "best.npz", self.prepared.backend.name)
-            final.update(best_epoch=self.best.best_epoch, best_val_accuracy=self.best.best,
-                         best_test_accuracy=best.accuracy(data.x_test, data.y_test))
+            final.update(
+                best_epoch=self.best.best_epoch,
+                best_val_accuracy=self.best.best,
+                best_test_accuracy=best.accuracy(data.x_test, data.y_test),
+            )
         per_rank = self.prepared.sync.bytes_per_rank()
         if per_rank is not None:
             final["bytes_sent_per_rank"] = per_rank
@@ -156,8 +202,9 @@ class Run:
         if self.root and not result.get("preempted"):
             self.save_model(result["model"], "model.npz")
             if self.job.log.plot:
-                plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curve.png",
-                            self.job.name)
+                plot_curves(
+                    self.run_dir / "metrics.jsonl", self.run_dir / "curve.png", self.job.name
+                )
         return result
 
     def save_model(self, model, name, extra=None):
@@ -165,8 +212,15 @@ class Run:
         whole or not at all (a kill while writing leaves the previous file)."""
         data, path = self.prepared.data, self.run_dir / name
         tmp = path.with_name(f".{path.stem}.tmp.npz")
-        model.save(tmp, meta={"job": self.job.to_dict(), "classes": data.classes,
-                              "scaler": scaler_meta(data.scaler), **(extra or {})})
+        model.save(
+            tmp,
+            meta={
+                "job": self.job.to_dict(),
+                "classes": data.classes,
+                "scaler": scaler_meta(data.scaler),
+                **(extra or {}),
+            },
+        )
         os.replace(tmp, path)
 
 

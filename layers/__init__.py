@@ -13,5 +13,19 @@ from horn.layers.dropout import Dropout
 from horn.layers.losses import MSE, SoftmaxCrossEntropy
 from horn.layers.pooling import AvgPool2d, Flatten, GlobalAvgPool, MaxPool2d
 
-__all__ = ["AvgPool2d", "BatchNorm", "Conv2d", "Dense", "DropConnectDense", "Dropout", "Flatten",
-           "GlobalAvgPool", "MSE", "MaxPool2d", "ReLU", "Sigmoid", "SoftmaxCrossEntropy", "Tanh"]
+__all__ = [
+    "AvgPool2d",
+    "BatchNorm",
+    "Conv2d",
+    "Dense",
+    "DropConnectDense",
+    "Dropout",
+    "Flatten",
+    "GlobalAvgPool",
+    "MSE",
+    "MaxPool2d",
+    "ReLU",
+    "Sigmoid",
+    "SoftmaxCrossEntropy",
+    "Tanh",
+]

@@ -4,8 +4,9 @@
 def pair(value, name, low):
     """``value`` as an (int, int) pair, each at least ``low``; ValueError otherwise."""
     items = list(value) if isinstance(value, (list, tuple)) else [value, value]
-    if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low
-                                  for v in items):
+    if len(items) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= low for v in items
+    ):
         raise ValueError(f"{name} must be an integer >= {low} or a pair of them, found {value!r}")
     return tuple(items)
 
@@ -22,6 +23,8 @@ def output_hw(h, w, kernel, stride, pad, layer):
     oh = (h + 2 * pad[0] - kernel[0]) // stride[0] + 1
     ow = (w + 2 * pad[1] - kernel[1]) // stride[1] + 1
     if oh < 1 or ow < 1:
-        raise ValueError(f"{layer}: a {kernel[0]}x{kernel[1]} window with padding {pad} does "
-                         f"not fit a {h}x{w} image")
+        raise ValueError(
+            f"{layer}: a {kernel[0]}x{kernel[1]} window with padding {pad} does "
+            f"not fit a {h}x{w} image"
+        )
     return oh, ow

@@ -27,9 +27,16 @@ class Conv2d(Layer):
     input_rank = 3
     partition_role = "split"
 
-    def __init__(self, channels: int, kernel: int | list[int] = 3, stride: int | list[int] = 1,
-                 padding: int | list[int] = 0, activation: str = "identity",
-                 init: str | Callable = "he", bias: bool = True):
+    def __init__(
+        self,
+        channels: int,
+        kernel: int | list[int] = 3,
+        stride: int | list[int] = 1,
+        padding: int | list[int] = 0,
+        activation: str = "identity",
+        init: str | Callable = "he",
+        bias: bool = True,
+    ):
         if not (isinstance(channels, int) and not isinstance(channels, bool) and channels > 0):
             raise ValueError(f"channels must be a positive integer, found {channels!r}")
         if activation not in ACTIVATIONS:
@@ -42,8 +49,13 @@ class Conv2d(Layer):
         c, h, w = image_shape(in_shape, "conv2d")
         kh, kw = self.kernel
         self.out_hw = output_hw(h, w, self.kernel, self.stride, self.padding, "conv2d")
-        self.declare("W", (self.channels, c, kh, kw), init=self.init, fan_in=c * kh * kw,
-                     fan_out=self.channels * kh * kw)
+        self.declare(
+            "W",
+            (self.channels, c, kh, kw),
+            init=self.init,
+            fan_in=c * kh * kw,
+            fan_out=self.channels * kh * kw,
+        )
         if self.bias:
             self.declare("b", (self.channels,), init="zeros")
         return (self.channels, *self.out_hw)
@@ -68,8 +80,13 @@ class Conv2d(Layer):
         n = dy.shape[0]
         dz = self.buffer("z", (self.channels, self.cols.shape[1]))  # z is dead: reuse it
         db = self.grads["b"] if self.bias else self.buffer("db", (self.channels,))
-        self.ops.act_backward_nchw(dy.reshape(n, self.channels, -1),
-                                   self.y.reshape(n, self.channels, -1), self.activation, dz, db)
+        self.ops.act_backward_nchw(
+            dy.reshape(n, self.channels, -1),
+            self.y.reshape(n, self.channels, -1),
+            self.activation,
+            dz,
+            db,
+        )
         if self.input_scale != 1.0:  # after the bias gradient: the bias is not scaled
             self.ops.scale(dz, self.input_scale)
         self.xp.matmul(dz, self.cols.T, out=self.grads["W"].reshape(self.channels, -1))

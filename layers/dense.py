@@ -20,8 +20,13 @@ class Dense(Layer):
     input_rank = 1  # flat vectors: images go through flatten first
     partition_role = "split"
 
-    def __init__(self, units: int, activation: str = "identity",
-                 init: str | Callable = "he", bias: bool = True):
+    def __init__(
+        self,
+        units: int,
+        activation: str = "identity",
+        init: str | Callable = "he",
+        bias: bool = True,
+    ):
         if int(units) != units or units <= 0:
             raise ValueError(f"units must be a positive integer, found {units!r}")
         if activation not in ACTIVATIONS:

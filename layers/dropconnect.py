@@ -14,8 +14,14 @@ class DropConnectDense(Dense):
     The mask is a hash of (key, index): recomputed in backward, never stored.
     """
 
-    def __init__(self, units: int, p: float = 0.5, activation: str = "identity",
-                 init: str | Callable = "he", bias: bool = True):
+    def __init__(
+        self,
+        units: int,
+        p: float = 0.5,
+        activation: str = "identity",
+        init: str | Callable = "he",
+        bias: bool = True,
+    ):
         super().__init__(units, activation, init, bias)
         if not 0 <= p < 1:
             raise ValueError(f"p must be in [0, 1), found {p!r}")

@@ -13,14 +13,19 @@ class _Pool2d(Layer):
     input_rank = 3
     partition_role = "through"  # per channel: sub-networks carry the channel partition on
 
-    def __init__(self, kernel: int | list[int] = 2, stride: int | list[int] | None = None,
-                 padding: int | list[int] = 0):
+    def __init__(
+        self,
+        kernel: int | list[int] = 2,
+        stride: int | list[int] | None = None,
+        padding: int | list[int] = 0,
+    ):
         self.kernel = pair(kernel, "kernel", 1)
         self.stride = self.kernel if stride is None else pair(stride, "stride", 1)
         self.padding = pair(padding, "padding", 0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel)):
-            raise ValueError(f"padding must be at most half the kernel {self.kernel}, "
-                             f"found {padding!r}")
+            raise ValueError(
+                f"padding must be at most half the kernel {self.kernel}, found {padding!r}"
+            )
 
     def build(self, in_shape):
         c, h, w = image_shape(in_shape, self.type_name)

@@ -30,4 +30,6 @@ def mpirun(n, args, timeout=60, env=None):
     )
     full_env.update(env or {})
     cmd = [mpirun_path(), "--oversubscribe", "-n", str(n), sys.executable, *map(str, args)]
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

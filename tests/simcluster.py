@@ -46,7 +46,15 @@ def sim_cluster(hosts, slots=1, rate=None):
 def run_on(c, args, timeout=180, ranks=None, env=None):
     """``python ARGS...`` on every rank of cluster ``c`` via mpirun; the CompletedProcess."""
     full_env = c.environment()
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+    )
     full_env.update(env or {})
-    return subprocess.run(c.mpirun_argv([sys.executable, *map(str, args)], ranks=ranks),
-                          cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        c.mpirun_argv([sys.executable, *map(str, args)], ranks=ranks),
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -27,8 +27,11 @@ class OneShotSync(PeerSync):
     def __init__(self, setup, rounds):
         super().__init__(setup.peer)
         self.model, self.optimizer = setup.model, setup.optimizer
-        self.local_steps, self.total_steps, self.rounds = setup.local_steps, setup.total_steps, \
-            rounds
+        self.local_steps, self.total_steps, self.rounds = (
+            setup.local_steps,
+            setup.total_steps,
+            rounds,
+        )
         self.done = 0
 
     def after_step(self, step):

@@ -19,35 +19,69 @@ def final(result):
 
 
 def test_digits_job_reaches_097(tmp_path):
-    row = final(horn("run", ROOT / "jobs/digits.toml", "--quiet", "--set",
-                     f"log.dir='{tmp_path}'"))
+    row = final(horn("run", ROOT / "jobs/digits.toml", "--quiet", "--set", f"log.dir='{tmp_path}'"))
     assert row["test_accuracy"] >= 0.97
 
 
 def require_fashion():
-    assert FASHION.exists(), ("Fashion-MNIST is missing: `make accuracy` installs Debian's "
-                              "dataset-fashion-mnist")
+    assert FASHION.exists(), (
+        "Fashion-MNIST is missing: `make accuracy` installs Debian's dataset-fashion-mnist"
+    )
 
 
 @pytest.mark.slow
 def test_fashion_mlp_reaches_0885(tmp_path):
     require_fashion()
-    row = final(horn("run", ROOT / "jobs/fashion_mlp.toml", "--quiet", "--set",
-                     f"log.dir='{tmp_path}'", timeout=3600))
+    row = final(
+        horn(
+            "run",
+            ROOT / "jobs/fashion_mlp.toml",
+            "--quiet",
+            "--set",
+            f"log.dir='{tmp_path}'",
+            timeout=3600,
+        )
+    )
     assert row["test_accuracy"] >= 0.885
 
 
 @pytest.mark.slow
 def test_fashion_model_averaging_on_4_ranks_reaches_088(tmp_path):
     require_fashion()
-    row = final(mpirun(4, ["-m", "horn.cli", "run", ROOT / "jobs/fashion_ma.toml", "--quiet",
-                           "--set", f"log.dir='{tmp_path}'"], timeout=3600))
+    row = final(
+        mpirun(
+            4,
+            [
+                "-m",
+                "horn.cli",
+                "run",
+                ROOT / "jobs/fashion_ma.toml",
+                "--quiet",
+                "--set",
+                f"log.dir='{tmp_path}'",
+            ],
+            timeout=3600,
+        )
+    )
     assert row["test_accuracy"] >= 0.88
 
 
 @pytest.mark.slow
 def test_fashion_subnetworks_on_1x4_reach_0885(tmp_path):
     require_fashion()
-    row = final(mpirun(4, ["-m", "horn.cli", "run", ROOT / "jobs/fashion_subnet.toml",
-                           "--quiet", "--set", f"log.dir='{tmp_path}'"], timeout=3600))
+    row = final(
+        mpirun(
+            4,
+            [
+                "-m",
+                "horn.cli",
+                "run",
+                ROOT / "jobs/fashion_subnet.toml",
+                "--quiet",
+                "--set",
+                f"log.dir='{tmp_path}'",
+            ],
+            timeout=3600,
+        )
+    )
     assert row["test_accuracy"] >= 0.885

@@ -19,15 +19,23 @@ def readme_example():
 
 
 def test_the_readme_example_runs_as_written(tmp_path):
-    result = subprocess.run([sys.executable, "-c", readme_example()], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", readme_example()],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip().splitlines()[-1]
     assert line.startswith("epoch 2: val ") and "saved in " in line
     run_dir = tmp_path.joinpath(line.split("saved in ")[1])
     assert run_dir.is_dir() and run_dir.parent == (tmp_path / "runs").resolve()
-    assert {"job.json", "metrics.jsonl", "model.npz", "best.npz"} <= {p.name for p in run_dir.iterdir()}
+    assert {"job.json", "metrics.jsonl", "model.npz", "best.npz"} <= {
+        p.name for p in run_dir.iterdir()
+    }
     import json
+
     assert json.loads((run_dir / "job.json").read_text())["train"]["lr"] == 0.1  # the override
 
 
@@ -45,28 +53,38 @@ def test_a_job_file_path_and_bad_input(tmp_path):
     import horn
     from horn.errors import HornError
 
-    result = horn.run(ROOT / "jobs/digits.toml", overrides=[
-        "train.epochs=1", "train.backend='numpy'", f"log.dir='{tmp_path}'", "log.plot=false"])
+    result = horn.run(
+        ROOT / "jobs/digits.toml",
+        overrides=[
+            "train.epochs=1",
+            "train.backend='numpy'",
+            f"log.dir='{tmp_path}'",
+            "log.plot=false",
+        ],
+    )
     assert len(result.history) == 1 and result.history[0]["kind"] == "epoch"
     assert result.final["kind"] == "final" and result.run_dir.parent == tmp_path
     assert result.model.accuracy(*load_test_split()) == result.final["test_accuracy"]
     with pytest.raises(HornError, match="expected a job file path or a dict"):
         horn.run(42)
     with pytest.raises(HornError, match="train.epochs"):
-        horn.run({"model": {"layers": [{"type": "dense", "units": 10}]}},
-                 overrides=["train.epochs=0"])
+        horn.run(
+            {"model": {"layers": [{"type": "dense", "units": 10}]}}, overrides=["train.epochs=0"]
+        )
 
 
 def test_under_mpirun_every_rank_gets_a_result(tmp_path):
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import horn
         from mpi4py import MPI
         r = horn.run({str(ROOT / "jobs/digits.toml")!r}, overrides=[
-            "train.epochs=2", "train.backend='numpy'", "log.dir='{tmp_path / 'runs'}'"])
+            "train.epochs=2", "train.backend='numpy'", "log.dir='{tmp_path / "runs"}'"])
         print("RANK", MPI.COMM_WORLD.rank, len(r.history), r.run_dir, r.model.num_params,
               flush=True)
-        """))
+        """)
+    )
     result = mpirun(2, [script], timeout=120)
     assert result.returncode == 0, result.stderr
     lines = sorted(l.split() for l in result.stdout.splitlines() if l.startswith("RANK"))

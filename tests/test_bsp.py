@@ -22,8 +22,11 @@ def run(request):
     n = request.param
     proc = mpirun(n, [SEMANTICS, *LAYOUTS[n]])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
-               if line.startswith("RESULT ")]
+    results = [
+        json.loads(line[len("RESULT ") :])
+        for line in proc.stdout.splitlines()
+        if line.startswith("RESULT ")
+    ]
     assert sorted(r["rank"] for r in results) == list(range(n))
     return n, {r["rank"]: r for r in results}
 
@@ -36,8 +39,10 @@ def test_messages_invisible_before_sync_and_delivered_after(run):
     n, results = run
     for rank, r in results.items():
         assert r["before_sync_0"] == {}
-        expected = {str(src): [["<f4", [src, rank, 0.5]], ["<i2", list(range(src + 1))], ["|u1", []]]
-                    for src in range(n)}
+        expected = {
+            str(src): [["<f4", [src, rank, 0.5]], ["<i2", list(range(src + 1))], ["|u1", []]]
+            for src in range(n)
+        }
         assert r["after_sync_0"] == expected
         assert r["received_from_0"] == [[0, rank, 0.5], [0], []]
 
@@ -71,14 +76,22 @@ def test_layout_group_and_cross_communicators(run):
     for rank, r in results.items():
         group, worker = divmod(rank, workers)
         assert r["layout"] == {
-            "group": group, "worker": worker, "groups": groups, "workers": workers,
-            "group_comm": [worker, workers], "cross_comm": [group, groups],
+            "group": group,
+            "worker": worker,
+            "groups": groups,
+            "workers": workers,
+            "group_comm": [worker, workers],
+            "cross_comm": [group, groups],
         }
         assert r["members"]["group"] == [group * workers + w for w in range(workers)]
         assert r["members"]["cross"] == [g * workers + worker for g in range(groups)]
         assert r["group_sum"] == [float(sum(r["members"]["group"]))] * 3
-        assert r["bcast_cross"] == [worker]  # cross root 0 is the group-0 rank with this worker index
-    assert results[0]["layout_text"].startswith(f"{n} ranks as {groups} group(s) x {workers} worker(s)")
+        assert r["bcast_cross"] == [
+            worker
+        ]  # cross root 0 is the group-0 rank with this worker index
+    assert results[0]["layout_text"].startswith(
+        f"{n} ranks as {groups} group(s) x {workers} worker(s)"
+    )
 
 
 def test_superstep_records_and_bytes(run):
@@ -91,14 +104,15 @@ def test_superstep_records_and_bytes(run):
         step1 = (32 + 24 * (n - 1)) if n > 1 else 0  # one ring message + the triples
         step2 = 24 * (n - 1)
         collectives = (
-            2 * (n - 1) * 20 // n                      # allreduce_mean, 5 float32
-            + 2 * (workers - 1) * 24 // workers        # group allreduce_sum, 3 float64
-            + (n - 1) * 4 * (rank + 1)                 # allgatherv, own block
-            + (n - 1) * 16                             # allgather, 2 int64
-            + (workers - 1) * 8 + (groups - 1) * 8     # member allgathers
-            + ((n - 1) * 8 if rank == n - 1 else 0)    # world bcast from the last rank
+            2 * (n - 1) * 20 // n  # allreduce_mean, 5 float32
+            + 2 * (workers - 1) * 24 // workers  # group allreduce_sum, 3 float64
+            + (n - 1) * 4 * (rank + 1)  # allgatherv, own block
+            + (n - 1) * 16  # allgather, 2 int64
+            + (workers - 1) * 8
+            + (groups - 1) * 8  # member allgathers
+            + ((n - 1) * 8 if rank == n - 1 else 0)  # world bcast from the last rank
             + ((groups - 1) * 8 if group == 0 else 0)  # cross bcast from group 0
-            + 24 * (n - 1)                             # the final sync's triples
+            + 24 * (n - 1)  # the final sync's triples
         )
         records = r["records"]
         assert [rec["superstep"] for rec in records] == [0, 1, 2, 3]
@@ -106,8 +120,9 @@ def test_superstep_records_and_bytes(run):
         assert r["bytes_sent_total"] == step0 + step1 + step2 + collectives
         assert all(rec["compute_s"] >= 0 and rec["comm_s"] > 0 for rec in records)
         assert all(len(rec["rank_compute_s"]) == len(rec["rank_wait_s"]) == n for rec in records)
-        assert all(rec["waited_for"]["rank"] in range(n) and rec["waited_for"]["host"]
-                   for rec in records)
+        assert all(
+            rec["waited_for"]["rank"] in range(n) and rec["waited_for"]["host"] for rec in records
+        )
         assert r["records_after_drain"] == []
 
 
@@ -121,8 +136,11 @@ def test_verify_same_mismatch_names_the_odd_rank_on_every_rank():
     proc, elapsed, out = fail_run(4, "mismatch", 30)
     assert proc.returncode == 2, out
     assert "finished normally" not in out
-    assert re.search(r"horn: error: rank \d \(group 0, worker \d\): job differs between ranks: "
-                     r"rank\(s\) 2 disagree with rank 0", out), out
+    assert re.search(
+        r"horn: error: rank \d \(group 0, worker \d\): job differs between ranks: "
+        r"rank\(s\) 2 disagree with rank 0",
+        out,
+    ), out
     assert elapsed < 15
 
 
@@ -146,17 +164,23 @@ def test_sigkilled_rank_ends_the_job_without_hanging():
 def test_watchdog_names_this_rank_and_the_missing_one():
     proc, elapsed, out = fail_run(3, "stuck", 2)
     assert proc.returncode != 0, out
-    assert re.search(r"horn: rank 0 \(host [^)]+\): 'sync' \(superstep 0, world\) timed out after "
-                     r"2\.\d s waiting for the other ranks; rank 1 \(host [^)]+\) never arrived "
-                     r"\(no answer to a roll call", out), out
+    assert re.search(
+        r"horn: rank 0 \(host [^)]+\): 'sync' \(superstep 0, world\) timed out after "
+        r"2\.\d s waiting for the other ranks; rank 1 \(host [^)]+\) never arrived "
+        r"\(no answer to a roll call",
+        out,
+    ), out
     assert elapsed < 30
 
 
 def test_watchdog_when_the_coordinator_is_stuck():
     proc, elapsed, out = fail_run(2, "stuck0", 2)
     assert proc.returncode != 0, out
-    assert re.search(r"horn: rank 1 \(host [^)]+\): 'sync' .*timed out after \d\.\d s waiting for "
-                     r"the other ranks; rank 0 \(host [^)]+\) never arrived", out), out
+    assert re.search(
+        r"horn: rank 1 \(host [^)]+\): 'sync' .*timed out after \d\.\d s waiting for "
+        r"the other ranks; rank 0 \(host [^)]+\) never arrived",
+        out,
+    ), out
     assert elapsed < 30
 
 
@@ -189,12 +213,21 @@ def test_derive_layout():
         (4, 2, 0): [2, 2],
         (6, None, 3): [2, 3],
         (4, 2, 2): [2, 2],
-        (3, 2, 2): "world size 3 does not fit parallel.groups=2 x parallel.workers=2 (needs 4 ranks)",
+        (
+            3,
+            2,
+            2,
+        ): "world size 3 does not fit parallel.groups=2 x parallel.workers=2 (needs 4 ranks)",
         (6, 0, 4): "world size 6 is not divisible by parallel.workers=4",
         (5, 2, None): "world size 5 is not divisible by parallel.groups=2",
         (4, -1, 2): "parallel.groups must be >= 0 (0 = derive from world size), found -1",
     }
-    proc = subprocess.run([sys.executable, "-c", DERIVE, json.dumps(list(cases))],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", DERIVE, json.dumps(list(cases))],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == list(cases.values())

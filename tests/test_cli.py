@@ -12,8 +12,9 @@ QUICK = ["--set", "train.epochs=3", "--quiet"]
 
 
 def run_digits(tmp_path, *extra):
-    result = horn("run", ROOT / "jobs/digits.toml", *QUICK, "--set", f"log.dir='{tmp_path}'",
-                  *extra)
+    result = horn(
+        "run", ROOT / "jobs/digits.toml", *QUICK, "--set", f"log.dir='{tmp_path}'", *extra
+    )
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("test accuracy ")
@@ -38,13 +39,18 @@ def test_run_writes_a_complete_run_directory(tmp_path):
 
 
 def test_same_job_and_seed_give_bit_identical_metrics_on_numpy(tmp_path):
-    runs = [metrics(run_digits(tmp_path / str(i), "--set", "train.backend='numpy'")[1])
-            for i in range(2)]
-    timeless = [[{k: v for k, v in r.items() if k not in ("time_s", "samples_per_s")} for r in rows]
-                for rows in runs]
+    runs = [
+        metrics(run_digits(tmp_path / str(i), "--set", "train.backend='numpy'")[1])
+        for i in range(2)
+    ]
+    timeless = [
+        [{k: v for k, v in r.items() if k not in ("time_s", "samples_per_s")} for r in rows]
+        for rows in runs
+    ]
     assert timeless[0] == timeless[1]
-    other = metrics(run_digits(tmp_path / "2", "--set", "train.backend='numpy'",
-                               "--set", "train.seed=1")[1])
+    other = metrics(
+        run_digits(tmp_path / "2", "--set", "train.backend='numpy'", "--set", "train.seed=1")[1]
+    )
     assert other[0]["loss"] != runs[0][0]["loss"], "another seed must change the run"
 
 
@@ -55,6 +61,7 @@ def test_eval_and_predict_on_a_run_directory(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"test accuracy {final['test_accuracy']:.4f}")
     from sklearn.datasets import load_digits
+
     x = load_digits().data[:25]
     np.savez(tmp_path / "inputs.npz", x=x)
     out = tmp_path / "pred.csv"
@@ -79,17 +86,25 @@ def bad_job(tmp_path, body):
     return path
 
 
-LAYERS = '[model]\nlayers = [{ type = "dense", units = 16, activation = "relu" }, ' \
-         '{ type = "dense", units = 10 }]\n'
+LAYERS = (
+    '[model]\nlayers = [{ type = "dense", units = 16, activation = "relu" }, '
+    '{ type = "dense", units = 10 }]\n'
+)
 
 
-@pytest.mark.parametrize("body,message", [
-    ("[train\n", "malformed toml"),
-    (LAYERS + "[train]\nmomentun = 0.1\n", "unknown key (did you mean 'momentum'?)"),
-    (LAYERS.replace("units = 10", "units = 12"), "has 10 classes"),
-    (LAYERS + "[data]\nname = 'idx'\npath = 'nowhere'\n", "apt-get install dataset-fashion-mnist"),
-    (LAYERS + "[data]\nname = 'csv'\npath = 'data.csv'\n", "data.csv"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("[train\n", "malformed toml"),
+        (LAYERS + "[train]\nmomentun = 0.1\n", "unknown key (did you mean 'momentum'?)"),
+        (LAYERS.replace("units = 10", "units = 12"), "has 10 classes"),
+        (
+            LAYERS + "[data]\nname = 'idx'\npath = 'nowhere'\n",
+            "apt-get install dataset-fashion-mnist",
+        ),
+        (LAYERS + "[data]\nname = 'csv'\npath = 'data.csv'\n", "data.csv"),
+    ],
+)
 def test_bad_input_is_one_line_with_exit_code_2(tmp_path, body, message):
     (tmp_path / "data.csv").write_text("1,2,0\n3,nan,1\n")
     result = horn("run", bad_job(tmp_path, body), "--quiet", cwd=tmp_path)
@@ -102,14 +117,24 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, body, message):
 
 
 def test_divergence_stops_with_step_and_layer(tmp_path):
-    result = horn("run", ROOT / "jobs/digits.toml", *QUICK, "--set", f"log.dir='{tmp_path}'",
-                  "--set", "train.lr=1e30", "--set", "train.warmup_steps=0")
+    result = horn(
+        "run",
+        ROOT / "jobs/digits.toml",
+        *QUICK,
+        "--set",
+        f"log.dir='{tmp_path}'",
+        "--set",
+        "train.lr=1e30",
+        "--set",
+        "train.warmup_steps=0",
+    )
     assert result.returncode == 3
     assert "diverged at step" in result.stderr and "of layer" in result.stderr
 
 
 def test_custom_layer_from_a_users_module(tmp_path):
-    (tmp_path / "mylayers.py").write_text(textwrap.dedent('''
+    (tmp_path / "mylayers.py").write_text(
+        textwrap.dedent('''
         import horn
 
         class Scale(horn.Layer):
@@ -125,14 +150,21 @@ def test_custom_layer_from_a_users_module(tmp_path):
             def backward(self, dy):
                 self.grads["s"][...] = (dy * self.x).sum(axis=0)
                 return dy * self.params["s"]
-    '''))
-    body = '[model]\nimports = ["mylayers"]\nlayers = [{ type = "mylayers:Scale" }, { type = "dense", units = 10 }]\n' \
-           '[train]\nepochs = 2\n'
-    result = horn("run", bad_job(tmp_path, body), "--quiet", cwd=tmp_path,
-                  env={"PYTHONPATH": str(tmp_path)})
+    ''')
+    )
+    body = (
+        '[model]\nimports = ["mylayers"]\nlayers = [{ type = "mylayers:Scale" }, { type = "dense", units = 10 }]\n'
+        "[train]\nepochs = 2\n"
+    )
+    result = horn(
+        "run", bad_job(tmp_path, body), "--quiet", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}
+    )
     assert result.returncode == 0, result.stderr
     import sys
+
     sys.path.insert(0, str(tmp_path))
-    import horn as horn_pkg
     import mylayers
+
+    import horn as horn_pkg
+
     assert horn_pkg.check_layer(mylayers.Scale())

@@ -28,8 +28,9 @@ from tests.cli import horn
 from tests.mpirun import PROGS, REPO, mpirun
 from tests.simcluster import NAME, run_on, sim_cluster, unavailable
 
-pytestmark = pytest.mark.skipif(unavailable() is not None,
-                                reason=f"cannot make network namespaces here: {unavailable()}")
+pytestmark = pytest.mark.skipif(
+    unavailable() is not None, reason=f"cannot make network namespaces here: {unavailable()}"
+)
 
 BASE = """
 [data]
@@ -79,8 +80,18 @@ JOBS = {
     """,
 }
 SAME_ALGORITHMS = {f"OMPI_MCA_{key}": value for key, value in simulated.TCP_MCA.items()}
-TIMING = ("time_s", "samples_per_s", "compute_s", "comm_s", "rank_compute_s", "rank_wait_s",
-          "waited_for", "teacher_s", "distill_s", "run_dir")
+TIMING = (
+    "time_s",
+    "samples_per_s",
+    "compute_s",
+    "comm_s",
+    "rank_compute_s",
+    "rank_wait_s",
+    "waited_for",
+    "teacher_s",
+    "distill_s",
+    "run_dir",
+)
 
 
 def write_job(directory, kind):
@@ -96,7 +107,9 @@ def write_job(directory, kind):
                 tables[section].append(line)
     body = "".join(f"{s}\n" + "\n".join(lines) + "\n" for s, lines in tables.items())
     path = Path(directory) / f"{kind}.toml"
-    path.write_text(f'name = "{kind}"\n' + body.replace("[log]\n", f"[log]\ndir = '{directory}/runs'\n"))
+    path.write_text(
+        f'name = "{kind}"\n' + body.replace("[log]\n", f"[log]\ndir = '{directory}/runs'\n")
+    )
     return path
 
 
@@ -104,8 +117,10 @@ def outcome(result):
     """(metrics without timings, parameters) of a finished ``horn run``."""
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
-    rows = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in open(f"{run_dir}/metrics.jsonl")]
+    rows = [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in open(f"{run_dir}/metrics.jsonl")
+    ]
     with np.load(f"{run_dir}/model.npz") as saved:
         params = {k: saved[k] for k in saved.files if k.startswith(("param", "member"))}
     return rows, params
@@ -119,9 +134,13 @@ def one_host(tmp_path_factory):
     def get(kind):
         if kind not in cache:
             job = write_job(tmp_path_factory.mktemp(f"{kind}1"), kind)
-            cache[kind] = outcome(mpirun(4, ["-m", "horn.cli", "run", job, "--quiet"],
-                                         timeout=180, env=SAME_ALGORITHMS))
+            cache[kind] = outcome(
+                mpirun(
+                    4, ["-m", "horn.cli", "run", job, "--quiet"], timeout=180, env=SAME_ALGORITHMS
+                )
+            )
         return cache[kind]
+
     return get
 
 
@@ -147,7 +166,7 @@ def semantics_results(proc):
     results = {}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            r = json.loads(line[len("RESULT "):])
+            r = json.loads(line[len("RESULT ") :])
             records = r.pop("records")
             r["bytes_per_superstep"] = [rec["bytes_sent"] for rec in records]
             results[r["rank"]] = r
@@ -169,23 +188,28 @@ def test_hosts_check_accepts_the_generated_hostfile():
     with sim_cluster(3, slots=2) as c:
         result = horn("hosts", "check", c.hostfile)
         assert result.returncode == 0, result.stderr
-        assert [line.split()[0] for line in result.stdout.splitlines()[:3]] == \
-            [c.hostname(i) for i in (1, 2, 3)]
+        assert [line.split()[0] for line in result.stdout.splitlines()[:3]] == [
+            c.hostname(i) for i in (1, 2, 3)
+        ]
         assert "ok, 3 host(s), 6 slot(s) in total" in result.stdout
 
 
 def test_hosts_have_their_own_name_address_and_no_route_out():
     with sim_cluster(2) as c:
         for i in (1, 2):
-            def inside(*argv):
+
+            def inside(*argv, i=i):
                 done = subprocess.run(c.host_argv(i, argv), capture_output=True, text=True)
                 return done.stdout
+
             assert inside("hostname").strip() == c.hostname(i)
             assert f"{c.address(i)}/24" in inside("ip", "-4", "-o", "addr")
             routes = inside("ip", "route").strip().splitlines()
             assert routes and all(r.startswith(simulated.SUBNET) for r in routes), routes
-        assert simulated.SUBNET_PREFIX not in subprocess.run(
-            ["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+        assert (
+            simulated.SUBNET_PREFIX
+            not in subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+        )
 
 
 def _namespace_inodes(c):
@@ -212,9 +236,19 @@ def test_cluster_run_leaves_no_namespace_link_or_process_behind(tmp_path):
     """``horn cluster run`` up, run, down; then Ctrl-C mid-job; then a crash (SIGKILL of
     ``horn cluster run``): the next ``up`` works on the leftovers and ``down`` clears them."""
     env = {"PYTHONPATH": str(REPO)}
-    ok = horn("cluster", "run", "2", "--name", NAME, "--", sys.executable, "-c",
-              "from mpi4py import MPI; print('rank', MPI.COMM_WORLD.rank, flush=True)",
-              env=env, timeout=120)
+    ok = horn(
+        "cluster",
+        "run",
+        "2",
+        "--name",
+        NAME,
+        "--",
+        sys.executable,
+        "-c",
+        "from mpi4py import MPI; print('rank', MPI.COMM_WORLD.rank, flush=True)",
+        env=env,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert sorted(ok.stdout.split("\n")[:2]) == ["rank 0", "rank 1"]
     assert _nothing_left()[0], _nothing_left()[1]
@@ -222,15 +256,34 @@ def test_cluster_run_leaves_no_namespace_link_or_process_behind(tmp_path):
     sleeper = [sys.executable, "-c", "import time; from mpi4py import MPI; time.sleep(300)"]
     for how in (signal.SIGINT, signal.SIGKILL):
         log = tmp_path / f"run-{how.name}.log"  # not a pipe: a crash leaves its holders alive
-        proc = subprocess.Popen([sys.executable, "-m", "horn.cli", "cluster", "run", "2", "--name",
-                                 NAME, "--", *sleeper], cwd=REPO, env={**os.environ, **env},
-                                stdout=log.open("w"), stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "horn.cli",
+                "cluster",
+                "run",
+                "2",
+                "--name",
+                NAME,
+                "--",
+                *sleeper,
+            ],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
         c = simulated.Cluster(NAME, 2)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (
-                os.path.exists(f"/run/netns/{c.netns(2)}") and
-                any("python" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
-                    for p in c.pids(2) if os.path.exists(f"/proc/{p}"))):
+            os.path.exists(f"/run/netns/{c.netns(2)}")
+            and any(
+                "python" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+                for p in c.pids(2)
+                if os.path.exists(f"/proc/{p}")
+            )
+        ):
             time.sleep(0.2)
         inodes = _namespace_inodes(c)
         assert _processes_in(inodes), "the job never started on host 2"
@@ -252,8 +305,10 @@ def test_cluster_run_leaves_no_namespace_link_or_process_behind(tmp_path):
 def test_clear_errors_exit_2():
     bad_rate = horn("cluster", "up", "2", "--name", NAME, "--rate", "fast")
     assert bad_rate.returncode == 2
-    assert bad_rate.stderr.strip() == ("horn: error: --rate: expected 'unlimited' or a positive rate "
-                                       "such as 1gbit, 100mbit, 500kbit, found 'fast'")
+    assert bad_rate.stderr.strip() == (
+        "horn: error: --rate: expected 'unlimited' or a positive rate "
+        "such as 1gbit, 100mbit, 500kbit, found 'fast'"
+    )
     no_command = horn("cluster", "run", "2", "--name", NAME, "--")
     assert no_command.returncode == 2 and "give the command after '--'" in no_command.stderr
     bad_name = horn("cluster", "down", "--name", "Bad_Name")
@@ -268,9 +323,24 @@ def test_without_privileges_a_one_line_error():
     if not capsh:
         pytest.skip("setpriv (util-linux) is not installed")
     result = subprocess.run(
-        [capsh, "--inh-caps=-all", "--bounding-set=-net_admin,-sys_admin", sys.executable,
-         "-m", "horn.cli", "cluster", "up", "2", "--name", NAME],
-        cwd=REPO, capture_output=True, text=True, timeout=60)
+        [
+            capsh,
+            "--inh-caps=-all",
+            "--bounding-set=-net_admin,-sys_admin",
+            sys.executable,
+            "-m",
+            "horn.cli",
+            "cluster",
+            "up",
+            "2",
+            "--name",
+            NAME,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs root" in lines[0] and "CAP_NET_ADMIN" in lines[0], lines

@@ -3,7 +3,8 @@ the common target and the time/bytes to it, for generated curves."""
 
 import json
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from horn.compare import compare, first_reaching
 from tests.cli import ROOT, horn
@@ -21,8 +22,21 @@ def test_compare_a_single_process_and_a_2_rank_run(tmp_path):
     runs = tmp_path / "runs"
     one = horn("run", ROOT / "jobs/digits.toml", *QUICK, "--set", f"log.dir='{runs}'")
     assert one.returncode == 0, one.stderr
-    two = mpirun(2, ["-m", "horn.cli", "run", ROOT / "jobs/digits.toml", *QUICK,
-                     "--set", f"log.dir='{runs}'", "--set", "parallel.local_steps=8"], 120)
+    two = mpirun(
+        2,
+        [
+            "-m",
+            "horn.cli",
+            "run",
+            ROOT / "jobs/digits.toml",
+            *QUICK,
+            "--set",
+            f"log.dir='{runs}'",
+            "--set",
+            "parallel.local_steps=8",
+        ],
+        120,
+    )
     assert two.returncode == 0, two.stderr
     dirs = sorted(runs.iterdir())
     png = tmp_path / "cmp.png"
@@ -36,9 +50,13 @@ def test_compare_a_single_process_and_a_2_rank_run(tmp_path):
     for row, d, (final, epochs) in zip(rows, dirs, curves):
         cells = row.split()
         assert cells[0] == d.name
-        assert cells[1:6] == [f"{final['val_accuracy']:.4f}", f"{final['test_accuracy']:.4f}",
-                              f"{final['best_val_accuracy']:.4f}",
-                              f"{final['best_test_accuracy']:.4f}", f"{final['time_s']:.1f}"]
+        assert cells[1:6] == [
+            f"{final['val_accuracy']:.4f}",
+            f"{final['test_accuracy']:.4f}",
+            f"{final['best_val_accuracy']:.4f}",
+            f"{final['best_test_accuracy']:.4f}",
+            f"{final['time_s']:.1f}",
+        ]
         reach = next(e for e in epochs if e["val_accuracy"] >= common)
         assert cells[7] == f"{reach['time_s']:.1f}"
         sent = max(reach.get("bytes_sent_per_rank") or [0]) / 1e6
@@ -50,12 +68,14 @@ def test_compare_a_single_process_and_a_2_rank_run(tmp_path):
 def test_not_a_run_directory_is_a_clear_error(tmp_path):
     result = horn("compare", tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"horn: error: horn compare: {tmp_path}: not a run "
-                                      f"directory (no metrics.jsonl)")
+    assert result.stderr.strip() == (
+        f"horn: error: horn compare: {tmp_path}: not a run directory (no metrics.jsonl)"
+    )
 
 
-CURVE = st.lists(st.tuples(st.floats(0, 1e3), st.integers(0, 10**9), st.floats(0, 1)),
-                 min_size=1, max_size=8).map(sorted)
+CURVE = st.lists(
+    st.tuples(st.floats(0, 1e3), st.integers(0, 10**9), st.floats(0, 1)), min_size=1, max_size=8
+).map(sorted)
 
 
 @settings(max_examples=100, deadline=None)
@@ -72,10 +92,25 @@ def test_every_run_reaches_the_common_target_at_its_first_such_point(curves):
 def test_compare_writes_the_png_it_names(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    records = [{"kind": "epoch", "epoch": e, "time_s": float(e), "val_accuracy": 0.5 + e / 10,
-                "bytes_sent_per_rank": [e * 1000, e * 2000]} for e in (1, 2, 3)]
-    records.append({"kind": "final", "test_accuracy": 0.7, "val_accuracy": 0.8, "time_s": 3.0,
-                    "bytes_sent_per_rank": [3000, 6000]})
+    records = [
+        {
+            "kind": "epoch",
+            "epoch": e,
+            "time_s": float(e),
+            "val_accuracy": 0.5 + e / 10,
+            "bytes_sent_per_rank": [e * 1000, e * 2000],
+        }
+        for e in (1, 2, 3)
+    ]
+    records.append(
+        {
+            "kind": "final",
+            "test_accuracy": 0.7,
+            "val_accuracy": 0.8,
+            "time_s": 3.0,
+            "bytes_sent_per_rank": [3000, 6000],
+        }
+    )
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     lines = compare([run], tmp_path / "one.png")
     assert (tmp_path / "one.png").is_file()

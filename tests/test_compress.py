@@ -29,8 +29,12 @@ def values(n, seed):
 
 
 @settings(max_examples=60, deadline=None)
-@given(codec=st.sampled_from(CODECS), n=st.sampled_from([1, 7, 255, 256, 1000, PARALLEL_MIN + 3]),
-       block=st.sampled_from([1, 64, 256, 1000]), seed=st.integers(0, 2 ** 16))
+@given(
+    codec=st.sampled_from(CODECS),
+    n=st.sampled_from([1, 7, 255, 256, 1000, PARALLEL_MIN + 3]),
+    block=st.sampled_from([1, 64, 256, 1000]),
+    seed=st.integers(0, 2**16),
+)
 def test_numba_kernels_equal_the_numpy_reference_bit_for_bit(codec, n, block, seed):
     x = values(n, seed)
     residual = (np.random.default_rng(seed + 1).standard_normal(n) * 1e-3).astype(np.float32)
@@ -81,11 +85,15 @@ local_steps = 6
 @pytest.mark.parametrize("codec,block", [("int8", 64), ("bf16", 256), ("fp16", 256)])
 def test_compressed_averaging_across_ranks(tmp_path, codec, block):
     path = tmp_path / "job.toml"
-    path.write_text(textwrap.dedent(JOB) + f"compress = '{codec}'\nblock = {block}\n"
-                    f"[log]\ndir = '{tmp_path / 'runs'}'\nplot = false\n")
-    program = ("import sys, numpy as np; from mpi4py import MPI; from horn.api import run; "
-               "r = run(sys.argv[1]); np.save(sys.argv[2] + str(MPI.COMM_WORLD.rank), "
-               "r.model.params)")
+    path.write_text(
+        textwrap.dedent(JOB) + f"compress = '{codec}'\nblock = {block}\n"
+        f"[log]\ndir = '{tmp_path / 'runs'}'\nplot = false\n"
+    )
+    program = (
+        "import sys, numpy as np; from mpi4py import MPI; from horn.api import run; "
+        "r = run(sys.argv[1]); np.save(sys.argv[2] + str(MPI.COMM_WORLD.rank), "
+        "r.model.params)"
+    )
     result = mpirun(3, ["-c", program, path, tmp_path / "params"], timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     params = [np.load(tmp_path / f"params{r}.npy") for r in range(3)]

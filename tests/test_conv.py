@@ -11,13 +11,24 @@ from hypothesis import strategies as st
 
 import horn
 from horn.backends import get_backend
-from horn.backends.numba_backend import PARALLEL_MIN
 from horn.backends.base import out_size
+from horn.backends.numba_backend import PARALLEL_MIN
 from horn.data import load_dataset
 from horn.errors import HornError
 from horn.jobs import load_job
-from horn.layers import (AvgPool2d, BatchNorm, Conv2d, Dense, Dropout, Flatten, GlobalAvgPool,
-                         MaxPool2d, ReLU, SoftmaxCrossEntropy, Tanh)
+from horn.layers import (
+    AvgPool2d,
+    BatchNorm,
+    Conv2d,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    MaxPool2d,
+    ReLU,
+    SoftmaxCrossEntropy,
+    Tanh,
+)
 from horn.model import Model
 from horn.optim import SGD
 from horn.runner import build, check_fit, input_shape
@@ -42,11 +53,11 @@ def direct_conv(x, w, b, stride, pad):
     o, _, kh, kw = w.shape
     oh, ow = out_size(h, kh, sh, ph), out_size(wd, kw, sw, pw)
     padded = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
-    padded[:, :, ph:ph + h, pw:pw + wd] = x
+    padded[:, :, ph : ph + h, pw : pw + wd] = x
     y = np.zeros((n, o, oh, ow)) + b[None, :, None, None]
     for i in range(kh):
         for j in range(kw):
-            patch = padded[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            patch = padded[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
             y += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j].astype(np.float64))
     return y
 
@@ -69,8 +80,7 @@ def test_conv2d_im2col_equals_direct_convolution(window, channels, backend, seed
     shape, kernel, stride, pad = window
     x = rand(shape, seed)
     layer = Conv2d(channels, list(kernel), list(stride), list(pad))
-    model = Model([layer, Flatten()], SoftmaxCrossEntropy(), shape[1:], backend=backend,
-                  seed=seed)
+    model = Model([layer, Flatten()], SoftmaxCrossEntropy(), shape[1:], backend=backend, seed=seed)
     b = rand(channels, seed + 1)
     layer.params["b"][...] = b
     got = layer.forward(x, train=False)
@@ -101,14 +111,26 @@ def test_im2col_col2im_match_the_reference_and_are_adjoint(window, seed):
     REF.col2im(c, kernel, stride, pad, dx2)
     np.testing.assert_allclose(dx1, dx2, rtol=1e-5, atol=1e-5)
     # <im2col(x), c> = <x, col2im(c)>: col2im is the input gradient of the lowering
-    assert np.isclose(np.vdot(cols.astype(np.float64), c), np.vdot(x.astype(np.float64), dx1),
-                      rtol=1e-4, atol=1e-4)
+    assert np.isclose(
+        np.vdot(cols.astype(np.float64), c),
+        np.vdot(x.astype(np.float64), dx1),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def pool_out(x, kernel, stride, pad, dtype=np.float32):
     n, c, h, w = x.shape
-    return np.full((n, c, out_size(h, kernel[0], stride[0], pad[0]),
-                    out_size(w, kernel[1], stride[1], pad[1])), -7, dtype)
+    return np.full(
+        (
+            n,
+            c,
+            out_size(h, kernel[0], stride[0], pad[0]),
+            out_size(w, kernel[1], stride[1], pad[1]),
+        ),
+        -7,
+        dtype,
+    )
 
 
 @KERNEL_SETTINGS
@@ -146,16 +168,21 @@ def test_pooling_kernels_match_the_reference(window, seed, ties):
 
 
 # shapes below and above the serial/parallel switch; 2x2 stride 2 has its own kernel
-LARGE = [((2, 3, 7, 9), (2, 2), (2, 2), (0, 0)), ((16, 8, 28, 27), (2, 2), (2, 2), (0, 0)),
-         ((16, 8, 28, 28), (3, 3), (1, 1), (1, 1)), ((8, 16, 15, 14), (3, 2), (2, 1), (1, 1))]
+LARGE = [
+    ((2, 3, 7, 9), (2, 2), (2, 2), (0, 0)),
+    ((16, 8, 28, 27), (2, 2), (2, 2), (0, 0)),
+    ((16, 8, 28, 28), (3, 3), (1, 1), (1, 1)),
+    ((8, 16, 15, 14), (3, 2), (2, 1), (1, 1)),
+]
 assert max(np.prod(s) for s, *_ in LARGE) >= PARALLEL_MIN
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", LARGE)
 def test_kernels_on_large_inputs(shape, kernel, stride, pad):
     x = rand(shape, 5)
-    np.testing.assert_array_equal(im2col(NB, x, kernel, stride, pad),
-                                  im2col(REF, x, kernel, stride, pad))
+    np.testing.assert_array_equal(
+        im2col(NB, x, kernel, stride, pad), im2col(REF, x, kernel, stride, pad)
+    )
     out = [pool_out(x, kernel, stride, pad) for _ in range(2)]
     arg = [pool_out(x, kernel, stride, pad, np.int32) for _ in range(2)]
     NB.max_pool(x, kernel, stride, pad, out[0], arg[0])
@@ -186,11 +213,19 @@ LAYERS = [
     (Conv2d(3, [2, 3], [2, 1], [0, 1], "tanh"), (2, 7, 6)),
     (Conv2d(2, 1, activation="sigmoid", init="xavier"), (3, 4, 4)),
     (Conv2d(2, 3, bias=False), (1, 5, 5)),
-    (MaxPool2d(2), (3, 6, 6)), (MaxPool2d(2), (2, 5, 7)), (MaxPool2d(3, 2, 1), (2, 7, 7)),
-    (AvgPool2d(2), (3, 6, 5)), (AvgPool2d([3, 2], [2, 1], [1, 0]), (2, 7, 7)),
-    (GlobalAvgPool(), (3, 4, 5)), (Flatten(), (3, 4, 5)), (Flatten(), 6),
-    (BatchNorm(), (3, 4, 5)), (BatchNorm(0.5, 1e-3), 6),
-    (ReLU(), (2, 3, 4)), (Tanh(), (2, 3, 4)), (Dropout(0.3), (2, 3, 4)),  # any shape
+    (MaxPool2d(2), (3, 6, 6)),
+    (MaxPool2d(2), (2, 5, 7)),
+    (MaxPool2d(3, 2, 1), (2, 7, 7)),
+    (AvgPool2d(2), (3, 6, 5)),
+    (AvgPool2d([3, 2], [2, 1], [1, 0]), (2, 7, 7)),
+    (GlobalAvgPool(), (3, 4, 5)),
+    (Flatten(), (3, 4, 5)),
+    (Flatten(), 6),
+    (BatchNorm(), (3, 4, 5)),
+    (BatchNorm(0.5, 1e-3), 6),
+    (ReLU(), (2, 3, 4)),
+    (Tanh(), (2, 3, 4)),
+    (Dropout(0.3), (2, 3, 4)),  # any shape
 ]
 
 
@@ -200,33 +235,51 @@ def test_image_layers_pass_check_layer(layer, shape):
     assert "gradients (finite differences, float64)" in passed and "backend numba" in passed
 
 
-@pytest.mark.parametrize("bad,message", [
-    (lambda: Conv2d(0), "channels must be a positive integer"),
-    (lambda: Conv2d(4, kernel=0), "kernel must be an integer >= 1"),
-    (lambda: Conv2d(4, padding=[1, 2, 3]), "padding must be an integer >= 0 or a pair"),
-    (lambda: MaxPool2d(2, padding=2), "padding must be at most half the kernel"),
-    (lambda: BatchNorm(momentum=0), "momentum must be in"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (lambda: Conv2d(0), "channels must be a positive integer"),
+        (lambda: Conv2d(4, kernel=0), "kernel must be an integer >= 1"),
+        (lambda: Conv2d(4, padding=[1, 2, 3]), "padding must be an integer >= 0 or a pair"),
+        (lambda: MaxPool2d(2, padding=2), "padding must be at most half the kernel"),
+        (lambda: BatchNorm(momentum=0), "momentum must be in"),
+    ],
+)
 def test_bad_options_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         bad()
 
 
 def test_layers_refuse_samples_of_the_wrong_rank_and_oversized_windows():
-    with pytest.raises(HornError, match=r"layer 0 \(conv2d\) takes samples of 3 axes, found "
-                                        r"samples of shape 784: set model.inputs"):
+    with pytest.raises(
+        HornError,
+        match=r"layer 0 \(conv2d\) takes samples of 3 axes, found "
+        r"samples of shape 784: set model.inputs",
+    ):
         Model([Conv2d(4)], SoftmaxCrossEntropy(), 784)
-    with pytest.raises(HornError, match=r"layer 1 \(dense\) takes flat vectors, found "
-                                        r"samples of shape \(4, 3, 3\): put a flatten layer"):
+    with pytest.raises(
+        HornError,
+        match=r"layer 1 \(dense\) takes flat vectors, found "
+        r"samples of shape \(4, 3, 3\): put a flatten layer",
+    ):
         Model([Conv2d(4, padding=1), Dense(3)], SoftmaxCrossEntropy(), (1, 3, 3))
-    with pytest.raises(HornError, match=r"layer 0 \(conv2d\): conv2d: a 5x5 window with "
-                                        r"padding .* does not fit a 3x3"):
+    with pytest.raises(
+        HornError,
+        match=r"layer 0 \(conv2d\): conv2d: a 5x5 window with "
+        r"padding .* does not fit a 3x3",
+    ):
         Model([Conv2d(4, 5), Flatten()], SoftmaxCrossEntropy(), (1, 3, 3))
 
 
 def cnn(backend="numpy", seed=0, shape=(1, 8, 8)):
-    layers = [Conv2d(4, 3, padding=1, activation="relu"), BatchNorm(), MaxPool2d(2),
-              Conv2d(6, 3, padding=1, activation="relu"), GlobalAvgPool(), Dense(10)]
+    layers = [
+        Conv2d(4, 3, padding=1, activation="relu"),
+        BatchNorm(),
+        MaxPool2d(2),
+        Conv2d(6, 3, padding=1, activation="relu"),
+        GlobalAvgPool(),
+        Dense(10),
+    ]
     return Model(layers, SoftmaxCrossEntropy(), shape, backend=backend, seed=seed)
 
 
@@ -270,10 +323,12 @@ def test_batch_norm_statistics_are_parameters_the_optimizer_never_steps():
     before = bn.params["running_mean"].copy(), bn.params["running_var"].copy()
     model.train_step(x, y)
     opt.step(0.1)
-    np.testing.assert_allclose(bn.params["running_mean"], 0.9 * before[0] + 0.1 * mean,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(bn.params["running_var"], 0.9 * before[1] + 0.1 * var,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        bn.params["running_mean"], 0.9 * before[0] + 0.1 * mean, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        bn.params["running_var"], 0.9 * before[1] + 0.1 * var, rtol=1e-5, atol=1e-6
+    )
     assert not np.any(bn.grads["running_mean"]) and not np.any(bn.grads["running_var"])
     # evaluation normalizes with the running statistics: independent of the batch
     np.testing.assert_allclose(model.predict(x[:1]), model.predict(x)[:1], rtol=1e-5)
@@ -281,6 +336,7 @@ def test_batch_norm_statistics_are_parameters_the_optimizer_never_steps():
 
 
 # ---- data shapes, the input-shape rule, jobs ---------------------------------------------
+
 
 def test_image_sources_keep_their_sample_shape(tmp_path):
     assert load_dataset({"name": "digits"}).sample_shape == (1, 8, 8)
@@ -298,15 +354,20 @@ def job_text(layers, extra=""):
 CONV = "{ type = 'conv2d', channels = 4, padding = 1, activation = 'relu' }, "
 
 
-@pytest.mark.parametrize("layers,extra,shape", [
-    ("{ type = 'dense', units = 10 }", "", 64),                    # flat, as every MLP job
-    (CONV + "{ type = 'global_avg_pool' }, { type = 'dense', units = 10 }", "", (1, 8, 8)),
-    (CONV + "{ type = 'flatten' }, { type = 'dense', units = 10 }", "inputs = [1, 4, 16]\n",
-     (1, 4, 16)),
-    ("{ type = 'dense', units = 10 }", "inputs = 64\n", 64),
-])
-def test_the_model_input_shape_comes_from_the_data_or_model_inputs(tmp_path, layers, extra,
-                                                                    shape):
+@pytest.mark.parametrize(
+    "layers,extra,shape",
+    [
+        ("{ type = 'dense', units = 10 }", "", 64),  # flat, as every MLP job
+        (CONV + "{ type = 'global_avg_pool' }, { type = 'dense', units = 10 }", "", (1, 8, 8)),
+        (
+            CONV + "{ type = 'flatten' }, { type = 'dense', units = 10 }",
+            "inputs = [1, 4, 16]\n",
+            (1, 4, 16),
+        ),
+        ("{ type = 'dense', units = 10 }", "inputs = 64\n", 64),
+    ],
+)
+def test_the_model_input_shape_comes_from_the_data_or_model_inputs(tmp_path, layers, extra, shape):
     path = tmp_path / "j.toml"
     path.write_text(job_text(layers, extra))
     job = load_job(path)
@@ -317,23 +378,47 @@ def test_the_model_input_shape_comes_from_the_data_or_model_inputs(tmp_path, lay
     assert model.in_features == shape
 
 
-@pytest.mark.parametrize("layers,extra,data,message", [
-    (CONV + "{ type = 'flatten' }, { type = 'dense', units = 10 }", "inputs = [1, 8, 9]\n",
-     "digits", r"model.inputs is \[1, 8, 9\] but the data \(digits\) has 64 features"),
-    (CONV + "{ type = 'flatten' }, { type = 'dense', units = 10 }", "", "csv",
-     r"model.layers\[0\] \(conv2d\) takes samples of 3 axes \(C, H, W\) but the data \(csv\) "
-     r"gives flat vectors of 64 values; set model.inputs = \[C, H, W\]"),
-    (CONV + "{ type = 'dense', units = 10 }", "", "digits",
-     r"layer 1 \(dense\) takes flat vectors, found samples of shape \(4, 8, 8\)"),
-    (CONV[:-2], "", "digits", r"the model outputs samples of shape \(4, 8, 8\); end its image "
-                              r"layers with flatten or global_avg_pool"),
-])
+@pytest.mark.parametrize(
+    "layers,extra,data,message",
+    [
+        (
+            CONV + "{ type = 'flatten' }, { type = 'dense', units = 10 }",
+            "inputs = [1, 8, 9]\n",
+            "digits",
+            r"model.inputs is \[1, 8, 9\] but the data \(digits\) has 64 features",
+        ),
+        (
+            CONV + "{ type = 'flatten' }, { type = 'dense', units = 10 }",
+            "",
+            "csv",
+            r"model.layers\[0\] \(conv2d\) takes samples of 3 axes \(C, H, W\) but the data \(csv\) "
+            r"gives flat vectors of 64 values; set model.inputs = \[C, H, W\]",
+        ),
+        (
+            CONV + "{ type = 'dense', units = 10 }",
+            "",
+            "digits",
+            r"layer 1 \(dense\) takes flat vectors, found samples of shape \(4, 8, 8\)",
+        ),
+        (
+            CONV[:-2],
+            "",
+            "digits",
+            r"the model outputs samples of shape \(4, 8, 8\); end its image "
+            r"layers with flatten or global_avg_pool",
+        ),
+    ],
+)
 def test_shape_mistakes_are_one_line_errors(tmp_path, layers, extra, data, message):
     csv = tmp_path / "d.csv"
     np.savetxt(csv, np.column_stack([rand((40, 64)), np.arange(40) % 10]), delimiter=",")
     path = tmp_path / "j.toml"
-    path.write_text(job_text(layers, extra).replace(
-        "name = 'digits'", "name = 'digits'" if data == "digits" else f"name = 'csv'\npath = '{csv}'"))
+    path.write_text(
+        job_text(layers, extra).replace(
+            "name = 'digits'",
+            "name = 'digits'" if data == "digits" else f"name = 'csv'\npath = '{csv}'",
+        )
+    )
     result = horn_cli("run", path, "--quiet")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert re.search(message, result.stderr), result.stderr
@@ -342,16 +427,20 @@ def test_shape_mistakes_are_one_line_errors(tmp_path, layers, extra, data, messa
 def test_model_inputs_must_be_a_shape(tmp_path):
     path = tmp_path / "j.toml"
     path.write_text(job_text("{ type = 'dense', units = 10 }", "inputs = [8, 0]\n"))
-    with pytest.raises(HornError, match=r"j.toml:5: model.inputs: expected a positive integer "
-                                        r"or a list of them"):
+    with pytest.raises(
+        HornError,
+        match=r"j.toml:5: model.inputs: expected a positive integer "
+        r"or a list of them",
+    ):
         load_job(path)
 
 
 def test_model_averaging_averages_batch_norm_statistics_with_the_weights():
     result = mpirun(2, [PROGS / "cnn_average.py"], 120)
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line[7:]) for line in result.stdout.splitlines()
-            if line.startswith("RESULT ")]
+    rows = [
+        json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT ")
+    ]
     assert len(rows) == 2 and all(r["averaged"] and r["stats_differed"] for r in rows)
     assert rows[0]["running_mean"] == rows[1]["running_mean"]
 
@@ -382,8 +471,12 @@ def test_a_cnn_job_with_model_averaging_resumes_bit_identically(tmp_path):
     env = {"PYTHONPATH": f"{PROGS}:{ROOT}"}
     whole = mpirun(2, ["-m", "horn.cli", "run", tmp_path / "whole.toml", "--quiet"], 240, env)
     assert whole.returncode == 0, whole.stderr
-    killed = mpirun(2, ["-m", "horn.cli", "run", tmp_path / "killed.toml", "--quiet"], 240,
-                    {**env, "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "100"})
+    killed = mpirun(
+        2,
+        ["-m", "horn.cli", "run", tmp_path / "killed.toml", "--quiet"],
+        240,
+        {**env, "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "100"},
+    )
     assert killed.returncode != 0
     run_dir = run_dir_in(tmp_path, "killed")
     resumed = mpirun(2, ["-m", "horn.cli", "run", "--resume", run_dir, "--quiet"], 240, env)
@@ -395,7 +488,8 @@ def test_a_cnn_job_with_model_averaging_resumes_bit_identically(tmp_path):
 
 def test_the_ensemble_compression_barrier_trains_a_cnn(tmp_path):
     path = tmp_path / "ec.toml"
-    path.write_text("""
+    path.write_text(
+        """
 [data]
 name = "digits"
 [model]
@@ -411,7 +505,9 @@ local_steps = 40
 [parallel.ensemble]
 distill_size = 256
 distill_steps = 20
-""" + f"[log]\ndir = '{tmp_path / 'runs'}'\n")
+"""
+        + f"[log]\ndir = '{tmp_path / 'runs'}'\n"
+    )
     result = mpirun(2, ["-m", "horn.cli", "run", path, "--quiet"], 240)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -429,4 +525,5 @@ def test_the_cnn_jobs_are_valid(name):
 
 def resolve_first(job):
     from horn.registry import resolve
+
     return resolve(job.model.layers[0]["type"])

@@ -63,20 +63,23 @@ HASH_KEYS = (0, 1, 12345, 0x0123456789ABCDEF, KEY_MASK)
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
-needs_gpu = pytest.mark.skipif("cupy" not in available_backends(),
-                               reason="no CUDA GPU (cupy not installed or no device)")
+needs_gpu = pytest.mark.skipif(
+    "cupy" not in available_backends(), reason="no CUDA GPU (cupy not installed or no device)"
+)
 
 
 # ---------------------------------------------------------------------------
 # source tests (no GPU)
 # ---------------------------------------------------------------------------
 
+
 def _declared_kernel_names():
     """KERNEL_NAMES of cupy_backend.py, read without importing cupy."""
     tree = ast.parse(CUPY_BACKEND_PY.read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == "KERNEL_NAMES" for t in node.targets):
+            isinstance(t, ast.Name) and t.id == "KERNEL_NAMES" for t in node.targets
+        ):
             return tuple(ast.literal_eval(node.value))
     raise AssertionError("cupy_backend.py defines no KERNEL_NAMES")
 
@@ -99,8 +102,12 @@ def test_kernels_cu_is_self_contained():
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_nvcc_compiles_every_kernel(tmp_path, arch):
     ptx = tmp_path / "kernels.ptx"
-    proc = subprocess.run([NVCC, "--ptx", f"-arch={arch}", "-o", str(ptx), str(KERNELS_CU)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [NVCC, "--ptx", f"-arch={arch}", "-o", str(ptx), str(KERNELS_CU)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     entries = set(re.findall(r"\.entry\s+(\w+)\s*\(", ptx.read_text()))
     missing = [name for name in EXPECTED_KERNELS if name not in entries]
@@ -135,14 +142,17 @@ def test_hash_in_kernels_cu_is_bit_identical_to_numpy(tmp_path):
     main = tmp_path / "hash_main.cu"
     main.write_text(_HOST_HASH_MAIN % KERNELS_CU.as_posix())
     exe = tmp_path / "hash_main"
-    proc = subprocess.run([NVCC, "-arch=sm_80", "-o", str(exe), str(main)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [NVCC, "-arch=sm_80", "-o", str(exe), str(main)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     n = 100_003
     for key in HASH_KEYS:
         out = tmp_path / f"u_{key}.bin"
-        run = subprocess.run([str(exe), str(key), str(n), str(out)], capture_output=True,
-                             text=True)
+        run = subprocess.run([str(exe), str(key), str(n), str(out)], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
         got = np.fromfile(out, dtype=np.uint32)
         want = hash_uniform(key, n).view(np.uint32)
@@ -196,7 +206,7 @@ def _codec_inputs(n):
     """Values over float32's whole range: subnormal halves, ties, saturation, zeros."""
     rng = np.random.default_rng(11)
     x = (rng.standard_normal(n) * np.exp(rng.uniform(-40, 14, n))).astype(np.float32)
-    x[:8] = [0.0, -0.0, 65504.0, 65519.0, 65520.0, -70000.0, 2.0 ** -25, 3e38]
+    x[:8] = [0.0, -0.0, 65504.0, 65519.0, 65520.0, -70000.0, 2.0**-25, 3e38]
     return x, (rng.standard_normal(n) * 1e-3).astype(np.float32)
 
 
@@ -207,30 +217,37 @@ def test_codecs_in_kernels_cu_are_bit_identical_to_numpy(tmp_path):
     main = tmp_path / "codec_main.cu"
     main.write_text(_HOST_CODEC_MAIN % KERNELS_CU.as_posix())
     exe = tmp_path / "codec_main"
-    proc = subprocess.run([NVCC, "-arch=sm_80", "-o", str(exe), str(main)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [NVCC, "-arch=sm_80", "-o", str(exe), str(main)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     n, block = 30_011, 128
     x, r = _codec_inputs(n)
     np.concatenate([x, r]).tofile(tmp_path / "in.bin")
-    run = subprocess.run([str(exe), str(n), str(block), str(tmp_path / "in.bin"),
-                          str(tmp_path / "out.bin")], capture_output=True, text=True)
+    run = subprocess.run(
+        [str(exe), str(n), str(block), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     got = np.fromfile(tmp_path / "out.bin", dtype=np.uint8)
     for codec in ("fp16", "bf16"):
         want = np.empty(message_size(codec, n, block), np.uint8)
         ref.compress(codec, x, np.zeros(n, np.float32), block, want)
-        np.testing.assert_array_equal(got[:2 * n], want, err_msg=codec)
+        np.testing.assert_array_equal(got[: 2 * n], want, err_msg=codec)
         decoded = np.zeros(n, np.float32)
         ref.decompress_add(codec, want, block, decoded)
         at = len(got) - (4 * n if codec == "bf16" else 8 * n)
-        np.testing.assert_array_equal(got[at:at + 4 * n].view(np.float32), decoded, err_msg=codec)
-        got = got[2 * n:] if codec == "fp16" else got
-    got = got[2 * n:]  # past the bf16 bits: the int8 message and residual
+        np.testing.assert_array_equal(got[at : at + 4 * n].view(np.float32), decoded, err_msg=codec)
+        got = got[2 * n :] if codec == "fp16" else got
+    got = got[2 * n :]  # past the bf16 bits: the int8 message and residual
     want, residual = np.empty(message_size("int8", n, block), np.uint8), r.copy()
     ref.compress("int8", x, residual, block, want)
-    np.testing.assert_array_equal(got[:len(want)], want)
-    np.testing.assert_array_equal(got[len(want):len(want) + 4 * n].view(np.float32), residual)
+    np.testing.assert_array_equal(got[: len(want)], want)
+    np.testing.assert_array_equal(got[len(want) : len(want) + 4 * n].view(np.float32), residual)
 
 
 # ---------------------------------------------------------------------------
@@ -284,6 +301,7 @@ def test_backend_basics(gpu):
 @needs_gpu
 def test_kernel_source_is_package_data(gpu):
     from horn.backends.cupy_backend import kernel_source
+
     assert kernel_source() == KERNELS_CU.read_text()
 
 
@@ -369,8 +387,9 @@ def test_act_backward(gpu, act, with_db, shape):
     np.testing.assert_allclose(gpu.to_host(d), want, rtol=1e-5, atol=1e-6)
     if with_db:
         # column sums of up to 5000 float32 terms, summed in a different order
-        np.testing.assert_allclose(gpu.to_host(db), want_db, rtol=1e-4,
-                                   atol=1e-5 * np.sqrt(shape[0]))
+        np.testing.assert_allclose(
+            gpu.to_host(db), want_db, rtol=1e-4, atol=1e-5 * np.sqrt(shape[0])
+        )
 
 
 @needs_gpu
@@ -379,8 +398,9 @@ def test_bias_grad_col_sum(gpu, shape):
     dy = _randn(_rng(shape[0], 11), shape)
     db = gpu.xp.empty(shape[1], dtype=np.float32)
     gpu.bias_grad(gpu.asarray(dy), db)
-    np.testing.assert_allclose(gpu.to_host(db), dy.sum(axis=0, dtype=np.float64),
-                               rtol=1e-4, atol=1e-5 * np.sqrt(shape[0]))
+    np.testing.assert_allclose(
+        gpu.to_host(db), dy.sum(axis=0, dtype=np.float64), rtol=1e-4, atol=1e-5 * np.sqrt(shape[0])
+    )
 
 
 @needs_gpu
@@ -410,7 +430,7 @@ def test_scale(gpu, shape, s):
 def _soft_targets(rng, shape):
     t = np.exp(_randn(rng, shape, 2.0)).astype(np.float64)
     t[rng.random(shape) < 0.3] = 0.0  # some exact zeros
-    t[:, 0] += 1e-3                    # no all-zero row
+    t[:, 0] += 1e-3  # no all-zero row
     return (t / t.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -425,7 +445,8 @@ def test_softmax_xent(gpu, kind, temperature, weight, shape):
         targets = _soft_targets(rng, shape)
     else:
         targets = rng.integers(0, shape[1], shape[0]).astype(
-            np.int64 if kind == "labels64" else np.int32)
+            np.int64 if kind == "labels64" else np.int32
+        )
     want_grad = np.empty_like(logits)
     want = ref.softmax_xent(logits, targets, want_grad, temperature, weight)
 
@@ -543,8 +564,9 @@ def test_sgd_update(gpu, momentum, nesterov, weight_decay, size):
     for _ in range(3):
         g = _randn(rng, size)
         ref.sgd_update(p, g, v if momentum else None, 0.05, momentum, weight_decay, nesterov)
-        gpu.sgd_update(dp, gpu.asarray(g), dv if momentum else None, 0.05, momentum,
-                       weight_decay, nesterov)
+        gpu.sgd_update(
+            dp, gpu.asarray(g), dv if momentum else None, 0.05, momentum, weight_decay, nesterov
+        )
     np.testing.assert_allclose(gpu.to_host(dp), p, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gpu.to_host(dv), v, rtol=1e-5, atol=1e-6)
 
@@ -589,12 +611,17 @@ def test_all_finite_empty_and_2d(gpu):
 
 # (images, kernel, stride, padding): odd sizes, rectangular windows, overlapping and
 # padded windows, and a batch larger than the grid (grid-stride loops)
-WINDOWS = [((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)), ((3, 2, 9, 9), (3, 2), (2, 1), (1, 0)),
-           ((2, 4, 8, 7), (2, 2), (2, 2), (0, 0)), ((64, 32, 14, 14), (3, 3), (1, 1), (1, 1))]
+WINDOWS = [
+    ((2, 3, 7, 6), (3, 3), (1, 1), (1, 1)),
+    ((3, 2, 9, 9), (3, 2), (2, 1), (1, 0)),
+    ((2, 4, 8, 7), (2, 2), (2, 2), (0, 0)),
+    ((64, 32, 14, 14), (3, 3), (1, 1), (1, 1)),
+]
 
 
 def _window_out(shape, kernel, stride, pad):
     from horn.backends.base import out_size
+
     n, c, h, w = shape
     return out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
 
@@ -653,8 +680,10 @@ def test_pooling(gpu, shape, kernel, stride, pad):
     np.testing.assert_array_equal(gpu.to_host(out), want)
     np.testing.assert_array_equal(gpu.to_host(arg), want_arg)
     dy = _randn(_rng(3), out_shape)
-    for name, args in (("max_pool_backward", (want_arg, kernel, stride, pad)),
-                       ("avg_pool_backward", (kernel, stride, pad))):
+    for name, args in (
+        ("max_pool_backward", (want_arg, kernel, stride, pad)),
+        ("avg_pool_backward", (kernel, stride, pad)),
+    ):
         want_dx = np.empty(shape, np.float32)
         getattr(ref, name)(dy, *args, want_dx)
         dx = gpu.xp.full(shape, np.nan, dtype=np.float32)
@@ -671,13 +700,15 @@ def test_pooling(gpu, shape, kernel, stride, pad):
 def test_image_layers_pass_check_layer_on_the_gpu():
     import horn
     from horn.layers import Conv2d, Dense, Flatten, MaxPool2d
+
     layer = Conv2d(4, 3, 1, 1, "relu")
     passed = horn.check_layer(layer, in_features=(2, 6, 5), backends=("numpy", "cupy"))
     assert "backend cupy" in passed
     for other in (MaxPool2d(2), Flatten(), Dense(3)):
         shape = 24 if isinstance(other, Dense) else (2, 6, 4)
-        assert "backend cupy" in horn.check_layer(other, in_features=shape,
-                                                  backends=("numpy", "cupy"))
+        assert "backend cupy" in horn.check_layer(
+            other, in_features=shape, backends=("numpy", "cupy")
+        )
 
 
 @needs_gpu

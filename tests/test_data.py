@@ -14,16 +14,23 @@ from horn.data import Scaler, load_dataset, load_features, read_idx
 from horn.errors import HornError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
-         np.float32: 0x0D, np.float64: 0x0E}
+CODES = {
+    np.uint8: 0x08,
+    np.int8: 0x09,
+    np.int16: 0x0B,
+    np.int32: 0x0C,
+    np.float32: 0x0D,
+    np.float64: 0x0E,
+}
 
 
 def idx_bytes(array):
     """Encode ``array`` in the IDX format (big-endian, as the spec says)."""
     array = np.asarray(array)
     code = CODES[array.dtype.type]
-    head = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I",
-                                                                      *array.shape)
+    head = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     return head + array.astype(array.dtype.newbyteorder(">")).tobytes()
 
 
@@ -70,12 +77,15 @@ class DataSpec:
 
 
 @pytest.mark.parametrize("gz", [False, True])
-@pytest.mark.parametrize("array", [
-    np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4),
-    np.linspace(-3.5, 7.25, 10, dtype=np.float32).reshape(5, 2),
-    np.array([-32768, 0, 32767], dtype=np.int16),
-    np.array([[1e300, -2.5]], dtype=np.float64),
-])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4),
+        np.linspace(-3.5, 7.25, 10, dtype=np.float32).reshape(5, 2),
+        np.array([-32768, 0, 32767], dtype=np.int16),
+        np.array([[1e300, -2.5]], dtype=np.float64),
+    ],
+)
 def test_read_idx_round_trips_exactly(tmp_path, array, gz):
     got = read_idx(write(tmp_path / "a.idx", idx_bytes(array), gz))
     assert got.dtype == array.dtype and got.dtype.isnative
@@ -87,7 +97,8 @@ def test_read_idx_detects_gzip_by_magic_not_extension(tmp_path):
     array = np.arange(6, dtype=np.uint8).reshape(2, 3)
     np.testing.assert_array_equal(read_idx(write(tmp_path / "raw.gz", idx_bytes(array))), array)
     np.testing.assert_array_equal(
-        read_idx(write(tmp_path / "packed-ubyte", idx_bytes(array), gz=True)), array)
+        read_idx(write(tmp_path / "packed-ubyte", idx_bytes(array), gz=True)), array
+    )
 
 
 GOOD = idx_bytes(np.arange(12, dtype=np.uint8).reshape(3, 4))
@@ -101,16 +112,25 @@ MALFORMED = {
     "truncated dims": (GOOD[:10], False, "truncated header"),
     "truncated payload": (GOOD[:-1], False, "truncated payload"),
     "trailing bytes": (GOOD + b"\x00", False, "trailing bytes"),
-    "absurd dims raw": (b"\0\0\x08\x03" + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 9), False,
-                        "truncated payload"),
+    "absurd dims raw": (
+        b"\0\0\x08\x03" + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 9),
+        False,
+        "truncated payload",
+    ),
     "gz truncated payload": (GOOD[:-1], True, "truncated payload"),
     "gz trailing bytes": (GOOD + b"\x00", True, "trailing bytes"),
-    "gz absurd dims": (b"\0\0\x0e\x02" + struct.pack(">2I", 2**32 - 1, 2**32 - 1), True,
-                       "gzip file can hold"),
+    "gz absurd dims": (
+        b"\0\0\x0e\x02" + struct.pack(">2I", 2**32 - 1, 2**32 - 1),
+        True,
+        "gzip file can hold",
+    ),
     "bad gzip": (b"\x1f\x8b" + b"\x99" * 40, False, "gzip"),
     "truncated gzip": (gzip.compress(GOOD)[:-12], False, "gzip"),
-    "gzip bad crc": (gzip.compress(GOOD)[:-8] + b"\0\0\0\0" + gzip.compress(GOOD)[-4:], False,
-                     "gzip"),
+    "gzip bad crc": (
+        gzip.compress(GOOD)[:-8] + b"\0\0\0\0" + gzip.compress(GOOD)[-4:],
+        False,
+        "gzip",
+    ),
 }
 
 
@@ -141,7 +161,7 @@ def mutated_idx(draw):
     action = draw(st.sampled_from(["flip", "cut", "extend", "none"]))
     at = draw(st.integers(0, len(data) - 1))
     if action == "flip":
-        data = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1:]
+        data = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1 :]
     elif action == "cut":
         data = data[:at]
     elif action == "extend":
@@ -155,13 +175,18 @@ def fuzz_file(tmp_path_factory):
 
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.one_of(
-    st.binary(max_size=64),
-    st.binary(max_size=64).map(lambda b: b"\x1f\x8b" + b),
-    st.builds(lambda head, rest: b"\0\0" + head + rest,
-              st.binary(min_size=2, max_size=2), st.binary(max_size=48)),
-    st.composite(mutated_idx)(),
-))
+@given(
+    data=st.one_of(
+        st.binary(max_size=64),
+        st.binary(max_size=64).map(lambda b: b"\x1f\x8b" + b),
+        st.builds(
+            lambda head, rest: b"\0\0" + head + rest,
+            st.binary(min_size=2, max_size=2),
+            st.binary(max_size=48),
+        ),
+        st.composite(mutated_idx)(),
+    )
+)
 def test_read_idx_fuzz_only_raises_horn_error(fuzz_file, data):
     fuzz_file.write_bytes(data)
     try:
@@ -177,16 +202,19 @@ def test_read_idx_fuzz_only_raises_horn_error(fuzz_file, data):
 
 def test_idx_directory_loads_with_fixed_test_split(tmp_path):
     arrays = write_idx_dir(tmp_path / "d", n_train=20, n_test=5, gz=False)
-    data = load_dataset(DataSpec("idx", path="d", val_fraction=0.25, scale="none"),
-                        base_dir=tmp_path)
+    data = load_dataset(
+        DataSpec("idx", path="d", val_fraction=0.25, scale="none"), base_dir=tmp_path
+    )
     assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (15, 5, 5)
     assert data.features == 6 and data.classes == 3
     np.testing.assert_array_equal(
-        data.x_test, arrays["t10k-images-idx3-ubyte"].reshape(5, 6).astype(np.float32))
+        data.x_test, arrays["t10k-images-idx3-ubyte"].reshape(5, 6).astype(np.float32)
+    )
     np.testing.assert_array_equal(data.y_test, arrays["t10k-labels-idx1-ubyte"])
     pool = np.concatenate([data.x_train, data.x_val])
     assert sorted(map(tuple, pool)) == sorted(
-        map(tuple, arrays["train-images-idx3-ubyte"].reshape(20, 6).astype(np.float32)))
+        map(tuple, arrays["train-images-idx3-ubyte"].reshape(20, 6).astype(np.float32))
+    )
 
 
 def test_horn_data_env_with_subdirectory(tmp_path, monkeypatch):
@@ -214,20 +242,25 @@ def test_idx_image_label_count_mismatch(tmp_path):
 
 def test_idx_test_label_out_of_range(tmp_path):
     write_idx_dir(tmp_path, classes=3)
-    write(tmp_path / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.array([0, 1, 9, 2, 0], np.uint8)),
-          gz=True)
+    write(
+        tmp_path / "t10k-labels-idx1-ubyte.gz",
+        idx_bytes(np.array([0, 1, 9, 2, 0], np.uint8)),
+        gz=True,
+    )
     with pytest.raises(HornError, match=r"t10k-labels-idx1-ubyte.*below 3.*found 9 at row 2"):
         load_dataset({"name": "idx", "path": str(tmp_path)})
 
 
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
-                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not (FASHION / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_real_fashion_mnist():
     data = load_dataset(DataSpec("fashion_mnist", val_fraction=0.1))
     assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (54000, 6000, 10000)
     assert data.features == 784 and data.classes == 10 and data.scaler.scale == 255.0
     assert data.x_train.dtype == np.float32 and data.x_train.flags.c_contiguous
-    assert 0.0 <= data.x_train.min() and data.x_train.max() == 1.0
+    assert data.x_train.min() >= 0.0 and data.x_train.max() == 1.0
     assert data.y_train.dtype == np.int64 and set(np.unique(data.y_test)) == set(range(10))
 
 
@@ -264,8 +297,13 @@ def shifted_npz(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 10, (200, 3))
     x_test = rng.uniform(50, 100, (40, 3))
-    return save_npz(tmp_path / "shift.npz", x=x, y=rng.integers(0, 4, 200),
-                    x_test=x_test, y_test=rng.integers(0, 4, 40))
+    return save_npz(
+        tmp_path / "shift.npz",
+        x=x,
+        y=rng.integers(0, 4, 200),
+        x_test=x_test,
+        y_test=rng.integers(0, 4, 40),
+    )
 
 
 def test_unit_scaling_uses_train_statistics_only(tmp_path):
@@ -278,14 +316,16 @@ def test_unit_scaling_uses_train_statistics_only(tmp_path):
 
 
 def test_standard_scaling_uses_train_statistics_only(tmp_path):
-    data = load_dataset(DataSpec("npz", path=str(shifted_npz(tmp_path)), scale="standard",
-                                 val_fraction=0.3))
+    data = load_dataset(
+        DataSpec("npz", path=str(shifted_npz(tmp_path)), scale="standard", val_fraction=0.3)
+    )
     np.testing.assert_allclose(data.x_train.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(data.x_train.std(axis=0), 1, atol=1e-4)
     assert data.x_test.mean() > 10  # test is far from train: not re-centred on itself
     np.testing.assert_allclose(data.x_val.mean(axis=0), 0, atol=0.5)
-    np.testing.assert_array_equal(data.scaler.apply(np.load(tmp_path / "shift.npz")["x_test"]),
-                                  data.x_test)
+    np.testing.assert_array_equal(
+        data.scaler.apply(np.load(tmp_path / "shift.npz")["x_test"]), data.x_test
+    )
 
 
 def test_standard_scaling_floors_constant_features(tmp_path):
@@ -302,10 +342,12 @@ def test_standard_scaling_floors_constant_features(tmp_path):
 def test_npz_flattens_and_keeps_test_arrays(tmp_path):
     x = np.arange(30 * 2 * 2, dtype=np.uint8).reshape(30, 2, 2)
     x_test = np.full((4, 2, 2), 7, np.uint8)
-    path = save_npz(tmp_path / "img.npz", x=x, y=np.arange(30) % 5, x_test=x_test,
-                    y_test=np.array([0, 1, 2, 3]))
-    data = load_dataset(DataSpec("npz", path="img.npz", scale="none", val_fraction=0.0),
-                        base_dir=tmp_path)
+    path = save_npz(
+        tmp_path / "img.npz", x=x, y=np.arange(30) % 5, x_test=x_test, y_test=np.array([0, 1, 2, 3])
+    )
+    data = load_dataset(
+        DataSpec("npz", path="img.npz", scale="none", val_fraction=0.0), base_dir=tmp_path
+    )
     assert data.x_train.shape == (30, 4) and data.x_val.shape == (0, 4)
     assert data.classes == 5 and data.source == str(path)
     np.testing.assert_array_equal(data.x_test, x_test.reshape(4, 4))
@@ -342,8 +384,13 @@ def test_bad_labels_reported(tmp_path, labels, found):
 
 
 def test_npz_test_label_out_of_range(tmp_path):
-    path = save_npz(tmp_path / "t.npz", x=np.ones((10, 2)), y=np.arange(10) % 3,
-                    x_test=np.ones((3, 2)), y_test=np.array([0, 7, 1]))
+    path = save_npz(
+        tmp_path / "t.npz",
+        x=np.ones((10, 2)),
+        y=np.arange(10) % 3,
+        x_test=np.ones((3, 2)),
+        y_test=np.array([0, 7, 1]),
+    )
     with pytest.raises(HornError, match=r"t\.npz \[x_test/y_test\].*below 3.*found 7 at row 1"):
         load_dataset({"name": "npz", "path": str(path)})
 
@@ -354,8 +401,9 @@ def test_npz_test_label_out_of_range(tmp_path):
 def test_csv_with_header_and_label_column(tmp_path):
     rows = [f"{i},{i * 2},{i % 3}" for i in range(20)]
     (tmp_path / "t.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n\n")
-    data = load_dataset({"name": "csv", "path": "t.csv", "scale": "none", "val_fraction": 0.0},
-                        base_dir=tmp_path)
+    data = load_dataset(
+        {"name": "csv", "path": "t.csv", "scale": "none", "val_fraction": 0.0}, base_dir=tmp_path
+    )
     assert data.features == 2 and data.classes == 3
     pool = np.concatenate([data.x_train, data.x_test])
     labels = np.concatenate([data.y_train, data.y_test])
@@ -364,12 +412,15 @@ def test_csv_with_header_and_label_column(tmp_path):
     assert first.classes == 20 and first.features == 2
 
 
-@pytest.mark.parametrize("bad_line, expected", [
-    ("1,2", "line 4: expected 3 fields, found 2"),
-    ("1,x,0", "line 4: field 2: expected a number, found 'x'"),
-    ("1,nan,0", "NaN or Inf at line 4"),
-    ("1,2,-3", "found -3.0 at line 4"),
-])
+@pytest.mark.parametrize(
+    "bad_line, expected",
+    [
+        ("1,2", "line 4: expected 3 fields, found 2"),
+        ("1,x,0", "line 4: field 2: expected a number, found 'x'"),
+        ("1,nan,0", "NaN or Inf at line 4"),
+        ("1,2,-3", "found -3.0 at line 4"),
+    ],
+)
 def test_csv_bad_line_reported_with_line_number(tmp_path, bad_line, expected):
     (tmp_path / "bad.csv").write_text(f"f,g,y\n1,2,0\n3,4,1\n{bad_line}\n5,6,1\n")
     with pytest.raises(HornError) as info:
@@ -392,8 +443,12 @@ def test_root_escape_refused(tmp_path):
     save_npz(tmp_path / "outside.npz", x=np.ones((10, 2)), y=np.arange(10) % 2)
     save_npz(root / "inside.npz", x=np.ones((10, 2)), y=np.arange(10) % 2)
     (root / "link.npz").symlink_to(tmp_path / "outside.npz")
-    assert load_dataset({"name": "npz", "path": "data/inside.npz", "root": "data"},
-                        base_dir=tmp_path).classes == 2
+    assert (
+        load_dataset(
+            {"name": "npz", "path": "data/inside.npz", "root": "data"}, base_dir=tmp_path
+        ).classes
+        == 2
+    )
     for path in ("data/../outside.npz", "data/link.npz", str(tmp_path / "outside.npz")):
         with pytest.raises(HornError, match=r"path .*outside\.npz escapes data\.root .*data"):
             load_dataset({"name": "npz", "path": path, "root": "data"}, base_dir=tmp_path)
@@ -407,15 +462,24 @@ def test_root_applies_to_idx_search(tmp_path, monkeypatch):
         load_dataset({"name": "idx", "root": str(tmp_path / "jail")})
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ({"name": "imagenet"}, "data.name: expected one of"),
-    ({"name": "digits", "val_fraction": 1.0}, r"data.val_fraction: expected a number in \[0, 1\)"),
-    ({"name": "digits", "test_fraction": 0}, r"data.test_fraction: expected a number in \(0, 1\)"),
-    ({"name": "digits", "scale": "minmax"}, "data.scale"),
-    ({"name": "digits", "seed": 1.5}, "data.seed: expected an integer"),
-    ({"name": "digits", "limit": 0}, "data.limit: expected an integer >= 1"),
-    ({"name": "npz"}, "data.path: expected a file"),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ({"name": "imagenet"}, "data.name: expected one of"),
+        (
+            {"name": "digits", "val_fraction": 1.0},
+            r"data.val_fraction: expected a number in \[0, 1\)",
+        ),
+        (
+            {"name": "digits", "test_fraction": 0},
+            r"data.test_fraction: expected a number in \(0, 1\)",
+        ),
+        ({"name": "digits", "scale": "minmax"}, "data.scale"),
+        ({"name": "digits", "seed": 1.5}, "data.seed: expected an integer"),
+        ({"name": "digits", "limit": 0}, "data.limit: expected an integer >= 1"),
+        ({"name": "npz"}, "data.path: expected a file"),
+    ],
+)
 def test_bad_options(spec, expected):
     with pytest.raises(HornError, match=expected):
         load_dataset(spec)

@@ -17,7 +17,8 @@ from horn.layers import Dense, SoftmaxCrossEntropy
 from horn.model import Model
 from horn.optim import SGD
 from horn.parallel import dirichlet_shard_indices, shard_indices
-from tests.cli import ROOT, horn as horn_cli
+from tests.cli import ROOT
+from tests.cli import horn as horn_cli
 from tests.mpirun import mpirun
 
 
@@ -44,7 +45,9 @@ def test_distill_loss_is_alpha_ce_plus_t2_kl_by_hand():
     a, t = 0.3, 2.5
     ce = -np.log(softmax(x)[np.arange(6), labels]).mean()
     kl = (soft * (np.log(soft) - np.log(softmax(x / t)))).sum(axis=1).mean()
-    assert bound_loss(a, t).forward(x, (labels, soft)) == pytest.approx(a * ce + (1 - a) * t * t * kl)
+    assert bound_loss(a, t).forward(x, (labels, soft)) == pytest.approx(
+        a * ce + (1 - a) * t * t * kl
+    )
     split = bound_loss(a, t).forward(x, (labels[:2], soft[2:]))
     ce2 = -np.log(softmax(x[:2])[np.arange(2), labels[:2]]).mean()
     kl4 = (soft[2:] * (np.log(soft[2:]) - np.log(softmax(x[2:] / t)))).sum(axis=1).mean()
@@ -84,8 +87,9 @@ def test_distill_batches_layouts():
     own = (np.full((4, 2), -1.0), np.arange(4))
     xb, (labels, soft) = DistillBatches(backend, x, teacher, 6, np.random.default_rng(0)).next()
     assert labels is None and np.array_equal(soft[:, 0], xb[:, 0] / 2)  # rows stay paired
-    xb, (labels, soft) = DistillBatches(backend, x, teacher, 6, np.random.default_rng(0),
-                                        labeled=own).next()
+    xb, (labels, soft) = DistillBatches(
+        backend, x, teacher, 6, np.random.default_rng(0), labeled=own
+    ).next()
     assert xb.shape == (6, 2) and len(labels) == 3 and len(soft) == 3
     assert (xb[:3] == -1).all() and np.array_equal(soft[:, 0], xb[3:, 0] / 2)
     batches = DistillBatches(backend, x, teacher, 4, np.random.default_rng(0), labels=np.arange(10))
@@ -96,29 +100,42 @@ def test_distill_batches_layouts():
 def test_distillation_moves_the_student_to_the_teacher():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((256, 6)).astype(np.float32)
-    make = lambda seed: Model([Dense(32, "relu"), Dense(4)], SoftmaxCrossEntropy(), 6,  # noqa: E731
-                              "numba", seed=seed)
+    make = lambda seed: Model(
+        [Dense(32, "relu"), Dense(4)],
+        SoftmaxCrossEntropy(),
+        6,  # noqa: E731
+        "numba",
+        seed=seed,
+    )
     teacher = make(1).predict(x)
     student = make(2)
     kl = lambda: float((teacher * np.log(teacher / student.predict(x))).sum(1).mean())  # noqa: E731
     before = kl()
     batches = DistillBatches(student.backend, x, teacher, 32, np.random.default_rng(0))
-    first, last = distill(student, SGD(student, momentum=0.9), DistillLoss(0.0, 1.0), batches,
-                          300, 0.1)
+    first, last = distill(
+        student, SGD(student, momentum=0.9), DistillLoss(0.0, 1.0), batches, 300, 0.1
+    )
     assert kl() < 0.2 * before and last < first
     assert student.loss.spec()["type"] == "softmax_cross_entropy"  # its own loss is back
 
 
 def test_shared_inputs_are_a_seeded_sample_split_across_workers(tmp_path):
     rng = np.random.default_rng(4)
-    data = types.SimpleNamespace(x_train=rng.standard_normal((50, 3)).astype(np.float32),
-                                 features=3, name="t",
-                                 scaler=types.SimpleNamespace(apply=lambda a: a * 2))
+    data = types.SimpleNamespace(
+        x_train=rng.standard_normal((50, 3)).astype(np.float32),
+        features=3,
+        name="t",
+        scaler=types.SimpleNamespace(apply=lambda a: a * 2),
+    )
     settings = EnsembleSettings(distill_size=20)
 
     def setup(workers, worker):
-        return types.SimpleNamespace(data=data, seed=0, base_dir=str(tmp_path),
-                                     peer=types.SimpleNamespace(workers=workers, worker=worker))
+        return types.SimpleNamespace(
+            data=data,
+            seed=0,
+            base_dir=str(tmp_path),
+            peer=types.SimpleNamespace(workers=workers, worker=worker),
+        )
 
     parts = [shared_inputs(setup(2, w), settings) for w in (0, 1)]
     whole = shared_inputs(setup(1, 0), settings)
@@ -168,7 +185,9 @@ def test_ensemble_predicts_the_weighted_mean_and_round_trips(tmp_path):
     assert meta == {"k": 1} and np.array_equal(again.predict(x), ens.predict(x))
     ens.members[0].save(tmp_path / "m.npz")
     single, _ = load_predictor(tmp_path / "m.npz")
-    assert isinstance(single, Model) and np.array_equal(single.predict(x), ens.members[0].predict(x))
+    assert isinstance(single, Model) and np.array_equal(
+        single.predict(x), ens.members[0].predict(x)
+    )
 
 
 # ---- multi-rank ----------------------------------------------------------------------
@@ -223,8 +242,9 @@ def test_shared_teacher_on_4_groups_reports_every_barrier(tmp_path):
 
 
 def test_local_teacher_on_4_groups_allgathers_parameters_once_per_barrier(tmp_path):
-    run_dir, barriers, final = run_ec(tmp_path, 4, "parallel.ensemble.teacher_data=local",
-                                      "parallel.ensemble.student=average")
+    run_dir, barriers, final = run_ec(
+        tmp_path, 4, "parallel.ensemble.teacher_data=local", "parallel.ensemble.student=average"
+    )
     size = load_predictor(f"{run_dir}/model.npz")[0].size
     assert barriers and all(b["bytes_sent"] == 3 * 4 * (size + 1) for b in barriers[:-1])
     assert final["test_accuracy"] > 0.85
@@ -256,8 +276,9 @@ def test_teachers_against_numpy_by_hand_on_three_ranks():
 def test_sub_network_groups_with_the_local_teacher(tmp_path):
     """2 groups x 2 workers: intra-group rounds are SubnetSync's; each worker distills its
     sub-network on its half of the rows, then the group reassembles its parent."""
-    run_dir, barriers, final = run_ec(tmp_path, 4, "parallel.workers=2",
-                                      "parallel.ensemble.teacher_data=local")
+    run_dir, barriers, final = run_ec(
+        tmp_path, 4, "parallel.workers=2", "parallel.ensemble.teacher_data=local"
+    )
     parent = load_predictor(f"{run_dir}/model.npz")[0]
     assert parent.layers[0].params["W"].shape == (64, 32)
     allgather = 1 * 4 * (parent.size + 1)
@@ -271,26 +292,48 @@ def test_sub_network_groups_with_the_local_teacher(tmp_path):
 def test_killed_ensemble_run_resumes_bit_for_bit(tmp_path):
     """Barrier counters go into checkpoints; the teacher and distillation rows are
     drawn from seeds, so a resumed run repeats the uninterrupted one exactly."""
-    killer = textwrap.dedent(JOB).replace(
-        '{ type = "dense", units = 10 }', '{ type = "killer:KillAt" }, { type = "dense", units = 10 }'
-    ).replace("local_steps = 40", "local_steps = 20\nglobal_every = 2").replace(
-        "[model]\n", '[model]\nimports = ["killer"]\n')
+    killer = (
+        textwrap.dedent(JOB)
+        .replace(
+            '{ type = "dense", units = 10 }',
+            '{ type = "killer:KillAt" }, { type = "dense", units = 10 }',
+        )
+        .replace("local_steps = 40", "local_steps = 20\nglobal_every = 2")
+        .replace("[model]\n", '[model]\nimports = ["killer"]\n')
+    )
     env = {"PYTHONPATH": f"{ROOT / 'tests/mpi_progs'}:{ROOT}"}
     dirs = {}
-    for name, extra in (("whole", {}), ("killed", {"HORN_TEST_KILL_RANK": "1",
-                                                    "HORN_TEST_KILL_AT": "70"})):
+    for name, extra in (
+        ("whole", {}),
+        ("killed", {"HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "70"}),
+    ):
         path = tmp_path / f"{name}.toml"
-        path.write_text(killer + "[checkpoint]\nevery = 1\n"
-                        f"[log]\ndir = '{tmp_path / name}'\nplot = false\n")
+        path.write_text(
+            killer + f"[checkpoint]\nevery = 1\n[log]\ndir = '{tmp_path / name}'\nplot = false\n"
+        )
         result = mpirun(2, ["-m", "horn.cli", "run", path, "--quiet"], 120, {**env, **extra})
         assert (result.returncode == 0) == (name == "whole"), result.stderr
         (dirs[name],) = (tmp_path / name).iterdir()
     resumed = mpirun(2, ["-m", "horn.cli", "run", "--resume", dirs["killed"], "--quiet"], 120, env)
     assert resumed.returncode == 0, resumed.stderr
-    timing = ("time_s", "samples_per_s", "compute_s", "comm_s", "teacher_s", "distill_s",
-              "rank_compute_s", "rank_wait_s", "waited_for")
-    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
-             for line in open(d / "metrics.jsonl")] for d in dirs.values()]
+    timing = (
+        "time_s",
+        "samples_per_s",
+        "compute_s",
+        "comm_s",
+        "teacher_s",
+        "distill_s",
+        "rank_compute_s",
+        "rank_wait_s",
+        "waited_for",
+    )
+    rows = [
+        [
+            {k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in open(d / "metrics.jsonl")
+        ]
+        for d in dirs.values()
+    ]
     assert rows[0] == rows[1] and sum(r["kind"] == "barrier" for r in rows[0]) >= 3
     a, b = (np.load(d / "model.npz") for d in dirs.values())
     params = [k for k in a.files if k.startswith("param/")]

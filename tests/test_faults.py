@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
@@ -43,20 +42,29 @@ watchdog_s = WATCHDOG
 [log]
 plot = false
 """
-needs_hosts = pytest.mark.skipif(unavailable() is not None,
-                                 reason=f"cannot make network namespaces here: {unavailable()}")
+needs_hosts = pytest.mark.skipif(
+    unavailable() is not None, reason=f"cannot make network namespaces here: {unavailable()}"
+)
 
 
 def env_with(extra=None):
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               PYTHONPATH=f"{PROGS}:{REPO}", **(extra or {}))
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        PYTHONPATH=f"{PROGS}:{REPO}",
+        **(extra or {}),
+    )
     return env
 
 
 def write_job(tmp_path, watchdog_s=WATCHDOG_S, extra=""):
     path = tmp_path / "faults.toml"
-    path.write_text(textwrap.dedent(JOB).replace("WATCHDOG", str(watchdog_s)) + extra
-                    + f"dir = '{tmp_path / 'runs'}'\n")
+    path.write_text(
+        textwrap.dedent(JOB).replace("WATCHDOG", str(watchdog_s))
+        + extra
+        + f"dir = '{tmp_path / 'runs'}'\n"
+    )
     return path
 
 
@@ -78,18 +86,32 @@ class Job:
 
     def __init__(self, tmp_path, command, cluster=None, ranks=2, env=None):
         if cluster is None:
-            argv = [sys.executable, "-m", "horn.cli", "launch", mpirun_path(), "--oversubscribe",
-                    "-n", str(ranks), *command]
+            argv = [
+                sys.executable,
+                "-m",
+                "horn.cli",
+                "launch",
+                mpirun_path(),
+                "--oversubscribe",
+                "-n",
+                str(ranks),
+                *command,
+            ]
             full_env = env_with(env)
         else:
-            argv = [sys.executable, "-c", LAUNCHER,
-                    json.dumps(cluster.mpirun_argv(command, extra=Launch.options))]
+            argv = [
+                sys.executable,
+                "-c",
+                LAUNCHER,
+                json.dumps(cluster.mpirun_argv(command, extra=Launch.options)),
+            ]
             full_env = cluster.environment(env_with(env))
         self.dir = tmp_path
         self.log = tmp_path / "job.log"  # a file, not a pipe: a hung mpirun cannot block us
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(argv, cwd=tmp_path, env=full_env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                argv, cwd=tmp_path, env=full_env, stdout=log, stderr=subprocess.STDOUT
+            )
         self.fault_at = None
 
     @property
@@ -163,6 +185,7 @@ def stop_one_rank_at_random(tmp_path, command, rng, cluster=None, rank=None):
 
 # ---- one host ----------------------------------------------------------------------
 
+
 def test_a_rank_stopped_at_random_moments_never_hangs_the_job(tmp_path):
     """Seven random stop moments (the issue's 1-in-7 hang), alternating a loop of large
     collectives (most stops land inside one) and a synchronous training job."""
@@ -178,8 +201,11 @@ def test_a_rank_stopped_at_random_moments_never_hangs_the_job(tmp_path):
 
 
 def test_a_rank_stuck_while_the_others_are_inside_a_collective(tmp_path):
-    job = Job(tmp_path, horn_run(write_job(tmp_path)), env={
-        "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "40", "HORN_TEST_FAULT": "hang"})
+    job = Job(
+        tmp_path,
+        horn_run(write_job(tmp_path)),
+        env={"HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "40", "HORN_TEST_FAULT": "hang"},
+    )
     pids = job.pids(2)
     job.mark_fault()  # an upper bound: the hang begins after start-up
     code, seconds = job.wait(60)
@@ -191,12 +217,19 @@ def test_a_rank_stuck_while_the_others_are_inside_a_collective(tmp_path):
 
 
 def test_ranks_waiting_in_different_exchanges_are_told_apart():
-    proc = subprocess.run([mpirun_path(), "--oversubscribe", "-n", "2", sys.executable,
-                           str(FAIL), "disagree", "2"], env=env_with(), cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [mpirun_path(), "--oversubscribe", "-n", "2", sys.executable, str(FAIL), "disagree", "2"],
+        env=env_with(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
-    assert ("timed out after 2.0 s waiting for the other ranks; every rank answered, but they "
-            "wait in other exchanges: rank 1 (host ") in proc.stderr, proc.stderr
+    assert (
+        "timed out after 2.0 s waiting for the other ranks; every rank answered, but they "
+        "wait in other exchanges: rank 1 (host "
+    ) in proc.stderr, proc.stderr
     assert "in 'left' (superstep 0, group)" in proc.stderr, proc.stderr
 
 
@@ -205,8 +238,11 @@ def test_the_straggler_report_names_the_slow_rank(tmp_path):
     in metrics.jsonl says so (each rank's compute and wait, and whom they waited for)."""
     path = write_job(tmp_path, 30)
     path.write_text(path.read_text().replace("epochs = 400", "steps = 60"))
-    job = Job(tmp_path, horn_run(path), env={
-        "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "1", "HORN_TEST_FAULT": "slow"})
+    job = Job(
+        tmp_path,
+        horn_run(path),
+        env={"HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "1", "HORN_TEST_FAULT": "slow"},
+    )
     job.mark_fault()
     code, _ = job.wait(120)
     assert code == 0, job.stderr
@@ -222,30 +258,46 @@ def test_the_straggler_report_names_the_slow_rank(tmp_path):
 def test_launch_fails_a_job_whose_ranks_never_finished(tmp_path, capsys):
     launch = Launch(directory=tmp_path)
     for rank, host in ((0, "a"), (1, "b"), (2, "b")):
-        (launch.dir / f"start-{rank}.json").write_text(json.dumps(
-            {"rank": rank, "size": 4, "host": host, "pid": 1}))
+        (launch.dir / f"start-{rank}.json").write_text(
+            json.dumps({"rank": rank, "size": 4, "host": host, "pid": 1})
+        )
     (launch.dir / "done-0").write_text("")
     assert launch.verdict(0) == 1
     assert capsys.readouterr().err.strip() == (
         "horn: error: mpirun exited 0, but ranks 1, 2 (host b), 3 (never started) never "
-        "finished cleanly (lost host, killed or cut off)")
+        "finished cleanly (lost host, killed or cut off)"
+    )
     for rank in (1, 2, 3):
         (launch.dir / f"done-{rank}").write_text("")
     assert launch.verdict(0) == 0
 
 
 def test_horn_launch_passes_a_clean_job_and_refuses_a_non_mpirun_command():
-    clean = horn("launch", mpirun_path(), "--oversubscribe", "-n", "2", sys.executable, "-m",
-                 "horn.examples.pi_estimator", "--samples", "1000", env=env_with())
+    clean = horn(
+        "launch",
+        mpirun_path(),
+        "--oversubscribe",
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "horn.examples.pi_estimator",
+        "--samples",
+        "1000",
+        env=env_with(),
+    )
     assert clean.returncode == 0, clean.stderr
     wrong = horn("launch", "python", "x.py")
     assert wrong.returncode == 2
-    assert wrong.stderr.strip() == ("horn: error: horn launch: expected --hostfile FILE -n N "
-                                    "JOB [--set ...], or an mpirun command (mpirun ARGS...), "
-                                    "found python")
+    assert wrong.stderr.strip() == (
+        "horn: error: horn launch: expected --hostfile FILE -n N "
+        "JOB [--set ...], or an mpirun command (mpirun ARGS...), "
+        "found python"
+    )
 
 
 # ---- across simulated hosts ------------------------------------------------------------
+
 
 @needs_hosts
 @pytest.mark.parametrize("program", ["collectives", "horn-run"])
@@ -266,8 +318,11 @@ def test_a_dead_host_ends_the_job_non_zero_naming_its_ranks(tmp_path, program):
 
 
 @needs_hosts
-@pytest.mark.parametrize("program, rate", [("collectives", "100mbit"), ("horn-run", None)],
-                         ids=["mid-collective-100mbit", "horn-run"])
+@pytest.mark.parametrize(
+    "program, rate",
+    [("collectives", "100mbit"), ("horn-run", None)],
+    ids=["mid-collective-100mbit", "horn-run"],
+)
 def test_a_cut_link_ends_the_job_within_watchdog_plus_10_s(tmp_path, program, rate):
     """At 100 Mbit/s one 16 MB allreduce takes over a second, so the cut lands inside it."""
     command = loop(floats=4_000_000) if program == "collectives" else horn_run(write_job(tmp_path))
@@ -302,9 +357,11 @@ def test_a_rank_stopped_at_random_moments_across_hosts(tmp_path):
     with sim_cluster(2) as c:
         for trial in range(4):
             (tmp_path / f"t{trial}").mkdir()
-            times.append(stop_one_rank_at_random(tmp_path / f"t{trial}",
-                                                 loop() if trial % 2 == 0 else horn_run(job),
-                                                 rng, c))
+            times.append(
+                stop_one_rank_at_random(
+                    tmp_path / f"t{trial}", loop() if trial % 2 == 0 else horn_run(job), rng, c
+                )
+            )
             assert_host_empty(c, 1)
             assert_host_empty(c, 2)
     print(f"seed {seed}: stop-to-end seconds across hosts {[round(t, 1) for t in times]}")
@@ -317,8 +374,11 @@ def test_a_slow_host_goes_on_and_is_named_as_the_straggler(tmp_path, slowdown):
     starved of CPU (sleeping 20 ms a step): the job finishes, and the records name it."""
     path = write_job(tmp_path, 30)
     path.write_text(path.read_text().replace("epochs = 400", "steps = 40"))
-    env = {"HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "1", "HORN_TEST_FAULT": "slow"} \
-        if slowdown == "cpu" else {}
+    env = (
+        {"HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "1", "HORN_TEST_FAULT": "slow"}
+        if slowdown == "cpu"
+        else {}
+    )
     with sim_cluster(2, rate="1gbit") as c:
         if slowdown == "bandwidth":
             c.set_rate(2, "100mbit")
@@ -330,8 +390,10 @@ def test_a_slow_host_goes_on_and_is_named_as_the_straggler(tmp_path, slowdown):
     steps = [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "superstep" in r]
     assert len(steps) >= 40 and all(len(r["rank_wait_s"]) == 2 for r in steps)
     named = [r for r in steps if r["waited_for"] == {"rank": 1, "host": c.hostname(2)}]
-    print(f"slow host ({slowdown}): exit {code} after {seconds:.1f} s; {len(named)} of "
-          f"{len(steps)} supersteps waited for rank 1 on host 2; median waits "
-          f"{[round(sorted(r['rank_wait_s'][k] for r in steps)[len(steps) // 2], 4) for k in (0, 1)]} s")
+    print(
+        f"slow host ({slowdown}): exit {code} after {seconds:.1f} s; {len(named)} of "
+        f"{len(steps)} supersteps waited for rank 1 on host 2; median waits "
+        f"{[round(sorted(r['rank_wait_s'][k] for r in steps)[len(steps) // 2], 4) for k in (0, 1)]} s"
+    )
     if slowdown == "cpu":
         assert len(named) >= 0.8 * len(steps)

@@ -28,11 +28,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from horn import registry
+from horn.barriers.registry import strategies
 from horn.data import load_dataset, load_features
-from horn.ensemble_model import FORMAT as ENSEMBLE_FORMAT, load_predictor
+from horn.ensemble_model import FORMAT as ENSEMBLE_FORMAT
+from horn.ensemble_model import load_predictor
 from horn.errors import HornError
 from horn.hosts import check_hostfile
-from horn.barriers.registry import strategies
 from horn.jobs import SECTIONS, key_fields, load_job, write_resolved
 from horn.layer import batch_shape
 from horn.layers import Dense, SoftmaxCrossEntropy
@@ -40,8 +41,13 @@ from horn.model import FORMAT, Model, layer_from_spec, spec_layout
 from horn.options import matches, option_types
 from horn.runner import needed_ranks, prepare
 
-FUZZ = settings(max_examples=2000, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=2000,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +95,21 @@ def only_horn_errors(call, *names):
 
 
 TEXT = st.characters(exclude_categories=("Cs",))  # no lone surrogates: they cannot be written
-NASTY_CHARS = ["\x00", "\x7f", "\r", "\t", "\x0b", "\x85", "\u2028", "\ufeff", "é", "\u0663",
-               "\u00b2", "\uff11", "\U0001f600"]
+NASTY_CHARS = [
+    "\x00",
+    "\x7f",
+    "\r",
+    "\t",
+    "\x0b",
+    "\x85",
+    "\u2028",
+    "\ufeff",
+    "é",
+    "\u0663",
+    "\u00b2",
+    "\uff11",
+    "\U0001f600",
+]
 
 
 # =========================================================================== job files
@@ -107,8 +126,11 @@ class Big(str):
     """A long string that prints short, so failure reports stay readable."""
 
     def __repr__(self):
-        return f"<{len(self)} chars: {str.__repr__(self[:12])}...>" if len(self) > 40 \
+        return (
+            f"<{len(self)} chars: {str.__repr__(self[:12])}...>"
+            if len(self) > 40
             else str.__repr__(self)
+        )
 
 
 class Raw(Big):
@@ -146,8 +168,12 @@ def toml_document(doc, array_tables):
         lines.append(f"[{toml_key(name)}]")
         later = []
         for key, value in table.items():
-            if array_tables and isinstance(value, list) and value and all(
-                    isinstance(v, dict) and not isinstance(v, Raw) for v in value):
+            if (
+                array_tables
+                and isinstance(value, list)
+                and value
+                and all(isinstance(v, dict) and not isinstance(v, Raw) for v in value)
+            ):
                 later.append((key, value))
             else:
                 lines.append(f"{toml_key(key)} = {toml_value(value)}")
@@ -159,40 +185,112 @@ def toml_document(doc, array_tables):
 
 
 SPECIAL_FLOATS = [0.0, -0.0, 1.0, 0.5, 1e-300, 1e300, 5e-324, math.nan, math.inf, -math.inf]
-SPECIAL_INTS = [0, -1, 1, 2, 2**31, 2**31 - 1, 2**63 - 1, -2**63, 2**64, 10**12, 10**30]
-JUNK_KEYS = st.one_of(st.sampled_from(["lrr", "epoch", "Layers", "", " ", "a.b", "type", "units",
-                                       "\n", "x\ny", "\x00", "é", "self", "kwargs", "args"]),
-                      st.text(TEXT, max_size=6))
+SPECIAL_INTS = [0, -1, 1, 2, 2**31, 2**31 - 1, 2**63 - 1, -(2**63), 2**64, 10**12, 10**30]
+JUNK_KEYS = st.one_of(
+    st.sampled_from(
+        [
+            "lrr",
+            "epoch",
+            "Layers",
+            "",
+            " ",
+            "a.b",
+            "type",
+            "units",
+            "\n",
+            "x\ny",
+            "\x00",
+            "é",
+            "self",
+            "kwargs",
+            "args",
+        ]
+    ),
+    st.text(TEXT, max_size=6),
+)
 SCALARS = st.one_of(
     st.booleans(),
     st.integers(-3, 100),
     st.sampled_from(SPECIAL_INTS),
-    st.integers(-2**80, 2**80),
+    st.integers(-(2**80), 2**80),
     st.sampled_from(SPECIAL_FLOATS),
     st.floats(),
     st.text(TEXT, max_size=10),
     st.sampled_from(["", "dense", "relu", "sgd", "digits", "os:system", "nan", "1"] + NASTY_CHARS),
-    st.sampled_from([Raw("1979-05-27T07:32:00Z"), Raw("1979-05-27"), Raw("07:32:00"),
-                     Raw("1979-05-27T00:32:00.999999-07:00"), Raw("9" * 5000), Raw("1" + "0" * 400),
-                     Raw("[" * 1500 + "]" * 1500), Raw("{a = " * 800 + "1" + "}" * 800)]),
+    st.sampled_from(
+        [
+            Raw("1979-05-27T07:32:00Z"),
+            Raw("1979-05-27"),
+            Raw("07:32:00"),
+            Raw("1979-05-27T00:32:00.999999-07:00"),
+            Raw("9" * 5000),
+            Raw("1" + "0" * 400),
+            Raw("[" * 1500 + "]" * 1500),
+            Raw("{a = " * 800 + "1" + "}" * 800),
+        ]
+    ),
 )
-JUNK = st.recursive(SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(JUNK_KEYS, inner, max_size=3)), max_leaves=6)
+JUNK = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(JUNK_KEYS, inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 LAYER_TYPES = [
-    "dense", "dropout", "relu", "tanh", "sigmoid", "dropconnect_dense", "softmax_cross_entropy",
-    "mse", "dens", "Dense", "", " dense", "os:system", "builtins:eval", "builtins:exec",
-    "builtins:__import__", "builtins:type", "builtins:object", "x.y:Z", "__import__('os')",
-    "__import__('os').system('true')", "os.path:join", "os:_exit", "sys:exit", "subprocess:Popen",
-    "pathlib:Path", "horn.layers.dense:Dense", "horn.layers:Dropout", "horn.layer:Layer",
-    "horn.layer:Loss", "horn.errors:HornError", "horn.nope:X", "horn.layers.dense:Nope",
-    "zz_fuzz.mod:Cls", "a..b:C", "os.:x", "os:system\n", ":", "a:", ":b", "a:b:c", "é:É",
+    "dense",
+    "dropout",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "dropconnect_dense",
+    "softmax_cross_entropy",
+    "mse",
+    "dens",
+    "Dense",
+    "",
+    " dense",
+    "os:system",
+    "builtins:eval",
+    "builtins:exec",
+    "builtins:__import__",
+    "builtins:type",
+    "builtins:object",
+    "x.y:Z",
+    "__import__('os')",
+    "__import__('os').system('true')",
+    "os.path:join",
+    "os:_exit",
+    "sys:exit",
+    "subprocess:Popen",
+    "pathlib:Path",
+    "horn.layers.dense:Dense",
+    "horn.layers:Dropout",
+    "horn.layer:Layer",
+    "horn.layer:Loss",
+    "horn.errors:HornError",
+    "horn.nope:X",
+    "horn.layers.dense:Nope",
+    "zz_fuzz.mod:Cls",
+    "a..b:C",
+    "os.:x",
+    "os:system\n",
+    ":",
+    "a:",
+    ":b",
+    "a:b:c",
+    "é:É",
 ]
 LAYER_OPTIONS = {
-    "units": st.one_of(st.integers(-2, 40), st.sampled_from(SPECIAL_INTS + SPECIAL_FLOATS),
-                       st.sampled_from(["8", True, 2.0, 1.5, [8]])),
-    "activation": st.sampled_from(["identity", "relu", "tanh", "sigmoid", "softmax", "", 1,
-                                   "None"]),
+    "units": st.one_of(
+        st.integers(-2, 40),
+        st.sampled_from(SPECIAL_INTS + SPECIAL_FLOATS),
+        st.sampled_from(["8", True, 2.0, 1.5, [8]]),
+    ),
+    "activation": st.sampled_from(
+        ["identity", "relu", "tanh", "sigmoid", "softmax", "", 1, "None"]
+    ),
     "p": st.one_of(st.sampled_from(SPECIAL_FLOATS + [0.99, 1, -1, "0.5", True]), st.floats()),
     "init": st.sampled_from(["he", "xavier", "normal", "zeros", "ones", "bogus", 3, [1], {}]),
     "bias": st.one_of(st.booleans(), SCALARS),
@@ -226,9 +324,13 @@ def key_values(meta):
     elif kind is list:
         options.append(st.lists(st.one_of(st.floats(0, 2), SCALARS), max_size=4))
     elif kind is dict:  # train.early_stop: its own keys near their bounds, or junk keys
-        options.append(st.dictionaries(st.sampled_from(["patience", "min_delta", "patiense"]),
-                                       st.one_of(st.integers(-1, 3), st.floats(-1, 2), JUNK),
-                                       max_size=3))
+        options.append(
+            st.dictionaries(
+                st.sampled_from(["patience", "min_delta", "patiense"]),
+                st.one_of(st.integers(-1, 3), st.floats(-1, 2), JUNK),
+                max_size=3,
+            )
+        )
     return st.one_of(*options)
 
 
@@ -237,9 +339,11 @@ def section_strategy(name, cls):
     if name == "model":
         fields["layers"] = st.one_of(LAYER_LIST, LAYER_LIST, LAYER_LIST, JUNK)
         fields["loss"] = st.one_of(st.sampled_from(LAYER_TYPES), LAYER_TABLE, JUNK)
-    table = st.builds(lambda known, junk: {**known, **junk},
-                      st.fixed_dictionaries({}, optional=fields),
-                      st.dictionaries(JUNK_KEYS, JUNK, max_size=1))
+    table = st.builds(
+        lambda known, junk: {**known, **junk},
+        st.fixed_dictionaries({}, optional=fields),
+        st.dictionaries(JUNK_KEYS, JUNK, max_size=1),
+    )
     return table if name == "model" else st.one_of(table, table, table, JUNK)
 
 
@@ -252,39 +356,63 @@ def valid_values(meta):
         low = 0 if lo is None else lo + meta["lo_open"]
         return st.integers(low, low + 50 if hi is None else min(hi - meta["hi_open"], low + 50))
     if kind is float:
-        return st.floats(0.0 if lo is None else lo, 10.0 if hi is None else hi,
-                         exclude_min=meta["lo_open"], exclude_max=meta["hi_open"])
+        return st.floats(
+            0.0 if lo is None else lo,
+            10.0 if hi is None else hi,
+            exclude_min=meta["lo_open"],
+            exclude_max=meta["hi_open"],
+        )
     if kind is bool:
         return st.booleans()
     if kind is list:
         return st.lists(st.floats(0.5, 2.0), max_size=3)
     if kind is dict:
-        return st.fixed_dictionaries({}, optional={"patience": st.integers(1, 9),
-                                                   "min_delta": st.floats(0.0, 1.0)})
+        return st.fixed_dictionaries(
+            {}, optional={"patience": st.integers(1, 9), "min_delta": st.floats(0.0, 1.0)}
+        )
     return st.text(TEXT, min_size=1, max_size=8)
 
 
-VALID_LAYERS = st.lists(st.one_of(
-    st.fixed_dictionaries({"type": st.sampled_from(["dense", "dropconnect_dense"]),
-                           "units": st.integers(1, 16)},
-                          optional={"activation": st.sampled_from(["identity", "relu", "tanh"]),
-                                    "init": st.sampled_from(["he", "xavier", "zeros"]),
-                                    "bias": st.booleans()}),
-    st.fixed_dictionaries({"type": st.just("dropout")}, optional={"p": st.floats(0, 0.9)}),
-    st.fixed_dictionaries({"type": st.sampled_from(["relu", "tanh", "sigmoid"])}),
-), min_size=1, max_size=4)
+VALID_LAYERS = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["dense", "dropconnect_dense"]), "units": st.integers(1, 16)},
+            optional={
+                "activation": st.sampled_from(["identity", "relu", "tanh"]),
+                "init": st.sampled_from(["he", "xavier", "zeros"]),
+                "bias": st.booleans(),
+            },
+        ),
+        st.fixed_dictionaries({"type": st.just("dropout")}, optional={"p": st.floats(0, 0.9)}),
+        st.fixed_dictionaries({"type": st.sampled_from(["relu", "tanh", "sigmoid"])}),
+    ),
+    min_size=1,
+    max_size=4,
+)
 GROUP_STRATEGIES = sorted(n for n, s in strategies().items() if s.scope == "group")
-VALID_SECTIONS = {name: st.fixed_dictionaries({}, optional={
-    f.name: st.sampled_from(GROUP_STRATEGIES) if f.name == "barrier" else valid_values(f.metadata)
-    for f in key_fields(cls) if f.name not in ("layers", "loss")}) for name, cls in SECTIONS.items()}
+VALID_SECTIONS = {
+    name: st.fixed_dictionaries(
+        {},
+        optional={
+            f.name: st.sampled_from(GROUP_STRATEGIES)
+            if f.name == "barrier"
+            else valid_values(f.metadata)
+            for f in key_fields(cls)
+            if f.name not in ("layers", "loss")
+        },
+    )
+    for name, cls in SECTIONS.items()
+}
 
 
 SECTION_SETS = st.sets(st.sampled_from(sorted(SECTIONS)))
-VALID_LOSSES = st.sampled_from(["softmax_cross_entropy", "mse",
-                                {"type": "softmax_cross_entropy", "temperature": 2.0}])
+VALID_LOSSES = st.sampled_from(
+    ["softmax_cross_entropy", "mse", {"type": "softmax_cross_entropy", "temperature": 2.0}]
+)
 JOB_FAULTS = st.sampled_from(["none", "none", "value", "key", "layer", "option", "section"])
-FIELD_NAMES = {name: st.sampled_from([f.name for f in key_fields(cls)])
-               for name, cls in SECTIONS.items()}
+FIELD_NAMES = {
+    name: st.sampled_from([f.name for f in key_fields(cls)]) for name, cls in SECTIONS.items()
+}
 LAYER_FAULTS = st.one_of(LAYER_TABLE, JUNK)
 EXTRA_OPTIONS = st.fixed_dictionaries({}, optional=LAYER_OPTIONS)
 SECTION_NAMES = st.one_of(st.sampled_from(sorted(SECTIONS)), JUNK_KEYS)
@@ -299,8 +427,11 @@ def pick(draw, items):
 def near_miss_jobs(draw):
     """A valid job (most keys in range) with at most one fault injected somewhere."""
     doc = {name: draw(VALID_SECTIONS[name]) for name in draw(SECTION_SETS)}
-    doc["model"] = {**draw(VALID_SECTIONS["model"]), "layers": draw(VALID_LAYERS),
-                    "loss": draw(VALID_LOSSES)}
+    doc["model"] = {
+        **draw(VALID_SECTIONS["model"]),
+        "layers": draw(VALID_LAYERS),
+        "loss": draw(VALID_LOSSES),
+    }
     fault = draw(JOB_FAULTS)
     if fault == "value":
         section = pick(draw, doc)
@@ -310,24 +441,38 @@ def near_miss_jobs(draw):
     elif fault in ("layer", "option"):
         layers = doc["model"]["layers"]
         at = pick(draw, range(len(layers)))
-        layers[at] = draw(LAYER_FAULTS) if fault == "layer" else {**layers[at],
-                                                                   **draw(EXTRA_OPTIONS)}
+        layers[at] = (
+            draw(LAYER_FAULTS) if fault == "layer" else {**layers[at], **draw(EXTRA_OPTIONS)}
+        )
     elif fault == "section":
         doc[draw(SECTION_NAMES)] = draw(JUNK)
     return doc
 
 
-JOB_DOCS = st.one_of(near_miss_jobs(), st.builds(
-    lambda model, others, junk: {**others, "model": model, **junk},
-    section_strategy("model", SECTIONS["model"]),
-    st.fixed_dictionaries({}, optional={
-        **{name: section_strategy(name, cls) for name, cls in SECTIONS.items() if name != "model"},
-        "name": st.one_of(st.sampled_from(["t", "a-b.c_d", "x" * 65, "", "a b", "é"]), JUNK),
-        "description": JUNK,
-    }),
-    st.dictionaries(st.one_of(JUNK_KEYS, st.sampled_from(["trian", "models", "train.x"])), JUNK,
-                    max_size=1),
-))
+JOB_DOCS = st.one_of(
+    near_miss_jobs(),
+    st.builds(
+        lambda model, others, junk: {**others, "model": model, **junk},
+        section_strategy("model", SECTIONS["model"]),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                **{
+                    name: section_strategy(name, cls)
+                    for name, cls in SECTIONS.items()
+                    if name != "model"
+                },
+                "name": st.one_of(
+                    st.sampled_from(["t", "a-b.c_d", "x" * 65, "", "a b", "é"]), JUNK
+                ),
+                "description": JUNK,
+            },
+        ),
+        st.dictionaries(
+            st.one_of(JUNK_KEYS, st.sampled_from(["trian", "models", "train.x"])), JUNK, max_size=1
+        ),
+    ),
+)
 
 
 def check_job(job, work):
@@ -354,26 +499,86 @@ def test_fuzz_structured_job_files(work, doc, array_tables):
         check_job(job, work)
 
 
-TOML_TOKENS = st.sampled_from([
-    "\n", " ", "=", " = ", "[", "]", "[[", "]]", "{", "}", ",", ".", '"', "'", '"""', "'''", "#",
-    "\\", "\\u00", "name", "model", "layers", "type", "dense", "units", "train", "lr", "epochs",
-    "data", "parallel", "loss", "0", "1", "-1", "1.5", "1e999", "nan", "inf", "+inf", "-nan",
-    "true", "0x1F", "0o7", "0b2", "1_000", "01", "1979-05-27T07:32:00Z", "07:32:00", '"os:system"',
-    '"builtins:eval"', Big("9" * 5000), Big("[" * 1200), Big("{a=" * 600),
-    Big("a." * 300 + "b = 1\n"),
-] + NASTY_CHARS)
+TOML_TOKENS = st.sampled_from(
+    [
+        "\n",
+        " ",
+        "=",
+        " = ",
+        "[",
+        "]",
+        "[[",
+        "]]",
+        "{",
+        "}",
+        ",",
+        ".",
+        '"',
+        "'",
+        '"""',
+        "'''",
+        "#",
+        "\\",
+        "\\u00",
+        "name",
+        "model",
+        "layers",
+        "type",
+        "dense",
+        "units",
+        "train",
+        "lr",
+        "epochs",
+        "data",
+        "parallel",
+        "loss",
+        "0",
+        "1",
+        "-1",
+        "1.5",
+        "1e999",
+        "nan",
+        "inf",
+        "+inf",
+        "-nan",
+        "true",
+        "0x1F",
+        "0o7",
+        "0b2",
+        "1_000",
+        "01",
+        "1979-05-27T07:32:00Z",
+        "07:32:00",
+        '"os:system"',
+        '"builtins:eval"',
+        Big("9" * 5000),
+        Big("[" * 1200),
+        Big("{a=" * 600),
+        Big("a." * 300 + "b = 1\n"),
+    ]
+    + NASTY_CHARS
+)
 TOML_TEXT = st.one_of(
     st.text(TEXT, max_size=200),
     st.lists(TOML_TOKENS, max_size=60).map("".join),
-    st.builds(lambda at, cut, tokens: GOOD_JOB[:at] + "".join(tokens) + GOOD_JOB[at + cut:],
-              st.integers(0, len(GOOD_JOB)), st.integers(0, 4), st.lists(TOML_TOKENS, max_size=3)),
+    st.builds(
+        lambda at, cut, tokens: GOOD_JOB[:at] + "".join(tokens) + GOOD_JOB[at + cut :],
+        st.integers(0, len(GOOD_JOB)),
+        st.integers(0, 4),
+        st.lists(TOML_TOKENS, max_size=3),
+    ),
 )
 
 
 @FUZZ
-@given(data=st.one_of(TOML_TEXT.map(lambda s: s.encode("utf-8")), st.binary(max_size=200),
-                      st.text(max_size=50).map(lambda s: s.encode("utf-8", "surrogatepass"))),
-       suffix=st.sampled_from([".toml", ".toml", ".json"]))
+@given(
+    data=st.one_of(
+        TOML_TEXT.map(lambda s: s.encode("utf-8")),
+        st.binary(max_size=200),
+        st.text(max_size=50).map(lambda s: s.encode("utf-8", "surrogatepass")),
+    ),
+    suffix=st.sampled_from([".toml", ".toml", ".json"]),
+)
 def test_fuzz_random_job_text(work, data, suffix):
     path = work / f"random{suffix}"
     path.write_bytes(data)
@@ -383,35 +588,102 @@ def test_fuzz_random_job_text(work, data, suffix):
 
 
 OVERRIDE_KEYS = st.one_of(
-    st.sampled_from([
-        "train.lr", "train.epochs", "train.batch_size", "train.nesterov", "train.optimizer",
-        "train.seed", "data.name", "data.path", "data.limit", "data.val_fraction",
-        "parallel.workers",
-        "parallel.subnet.weights", "log.dir", "name", "description", "model.loss",
-        "model.loss.temperature", "model.layers", "model.layers.0", "model.layers.0.units",
-        "model.layers.1.type", "model.layers.0.type", "model.layers.0.activation",
-        "model.layers.0.bogus", "model.layers.9.units", "model.layers.\u00b2.units",
-        "model.layers.\u0663.units", "model.layers.-1", "model.layers.01.units",
-        "model.layers.0.x.y",
-        "train.lr.x", "train", "", ".", "a..b", "train.", ".train", " train . lr ", Big("x" * 300),
-    ]),
-    st.lists(st.one_of(st.sampled_from(["model", "layers", "0", "1", "train", "lr", "type"]),
-                       st.text(TEXT, max_size=5)), min_size=1, max_size=4).map(".".join),
+    st.sampled_from(
+        [
+            "train.lr",
+            "train.epochs",
+            "train.batch_size",
+            "train.nesterov",
+            "train.optimizer",
+            "train.seed",
+            "data.name",
+            "data.path",
+            "data.limit",
+            "data.val_fraction",
+            "parallel.workers",
+            "parallel.subnet.weights",
+            "log.dir",
+            "name",
+            "description",
+            "model.loss",
+            "model.loss.temperature",
+            "model.layers",
+            "model.layers.0",
+            "model.layers.0.units",
+            "model.layers.1.type",
+            "model.layers.0.type",
+            "model.layers.0.activation",
+            "model.layers.0.bogus",
+            "model.layers.9.units",
+            "model.layers.\u00b2.units",
+            "model.layers.\u0663.units",
+            "model.layers.-1",
+            "model.layers.01.units",
+            "model.layers.0.x.y",
+            "train.lr.x",
+            "train",
+            "",
+            ".",
+            "a..b",
+            "train.",
+            ".train",
+            " train . lr ",
+            Big("x" * 300),
+        ]
+    ),
+    st.lists(
+        st.one_of(
+            st.sampled_from(["model", "layers", "0", "1", "train", "lr", "type"]),
+            st.text(TEXT, max_size=5),
+        ),
+        min_size=1,
+        max_size=4,
+    ).map(".".join),
 )
 OVERRIDE_VALUES = st.one_of(
-    st.sampled_from([
-        "1", "0", "-1", "0.5", "1e999", "nan", "inf", "-inf", "true", '"dense"', "dense",
-        "[1, 2]", "[]", "{}", "{type = 'dense', units = 4}", "{type = 'os:system'}", '"os:system"',
-        "os:system", "'builtins:eval'", "__import__('os').system('true')",
-        "[{type='dense', units=3}]", Big("9" * 5000), Big("[" * 3000), Big("{a=" * 1000),
-        "1979-05-27", "",
-        "=", "1\nname = 'x'", "1 # c", "'''a\nb'''", "10000000000000", "1e-310",
-    ] + NASTY_CHARS),
+    st.sampled_from(
+        [
+            "1",
+            "0",
+            "-1",
+            "0.5",
+            "1e999",
+            "nan",
+            "inf",
+            "-inf",
+            "true",
+            '"dense"',
+            "dense",
+            "[1, 2]",
+            "[]",
+            "{}",
+            "{type = 'dense', units = 4}",
+            "{type = 'os:system'}",
+            '"os:system"',
+            "os:system",
+            "'builtins:eval'",
+            "__import__('os').system('true')",
+            "[{type='dense', units=3}]",
+            Big("9" * 5000),
+            Big("[" * 3000),
+            Big("{a=" * 1000),
+            "1979-05-27",
+            "",
+            "=",
+            "1\nname = 'x'",
+            "1 # c",
+            "'''a\nb'''",
+            "10000000000000",
+            "1e-310",
+        ]
+        + NASTY_CHARS
+    ),
     st.text(TEXT, max_size=20),
     SCALARS.map(toml_value),
 )
-OVERRIDES = st.one_of(st.builds(lambda k, v: f"{k}={v}", OVERRIDE_KEYS, OVERRIDE_VALUES),
-                      st.text(TEXT, max_size=20))
+OVERRIDES = st.one_of(
+    st.builds(lambda k, v: f"{k}={v}", OVERRIDE_KEYS, OVERRIDE_VALUES), st.text(TEXT, max_size=20)
+)
 
 
 @pytest.fixture(scope="module")
@@ -431,8 +703,12 @@ def test_fuzz_set_overrides(work, good_job, items):
 
 
 # ================================================ typed layer options, --set, validate (issue 11)
-OPTION_VALUES = st.one_of(JUNK, st.sampled_from([True, False, 0, 1, 3, -1, 2.5, 1e9, "relu", "he",
-                                                 "no", "", [3, 3], [2], [1, "2"], None]))
+OPTION_VALUES = st.one_of(
+    JUNK,
+    st.sampled_from(
+        [True, False, 0, 1, 3, -1, 2.5, 1e9, "relu", "he", "no", "", [3, 3], [2], [1, "2"], None]
+    ),
+)
 
 
 @st.composite
@@ -440,8 +716,9 @@ def layer_options(draw):
     """A registered layer type and values, of any type, for its own options."""
     kind = draw(st.sampled_from(sorted(registry.registered())))
     names = sorted(option_types(registry.registered()[kind]))
-    options = draw(st.dictionaries(st.sampled_from(names), OPTION_VALUES, max_size=3)) \
-        if names else {}
+    options = (
+        draw(st.dictionaries(st.sampled_from(names), OPTION_VALUES, max_size=3)) if names else {}
+    )
     return kind, options
 
 
@@ -458,15 +735,20 @@ def test_fuzz_layer_option_types(case):
     except HornError as exc:
         message = str(exc)
         assert message.startswith(where) and kind in message and "\n" not in message, message
-        typed = re.match(rf"{re.escape(where)} \({kind}\): option '(\w+)': expected (.+), "
-                         rf"found (.+)$", message)
+        typed = re.match(
+            rf"{re.escape(where)} \({kind}\): option '(\w+)': expected (.+), "
+            rf"found (.+)$",
+            message,
+        )
         if typed:
             name = typed.group(1)
-            assert not matches(options[name], declared[name][0]) and \
-                typed.group(3) == repr(options[name]), message
+            assert not matches(options[name], declared[name][0]) and typed.group(3) == repr(
+                options[name]
+            ), message
         else:  # the layer's own word on a value of the right type; a missing option; NaN
             assert re.search("missing a required argument|expected finite numbers", message) or all(
-                matches(v, declared[k][0]) for k, v in options.items()), message
+                matches(v, declared[k][0]) for k, v in options.items()
+            ), message
         return
     for name, (kind_of, _) in declared.items():
         assert matches(layer.config[name], kind_of), (name, layer.config[name])
@@ -508,10 +790,17 @@ def test_fuzz_validate_and_run_agree(work, doc):
 
 # =========================================================================== hostfiles
 ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-LABEL = st.builds(lambda a, mid, b: a + mid + b if b else a, st.sampled_from(ALNUM),
-                  st.text(ALNUM + "-", max_size=6), st.sampled_from(["", *ALNUM]))
-NAME = st.lists(LABEL, min_size=1, max_size=3).map(".".join).filter(
-    lambda n: not all(label.isdigit() for label in n.split(".")))
+LABEL = st.builds(
+    lambda a, mid, b: a + mid + b if b else a,
+    st.sampled_from(ALNUM),
+    st.text(ALNUM + "-", max_size=6),
+    st.sampled_from(["", *ALNUM]),
+)
+NAME = (
+    st.lists(LABEL, min_size=1, max_size=3)
+    .map(".".join)
+    .filter(lambda n: not all(label.isdigit() for label in n.split(".")))
+)
 IPV4 = st.tuples(*[st.integers(0, 255)] * 4).map(lambda parts: ".".join(map(str, parts)))
 HOST = st.one_of(NAME, IPV4)
 BLANKS = st.sampled_from([" ", "  ", "\t", " \t "])
@@ -559,16 +848,63 @@ def test_fuzz_valid_hostfiles_parse_exactly(work, case):
     assert check_hostfile(path) == (expected, sum(slots for _, slots in expected))
 
 
-HOST_WORDS = st.one_of(st.sampled_from(["node1", "n-2.example.org", "10.0.0.7", "A1"]),
-                       st.sampled_from([
-    "node1", "NODE1", "node_2", "-node", "node-", "a..b", ".a", "a.", Big("x" * 64), Big("x" * 63),
-    Big(("a" * 63 + ".") * 4 + "a"), "10.0.0.256", "1.2.3", "01.2.3.4", "1.2.3.4.5", "\u0663.1.1.1",
-    "\u00b2", "localhost", "127.0.0.1", "::1", "[::1]", "node\x00", "n\u00e9", "*", "%s", "{}",
-]))
-SLOT_VALUES = st.one_of(st.integers(-2, 12).map(str), st.sampled_from([
-    "1000000", "1000001", "99999999", "0", "00", "007", "-0", "+3", "2.5", "1e3", "", "x",
-    "\u0663", "\uff11", "0x10", "4 4", Big("9" * 30),
-]))
+HOST_WORDS = st.one_of(
+    st.sampled_from(["node1", "n-2.example.org", "10.0.0.7", "A1"]),
+    st.sampled_from(
+        [
+            "node1",
+            "NODE1",
+            "node_2",
+            "-node",
+            "node-",
+            "a..b",
+            ".a",
+            "a.",
+            Big("x" * 64),
+            Big("x" * 63),
+            Big(("a" * 63 + ".") * 4 + "a"),
+            "10.0.0.256",
+            "1.2.3",
+            "01.2.3.4",
+            "1.2.3.4.5",
+            "\u0663.1.1.1",
+            "\u00b2",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "node\x00",
+            "n\u00e9",
+            "*",
+            "%s",
+            "{}",
+        ]
+    ),
+)
+SLOT_VALUES = st.one_of(
+    st.integers(-2, 12).map(str),
+    st.sampled_from(
+        [
+            "1000000",
+            "1000001",
+            "99999999",
+            "0",
+            "00",
+            "007",
+            "-0",
+            "+3",
+            "2.5",
+            "1e3",
+            "",
+            "x",
+            "\u0663",
+            "\uff11",
+            "0x10",
+            "4 4",
+            Big("9" * 30),
+        ]
+    ),
+)
 HOST_KEYS = st.sampled_from(["slots", "max_slots", "slot", "maxslots", "SLOTS", "", "cpu", "="])
 
 
@@ -582,8 +918,9 @@ def junk_host_lines(draw):
     head = draw(HOST_WORDS)
     if draw(BOOL):
         head += ":" + draw(SLOT_VALUES)
-    words = [head] + [draw(HOST_KEYS) + draw(JUNK_EQUALS) + draw(SLOT_VALUES)
-                      for _ in range(draw(OPTION_COUNT))]
+    words = [head] + [
+        draw(HOST_KEYS) + draw(JUNK_EQUALS) + draw(SLOT_VALUES) for _ in range(draw(OPTION_COUNT))
+    ]
     return draw(BLANKS).join(words) + draw(JUNK_EOL)
 
 
@@ -610,8 +947,11 @@ def npy(array):
 def npy_raw(header, payload=b"", version=(1, 0)):
     """A .npy member with a forged header text (and header length field)."""
     text = header.encode("latin1", "replace") if isinstance(header, str) else header
-    size = struct.pack("<H" if version[0] == 1 else "<I", len(text) % (1 << 16)) \
-        if version[0] in (1, 2, 3) else b"\xff\xff"
+    size = (
+        struct.pack("<H" if version[0] == 1 else "<I", len(text) % (1 << 16))
+        if version[0] in (1, 2, 3)
+        else b"\xff\xff"
+    )
     return b"\x93NUMPY" + bytes(version) + size + text + payload
 
 
@@ -625,33 +965,100 @@ def zip_bytes(members, compression=zipfile.ZIP_STORED):
     return buf.getvalue()
 
 
-DESCRS = ["<f4", "<f8", ">f8", "<f2", "|b1", "<i8", ">i4", "<u8", "|u1", "<c16", "<U3", "|S2",
-          "|O", "<M8[D]", "<m8[s]", "|V4", "|V0", "|S0", [("a", "<i4"), ("b", "<f4")],
-          [("o", "|O")], "<f4 ", "f", "garbage", 3, None, ("<f4", (2,)), "<f16"]
+DESCRS = [
+    "<f4",
+    "<f8",
+    ">f8",
+    "<f2",
+    "|b1",
+    "<i8",
+    ">i4",
+    "<u8",
+    "|u1",
+    "<c16",
+    "<U3",
+    "|S2",
+    "|O",
+    "<M8[D]",
+    "<m8[s]",
+    "|V4",
+    "|V0",
+    "|S0",
+    [("a", "<i4"), ("b", "<f4")],
+    [("o", "|O")],
+    "<f4 ",
+    "f",
+    "garbage",
+    3,
+    None,
+    ("<f4", (2,)),
+    "<f16",
+]
 SHAPES = st.one_of(
     st.lists(st.integers(0, 6), max_size=3).map(tuple),
-    st.lists(st.sampled_from([0, 1, 2, -1, 2**31, 2**32, 2**40, 2**62, 2**63, 2**70]),
-             max_size=3).map(tuple),
+    st.lists(
+        st.sampled_from([0, 1, 2, -1, 2**31, 2**32, 2**40, 2**62, 2**63, 2**70]), max_size=3
+    ).map(tuple),
     st.sampled_from([(), (1,) * 40, [3], (3.0,), (True,), "(3,)", None]),
 )
 HEADERS = st.one_of(
-    st.builds(lambda d, f, s: "{'descr': %r, 'fortran_order': %r, 'shape': %r, }" % (d, f, s),
-              st.sampled_from(DESCRS), st.sampled_from([False, True, 0, "no"]), SHAPES),
-    st.sampled_from(["", "{}", "[]", "{[]: 1}", Big("(" * 300 + ")" * 300), "{'descr': '<f4'}",
-                     "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}",
-                     "__import__('os').system('true')", Big("x" * 20000), "{'descr': '<f4',"]),
+    st.builds(
+        lambda d, f, s: f"{{'descr': {d!r}, 'fortran_order': {f!r}, 'shape': {s!r}, }}",
+        st.sampled_from(DESCRS),
+        st.sampled_from([False, True, 0, "no"]),
+        SHAPES,
+    ),
+    st.sampled_from(
+        [
+            "",
+            "{}",
+            "[]",
+            "{[]: 1}",
+            Big("(" * 300 + ")" * 300),
+            "{'descr': '<f4'}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}",
+            "__import__('os').system('true')",
+            Big("x" * 20000),
+            "{'descr': '<f4',",
+        ]
+    ),
     st.text(TEXT, max_size=40),
 )
-FORGED_NPY = st.builds(npy_raw, HEADERS, st.binary(max_size=64),
-                       st.sampled_from([(1, 0), (2, 0), (3, 0), (1, 0), (9, 9), (0, 0)]))
+FORGED_NPY = st.builds(
+    npy_raw,
+    HEADERS,
+    st.binary(max_size=64),
+    st.sampled_from([(1, 0), (2, 0), (3, 0), (1, 0), (9, 9), (0, 0)]),
+)
 
-DTYPES = st.one_of(hnp.floating_dtypes(), hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(),
-                   hnp.boolean_dtypes(), hnp.complex_number_dtypes(),
-                   hnp.byte_string_dtypes(max_len=3),
-                   hnp.unicode_string_dtypes(max_len=3), hnp.datetime64_dtypes(),
-                   hnp.timedelta64_dtypes())
-SPECIAL_VALUES = [np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 1e300, 5e-324, -0.0, 0.5, -1, 255,
-                  2**31, 2**53 + 1, 2**63, 2**64 - 1]
+DTYPES = st.one_of(
+    hnp.floating_dtypes(),
+    hnp.integer_dtypes(),
+    hnp.unsigned_integer_dtypes(),
+    hnp.boolean_dtypes(),
+    hnp.complex_number_dtypes(),
+    hnp.byte_string_dtypes(max_len=3),
+    hnp.unicode_string_dtypes(max_len=3),
+    hnp.datetime64_dtypes(),
+    hnp.timedelta64_dtypes(),
+)
+SPECIAL_VALUES = [
+    np.nan,
+    np.inf,
+    -np.inf,
+    3.4e38,
+    -3.4e38,
+    1e300,
+    5e-324,
+    -0.0,
+    0.5,
+    -1,
+    255,
+    2**31,
+    2**53 + 1,
+    2**63,
+    2**64 - 1,
+]
 
 
 def array_of(dtype, shape, seed, special=None, scale=100.0):
@@ -666,19 +1073,30 @@ def array_of(dtype, shape, seed, special=None, scale=100.0):
         if dtype.kind in "Mm":
             return rng.integers(-1000, 1000, shape).astype(dtype)
         if dtype.kind in "iub":
-            values = np.nan_to_num(values, posinf=2**64, neginf=-2**64).round()
+            values = np.nan_to_num(values, posinf=2**64, neginf=-(2**64)).round()
         return values.astype(dtype)
 
 
-def arrays(dtypes, shapes, specials=st.one_of(st.none(), st.sampled_from(SPECIAL_VALUES)),
-           scale=100.0):
-    return st.builds(lambda d, sh, seed, sp: array_of(d, sh, seed, sp, scale), dtypes, shapes,
-                     st.integers(0, 2**32 - 1), specials)
+def arrays(
+    dtypes, shapes, specials=st.one_of(st.none(), st.sampled_from(SPECIAL_VALUES)), scale=100.0
+):
+    return st.builds(
+        lambda d, sh, seed, sp: array_of(d, sh, seed, sp, scale),
+        dtypes,
+        shapes,
+        st.integers(0, 2**32 - 1),
+        specials,
+    )
 
 
 ANY_ARRAY = arrays(DTYPES, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
-OBJECT_ARRAY = st.sampled_from([np.array([1, "a", None], dtype=object),
-                                np.array([{"a": 1}], dtype=object), np.empty((0,), dtype=object)])
+OBJECT_ARRAY = st.sampled_from(
+    [
+        np.array([1, "a", None], dtype=object),
+        np.array([{"a": 1}], dtype=object),
+        np.empty((0,), dtype=object),
+    ]
+)
 COMMON_DTYPES = st.sampled_from(["f4", "f8", "f2", "u1", "i8", "u8", "?"])
 
 
@@ -704,16 +1122,19 @@ def xy_arrays(draw):
 
 
 MEMBER_NAMES = st.text(TEXT, min_size=1, max_size=8).map(
-    lambda name: name.replace("\x00", "_"))  # zipfile cuts names at NUL
-MEMBER_DATA = st.one_of(ANY_ARRAY.map(npy), FORGED_NPY, OBJECT_ARRAY.map(npy),
-                        st.binary(max_size=32))
+    lambda name: name.replace("\x00", "_")
+)  # zipfile cuts names at NUL
+MEMBER_DATA = st.one_of(
+    ANY_ARRAY.map(npy), FORGED_NPY, OBJECT_ARRAY.map(npy), st.binary(max_size=32)
+)
 XY = xy_arrays()
 
 
 def npz_files(names):
     """An .npz-like zip: real arrays, forged headers, pickles, raw members, odd names."""
-    extras = st.lists(st.tuples(st.one_of(st.sampled_from(names), MEMBER_NAMES), MEMBER_DATA),
-                      max_size=3)
+    extras = st.lists(
+        st.tuples(st.one_of(st.sampled_from(names), MEMBER_NAMES), MEMBER_DATA), max_size=3
+    )
     return _npz_files(extras)
 
 
@@ -733,18 +1154,31 @@ def _npz_files(draw, extras):
     action = draw(DAMAGE)
     if action != "none" and data:
         at = draw(POSITIONS) % len(data)
-        data = data[:at] + (bytes([draw(BYTE)]) + data[at + 1:] if action == "flip" else b"")
+        data = data[:at] + (bytes([draw(BYTE)]) + data[at + 1 :] if action == "flip" else b"")
     return data
 
 
-COMPRESSIONS = st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
-                                zipfile.ZIP_LZMA])
+COMPRESSIONS = st.sampled_from(
+    [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]
+)
 DAMAGE = st.sampled_from(["none", "none", "none", "flip", "cut"])
 POSITIONS, BYTE = st.integers(0, 2**16), st.integers(0, 255)
 
 
-DATA_NAMES = ["x.npy", "y.npy", "x_test.npy", "y_test.npy", "x", "y", "x.NPY", "dir/",
-              "../x.npy", "/abs.npy", "x.npy.npy", ".npy"]
+DATA_NAMES = [
+    "x.npy",
+    "y.npy",
+    "x_test.npy",
+    "y_test.npy",
+    "x",
+    "y",
+    "x.NPY",
+    "dir/",
+    "../x.npy",
+    "/abs.npy",
+    "x.npy.npy",
+    ".npy",
+]
 
 
 def check_features(x):
@@ -754,34 +1188,47 @@ def check_features(x):
 
 def check_dataset(data):
     width = data.x_train.shape[1]
-    for x, y in ((data.x_train, data.y_train), (data.x_val, data.y_val),
-                 (data.x_test, data.y_test)):
+    for x, y in (
+        (data.x_train, data.y_train),
+        (data.x_val, data.y_val),
+        (data.x_test, data.y_test),
+    ):
         assert x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == width
         assert x.flags.c_contiguous
         assert np.isfinite(x).all(), "scaled features must stay finite"
         assert y.dtype == np.int64 and y.shape == (len(x),)
-        assert ((0 <= y) & (y < data.classes)).all()
+        assert ((y >= 0) & (y < data.classes)).all()
     assert len(data.x_train) >= 1 and len(data.x_test) >= 1 and data.classes >= 1
 
 
-DATA_OPTIONS = st.fixed_dictionaries({
-    "scale": st.sampled_from(["unit", "standard", "none"]),
-    "val_fraction": st.sampled_from([0.0, 0.1, 0.5, 0.9]),
-    "test_fraction": st.sampled_from([0.2, 0.5]),
-    "limit": st.sampled_from([None, None, 1, 5]),
-})
+DATA_OPTIONS = st.fixed_dictionaries(
+    {
+        "scale": st.sampled_from(["unit", "standard", "none"]),
+        "val_fraction": st.sampled_from([0.0, 0.1, 0.5, 0.9]),
+        "test_fraction": st.sampled_from([0.2, 0.5]),
+        "limit": st.sampled_from([None, None, 1, 5]),
+    }
+)
 
 
 @FUZZ
-@given(data=st.one_of(npz_files(DATA_NAMES), npz_files(DATA_NAMES), st.binary(max_size=200),
-                      st.binary(max_size=64).map(lambda b: b"PK\x03\x04" + b),
-                      FORGED_NPY, ANY_ARRAY.map(npy)),
-       options=DATA_OPTIONS)
+@given(
+    data=st.one_of(
+        npz_files(DATA_NAMES),
+        npz_files(DATA_NAMES),
+        st.binary(max_size=200),
+        st.binary(max_size=64).map(lambda b: b"PK\x03\x04" + b),
+        FORGED_NPY,
+        ANY_ARRAY.map(npy),
+    ),
+    options=DATA_OPTIONS,
+)
 def test_fuzz_npz_data(work, data, options):
     path = work / "data.npz"
     path.write_bytes(data)
-    loaded = only_horn_errors(lambda: load_dataset({"name": "npz", "path": str(path), **options}),
-                              str(path), "data.")
+    loaded = only_horn_errors(
+        lambda: load_dataset({"name": "npz", "path": str(path), **options}), str(path), "data."
+    )
     if loaded is not None:
         check_dataset(loaded)
     x = only_horn_errors(lambda: load_features(path), str(path))
@@ -791,9 +1238,15 @@ def test_fuzz_npz_data(work, data, options):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in reduce:RuntimeWarning")  # numpy
 @FUZZ
-@given(data=st.one_of(st.binary(max_size=200), FORGED_NPY, ANY_ARRAY.map(npy),
-                      OBJECT_ARRAY.map(npy),
-                      st.binary(max_size=64).map(lambda b: b"PK\x03\x04" + b)))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        FORGED_NPY,
+        ANY_ARRAY.map(npy),
+        OBJECT_ARRAY.map(npy),
+        st.binary(max_size=64).map(lambda b: b"PK\x03\x04" + b),
+    )
+)
 def test_fuzz_npy_features(work, data):
     path = work / "inputs.npy"
     path.write_bytes(data)
@@ -806,10 +1259,47 @@ def test_fuzz_npy_features(work, data):
 CSV_CELLS = st.one_of(
     st.integers(-5, 5).map(str),
     st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr),
-    st.sampled_from(["0", "1", "2", "-0", "1.5", "nan", "NaN", "inf", "-inf", "1e999", "1e-999",
-                     "1_000", " 3 ", "0x10", "", " ", "abc", "label", "x1", '"1"', '"1,2"', '"',
-                     '""', "'1'", "1;2", "\t4", "١", "\uff11", "\u00b2", Big("9" * 400),
-                     "-" * 3, "+1", ".5", "5.", "e5", "\x00", "\ufeff1"]),
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "2",
+            "-0",
+            "1.5",
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "1e999",
+            "1e-999",
+            "1_000",
+            " 3 ",
+            "0x10",
+            "",
+            " ",
+            "abc",
+            "label",
+            "x1",
+            '"1"',
+            '"1,2"',
+            '"',
+            '""',
+            "'1'",
+            "1;2",
+            "\t4",
+            "١",
+            "\uff11",
+            "\u00b2",
+            Big("9" * 400),
+            "-" * 3,
+            "+1",
+            ".5",
+            "5.",
+            "e5",
+            "\x00",
+            "\ufeff1",
+        ]
+    ),
     st.text(TEXT, max_size=4),
 )
 
@@ -836,14 +1326,21 @@ def csv_texts(draw):
 
 
 @FUZZ
-@given(text=st.one_of(csv_texts(), csv_texts(), csv_texts(), st.text(max_size=120)),
-       label_column=st.one_of(st.just(-1), st.integers(-6, 6)), options=DATA_OPTIONS)
+@given(
+    text=st.one_of(csv_texts(), csv_texts(), csv_texts(), st.text(max_size=120)),
+    label_column=st.one_of(st.just(-1), st.integers(-6, 6)),
+    options=DATA_OPTIONS,
+)
 def test_fuzz_csv_data(work, text, label_column, options):
     path = work / "data.csv"
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
-    loaded = only_horn_errors(lambda: load_dataset(
-        {"name": "csv", "path": str(path), "label_column": label_column, **options}), str(path),
-        "data.")
+    loaded = only_horn_errors(
+        lambda: load_dataset(
+            {"name": "csv", "path": str(path), "label_column": label_column, **options}
+        ),
+        str(path),
+        "data.",
+    )
     if loaded is not None:
         check_dataset(loaded)
     x = only_horn_errors(lambda: load_features(path), str(path))
@@ -861,44 +1358,112 @@ BASE_ARRAYS = BASE.state_arrays()
 BASE_HEADER = {"format": FORMAT, "spec": BASE.spec(), "meta": {"classes": 3}}
 
 JSON_JUNK = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
-              st.text(TEXT, max_size=8), st.sampled_from(SPECIAL_INTS)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.text(TEXT, max_size=6), inner, max_size=3)),
-    max_leaves=6)
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(),
+        st.text(TEXT, max_size=8),
+        st.sampled_from(SPECIAL_INTS),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(TEXT, max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 SPEC_LAYER = st.builds(
     lambda kind, options: {"type": kind, **options},
     st.sampled_from(LAYER_TYPES),
-    st.fixed_dictionaries({}, optional={**LAYER_OPTIONS, "units": st.one_of(
-        st.sampled_from([4, 3, 1, 0, -4, 10**12, 2**31, 2**40, 2**63, 1.5, 4.0, math.inf, "4"]),
-        st.integers(1, 8))}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            **LAYER_OPTIONS,
+            "units": st.one_of(
+                st.sampled_from(
+                    [4, 3, 1, 0, -4, 10**12, 2**31, 2**40, 2**63, 1.5, 4.0, math.inf, "4"]
+                ),
+                st.integers(1, 8),
+            ),
+        },
+    ),
 )
-SPECS = st.fixed_dictionaries({}, optional={
-    "in_features": st.one_of(st.sampled_from([5, 5, 5, 1, 0, -5, 1.5, 5.0, "5", None, True, [5],
-                                              10**12, 2**31, 2**63, 10**30, math.nan, math.inf]),
-                             JSON_JUNK),
-    "layers": st.one_of(st.lists(st.one_of(SPEC_LAYER, SPEC_LAYER, JSON_JUNK), max_size=3),
-                        st.just(BASE.spec()["layers"]), JSON_JUNK),
-    "loss": st.one_of(st.sampled_from([{"type": "softmax_cross_entropy"}, {"type": "mse"},
-                                       {"type": "dense", "units": 2}, {"type": "os:system"},
-                                       {"type": "builtins:eval"}, "softmax_cross_entropy", {}]),
-                      SPEC_LAYER, JSON_JUNK),
-})
+SPECS = st.fixed_dictionaries(
+    {},
+    optional={
+        "in_features": st.one_of(
+            st.sampled_from(
+                [
+                    5,
+                    5,
+                    5,
+                    1,
+                    0,
+                    -5,
+                    1.5,
+                    5.0,
+                    "5",
+                    None,
+                    True,
+                    [5],
+                    10**12,
+                    2**31,
+                    2**63,
+                    10**30,
+                    math.nan,
+                    math.inf,
+                ]
+            ),
+            JSON_JUNK,
+        ),
+        "layers": st.one_of(
+            st.lists(st.one_of(SPEC_LAYER, SPEC_LAYER, JSON_JUNK), max_size=3),
+            st.just(BASE.spec()["layers"]),
+            JSON_JUNK,
+        ),
+        "loss": st.one_of(
+            st.sampled_from(
+                [
+                    {"type": "softmax_cross_entropy"},
+                    {"type": "mse"},
+                    {"type": "dense", "units": 2},
+                    {"type": "os:system"},
+                    {"type": "builtins:eval"},
+                    "softmax_cross_entropy",
+                    {},
+                ]
+            ),
+            SPEC_LAYER,
+            JSON_JUNK,
+        ),
+    },
+)
 HEADER_DOCS = st.one_of(
-    st.builds(lambda fmt, spec, meta, drop: {k: v for k, v in
-                                             {"format": fmt, "spec": spec, "meta": meta}.items()
-                                             if k not in drop},
-              st.sampled_from([FORMAT, FORMAT, FORMAT, "horn-model-2", "", None, 1]),
-              st.one_of(SPECS, st.just(BASE.spec()), JSON_JUNK),
-              st.one_of(st.just({"classes": 3}), JSON_JUNK),
-              st.sets(st.sampled_from(["format", "spec", "meta"]), max_size=1)),
+    st.builds(
+        lambda fmt, spec, meta, drop: {
+            k: v for k, v in {"format": fmt, "spec": spec, "meta": meta}.items() if k not in drop
+        },
+        st.sampled_from([FORMAT, FORMAT, FORMAT, "horn-model-2", "", None, 1]),
+        st.one_of(SPECS, st.just(BASE.spec()), JSON_JUNK),
+        st.one_of(st.just({"classes": 3}), JSON_JUNK),
+        st.sets(st.sampled_from(["format", "spec", "meta"]), max_size=1),
+    ),
     JSON_JUNK,
 )
 HEADER_TEXT = st.one_of(
-    HEADER_DOCS.map(json.dumps), HEADER_DOCS.map(json.dumps), st.text(TEXT, max_size=40),
-    st.sampled_from([Big("[" * 100000), Big('{"a":' * 50000), Big("9" * 5000),
-                     '{"format": 1e999}', "",
-                     json.dumps(BASE_HEADER)[:-1], "\ufeff" + json.dumps(BASE_HEADER)]),
+    HEADER_DOCS.map(json.dumps),
+    HEADER_DOCS.map(json.dumps),
+    st.text(TEXT, max_size=40),
+    st.sampled_from(
+        [
+            Big("[" * 100000),
+            Big('{"a":' * 50000),
+            Big("9" * 5000),
+            '{"format": 1e999}',
+            "",
+            json.dumps(BASE_HEADER)[:-1],
+            "\ufeff" + json.dumps(BASE_HEADER),
+        ]
+    ),
 )
 
 
@@ -909,7 +1474,7 @@ def header_array(text, encoding):
         "uint8": u8,
         "int64": u8.astype(np.int64),
         "float": u8.astype(np.float64) + 0.5,
-        "2d": u8[:len(u8) // 2 * 2].reshape(-1, 2) if len(u8) > 1 else u8.reshape(1, -1),
+        "2d": u8[: len(u8) // 2 * 2].reshape(-1, 2) if len(u8) > 1 else u8.reshape(1, -1),
         "string": np.array([text[:50]]),
         "0d": np.array(len(raw)),
         "negative": u8.astype(np.int16) - 300,
@@ -950,8 +1515,9 @@ def rebuilt(spec):
     return model.state_arrays()
 
 
-MODEL_FAULTS = st.lists(st.sampled_from(["param", "header", "spec", "field", "encoding", "member",
-                                         "extra"]), max_size=2)
+MODEL_FAULTS = st.lists(
+    st.sampled_from(["param", "header", "spec", "field", "encoding", "member", "extra"]), max_size=2
+)
 HEADER_FIELDS = st.sampled_from(["format", "spec", "meta"])
 FIELD_VALUES = st.one_of(JSON_JUNK, st.sampled_from([FORMAT, "horn-model-2"]))
 SPEC_FAULTS = st.one_of(SPECS, JSON_JUNK)
@@ -997,9 +1563,16 @@ def model_files(draw):
 
 
 @FUZZ
-@given(data=st.one_of(model_files(), model_files(), model_files(), st.binary(max_size=200),
-                      npz_files(["__header__.npy", "param/0.W.npy", "param/0.b.npy", "__header__"]),
-                      ANY_ARRAY.map(npy)))
+@given(
+    data=st.one_of(
+        model_files(),
+        model_files(),
+        model_files(),
+        st.binary(max_size=200),
+        npz_files(["__header__.npy", "param/0.W.npy", "param/0.b.npy", "__header__"]),
+        ANY_ARRAY.map(npy),
+    )
+)
 def test_fuzz_model_files(work, data):
     path = work / "model.npz"
     path.write_bytes(data)
@@ -1023,9 +1596,15 @@ def test_model_round_trip_survives_the_fuzz_helpers(tmp_path):
 
 @pytest.mark.parametrize("units", [10**12, 2**40, 2**31])
 def test_model_file_with_absurd_size_is_refused_before_allocating(tmp_path, units):
-    header = {"format": FORMAT, "meta": {}, "spec": {
-        "in_features": 5, "layers": [{"type": "dense", "units": units}],
-        "loss": {"type": "softmax_cross_entropy"}}}
+    header = {
+        "format": FORMAT,
+        "meta": {},
+        "spec": {
+            "in_features": 5,
+            "layers": [{"type": "dense", "units": units}],
+            "loss": {"type": "softmax_cross_entropy"},
+        },
+    }
     path = tmp_path / "huge.npz"
     text = json.dumps(header)
     path.write_bytes(zip_bytes([("__header__.npy", npy(header_array(text, "uint8")))]))
@@ -1038,29 +1617,74 @@ def test_model_file_with_absurd_size_is_refused_before_allocating(tmp_path, unit
 # spec's classes table. Loading a file never imports one (issue 11): it either loads, with
 # classes from modules imported already or horn.layers, or is one line naming the module.
 MODULE_NAMES = st.one_of(
-    st.sampled_from(["fuzz_tripwire", "fuzz_tripwire.sub", "this", "antigravity", "os", "sys",
-                     "json", "numpy", "numpy.testing", "builtins", "importlib", "__main__",
-                     "horn", "horn.cli", "horn.layers", "horn.layers.dense", "horn.layers.nope",
-                     "horn.layers.conv", "tests.test_fuzz", "hypothesis"]),
-    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}(\.[A-Za-z_][A-Za-z0-9_]{0,5}){0,2}",
-                  fullmatch=True),
+    st.sampled_from(
+        [
+            "fuzz_tripwire",
+            "fuzz_tripwire.sub",
+            "this",
+            "antigravity",
+            "os",
+            "sys",
+            "json",
+            "numpy",
+            "numpy.testing",
+            "builtins",
+            "importlib",
+            "__main__",
+            "horn",
+            "horn.cli",
+            "horn.layers",
+            "horn.layers.dense",
+            "horn.layers.nope",
+            "horn.layers.conv",
+            "tests.test_fuzz",
+            "hypothesis",
+        ]
+    ),
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}(\.[A-Za-z_][A-Za-z0-9_]{0,5}){0,2}", fullmatch=True),
     st.text(TEXT, max_size=12),
 )
 CLASS_NAMES = st.one_of(
-    st.sampled_from(["Dense", "Evil", "Layer", "Loss", "system", "PReLU", "SoftmaxCrossEntropy",
-                     "Dropout", "__class__", "testing", "Conv2d", "MSE"]),
+    st.sampled_from(
+        [
+            "Dense",
+            "Evil",
+            "Layer",
+            "Loss",
+            "system",
+            "PReLU",
+            "SoftmaxCrossEntropy",
+            "Dropout",
+            "__class__",
+            "testing",
+            "Conv2d",
+            "MSE",
+        ]
+    ),
     st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
     st.text(TEXT, max_size=6),
 )
-CLASS_PATHS = st.builds(lambda module, sep, cls: f"{module}{sep}{cls}", MODULE_NAMES,
-                        st.sampled_from([":", ":", ":", ".", "::", ": ", ":\n"]), CLASS_NAMES)
-NAMED_TYPES = st.one_of(CLASS_PATHS, CLASS_PATHS, st.sampled_from(
-    ["dense", "prelu", "relu", "softmax_cross_entropy", "mse", "dropout", "fuzz_evil"]))
+CLASS_PATHS = st.builds(
+    lambda module, sep, cls: f"{module}{sep}{cls}",
+    MODULE_NAMES,
+    st.sampled_from([":", ":", ":", ".", "::", ": ", ":\n"]),
+    CLASS_NAMES,
+)
+NAMED_TYPES = st.one_of(
+    CLASS_PATHS,
+    CLASS_PATHS,
+    st.sampled_from(
+        ["dense", "prelu", "relu", "softmax_cross_entropy", "mse", "dropout", "fuzz_evil"]
+    ),
+)
 CLASS_TABLES = st.one_of(
-    st.dictionaries(st.sampled_from(["dense", "prelu", "relu", "softmax_cross_entropy",
-                                     "fuzz_evil", ""]),
-                    st.one_of(CLASS_PATHS, CLASS_PATHS, JSON_JUNK), max_size=3),
-    JSON_JUNK)
+    st.dictionaries(
+        st.sampled_from(["dense", "prelu", "relu", "softmax_cross_entropy", "fuzz_evil", ""]),
+        st.one_of(CLASS_PATHS, CLASS_PATHS, JSON_JUNK),
+        max_size=3,
+    ),
+    JSON_JUNK,
+)
 
 
 @pytest.fixture(scope="module")
@@ -1068,10 +1692,13 @@ def tripwire(work):
     """``fuzz_tripwire`` on sys.path: importing it (by any route) leaves a file behind."""
     site, wire = work / "site", work / "TRIPWIRE"
     site.mkdir(exist_ok=True)
-    (site / "fuzz_tripwire.py").write_text(f"import pathlib\npathlib.Path({str(wire)!r})"
-                                           f".write_text('imported')\n")
+    (site / "fuzz_tripwire.py").write_text(
+        f"import pathlib\npathlib.Path({str(wire)!r}).write_text('imported')\n"
+    )
     sys.path.insert(0, str(site))
-    importlib.import_module("encodings.cp437")  # zipfile's codec for member names: not the file's doing
+    importlib.import_module(
+        "encodings.cp437"
+    )  # zipfile's codec for member names: not the file's doing
     yield wire
     sys.path.remove(str(site))
 
@@ -1124,7 +1751,9 @@ def test_fuzz_model_files_naming_modules_never_import_them(work, tripwire, heade
     finally:
         registry.importlib = log.inner
     assert all(builtin_module(name) for name in log.asked), log.asked
-    assert all(builtin_module(name) for name in set(sys.modules) - before), set(sys.modules) - before
+    assert all(builtin_module(name) for name in set(sys.modules) - before), (
+        set(sys.modules) - before
+    )
     assert not tripwire.exists()
     if loaded is not None:
         model = loaded[0].members[0] if prefix else loaded[0]
@@ -1136,23 +1765,44 @@ def test_fuzz_model_files_naming_modules_never_import_them(work, tripwire, heade
 
 JOB_DIR_MODULES = {
     "fuzz_ok": 'import horn\n\n\n@horn.register_layer("fuzz_ok_relu")\nclass Ok(horn.Layer):\n'
-               '    def forward(self, x, train):\n        return x\n\n'
-               '    def backward(self, dy):\n        return dy\n',
+    "    def forward(self, x, train):\n        return x\n\n"
+    "    def backward(self, dy):\n        return dy\n",
     "fuzz_trap": "import pathlib\npathlib.Path(__file__).with_name('TRAPPED').write_text('x')\n",
 }
 IMPORT_ENTRIES = st.one_of(
-    st.sampled_from(["fuzz_ok", "fuzz_trap", "fuzz_ok.py", "./fuzz_trap.py", "fuzz_trap.sub",
-                     "fuzz_tripwire", "json", "this", "os", "fuzz_ok:Ok", "", "../x.py"]),
-    MODULE_NAMES, JSON_JUNK)
-JOB_LAYER_TYPES = st.one_of(NAMED_TYPES, st.sampled_from(
-    ["fuzz_ok_relu", "fuzz_ok:Ok", "fuzz_trap:X", "fuzz_tripwire:X", "relu"]))
-GOOD_IMPORTS = st.lists(st.sampled_from(["fuzz_ok", "fuzz_ok.py", "fuzz_trap", "./fuzz_trap.py"]),
-                        max_size=2)
+    st.sampled_from(
+        [
+            "fuzz_ok",
+            "fuzz_trap",
+            "fuzz_ok.py",
+            "./fuzz_trap.py",
+            "fuzz_trap.sub",
+            "fuzz_tripwire",
+            "json",
+            "this",
+            "os",
+            "fuzz_ok:Ok",
+            "",
+            "../x.py",
+        ]
+    ),
+    MODULE_NAMES,
+    JSON_JUNK,
+)
+JOB_LAYER_TYPES = st.one_of(
+    NAMED_TYPES,
+    st.sampled_from(["fuzz_ok_relu", "fuzz_ok:Ok", "fuzz_trap:X", "fuzz_tripwire:X", "relu"]),
+)
+GOOD_IMPORTS = st.lists(
+    st.sampled_from(["fuzz_ok", "fuzz_ok.py", "fuzz_trap", "./fuzz_trap.py"]), max_size=2
+)
 
 
 @FUZZ
-@given(imports=st.one_of(st.lists(IMPORT_ENTRIES, max_size=3), GOOD_IMPORTS, JSON_JUNK),
-       kinds=st.lists(JOB_LAYER_TYPES, min_size=1, max_size=2))
+@given(
+    imports=st.one_of(st.lists(IMPORT_ENTRIES, max_size=3), GOOD_IMPORTS, JSON_JUNK),
+    kinds=st.lists(JOB_LAYER_TYPES, min_size=1, max_size=2),
+)
 def test_fuzz_jobs_import_exactly_the_modules_they_name(work, tripwire, imports, kinds):
     """The job's directory holds a layer module and a trap: a job imports what its
     model.imports names and nothing else, whatever its layer types say."""
@@ -1167,8 +1817,11 @@ def test_fuzz_jobs_import_exactly_the_modules_they_name(work, tripwire, imports,
     before, saved = set(sys.modules), dict(registry._LAYERS)
     try:
         only_horn_errors(lambda: load_job(path), str(path))
-        named = {Path(e).stem if e.endswith(".py") else e.split(".")[0]
-                 for e in (imports if isinstance(imports, list) else []) if isinstance(e, str)}
+        named = {
+            Path(e).stem if e.endswith(".py") else e.split(".")[0]
+            for e in (imports if isinstance(imports, list) else [])
+            if isinstance(e, str)
+        }
         new = {name.split(".")[0] for name in set(sys.modules) - before}
         assert new <= named | {"horn"}, (new, named)
         assert trapped.exists() <= ("fuzz_trap" in named)
@@ -1209,6 +1862,7 @@ def tripwires(monkeypatch):
         def call(*args, **kwargs):
             calls.append(name)
             raise AssertionError(f"{name} was called with {args!r}")
+
         return call
 
     for module, name in ((os, "system"), (os, "popen"), (builtins, "eval"), (builtins, "exec")):
@@ -1224,8 +1878,12 @@ def evil_npy():
 
 @pytest.mark.parametrize("where", ["x", "y", "x_test"])
 def test_pickled_npz_refused_by_data_loaders(tmp_path, tripwires, where):
-    arrays = {"x": npy(np.ones((10, 2))), "y": npy(np.arange(10) % 2),
-              "x_test": npy(np.ones((3, 2))), "y_test": npy(np.zeros(3, int))}
+    arrays = {
+        "x": npy(np.ones((10, 2))),
+        "y": npy(np.arange(10) % 2),
+        "x_test": npy(np.ones((3, 2))),
+        "y_test": npy(np.zeros(3, int)),
+    }
     arrays[where] = evil_npy()
     path = tmp_path / "evil.npz"
     path.write_bytes(zip_bytes([(f"{k}.npy", v) for k, v in arrays.items()]))
@@ -1250,8 +1908,16 @@ def test_pickled_npz_refused_by_model_loader(tmp_path, tripwires, where):
         Model.load(path)
 
 
-CODE_TYPES = ["os:system", "builtins:eval", "builtins:exec", "os:popen", "__import__('os')",
-              "__import__('os').system('touch /tmp/horn-pwned')", "eval", "exec"]
+CODE_TYPES = [
+    "os:system",
+    "builtins:eval",
+    "builtins:exec",
+    "os:popen",
+    "__import__('os')",
+    "__import__('os').system('touch /tmp/horn-pwned')",
+    "eval",
+    "exec",
+]
 
 
 @pytest.mark.parametrize("kind", CODE_TYPES)
@@ -1300,8 +1966,12 @@ REGRESSION_JOBS = [
     ("job.toml", GOOD_JOB, ["train.lr=" + "[" * 3000], "train.lr: expected a number"),
     ("job.toml", GOOD_JOB, ["model.layers.0.bias=1979-05-27"], "option 'bias'"),
     ("job.toml", GOOD_JOB, ["model.layers.0.units=inf"], "option 'units'"),
-    ("job.toml", GOOD_JOB, ["model.loss={type='softmax_cross_entropy', temperature=nan}"],
-     "option 'temperature'"),
+    (
+        "job.toml",
+        GOOD_JOB,
+        ["model.loss={type='softmax_cross_entropy', temperature=nan}"],
+        "option 'temperature'",
+    ),
 ]
 
 
@@ -1319,21 +1989,40 @@ def forged_member(header):
 
 
 REGRESSION_DATA = [
-    (forged_member("{'descr': '<f4', 'fortran_order': False, 'shape': (2**70,), }"),
-     "array 'x': expected a valid .npy"),
-    (forged_member("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }"),
-     "header declares 1099511627776 float32 (4398046511104 bytes) but the member holds"),
+    (
+        forged_member("{'descr': '<f4', 'fortran_order': False, 'shape': (2**70,), }"),
+        "array 'x': expected a valid .npy",
+    ),
+    (
+        forged_member("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }"),
+        "header declares 1099511627776 float32 (4398046511104 bytes) but the member holds",
+    ),
     (forged_member("{[]: 1}"), "array 'x': expected a valid .npy header"),
     (forged_member("x" * 20000), "Header info length (20000) is large"),
-    (zip_bytes([("x", b"not an array"), ("y.npy", npy(np.zeros(3)))]),
-     "array 'x': expected a .npy member, found other data"),
+    (
+        zip_bytes([("x", b"not an array"), ("y.npy", npy(np.zeros(3)))]),
+        "array 'x': expected a .npy member, found other data",
+    ),
     (npy(np.ones((3, 2))), "expected an .npz archive, found a single .npy array"),
     (b"\x80\x04K\x01.", "expected an .npz archive, found no zip archive"),
-    (zip_bytes([("x.npy", npy(np.ones((10, 2)))),
-                ("y.npy", npy(np.array([0, 1] * 4 + [2**64 - 1, 1], np.uint64)))]),
-     "non-negative integer labels, found 18446744073709551615"),
-    (zip_bytes([("x.npy", npy(np.array([[3.4e38]] * 8 + [[-3.4e38]] * 2, np.float32))),
-                ("y.npy", npy(np.arange(10) % 2))]), "finite after standard scaling"),
+    (
+        zip_bytes(
+            [
+                ("x.npy", npy(np.ones((10, 2)))),
+                ("y.npy", npy(np.array([0, 1] * 4 + [2**64 - 1, 1], np.uint64))),
+            ]
+        ),
+        "non-negative integer labels, found 18446744073709551615",
+    ),
+    (
+        zip_bytes(
+            [
+                ("x.npy", npy(np.array([[3.4e38]] * 8 + [[-3.4e38]] * 2, np.float32))),
+                ("y.npy", npy(np.arange(10) % 2)),
+            ]
+        ),
+        "finite after standard scaling",
+    ),
 ]
 
 
@@ -1349,8 +2038,11 @@ def test_regression_data_files(tmp_path, data, fragment):
 def model_file(header=None, raw_header=None, **arrays):
     members = [(f"{k}.npy", npy(v)) for k, v in {**BASE_ARRAYS, **arrays}.items()]
     text = json.dumps(BASE_HEADER if header is None else header)
-    members.append(("__header__", raw_header) if raw_header is not None
-                   else ("__header__.npy", npy(header_array(text, "uint8"))))
+    members.append(
+        ("__header__", raw_header)
+        if raw_header is not None
+        else ("__header__.npy", npy(header_array(text, "uint8")))
+    )
     return zip_bytes(members)
 
 
@@ -1361,24 +2053,46 @@ def respec(**changes):
 
 
 REGRESSION_MODELS = [
-    (model_file(raw_header=json.dumps(BASE_HEADER).encode()),
-     "array '__header__': expected a .npy member"),
-    (zip_bytes([("__header__.npy", npy(header_array("[" * 100000, "uint8")))]),
-     "unreadable header: nested too deeply"),
-    (zip_bytes([("__header__.npy", npy(np.zeros(2**20, "V0")))]),
-     "expected __header__ to be 1-D uint8"),
+    (
+        model_file(raw_header=json.dumps(BASE_HEADER).encode()),
+        "array '__header__': expected a .npy member",
+    ),
+    (
+        zip_bytes([("__header__.npy", npy(header_array("[" * 100000, "uint8")))]),
+        "unreadable header: nested too deeply",
+    ),
+    (
+        zip_bytes([("__header__.npy", npy(np.zeros(2**20, "V0")))]),
+        "expected __header__ to be 1-D uint8",
+    ),
     (npy(np.ones(3)), "expected an .npz archive, found a single .npy array"),
-    (model_file(respec(in_features="abc")),
-     "in_features: expected a positive integer, found 'abc'"),
-    (model_file(respec(layers=[{"type": "dense", "units": 4, "init": "bogus"},
-                               {"type": "dense", "units": 3}])),
-     "parameter 'W': expected an initializer"),
-    (model_file(respec(layers=[{"type": "os:system"}])),
-     "model.layers[0]: 'os:system' is not a horn.Layer"),
-    (model_file(**{"param/0.W": np.full((5, 4), np.nan, np.float32)}),
-     "NaN or Inf in parameter 'W' of layer 0"),
-    (model_file(**{"param/0.b": np.array(["a", "b", "c", "d"])}),
-     "array 'param/0.b' has dtype <U1"),
+    (
+        model_file(respec(in_features="abc")),
+        "in_features: expected a positive integer, found 'abc'",
+    ),
+    (
+        model_file(
+            respec(
+                layers=[
+                    {"type": "dense", "units": 4, "init": "bogus"},
+                    {"type": "dense", "units": 3},
+                ]
+            )
+        ),
+        "parameter 'W': expected an initializer",
+    ),
+    (
+        model_file(respec(layers=[{"type": "os:system"}])),
+        "model.layers[0]: 'os:system' is not a horn.Layer",
+    ),
+    (
+        model_file(**{"param/0.W": np.full((5, 4), np.nan, np.float32)}),
+        "NaN or Inf in parameter 'W' of layer 0",
+    ),
+    (
+        model_file(**{"param/0.b": np.array(["a", "b", "c", "d"])}),
+        "array 'param/0.b' has dtype <U1",
+    ),
     (model_file({**BASE_HEADER, "meta": [1]}), "meta to be a table, found list"),
 ]
 

@@ -30,29 +30,77 @@ def test_good_job_is_frozen_with_defaults(tmp_path):
         job.train.lr = 1
 
 
-@pytest.mark.parametrize("text,pattern", [
-    ("[train\nlr = 1", r"job.toml: malformed toml: .*line 1"),
-    (GOOD + "lrr = 3\n", r"job.toml:8: train.lrr: unknown key \(did you mean 'lr'\?\)"),
-    (GOOD.replace("lr = 0.1", "lr = -1"), r"job.toml:7: train.lr: expected a number > 0.0, found -1"),
-    (GOOD.replace("epochs = 2", 'epochs = "2"'), r"job.toml:6: train.epochs: expected an integer >= 1, found '2'"),
-    (GOOD + "[trian]\n", r"job.toml:8: trian: unknown section or key \(did you mean 'train'\?\)"),
-    (GOOD.replace("units = 8,", "unit = 8,"), r"model.layers\[0\]: unknown option 'unit' .*did you mean 'units'"),
-    (GOOD.replace('"dense", units = 8', '"dens", units = 8'), r"unknown layer type 'dens' \(did you mean 'dense'\?\)"),
-    (GOOD.replace('"dense", units = 8', '"os:system", units = 8'), r"'os:system' is not a horn.Layer subclass"),
-    (GOOD.replace('"dense", units = 8', '"__import__(\'os\')", units = 8'), r"unknown layer type"),
-    (GOOD.replace("units = 8", "units = -8"), r"units must be a positive integer, found -8"),
-    (GOOD + "[data]\nname = 'digit'\n", r"job.toml:9: data.name: expected one of 'digits'"),
-    (GOOD + "[parallel.ensemble]\nalpha = 0.2\n", r"job.toml:8: parallel.ensemble: applies only to barrier = 'ensemble', found barrier = 'average'"),
-    (GOOD + "[parallel]\nalpha = 0.2\n", r"job.toml:9: parallel.alpha: moved; set it as \[parallel.ensemble\] alpha"),
-    (GOOD + "[parallel]\nsubnet_scale = 'sqrt'\n", r"job.toml:9: parallel.subnet_scale: moved; set it as \[parallel.subnet\] scale"),
-    (GOOD + "[parallel]\nbarrier = 'ensemble'\n[parallel.ensemble]\nteacher_data = 'local'\ndistill_file = 'x.npz'\n",
-     r"job.toml:12: parallel.ensemble.distill_file: needs teacher_data = 'shared'"),
-    (GOOD + "[parallel]\nbarrier = 'ensembel'\n", r"job.toml:9: parallel.barrier: expected one of .*'ensemble'.* \(did you mean 'ensemble'\?\)"),
-    (GOOD + "[parallel.subnet]\nweights = [1, 'a']\n", r"job.toml:9: parallel.subnet.weights: expected a list of positive numbers"),
-    (GOOD + "[parallel]\nworkers = 2\nbarrier = 'ensemble'\n[parallel.subnet]\nwarmup_steps = 5\n",
-     r"job.toml:12: parallel.subnet.warmup_steps: sub-network warm-up is not combined"),
-    (GOOD + "[parallel]\nshard_alpha = 0.1\n", r"job.toml:9: parallel.shard_alpha: applies only to shard = 'dirichlet'"),
-])
+@pytest.mark.parametrize(
+    "text,pattern",
+    [
+        ("[train\nlr = 1", r"job.toml: malformed toml: .*line 1"),
+        (GOOD + "lrr = 3\n", r"job.toml:8: train.lrr: unknown key \(did you mean 'lr'\?\)"),
+        (
+            GOOD.replace("lr = 0.1", "lr = -1"),
+            r"job.toml:7: train.lr: expected a number > 0.0, found -1",
+        ),
+        (
+            GOOD.replace("epochs = 2", 'epochs = "2"'),
+            r"job.toml:6: train.epochs: expected an integer >= 1, found '2'",
+        ),
+        (
+            GOOD + "[trian]\n",
+            r"job.toml:8: trian: unknown section or key \(did you mean 'train'\?\)",
+        ),
+        (
+            GOOD.replace("units = 8,", "unit = 8,"),
+            r"model.layers\[0\]: unknown option 'unit' .*did you mean 'units'",
+        ),
+        (
+            GOOD.replace('"dense", units = 8', '"dens", units = 8'),
+            r"unknown layer type 'dens' \(did you mean 'dense'\?\)",
+        ),
+        (
+            GOOD.replace('"dense", units = 8', '"os:system", units = 8'),
+            r"'os:system' is not a horn.Layer subclass",
+        ),
+        (
+            GOOD.replace('"dense", units = 8', "\"__import__('os')\", units = 8"),
+            r"unknown layer type",
+        ),
+        (GOOD.replace("units = 8", "units = -8"), r"units must be a positive integer, found -8"),
+        (GOOD + "[data]\nname = 'digit'\n", r"job.toml:9: data.name: expected one of 'digits'"),
+        (
+            GOOD + "[parallel.ensemble]\nalpha = 0.2\n",
+            r"job.toml:8: parallel.ensemble: applies only to barrier = 'ensemble', found barrier = 'average'",
+        ),
+        (
+            GOOD + "[parallel]\nalpha = 0.2\n",
+            r"job.toml:9: parallel.alpha: moved; set it as \[parallel.ensemble\] alpha",
+        ),
+        (
+            GOOD + "[parallel]\nsubnet_scale = 'sqrt'\n",
+            r"job.toml:9: parallel.subnet_scale: moved; set it as \[parallel.subnet\] scale",
+        ),
+        (
+            GOOD
+            + "[parallel]\nbarrier = 'ensemble'\n[parallel.ensemble]\nteacher_data = 'local'\ndistill_file = 'x.npz'\n",
+            r"job.toml:12: parallel.ensemble.distill_file: needs teacher_data = 'shared'",
+        ),
+        (
+            GOOD + "[parallel]\nbarrier = 'ensembel'\n",
+            r"job.toml:9: parallel.barrier: expected one of .*'ensemble'.* \(did you mean 'ensemble'\?\)",
+        ),
+        (
+            GOOD + "[parallel.subnet]\nweights = [1, 'a']\n",
+            r"job.toml:9: parallel.subnet.weights: expected a list of positive numbers",
+        ),
+        (
+            GOOD
+            + "[parallel]\nworkers = 2\nbarrier = 'ensemble'\n[parallel.subnet]\nwarmup_steps = 5\n",
+            r"job.toml:12: parallel.subnet.warmup_steps: sub-network warm-up is not combined",
+        ),
+        (
+            GOOD + "[parallel]\nshard_alpha = 0.1\n",
+            r"job.toml:9: parallel.shard_alpha: applies only to shard = 'dirichlet'",
+        ),
+    ],
+)
 def test_bad_jobs_give_one_clear_line(tmp_path, text, pattern):
     with pytest.raises(HornError, match=pattern) as info:
         load_job(write(tmp_path, text))
@@ -60,8 +108,10 @@ def test_bad_jobs_give_one_clear_line(tmp_path, text, pattern):
 
 
 def test_overrides_parse_toml_values(tmp_path):
-    job = load_job(write(tmp_path, GOOD), ["train.lr=0.05", "train.nesterov=true",
-                                           "model.layers.0.units=32", "data.name=digits"])
+    job = load_job(
+        write(tmp_path, GOOD),
+        ["train.lr=0.05", "train.nesterov=true", "model.layers.0.units=32", "data.name=digits"],
+    )
     assert job.train.lr == 0.05 and job.train.nesterov is True
     assert job.model.layers[0]["units"] == 32
     with pytest.raises(HornError, match="expected KEY=VALUE"):
@@ -79,6 +129,8 @@ def test_resolved_json_loads_back_identically(tmp_path):
 
 
 def test_custom_layer_by_import_path(tmp_path):
-    text = GOOD.replace('"dense", units = 8, activation = "relu"', '"horn.layers.dense:Dense", units = 8')
+    text = GOOD.replace(
+        '"dense", units = 8, activation = "relu"', '"horn.layers.dense:Dense", units = 8'
+    )
     job = load_job(write(tmp_path, text))
     assert job.model.layers[0]["type"] == "horn.layers.dense:Dense"

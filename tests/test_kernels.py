@@ -25,8 +25,12 @@ def test_bias_act_and_backward(shape, act):
     REF.bias_act(c, b, act, 0.5)
     np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
     dy = rand(shape, 2)
-    d1, d2, db1, db2 = dy.copy(), dy.copy(), np.zeros(shape[1], np.float32), np.zeros(
-        shape[1], np.float32)
+    d1, d2, db1, db2 = (
+        dy.copy(),
+        dy.copy(),
+        np.zeros(shape[1], np.float32),
+        np.zeros(shape[1], np.float32),
+    )
     NB.act_backward(d1, a, act, db1)
     REF.act_backward(d2, c, act, db2)
     np.testing.assert_allclose(d1, d2, rtol=1e-5, atol=1e-6)
@@ -113,8 +117,9 @@ def test_gather_scatter(shape, rows, cols):
 
 
 @pytest.mark.parametrize("size", [100, 200_003])
-@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 1e-3),
-                                                  (0.9, True, 1e-4)])
+@pytest.mark.parametrize(
+    "momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 1e-3), (0.9, True, 1e-4)]
+)
 def test_sgd_update(size, momentum, nesterov, wd):
     p, g = rand(size), rand(size, 1)
     p1, p2 = p.copy(), p.copy()

@@ -5,8 +5,9 @@ import json
 import os
 import sys
 
-from hypothesis import given, settings, strategies as st
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from horn.errors import HornError
 from horn.launch import ROOT_VARIABLES, job_argv
@@ -23,8 +24,18 @@ def hostfile(tmp_path, text="localhost slots=2\n"):
 
 
 def test_launch_runs_a_job_on_the_hostfile_and_prints_the_mpirun_line(tmp_path):
-    result = horn("launch", "--hostfile", hostfile(tmp_path), "-n", "2", JOB, *QUICK,
-                  "--set", f"log.dir='{tmp_path / 'runs'}'", timeout=180)
+    result = horn(
+        "launch",
+        "--hostfile",
+        hostfile(tmp_path),
+        "-n",
+        "2",
+        JOB,
+        *QUICK,
+        "--set",
+        f"log.dir='{tmp_path / 'runs'}'",
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr
     first, last = result.stdout.splitlines()[0], result.stdout.strip().splitlines()[-1]
     assert first.startswith("horn: ") and " -n 2 " in first and "--bind-to none" in first
@@ -43,23 +54,38 @@ def test_more_ranks_than_slots_needs_oversubscribe(tmp_path):
     hosts = hostfile(tmp_path, "localhost slots=1\n")
     refused = horn("launch", "--hostfile", hosts, "-n", "2", JOB, *QUICK)
     assert refused.returncode == 2 and refused.stdout == ""
-    assert refused.stderr.strip() == (f"horn: error: horn launch: -n 2 is more than the 1 "
-                                      f"slot(s) of {hosts} (1 host(s)); add slots, lower -n, "
-                                      f"or pass --oversubscribe")
-    ok = horn("launch", "--hostfile", hosts, "-n", "2", "--oversubscribe", JOB, *QUICK,
-              "--set", f"log.dir='{tmp_path / 'runs'}'", timeout=180)
+    assert refused.stderr.strip() == (
+        f"horn: error: horn launch: -n 2 is more than the 1 "
+        f"slot(s) of {hosts} (1 host(s)); add slots, lower -n, "
+        f"or pass --oversubscribe"
+    )
+    ok = horn(
+        "launch",
+        "--hostfile",
+        hosts,
+        "-n",
+        "2",
+        "--oversubscribe",
+        JOB,
+        *QUICK,
+        "--set",
+        f"log.dir='{tmp_path / 'runs'}'",
+        timeout=180,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "--oversubscribe" in ok.stdout.splitlines()[0]
 
 
 def test_bad_hostfile_or_job_fails_before_mpirun(tmp_path):
-    bad_hosts = horn("launch", "--hostfile", hostfile(tmp_path, "node1 slots=two\n"), "-n", "1",
-                     JOB)
+    bad_hosts = horn(
+        "launch", "--hostfile", hostfile(tmp_path, "node1 slots=two\n"), "-n", "1", JOB
+    )
     assert bad_hosts.returncode == 2 and bad_hosts.stdout == ""
     assert f"{tmp_path / 'hosts'}:1" in bad_hosts.stderr
     assert len(bad_hosts.stderr.strip().splitlines()) == 1
-    bad_job = horn("launch", "--hostfile", hostfile(tmp_path), "-n", "1", JOB,
-                   "--set", "train.momentun=0.5")
+    bad_job = horn(
+        "launch", "--hostfile", hostfile(tmp_path), "-n", "1", JOB, "--set", "train.momentun=0.5"
+    )
     assert bad_job.returncode == 2 and bad_job.stdout == ""
     assert "train.momentun: unknown key" in bad_job.stderr
     neither = horn("launch", "-n", "2", JOB)
@@ -71,14 +97,26 @@ def test_bad_hostfile_or_job_fails_before_mpirun(tmp_path):
 def test_the_mpirun_form_still_checks_for_a_clean_finish(tmp_path):
     """Not a horn program: no rank reports, so even mpirun's exit 0 is a failure."""
     from tests.mpirun import mpirun_path
-    result = horn("launch", mpirun_path(), "--oversubscribe", "-n", "1", "true",
-                  env=ROOT_VARIABLES, cwd=tmp_path)
+
+    result = horn(
+        "launch",
+        mpirun_path(),
+        "--oversubscribe",
+        "-n",
+        "1",
+        "true",
+        env=ROOT_VARIABLES,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "no rank reported a start" in result.stderr
 
 
-HOSTS = st.lists(st.tuples(st.sampled_from(["a", "b", "node-1", "10.0.0.7"]),
-                           st.integers(1, 8)), min_size=1, max_size=4,
-                 unique_by=lambda h: h[0])
+HOSTS = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "node-1", "10.0.0.7"]), st.integers(1, 8)),
+    min_size=1,
+    max_size=4,
+    unique_by=lambda h: h[0],
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -91,8 +129,7 @@ def test_job_argv_for_generated_hostfiles(tmp_path_factory, hosts, ranks, oversu
         with pytest.raises(HornError, match="-n"):
             job_argv(path, ranks, ["job.toml"], oversubscribe, mpirun="mpirun")
         return
-    argv, env = job_argv(path, ranks, ["job.toml", "--set", "a=1"], oversubscribe,
-                         mpirun="mpirun")
+    argv, env = job_argv(path, ranks, ["job.toml", "--set", "a=1"], oversubscribe, mpirun="mpirun")
     assert argv[0] == "mpirun" and argv[argv.index("-n") + 1] == str(ranks)
     assert argv[argv.index("--hostfile") + 1] == str(path)
     assert ("--oversubscribe" in argv) == oversubscribe

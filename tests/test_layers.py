@@ -5,13 +5,32 @@ import pytest
 
 import horn
 from horn.checks import LayerCheckError
-from horn.layers import (MSE, Dense, DropConnectDense, Dropout, ReLU, Sigmoid,
-                         SoftmaxCrossEntropy, Tanh)
+from horn.layers import (
+    MSE,
+    Dense,
+    DropConnectDense,
+    Dropout,
+    ReLU,
+    Sigmoid,
+    SoftmaxCrossEntropy,
+    Tanh,
+)
 from horn.model import Model
 
-LAYERS = [Dense(5), Dense(4, "relu"), Dense(3, "tanh", "xavier"), Dense(6, "sigmoid", "normal"),
-          Dense(4, "relu", bias=False), ReLU(), Tanh(), Sigmoid(), Dropout(0.3), Dropout(0.0),
-          DropConnectDense(5, 0.4, "relu"), DropConnectDense(3, 0.2, "tanh", bias=False)]
+LAYERS = [
+    Dense(5),
+    Dense(4, "relu"),
+    Dense(3, "tanh", "xavier"),
+    Dense(6, "sigmoid", "normal"),
+    Dense(4, "relu", bias=False),
+    ReLU(),
+    Tanh(),
+    Sigmoid(),
+    Dropout(0.3),
+    Dropout(0.0),
+    DropConnectDense(5, 0.4, "relu"),
+    DropConnectDense(3, 0.2, "tanh", bias=False),
+]
 
 
 @pytest.mark.parametrize("layer", LAYERS, ids=repr)
@@ -20,10 +39,17 @@ def test_builtin_layers_pass_check_layer(layer):
     assert "gradients (finite differences, float64)" in passed and "backend numba" in passed
 
 
-@pytest.mark.parametrize("loss,targets", [(SoftmaxCrossEntropy(), "labels"),
-                                          (SoftmaxCrossEntropy(), "soft"),
-                                          (SoftmaxCrossEntropy(3.0), "soft"),
-                                          (MSE(), "labels"), (MSE(), "soft")], ids=repr)
+@pytest.mark.parametrize(
+    "loss,targets",
+    [
+        (SoftmaxCrossEntropy(), "labels"),
+        (SoftmaxCrossEntropy(), "soft"),
+        (SoftmaxCrossEntropy(3.0), "soft"),
+        (MSE(), "labels"),
+        (MSE(), "soft"),
+    ],
+    ids=repr,
+)
 def test_losses_pass_check_layer(loss, targets):
     assert horn.check_layer(loss, targets=targets)
 
@@ -70,12 +96,15 @@ class WrongShape(horn.Layer):
         return dy
 
 
-@pytest.mark.parametrize("layer,message", [
-    (WrongGradient(), "gradient of parameter 'w'"),
-    (Accumulates(), "did not fill grads"),
-    (ModifiesInput(), "modified its input"),
-    (WrongShape(), "forward returned shape"),
-])
+@pytest.mark.parametrize(
+    "layer,message",
+    [
+        (WrongGradient(), "gradient of parameter 'w'"),
+        (Accumulates(), "did not fill grads"),
+        (ModifiesInput(), "modified its input"),
+        (WrongShape(), "forward returned shape"),
+    ],
+)
 def test_check_layer_catches_broken_layers(layer, message):
     with pytest.raises(LayerCheckError, match=message):
         horn.check_layer(layer)
@@ -110,6 +139,7 @@ def test_layers_are_importable_under_the_horn_namespace_only():
     import importlib.util
 
     import horn.layers
+
     assert horn.layers.Dense is Dense
     installed_layers = importlib.util.find_spec("layers")
     assert installed_layers is None or "site-packages" not in (installed_layers.origin or "")

@@ -13,8 +13,9 @@ from horn.schedules import Schedule
 
 
 def small(backend="numpy", seed=0):
-    return Model([Dense(16, "relu"), Dropout(0.1), Dense(3)], SoftmaxCrossEntropy(), 5,
-                 backend, seed=seed)
+    return Model(
+        [Dense(16, "relu"), Dropout(0.1), Dense(3)], SoftmaxCrossEntropy(), 5, backend, seed=seed
+    )
 
 
 def test_parameters_are_views_into_one_aligned_buffer():
@@ -90,11 +91,14 @@ def test_adam_first_step_moves_by_lr():
     np.testing.assert_allclose(moved, 0.01, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind,expected", [
-    ("constant", [0.5, 1.0, 1.0, 1.0]),
-    ("step", [0.5, 1.0, 1.0, 0.1]),
-    ("cosine", [0.5, 1.0, 0.5, 0.0]),
-])
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("constant", [0.5, 1.0, 1.0, 1.0]),
+        ("step", [0.5, 1.0, 1.0, 0.1]),
+        ("cosine", [0.5, 1.0, 0.5, 0.0]),
+    ],
+)
 def test_schedules_with_warmup(kind, expected):
     s = Schedule(kind, 1.0, total_steps=6, warmup_steps=2, step_size=4, gamma=0.1)
     np.testing.assert_allclose([s(0), s(2), s(4), s(6)], expected, atol=1e-12)

@@ -64,7 +64,7 @@ plot = false
 
 def hostile_source(tripwire):
     """A module whose import-time code leaves a file behind: proof it was imported."""
-    return textwrap.dedent(f'''
+    return textwrap.dedent(f"""
         import pathlib
         pathlib.Path({str(tripwire)!r}).write_text("imported")
         import horn
@@ -76,7 +76,7 @@ def hostile_source(tripwire):
 
             def backward(self, dy):
                 return dy
-    ''')
+    """)
 
 
 @pytest.fixture(autouse=True)
@@ -153,8 +153,7 @@ def test_model_file_names_the_class_of_a_users_layer(trained):
 
 def test_eval_without_naming_the_module_says_how_to(trained):
     result = horn("eval", trained["run"], cwd=trained["base"])
-    one_line_error(result.returncode, result.stderr, "'prelu'", "--import prelu",
-                   "model.layers[1]")
+    one_line_error(result.returncode, result.stderr, "'prelu'", "--import prelu", "model.layers[1]")
 
 
 def test_eval_and_predict_find_the_layer_through_import(trained, tmp_path):
@@ -165,8 +164,15 @@ def test_eval_and_predict_find_the_layer_through_import(trained, tmp_path):
     assert by_name.returncode == 0 and by_name.stdout == by_path.stdout, by_name.stderr
     np.savez(tmp_path / "x.npz", x=load_digits().data[:7])
     out = tmp_path / "p.csv"
-    predicted = horn("predict", trained["run"], tmp_path / "x.npz", "--out", out,
-                     "--import", trained["jobs"] / "prelu.py")
+    predicted = horn(
+        "predict",
+        trained["run"],
+        tmp_path / "x.npz",
+        "--out",
+        out,
+        "--import",
+        trained["jobs"] / "prelu.py",
+    )
     assert predicted.returncode == 0, predicted.stderr
     assert len(out.read_text().splitlines()) == 1 + 7
 
@@ -218,8 +224,9 @@ def test_job_directory_is_importable_only_for_named_modules(tmp_path):
         load_job(path)
     assert not tripwire.exists() and "sneaky" not in sys.modules
     assert "uses_sneaky" not in sys.modules  # a failed import leaves nothing half-made
-    path = write_job(tmp_path, LAYERS_BODY.format(imports='["sneaky", "uses_sneaky"]',
-                                                  kind="sneaky:Evil"))
+    path = write_job(
+        tmp_path, LAYERS_BODY.format(imports='["sneaky", "uses_sneaky"]', kind="sneaky:Evil")
+    )
     load_job(path)  # named: imported, as the user asked
     assert tripwire.exists()
 
@@ -237,24 +244,38 @@ def test_a_package_next_to_the_job_and_its_resolved_form(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.move(tmp_path / "job.json", elsewhere / "job.json")
-    result = horn("run", elsewhere / "job.json", "--quiet", "--set", "train.epochs=1",
-                  "--set", "model.layers.2.units=10", "--set", f"log.dir='{tmp_path / 'r'}'",
-                  "--set", "log.plot=false", cwd=elsewhere)
+    result = horn(
+        "run",
+        elsewhere / "job.json",
+        "--quiet",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "model.layers.2.units=10",
+        "--set",
+        f"log.dir='{tmp_path / 'r'}'",
+        "--set",
+        "log.plot=false",
+        cwd=elsewhere,
+    )
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("entry, fragment", [
-    (3, "expected a module name or a path"),
-    ("", "expected a module name or a path"),
-    ("a b", "expected a module name"),
-    ("os:system", "expected a module name"),
-    ("no_such_module_zz9", "no module 'no_such_module_zz9' found in"),
-    ("nope.py", "found nothing (no such file)"),
-    ("sub/", "a directory without __init__.py"),
-    ("json", "imported already"),
-    ("broken", "importing 'broken' from"),
-    ("bad-name.py", "'bad-name' is not a module name"),
-])
+@pytest.mark.parametrize(
+    "entry, fragment",
+    [
+        (3, "expected a module name or a path"),
+        ("", "expected a module name or a path"),
+        ("a b", "expected a module name"),
+        ("os:system", "expected a module name"),
+        ("no_such_module_zz9", "no module 'no_such_module_zz9' found in"),
+        ("nope.py", "found nothing (no such file)"),
+        ("sub/", "a directory without __init__.py"),
+        ("json", "imported already"),
+        ("broken", "importing 'broken' from"),
+        ("bad-name.py", "'bad-name' is not a module name"),
+    ],
+)
 def test_bad_imports_entries_are_one_line_naming_the_key(tmp_path, entry, fragment):
     (tmp_path / "sub").mkdir()
     (tmp_path / "json.py").write_text("")  # would shadow the json everyone has imported
@@ -271,6 +292,7 @@ def test_bad_imports_entries_are_one_line_naming_the_key(tmp_path, entry, fragme
 
 def test_broken_module_keeps_its_traceback_for_debug(tmp_path, capsys, monkeypatch):
     from horn import abort
+
     monkeypatch.setitem(abort._context, "debug", False)  # --debug sets it for the process
     (tmp_path / "broken.py").write_text("def f():\n    return 1 / 0\nf()\n")
     path = write_job(tmp_path, LAYERS_BODY.format(imports='["broken"]', kind="relu"))
@@ -280,8 +302,9 @@ def test_broken_module_keeps_its_traceback_for_debug(tmp_path, capsys, monkeypat
 
 # ============================================================ files never import
 def small_model(in_features=5, classes=3):
-    return Model([Dense(4, "relu"), Dense(classes)], SoftmaxCrossEntropy(), in_features,
-                 "numpy", seed=1)
+    return Model(
+        [Dense(4, "relu"), Dense(classes)], SoftmaxCrossEntropy(), in_features, "numpy", seed=1
+    )
 
 
 def rewrite_header(path, change):
@@ -304,14 +327,20 @@ def naming_hostile(where):
             spec["classes"] = {"dense": "hostile_mod:Evil"}
         elif where == "meta job layer":
             header["meta"]["job"]["model"]["layers"][0]["type"] = "hostile_mod:Evil"
+
     return change
 
 
 def model_file(tmp_path, where, kind="model"):
     """A digits-sized model file (with its job in the metadata) naming hostile_mod."""
     model = small_model(64, 10)
-    job = load_job(write_job(tmp_path, '[model]\nlayers = [{ type = "dense", units = 4, '
-                                       'activation = "relu" }, { type = "dense", units = 10 }]\n'))
+    job = load_job(
+        write_job(
+            tmp_path,
+            '[model]\nlayers = [{ type = "dense", units = 4, '
+            'activation = "relu" }, { type = "dense", units = 10 }]\n',
+        )
+    )
     meta = {"job": job.to_dict(), "classes": 10}
     path = tmp_path / f"{kind}.npz"
     (Ensemble([model, small_model(64, 10)]) if kind == "ensemble" else model).save(path, meta)
@@ -322,12 +351,12 @@ def model_file(tmp_path, where, kind="model"):
 @pytest.mark.parametrize("kind", ["model", "ensemble"])
 @pytest.mark.parametrize("where", ["layer", "loss", "classes", "meta job layer"])
 @pytest.mark.parametrize("command", ["eval", "predict"])
-def test_model_file_naming_a_module_never_imports_it(tmp_path, capsys, hostile, kind, where,
-                                                     command):
+def test_model_file_naming_a_module_never_imports_it(
+    tmp_path, capsys, hostile, kind, where, command
+):
     path = model_file(tmp_path, where, kind)
     np.save(tmp_path / "x.npy", np.ones((2, 64)))
-    args = [path] if command == "eval" else [path, tmp_path / "x.npy", "--out",
-                                              tmp_path / "p.csv"]
+    args = [path] if command == "eval" else [path, tmp_path / "x.npy", "--out", tmp_path / "p.csv"]
     code, _, err = cli(capsys, command, *args)
     if command == "predict" and where == "meta job layer":
         assert code == 0, err  # predict never reads the job: nothing to refuse
@@ -356,9 +385,15 @@ def test_the_tripwire_fires_when_the_user_names_the_module(tmp_path, capsys, hos
 def test_resume_of_a_job_json_naming_a_module_never_imports_it(tmp_path, hostile, where):
     run = tmp_path / "run"
     run.mkdir()
-    write_resolved(load_job(write_job(tmp_path, '[model]\nlayers = [{ type = "dense", '
-                                                'units = 10 }]\n[checkpoint]\nevery = 1\n')),
-                   run / "job.json")
+    write_resolved(
+        load_job(
+            write_job(
+                tmp_path,
+                '[model]\nlayers = [{ type = "dense", units = 10 }]\n[checkpoint]\nevery = 1\n',
+            )
+        ),
+        run / "job.json",
+    )
     job = json.loads((run / "job.json").read_text())
     if where == "layers":
         job["model"]["layers"].insert(0, {"type": "hostile_mod:Evil"})
@@ -374,19 +409,32 @@ def test_resume_of_a_job_json_naming_a_module_never_imports_it(tmp_path, hostile
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("digits")
-    result = horn("run", ROOT / "jobs/digits.toml", "--quiet", "--set", "train.epochs=2",
-                  "--set", f"log.dir='{base}'", "--set", "log.plot=false")
+    result = horn(
+        "run",
+        ROOT / "jobs/digits.toml",
+        "--quiet",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        f"log.dir='{base}'",
+        "--set",
+        "log.plot=false",
+    )
     assert result.returncode == 0, result.stderr
     return Path(result.stdout.strip().splitlines()[-1].split("run directory ")[1])
 
 
 def idx_bytes(array):
-    return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + \
-        array.astype(np.uint8).tobytes()
+    return (
+        bytes([0, 0, 0x08, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
 
 
 def expected_accuracy(run_dir, x, y):
     from horn.cli import _scaler
+
     model, meta = load_predictor(run_dir / "model.npz")
     return f"{model.accuracy(_scaler(meta).apply(x), y):.4f}"
 
@@ -395,8 +443,14 @@ def labelled_files(tmp_path, x, y):
     """The same samples as every labelled format eval takes: (arguments, name)."""
     np.savez(tmp_path / "d.npz", x=x, y=y)
     np.savetxt(tmp_path / "last.csv", np.column_stack([x, y]), delimiter=",", fmt="%g")
-    np.savetxt(tmp_path / "first.csv", np.column_stack([y, x]), delimiter=",", fmt="%g",
-               header=",".join(["label"] + [f"f{i}" for i in range(x.shape[1])]), comments="")
+    np.savetxt(
+        tmp_path / "first.csv",
+        np.column_stack([y, x]),
+        delimiter=",",
+        fmt="%g",
+        header=",".join(["label"] + [f"f{i}" for i in range(x.shape[1])]),
+        comments="",
+    )
     (tmp_path / "images-idx3-ubyte").write_bytes(idx_bytes(x.reshape(-1, 8, 8)))
     (tmp_path / "labels-idx1-ubyte").write_bytes(idx_bytes(y))
     np.save(tmp_path / "x.npy", x)
@@ -405,8 +459,10 @@ def labelled_files(tmp_path, x, y):
         (["--data", tmp_path / "d.npz"], "d.npz"),
         (["--data", tmp_path / "last.csv"], "last.csv"),
         (["--data", tmp_path / "first.csv", "--label-column", "0"], "first.csv"),
-        (["--data", tmp_path / "images-idx3-ubyte", "--labels", tmp_path / "labels-idx1-ubyte"],
-         "images-idx3-ubyte"),
+        (
+            ["--data", tmp_path / "images-idx3-ubyte", "--labels", tmp_path / "labels-idx1-ubyte"],
+            "images-idx3-ubyte",
+        ),
         (["--data", tmp_path / "x.npy", "--labels", tmp_path / "y.npy"], "x.npy"),
     ]
 
@@ -419,20 +475,28 @@ def test_eval_on_a_users_own_labelled_files(digits_run, tmp_path, capsys):
     for args, name in labelled_files(tmp_path, x, y):
         code, out, err = cli(capsys, "eval", digits_run, *args)
         assert code == 0, err
-        assert out.split() == [str(tmp_path / name), "accuracy", expected, f"({len(y)}",
-                               "samples)"], out
+        assert out.split() == [
+            str(tmp_path / name),
+            "accuracy",
+            expected,
+            f"({len(y)}",
+            "samples)",
+        ], out
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("width", "the model expects 64 features per sample, found 10"),
-    ("labels", "expected labels below 10 (the model's classes), found 12"),
-    ("idx alone", "needs its labels file named too"),
-    ("missing", "found nothing (no such file)"),
-    ("directory", "cannot read file"),
-    ("label count", "expected one label per sample (5), found 4"),
-    ("both", "give --split (of the model's own data) or --data FILE, not both"),
-    ("labels alone", "give --data too"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("width", "the model expects 64 features per sample, found 10"),
+        ("labels", "expected labels below 10 (the model's classes), found 12"),
+        ("idx alone", "needs its labels file named too"),
+        ("missing", "found nothing (no such file)"),
+        ("directory", "cannot read file"),
+        ("label count", "expected one label per sample (5), found 4"),
+        ("both", "give --split (of the model's own data) or --data FILE, not both"),
+        ("labels alone", "give --data too"),
+    ],
+)
 def test_eval_data_errors_are_one_line(digits_run, tmp_path, capsys, case, fragment):
     x = np.ones((5, 64))
     np.savez(tmp_path / "narrow.npz", x=np.ones((5, 10)), y=np.zeros(5))
@@ -441,32 +505,40 @@ def test_eval_data_errors_are_one_line(digits_run, tmp_path, capsys, case, fragm
     (tmp_path / "dir.csv").mkdir()
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y4.npy", np.zeros(4, int))
-    args = {"width": ["--data", tmp_path / "narrow.npz"],
-            "labels": ["--data", tmp_path / "labels.npz"],
-            "idx alone": ["--data", tmp_path / "images"],
-            "missing": ["--data", tmp_path / "gone.npz"],
-            "directory": ["--data", tmp_path / "dir.csv"],
-            "label count": ["--data", tmp_path / "x.npy", "--labels", tmp_path / "y4.npy"],
-            "both": ["--data", tmp_path / "labels.npz", "--split", "val"],
-            "labels alone": ["--labels", tmp_path / "y4.npy"]}[case]
+    args = {
+        "width": ["--data", tmp_path / "narrow.npz"],
+        "labels": ["--data", tmp_path / "labels.npz"],
+        "idx alone": ["--data", tmp_path / "images"],
+        "missing": ["--data", tmp_path / "gone.npz"],
+        "directory": ["--data", tmp_path / "dir.csv"],
+        "label count": ["--data", tmp_path / "x.npy", "--labels", tmp_path / "y4.npy"],
+        "both": ["--data", tmp_path / "labels.npz", "--split", "val"],
+        "labels alone": ["--labels", tmp_path / "y4.npy"],
+    }[case]
     code, _, err = cli(capsys, "eval", digits_run, *args)
     one_line_error(code, err, fragment)
 
 
 # ============================================================ path errors in eval/predict
-@pytest.mark.parametrize("case, fragment", [
-    ("missing directory", "expected an existing directory"),
-    ("onto a directory", "found a directory"),
-    ("under a file", "found a file"),
-])
-def test_predict_out_path_errors_are_one_line_and_create_nothing(digits_run, tmp_path, capsys,
-                                                                 case, fragment):
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing directory", "expected an existing directory"),
+        ("onto a directory", "found a directory"),
+        ("under a file", "found a file"),
+    ],
+)
+def test_predict_out_path_errors_are_one_line_and_create_nothing(
+    digits_run, tmp_path, capsys, case, fragment
+):
     np.save(tmp_path / "x.npy", np.ones((3, 64)))
     (tmp_path / "taken").mkdir()
     (tmp_path / "plain").write_text("")
-    out = {"missing directory": tmp_path / "new" / "deeper" / "p.csv",
-           "onto a directory": tmp_path / "taken",
-           "under a file": tmp_path / "plain" / "p.csv"}[case]
+    out = {
+        "missing directory": tmp_path / "new" / "deeper" / "p.csv",
+        "onto a directory": tmp_path / "taken",
+        "under a file": tmp_path / "plain" / "p.csv",
+    }[case]
     code, _, err = cli(capsys, "predict", digits_run, tmp_path / "x.npy", "--out", out)
     one_line_error(code, err, f"--out {out}", fragment)
     assert not (tmp_path / "new").exists() and list((tmp_path / "taken").iterdir()) == []
@@ -474,27 +546,34 @@ def test_predict_out_path_errors_are_one_line_and_create_nothing(digits_run, tmp
 
 def test_predict_writes_into_an_existing_directory(digits_run, tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.ones((3, 64)))
-    code, out, err = cli(capsys, "predict", digits_run, tmp_path / "x.npy", "--out",
-                         tmp_path / "p.csv")
+    code, out, err = cli(
+        capsys, "predict", digits_run, tmp_path / "x.npy", "--out", tmp_path / "p.csv"
+    )
     assert code == 0, err
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 4
 
 
 @pytest.mark.parametrize("command", ["eval", "predict"])
-@pytest.mark.parametrize("case, fragment", [
-    ("no model", "expected an .npz file, found nothing"),
-    ("run without model", "found a directory without one"),
-    ("missing import", "--import[0]: no module 'not_a_module_zz' found in"),
-    ("missing import file", "--import[0]: expected a .py file or a package directory"),
-])
-def test_eval_and_predict_path_errors_are_one_line(digits_run, tmp_path, capsys, command, case,
-                                                   fragment):
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("no model", "expected an .npz file, found nothing"),
+        ("run without model", "found a directory without one"),
+        ("missing import", "--import[0]: no module 'not_a_module_zz' found in"),
+        ("missing import file", "--import[0]: expected a .py file or a package directory"),
+    ],
+)
+def test_eval_and_predict_path_errors_are_one_line(
+    digits_run, tmp_path, capsys, command, case, fragment
+):
     np.save(tmp_path / "x.npy", np.ones((3, 64)))
     (tmp_path / "empty_run").mkdir()
-    args = {"no model": [tmp_path / "gone.npz"],
-            "run without model": [tmp_path / "empty_run"],
-            "missing import": [digits_run, "--import", "not_a_module_zz"],
-            "missing import file": [digits_run, "--import", tmp_path / "gone.py"]}[case]
+    args = {
+        "no model": [tmp_path / "gone.npz"],
+        "run without model": [tmp_path / "empty_run"],
+        "missing import": [digits_run, "--import", "not_a_module_zz"],
+        "missing import file": [digits_run, "--import", tmp_path / "gone.py"],
+    }[case]
     if command == "predict":
         args = [args[0], tmp_path / "x.npy", "--out", tmp_path / "p.csv", *args[1:]]
     code, _, err = cli(capsys, command, *args)
@@ -502,8 +581,9 @@ def test_eval_and_predict_path_errors_are_one_line(digits_run, tmp_path, capsys,
 
 
 def test_predict_input_missing_is_one_line(digits_run, tmp_path, capsys):
-    code, _, err = cli(capsys, "predict", digits_run, tmp_path / "gone.csv", "--out",
-                       tmp_path / "p.csv")
+    code, _, err = cli(
+        capsys, "predict", digits_run, tmp_path / "gone.csv", "--out", tmp_path / "p.csv"
+    )
     one_line_error(code, err, "gone.csv", "no such file")
 
 
@@ -512,34 +592,50 @@ def test_readme_custom_layer_section_works_as_written(tmp_path):
     """The README's layer saved as prelu.py next to the README's job snippet: it trains,
     and eval finds the layer again once the module is named."""
     import re
+
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Writing a layer"):]
+    section = text[text.index("## Writing a layer") :]
     layer = next(b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "PReLU" in b)
     job = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
     (tmp_path / "prelu.py").write_text(layer)
     (tmp_path / "job.toml").write_text(job)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = horn("run", tmp_path / "job.toml", "--quiet", "--set", "train.epochs=1",
-                  "--set", f"log.dir='{tmp_path / 'runs'}'", "--set", "log.plot=false",
-                  cwd=elsewhere)
+    result = horn(
+        "run",
+        tmp_path / "job.toml",
+        "--quiet",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        f"log.dir='{tmp_path / 'runs'}'",
+        "--set",
+        "log.plot=false",
+        cwd=elsewhere,
+    )
     assert result.returncode == 0, result.stderr
     run = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
     refused = horn("eval", run, cwd=tmp_path)
-    one_line_error(refused.returncode, refused.stderr, "layer type 'prelu' (class 'prelu:PReLU')"
-                   " is in module 'prelu', which is not imported")
+    one_line_error(
+        refused.returncode,
+        refused.stderr,
+        "layer type 'prelu' (class 'prelu:PReLU') is in module 'prelu', which is not imported",
+    )
     named = horn("eval", run, "--import", "prelu", cwd=tmp_path)
     assert named.returncode == 0, named.stderr
     assert named.stdout.splitlines()[-1].startswith("test accuracy ")  # after check_layer's print
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (lambda h: h.update(weights=[]), "weights to be a non-empty list of positive numbers"),
-    (lambda h: h.update(weights="ab"), "found str ab"),
-    (lambda h: h.update(weights=[1.0, -1.0]), "positive numbers"),
-    (lambda h: h.update(weights=[True, 1]), "positive numbers"),
-    (lambda h: h.update(meta=[1]), "meta to be a table, found list"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda h: h.update(weights=[]), "weights to be a non-empty list of positive numbers"),
+        (lambda h: h.update(weights="ab"), "found str ab"),
+        (lambda h: h.update(weights=[1.0, -1.0]), "positive numbers"),
+        (lambda h: h.update(weights=[True, 1]), "positive numbers"),
+        (lambda h: h.update(meta=[1]), "meta to be a table, found list"),
+    ],
+)
 def test_malformed_ensemble_headers_are_one_line(tmp_path, capsys, change, fragment):
     path = tmp_path / "ensemble.npz"
     Ensemble([small_model(64, 10), small_model(64, 10)]).save(path, {})

@@ -37,8 +37,12 @@ def simulate(job, kind, lr, mu):
     corrected moments with beta1 = mu, beta2 = 0.999, eps = 1e-8)."""
     data = load_dataset(job.data)
     be = get_backend("numpy")
-    ranks = [build(job, shard(data, type("P", (), {"groups": 2, "group": g})(), job.train.seed),
-                   be, g, 0) for g in range(2)]
+    ranks = [
+        build(
+            job, shard(data, type("P", (), {"groups": 2, "group": g})(), job.train.seed), be, g, 0
+        )
+        for g in range(2)
+    ]
     anchor = ranks[0][0].params.astype(np.float64)
     v, m, t = np.zeros_like(anchor), np.zeros_like(anchor), 0
     for start in range(0, job.train.steps, job.parallel.local_steps):
@@ -53,7 +57,7 @@ def simulate(job, kind, lr, mu):
         else:
             t += 1
             m, v = mu * m + (1 - mu) * d, 0.999 * v + 0.001 * d * d
-            anchor = anchor - lr * (m / (1 - mu ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+            anchor = anchor - lr * (m / (1 - mu**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
         for r in ranks:
             r[0].params[...] = anchor
     return anchor
@@ -62,8 +66,10 @@ def simulate(job, kind, lr, mu):
 @pytest.mark.parametrize("kind,lr,mu", [("nesterov", 0.7, 0.9), ("adam", 0.01, 0.9)])
 def test_outer_steps_across_ranks_match_the_formulas(tmp_path, kind, lr, mu):
     path = tmp_path / "outer.toml"
-    path.write_text(textwrap.dedent(JOB) + f"outer = '{kind}'\nouter_lr = {lr}\n"
-                    f"outer_momentum = {mu}\n[log]\ndir = '{tmp_path / 'runs'}'\nplot = false\n")
+    path.write_text(
+        textwrap.dedent(JOB) + f"outer = '{kind}'\nouter_lr = {lr}\n"
+        f"outer_momentum = {mu}\n[log]\ndir = '{tmp_path / 'runs'}'\nplot = false\n"
+    )
     result = mpirun(2, ["-m", "horn.cli", "run", path, "--quiet"], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -88,8 +94,11 @@ def test_sgd_with_lr_one_is_plain_averaging():
 def test_statistics_take_the_mean_and_are_never_stepped():
     from horn.layers import BatchNorm, Conv2d, Dense, Flatten, SoftmaxCrossEntropy
 
-    model = Model([Conv2d(channels=2, padding=1), BatchNorm(), Flatten(), Dense(3)],
-                  SoftmaxCrossEntropy(), (1, 4, 4))
+    model = Model(
+        [Conv2d(channels=2, padding=1), BatchNorm(), Flatten(), Dense(3)],
+        SoftmaxCrossEntropy(),
+        (1, 4, 4),
+    )
     outer = OuterOptimizer(model, "nesterov", 0.7, 0.9)
     k = model.trainable_size
     assert k < model.size  # batch norm's running statistics follow the trainable prefix

@@ -27,18 +27,25 @@ NAMES = [p.stem for p in JOB_FILES]
 def expected_wheel_packages():
     """Every directory of Python modules in the source tree, under its installed name."""
     mapped = {"layers": "horn.layers", "jobs": "horn.jobfiles"}
-    found = {".".join(d.relative_to(ROOT).parts) for d in (ROOT / "horn").rglob("*")
-             if d.is_dir() and any(d.glob("*.py"))} | {"horn"}
+    found = {
+        ".".join(d.relative_to(ROOT).parts)
+        for d in (ROOT / "horn").rglob("*")
+        if d.is_dir() and any(d.glob("*.py"))
+    } | {"horn"}
     return found | set(mapped.values())
 
 
 def test_the_wheel_holds_every_package_the_jobs_and_the_cuda_sources(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path,
-                    ROOT], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path, ROOT],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("horn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    packages = {n.rsplit("/", 1)[0].replace("/", ".") for n in names
-                if n.endswith(("/__init__.py",))}
+    packages = {
+        n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith(("/__init__.py",))
+    }
     assert packages == expected_wheel_packages()
     assert not any(n.startswith(("layers/", "jobs/", "tests/")) for n in names)
     assert {f"horn/jobfiles/{p.name}" for p in JOB_FILES} <= set(names)
@@ -59,8 +66,9 @@ def test_horn_jobs_lists_every_shipped_job_with_its_description():
     lines = result.stdout.splitlines()
     for path in JOB_FILES:
         description = tomllib.loads(path.read_text())["description"]
-        assert any(line.split()[0] == path.stem and line.endswith(description)
-                   for line in lines), path.stem
+        assert any(line.split()[0] == path.stem and line.endswith(description) for line in lines), (
+            path.stem
+        )
     assert len(lines) == len(JOB_FILES) + 1
 
 
@@ -72,8 +80,9 @@ def test_a_shipped_job_is_found_by_name_outside_the_checkout(tmp_path):
 
 
 def test_a_real_path_wins_over_a_shipped_name(tmp_path):
-    (tmp_path / "digits").write_text('name = "mine"\n[model]\nlayers = [{ type = "dense", '
-                                      'units = 10 }]\n')
+    (tmp_path / "digits").write_text(
+        'name = "mine"\n[model]\nlayers = [{ type = "dense", units = 10 }]\n'
+    )
     result = horn("validate", "digits", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].startswith("digits: ok (mine:")
@@ -88,8 +97,7 @@ def test_an_unknown_name_is_one_line_naming_the_shipped_jobs(tmp_path):
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
-@given(arg=st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_size=1,
-                   max_size=20))
+@given(arg=st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_size=1, max_size=20))
 def test_any_job_argument_resolves_to_a_shipped_job_a_path_or_a_named_error(arg):
     try:
         path = resolve_job(arg)
@@ -123,10 +131,15 @@ def test_every_command_takes_debug_and_its_help_has_no_docstring_markup():
         assert not MARKUP.search(text), (path, MARKUP.search(text).group())
 
 
-@pytest.mark.parametrize("argv", [["--debug", "validate", "nowhere.toml"],
-                                  ["validate", "--debug", "nowhere.toml"],
-                                  ["validate", "nowhere.toml", "--debug"],
-                                  ["hosts", "check", "nowhere", "--debug"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--debug", "validate", "nowhere.toml"],
+        ["validate", "--debug", "nowhere.toml"],
+        ["validate", "nowhere.toml", "--debug"],
+        ["hosts", "check", "nowhere", "--debug"],
+    ],
+)
 def test_debug_anywhere_shows_the_traceback(argv):
     result = horn(*argv)
     assert result.returncode == 2
@@ -136,16 +149,21 @@ def test_debug_anywhere_shows_the_traceback(argv):
     assert len(plain_run.stderr.splitlines()) == 1
 
 
-@given(words=st.lists(st.from_regex(r"[A-Za-z_.~][\w.]{0,8}", fullmatch=True), min_size=1,
-                      max_size=4),
-       marks=st.lists(st.sampled_from(["``{}``", "`{}`", ":func:`{}`", ":class:`~{}`",
-                                       ":meth:`{}`", "{}"]), min_size=4, max_size=4))
+@given(
+    words=st.lists(st.from_regex(r"[A-Za-z_.~][\w.]{0,8}", fullmatch=True), min_size=1, max_size=4),
+    marks=st.lists(
+        st.sampled_from(["``{}``", "`{}`", ":func:`{}`", ":class:`~{}`", ":meth:`{}`", "{}"]),
+        min_size=4,
+        max_size=4,
+    ),
+)
 def test_plain_removes_every_role_and_backtick_but_keeps_the_words(words, marks):
     text = " ".join(mark.format(word) for word, mark in zip(words, marks))
     out = plain(text)
     assert "`" not in out
-    assert out.split() == [w.lstrip("~") if m.startswith(":") and "~" in m else w
-                           for w, m in zip(words, marks)]
+    assert out.split() == [
+        w.lstrip("~") if m.startswith(":") and "~" in m else w for w, m in zip(words, marks)
+    ]
 
 
 def test_resume_of_a_run_with_checkpoints_off_says_how_to_turn_them_on(tmp_path):

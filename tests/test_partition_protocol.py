@@ -81,8 +81,11 @@ def test_the_protocol_defaults_mean_not_partitionable():
     assert layer.partition_role is None and layer.input_scale == 1.0
     assert layer.partition_axes() == {} and layer.dropconnect_spec({}, 0.5) is None
     parent = Model([Dense(8, "relu"), Gain(), Dense(3)], SoftmaxCrossEntropy(), 4)
-    with pytest.raises(HornError, match=r"^sub-networks: layer 1 \(tests\.user_layers:Gain\) "
-                                        r"does not implement the partition protocol"):
+    with pytest.raises(
+        HornError,
+        match=r"^sub-networks: layer 1 \(tests\.user_layers:Gain\) "
+        r"does not implement the partition protocol",
+    ):
         SubnetLayout(parent)
 
 
@@ -94,18 +97,27 @@ class _Declares(Affine):
         self.case = case
 
     def partition_axes(self):
-        return {"missing": {"kernel": (1, 0)},
-                "axis": {"kernel": (1, 2), "offset": (None, 0)},
-                "input": {"kernel": (0, 1), "offset": (None, 0)},
-                "outputs": {"kernel": (1, None), "offset": (None, None)}}[self.case]
+        return {
+            "missing": {"kernel": (1, 0)},
+            "axis": {"kernel": (1, 2), "offset": (None, 0)},
+            "input": {"kernel": (0, 1), "offset": (None, 0)},
+            "outputs": {"kernel": (1, None), "offset": (None, None)},
+        }[self.case]
 
 
-@pytest.mark.parametrize("case,message", [
-    ("missing", r"partition_axes\(\) must name every parameter \['kernel', 'offset'\]"),
-    ("axis", r"partition_axes\(\)\['kernel'\] must be \(input axis, output axis\)"),
-    ("input", r"axis 0 of parameter 'kernel' \(shape \(6, 5\)\) is declared to follow the "
-              r"layer's 5 input units, but has 6 entries"),
-    ("outputs", r"must give its parameters one output width, found none")])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", r"partition_axes\(\) must name every parameter \['kernel', 'offset'\]"),
+        ("axis", r"partition_axes\(\)\['kernel'\] must be \(input axis, output axis\)"),
+        (
+            "input",
+            r"axis 0 of parameter 'kernel' \(shape \(6, 5\)\) is declared to follow the "
+            r"layer's 5 input units, but has 6 entries",
+        ),
+        ("outputs", r"must give its parameters one output width, found none"),
+    ],
+)
 def test_a_wrong_declaration_is_a_one_line_error(case, message):
     parent = Model([Dense(5, "relu"), _Declares(6, case), Dense(3)], MSE(), 4, seed=1)
     with pytest.raises(HornError, match=message) as err:
@@ -115,8 +127,11 @@ def test_a_wrong_declaration_is_a_one_line_error(case, message):
 
 def test_dropconnect_is_refused_for_a_layer_without_a_variant():
     parent = Model([Affine(6, "relu"), Dense(3)], MSE(), 4)
-    with pytest.raises(HornError, match=r"layer 0 \(tests\.user_layers:Affine\) has no "
-                                        r"DropConnect variant"):
+    with pytest.raises(
+        HornError,
+        match=r"layer 0 \(tests\.user_layers:Affine\) has no "
+        r"DropConnect variant",
+    ):
         SubnetLayout(parent, dropconnect=0.3)
     plan = plans_for(Model([Dense(6), Dense(3)], MSE(), 4), 2, dropconnect=0.3)[1][0]
     assert [s["type"] for s in plan.spec["layers"]] == ["dropconnect_dense"] * 2
@@ -159,7 +174,7 @@ def test_extract_then_assemble_is_bit_exact_for_any_mix(net, backend):
     owned = ~np.isnan(after)
     assert np.array_equal(after[owned], before[owned])
     for name, (off, shape) in layout.parent_slots.items():  # exactly cross-worker entries lost
-        lost = np.isnan(after[off:off + int(np.prod(shape))]).reshape(shape)
+        lost = np.isnan(after[off : off + int(np.prod(shape))]).reshape(shape)
         index, pname = name.split(".")
         axes = layout.axes[int(index)][pname]
         assert not lost.any() or None not in axes, name
@@ -171,16 +186,19 @@ def test_compact_forward_equals_the_masked_parent_for_any_mix(net, scale):
     layers, inputs, workers, kind, seed = net
     parent = Model(layers, MSE(), inputs, dtype=np.float64, seed=seed)
     layout, plans, parts = plans_for(parent, workers, kind, seed, scale=scale)
-    rule = {"inverse": lambda k: 1 / k, "sqrt": lambda k: k ** -0.5, "none": lambda k: 1.0}
+    rule = {"inverse": lambda k: 1 / k, "sqrt": lambda k: k**-0.5, "none": lambda k: 1.0}
     x = np.random.default_rng(seed).standard_normal((5, inputs))
     for w, plan in enumerate(plans):
         compact = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
         gather(get_backend("numpy"), layout, plan, parent.params, compact.params)
         for i, s in plan.input_scales.items():
             compact.layers[i].input_scale = s
-        np.testing.assert_allclose(compact.forward(x),
-                                   masked_parent_forward(layout, parts, w, x, rule[scale]),
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            compact.forward(x),
+            masked_parent_forward(layout, parts, w, x, rule[scale]),
+            rtol=1e-12,
+            atol=1e-12,
+        )
 
 
 def test_the_user_layer_folds_the_scale_into_its_kernel_only():
@@ -211,24 +229,26 @@ local_steps = 10
 """
 
 
-@pytest.mark.parametrize("groups,workers,extra", [
-    (1, 4, ""), (2, 2, 'scale_at = "weights"\nwarmup_steps = 10\n')])
+@pytest.mark.parametrize(
+    "groups,workers,extra", [(1, 4, ""), (2, 2, 'scale_at = "weights"\nwarmup_steps = 10\n')]
+)
 def test_a_user_layer_trains_in_sub_networks_across_ranks(tmp_path, groups, workers, extra):
     from horn.data import load_dataset
     from horn.jobs import load_job
 
     path = tmp_path / "sub.toml"
-    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n"
-                    f"[parallel.subnet]\npartition = 'irregular'\n{extra}"
-                    f"[log]\ndir = '{tmp_path}'\n")
+    path.write_text(
+        textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n"
+        f"[parallel.subnet]\npartition = 'irregular'\n{extra}"
+        f"[log]\ndir = '{tmp_path}'\n"
+    )
     result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=120)
     assert result.returncode == 0, result.stderr
     run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
     saved, _ = Model.load(f"{run_dir}/model.npz")
     assert saved.layers[0].type_name is None and type(saved.layers[0]).__name__ == "Affine"
     job = load_job(path)
-    np.testing.assert_allclose(saved.params, simulate(job, groups, workers), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(saved.params, simulate(job, groups, workers), rtol=1e-5, atol=1e-6)
     with open(f"{run_dir}/metrics.jsonl") as f:
         rounds = [r for r in map(json.loads, f) if "partition_sizes" in r]
     assert len(rounds) == (60 - job.parallel.of("subnet").warmup_steps) // 10

@@ -34,8 +34,15 @@ every = 5
 keep_last = 2
 """
 ENV = {"PYTHONPATH": f"{PROGS}:{ROOT}"}
-TIMING = ("time_s", "samples_per_s", "compute_s", "comm_s", "rank_compute_s", "rank_wait_s",
-          "waited_for")
+TIMING = (
+    "time_s",
+    "samples_per_s",
+    "compute_s",
+    "comm_s",
+    "rank_compute_s",
+    "rank_wait_s",
+    "waited_for",
+)
 
 
 def write_job(tmp_path, name, extra=""):
@@ -51,8 +58,13 @@ def run_dir_in(tmp_path, name):
 
 def same_run(a, b):
     """Metrics (timings aside) and final parameters are identical."""
-    rows = [[{k: v for k, v in json.loads(line).items() if k not in TIMING}
-             for line in open(d / "metrics.jsonl")] for d in (a, b)]
+    rows = [
+        [
+            {k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in open(d / "metrics.jsonl")
+        ]
+        for d in (a, b)
+    ]
     assert rows[0] == rows[1]
     pa, pb = np.load(a / "model.npz"), np.load(b / "model.npz")
     assert [k for k in pa.files] == [k for k in pb.files]
@@ -61,21 +73,32 @@ def same_run(a, b):
             assert np.array_equal(pa[k], pb[k]), k
 
 
-@pytest.mark.parametrize("parallel", [
-    "", "groups = 1\nworkers = 2\n",
-    "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n",
-    "[parallel.average]\nouter = 'adam'\nouter_lr = 0.01\n",
-    "[parallel.average]\ncompress = 'int8'\nblock = 64\nouter = 'nesterov'\nouter_lr = 0.7\n"],
-    ids=["model-averaging", "sub-networks", "outer-nesterov", "outer-adam", "int8-nesterov"])
+@pytest.mark.parametrize(
+    "parallel",
+    [
+        "",
+        "groups = 1\nworkers = 2\n",
+        "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n",
+        "[parallel.average]\nouter = 'adam'\nouter_lr = 0.01\n",
+        "[parallel.average]\ncompress = 'int8'\nblock = 64\nouter = 'nesterov'\nouter_lr = 0.7\n",
+    ],
+    ids=["model-averaging", "sub-networks", "outer-nesterov", "outer-adam", "int8-nesterov"],
+)
 def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path, parallel):
     for name in ("whole", "killed"):
         path = write_job(tmp_path, name)
-        path.write_text(path.read_text().replace("local_steps = 4\n", "local_steps = 4\n" + parallel))
+        path.write_text(
+            path.read_text().replace("local_steps = 4\n", "local_steps = 4\n" + parallel)
+        )
     whole = mpirun(2, ["-m", "horn.cli", "run", tmp_path / "whole.toml", "--quiet"], 120, ENV)
     assert whole.returncode == 0, whole.stderr
     start = time.monotonic()
-    killed = mpirun(2, ["-m", "horn.cli", "run", tmp_path / "killed.toml", "--quiet"], 60,
-                    {**ENV, "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "190"})
+    killed = mpirun(
+        2,
+        ["-m", "horn.cli", "run", tmp_path / "killed.toml", "--quiet"],
+        60,
+        {**ENV, "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "190"},
+    )
     assert killed.returncode != 0 and time.monotonic() - start < 30
     assert "rank 1" in killed.stdout + killed.stderr
     run_dir = run_dir_in(tmp_path, "killed")
@@ -89,10 +112,21 @@ def test_sigusr1_on_mpirun_checkpoints_and_exits_cleanly(tmp_path):
     path = write_job(tmp_path, "term")
     path.write_text(path.read_text().replace("epochs = 6", "epochs = 400"))
     from tests.mpirun import mpirun_path
-    env = {**os.environ, **ENV, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    proc = subprocess.Popen([mpirun_path(), "-n", "2", sys.executable, "-m", "horn.cli", "run",
-                             path], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+
+    env = {
+        **os.environ,
+        **ENV,
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    }
+    proc = subprocess.Popen(
+        [mpirun_path(), "-n", "2", sys.executable, "-m", "horn.cli", "run", path],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not proc.stdout.readline().startswith("epoch   2/"):  # training is under way
         assert proc.poll() is None, proc.stderr.read()
     proc.send_signal(signal.SIGUSR1)  # what mpirun forwards to every rank
@@ -108,9 +142,14 @@ def test_sigusr1_on_mpirun_checkpoints_and_exits_cleanly(tmp_path):
 def test_sigterm_on_a_single_process_run_checkpoints_and_resumes(tmp_path):
     path = write_job(tmp_path, "single")
     path.write_text(path.read_text().replace("epochs = 6", "epochs = 300"))
-    proc = subprocess.Popen([sys.executable, "-m", "horn.cli", "run", path], cwd=ROOT,
-                            env={**os.environ, **ENV}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "horn.cli", "run", path],
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not proc.stdout.readline().startswith("epoch   2/"):
         assert proc.poll() is None, proc.stderr.read()
     proc.send_signal(signal.SIGTERM)
@@ -124,8 +163,12 @@ def test_sigterm_on_a_single_process_run_checkpoints_and_resumes(tmp_path):
 
 def test_resume_on_another_world_size(tmp_path):
     path = write_job(tmp_path, "ma")
-    first = mpirun(2, ["-m", "horn.cli", "run", path, "--quiet"], 120,
-                   {**ENV, "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "190"})
+    first = mpirun(
+        2,
+        ["-m", "horn.cli", "run", path, "--quiet"],
+        120,
+        {**ENV, "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "190"},
+    )
     assert first.returncode != 0
     run_dir = run_dir_in(tmp_path, "ma")
     one = mpirun(1, ["-m", "horn.cli", "run", "--resume", run_dir, "--quiet"], 120, ENV)
@@ -133,39 +176,70 @@ def test_resume_on_another_world_size(tmp_path):
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "final"
 
 
-
-@pytest.mark.parametrize("layout, resume_set, workers_after", [
-    ("workers = 2\n", [], 2),                                    # 2 x 2 -> 1 x 2: a group lost
-    ("groups = 1\nworkers = 4\n", ["--set", "parallel.workers=2"], 2),  # 1 x 4 -> 1 x 2
-], ids=["2x2-to-1x2", "1x4-to-1x2"])
+@pytest.mark.parametrize(
+    "layout, resume_set, workers_after",
+    [
+        ("workers = 2\n", [], 2),  # 2 x 2 -> 1 x 2: a group lost
+        ("groups = 1\nworkers = 4\n", ["--set", "parallel.workers=2"], 2),  # 1 x 4 -> 1 x 2
+    ],
+    ids=["2x2-to-1x2", "1x4-to-1x2"],
+)
 def test_sub_network_groups_resume_on_fewer_ranks(tmp_path, layout, resume_set, workers_after):
     """Half the ranks lost (a host): the checkpoint's group parents are re-partitioned
     over the ranks that are left; the model carries over, optimizer state restarts."""
     path = write_job(tmp_path, "sub")
-    path.write_text(path.read_text().replace("local_steps = 4\n", "local_steps = 4\n" + layout)
-                    .replace("units = 32", "units = 128").replace("units = 24", "units = 96"))
-    first = mpirun(4, ["-m", "horn.cli", "run", path, "--quiet"], 120,
-                   {**ENV, "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "120"})
+    path.write_text(
+        path.read_text()
+        .replace("local_steps = 4\n", "local_steps = 4\n" + layout)
+        .replace("units = 32", "units = 128")
+        .replace("units = 24", "units = 96")
+    )
+    first = mpirun(
+        4,
+        ["-m", "horn.cli", "run", path, "--quiet"],
+        120,
+        {**ENV, "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "120"},
+    )
     assert first.returncode != 0
     run_dir = run_dir_in(tmp_path, "sub")
     manifest, _ = load_latest(run_dir)
-    resumed = mpirun(2, ["-m", "horn.cli", "run", "--resume", run_dir, *resume_set, "--quiet"],
-                     120, ENV)
+    resumed = mpirun(
+        2, ["-m", "horn.cli", "run", "--resume", run_dir, *resume_set, "--quiet"], 120, ENV
+    )
     assert resumed.returncode == 0, resumed.stderr
-    assert (f"resuming a 4-rank checkpoint ({manifest['layout']['groups']} x "
-            f"{manifest['layout']['workers']}) on 2 rank(s) (1 x {workers_after}): the model "
-            f"carries over, optimizer state and the data order restart") in resumed.stderr
+    assert (
+        f"resuming a 4-rank checkpoint ({manifest['layout']['groups']} x "
+        f"{manifest['layout']['workers']}) on 2 rank(s) (1 x {workers_after}): the model "
+        f"carries over, optimizer state and the data order restart"
+    ) in resumed.stderr
     text = (run_dir / "metrics.jsonl").read_bytes()
-    before, after = ([json.loads(line) for line in part.decode().splitlines()]
-                     for part in (text[:manifest["metrics_bytes"]], text[manifest["metrics_bytes"]:]))
+    before, after = (
+        [json.loads(line) for line in part.decode().splitlines()]
+        for part in (text[: manifest["metrics_bytes"]], text[manifest["metrics_bytes"] :])
+    )
     assert after[-1]["kind"] == "final"
     parts = [r["partition_sizes"] for r in after if "partition_sizes" in r]
     assert parts and all(len(layer) == workers_after for p in parts for layer in p)
     assert all(sum(p[0]) == 128 and sum(p[1]) == 96 for p in parts)  # every hidden unit kept
     # the parents carried over: the first epoch after the resume beats the first epoch of
     # the same 2-rank layout started from scratch
-    fresh = mpirun(2, ["-m", "horn.cli", "run", path, *resume_set, "--set", "train.epochs=1",
-                       "--set", f"log.dir={tmp_path / 'fresh'}", "--quiet"], 120, ENV)
+    fresh = mpirun(
+        2,
+        [
+            "-m",
+            "horn.cli",
+            "run",
+            path,
+            *resume_set,
+            "--set",
+            "train.epochs=1",
+            "--set",
+            f"log.dir={tmp_path / 'fresh'}",
+            "--quiet",
+        ],
+        120,
+        ENV,
+    )
     assert fresh.returncode == 0, fresh.stderr
     (fresh_dir,) = (tmp_path / "fresh").iterdir()
     first = lambda rows: next(r["loss"] for r in rows if "epoch" in r and "loss" in r)
@@ -178,9 +252,13 @@ def checkpoints(tmp_path):
     """Two valid single-process checkpoints (steps 10 and 20) of a tiny state."""
     ck = Checkpointer(tmp_path, None, keep_last=5)
     for step in (10, 20):
-        ck.save(step, {"v": np.full(4, step, np.float32)}, {"step": step}, {
-            "params": ("world", np.arange(6, dtype=np.float32) * step)},
-            {"layout": {"world": 1, "groups": 1, "workers": 1}, "metrics_bytes": 0})
+        ck.save(
+            step,
+            {"v": np.full(4, step, np.float32)},
+            {"step": step},
+            {"params": ("world", np.arange(6, dtype=np.float32) * step)},
+            {"layout": {"world": 1, "groups": 1, "workers": 1}, "metrics_bytes": 0},
+        )
     return ck
 
 
@@ -216,7 +294,9 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
     ck._prune()
     assert ck.valid_steps() == [20]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "ckpt-000000020.json", "ckpt-000000020.npz"]
+        "ckpt-000000020.json",
+        "ckpt-000000020.npz",
+    ]
 
 
 def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -224,9 +304,13 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(os, "fsync", full)  # where a full disk shows up for buffered writes
-    with pytest.raises(HornError, match=r"No space left on device; the previous checkpoint "
-                                        r"\(step 20\) is intact"):
+    with pytest.raises(
+        HornError,
+        match=r"No space left on device; the previous checkpoint "
+        r"\(step 20\) is intact",
+    ):
         ck.save(30, {}, {}, {}, {"layout": {}, "metrics_bytes": 0})
     monkeypatch.undo()
     assert load_latest(tmp_path)[0]["step"] == 20
@@ -234,9 +318,16 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path
 
 
 def test_an_unwritable_run_directory_is_a_clear_error(tmp_path):
-    result = horn("run", write_job(tmp_path, "nowrite"), "--quiet", "--set",
-                  "log.dir='/proc/horn-runs'", env=ENV)  # unwritable even for root
+    result = horn(
+        "run",
+        write_job(tmp_path, "nowrite"),
+        "--quiet",
+        "--set",
+        "log.dir='/proc/horn-runs'",
+        env=ENV,
+    )  # unwritable even for root
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("horn: error: log.dir: cannot create run "
-                                                   "directory /proc/horn-runs/")
+    assert len(lines) == 1 and lines[0].startswith(
+        "horn: error: log.dir: cannot create run directory /proc/horn-runs/"
+    )

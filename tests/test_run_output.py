@@ -53,8 +53,13 @@ def test_run_directory_is_printed_first_and_absolute(tmp_path):
 def run_in_a_terminal(args, cwd):
     """``horn ARGS`` with stdout on a pseudo-terminal; returns everything it wrote."""
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "horn.cli", *map(str, args)], cwd=cwd,
-                            stdout=follower, stderr=follower, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "horn.cli", *map(str, args)],
+        cwd=cwd,
+        stdout=follower,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+    )
     os.close(follower)
     out = b""
     while True:
@@ -80,8 +85,9 @@ def test_progress_within_an_epoch_on_a_terminal_only(tmp_path):
     assert "step/s" not in piped.stdout and "\r" not in piped.stdout
 
 
-@pytest.mark.parametrize("layout", [{}, {"groups": 1, "workers": 2}],
-                         ids=["model-averaging", "sub-networks"])
+@pytest.mark.parametrize(
+    "layout", [{}, {"groups": 1, "workers": 2}], ids=["model-averaging", "sub-networks"]
+)
 def test_every_record_has_a_kind_and_superstep_0_excludes_start_up(tmp_path, layout):
     extra = "[parallel]\nlocal_steps = 4\n" + "".join(f"{k} = {v}\n" for k, v in layout.items())
     result = mpirun(2, ["-m", "horn.cli", "run", write_job(tmp_path, extra), "--quiet"], 120)
@@ -100,8 +106,13 @@ def test_every_record_has_a_kind_and_superstep_0_excludes_start_up(tmp_path, lay
 def test_time_continues_across_resume(tmp_path):
     job = write_job(tmp_path, "[checkpoint]\nevery = 1\n")
     job.write_text(job.read_text().replace("epochs = 3", "epochs = 200"))
-    proc = subprocess.Popen([sys.executable, "-m", "horn.cli", "run", job], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "horn.cli", "run", job],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not proc.stdout.readline().startswith("epoch   3/"):
         assert proc.poll() is None, proc.stderr.read()
     proc.send_signal(signal.SIGTERM)
@@ -111,8 +122,11 @@ def test_time_continues_across_resume(tmp_path):
     before = [r["time_s"] for r in read_metrics(run_dir / "metrics.jsonl")]
     resumed = horn("run", "--resume", run_dir, "--quiet")
     assert resumed.returncode == 0, resumed.stderr
-    times = [r["time_s"] for r in read_metrics(run_dir / "metrics.jsonl")
-             if r["kind"] in ("epoch", "final")]
+    times = [
+        r["time_s"]
+        for r in read_metrics(run_dir / "metrics.jsonl")
+        if r["kind"] in ("epoch", "final")
+    ]
     assert len(times) == 201
     assert times == sorted(times), "time_s went backwards at the resume"
     assert times[len(before)] > before[-1]
@@ -123,7 +137,7 @@ STRATEGIES = {
     "model-averaging": "[parallel]\nlocal_steps = 5\n",
     "sub-networks": "[parallel]\ngroups = 1\nworkers = 2\nlocal_steps = 5\n",
     "ensemble": "[parallel]\nbarrier = 'ensemble'\nlocal_steps = 10\n"
-                "[parallel.ensemble]\ndistill_size = 128\ndistill_steps = 5\n",
+    "[parallel.ensemble]\ndistill_size = 128\ndistill_steps = 5\n",
 }
 
 
@@ -135,8 +149,13 @@ def test_early_stopping_stops_every_rank_and_keeps_the_best_model(tmp_path, stra
     job = write_job(tmp_path, extra)
     job.write_text(job.read_text().replace("epochs = 3", "epochs = 30"))
     args = ["-m", "horn.cli", "run", job]
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120) if STRATEGIES[strategy] is None else mpirun(2, args, 120)
+    result = (
+        subprocess.run(
+            [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        if STRATEGIES[strategy] is None
+        else mpirun(2, args, 120)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = only_run_dir(tmp_path)
     rows = read_metrics(run_dir / "metrics.jsonl")
@@ -153,9 +172,11 @@ def test_early_stopping_stops_every_rank_and_keeps_the_best_model(tmp_path, stra
 
 
 def test_early_stop_keys_are_checked(tmp_path):
-    for body, expected in (("patience = 0", "train.early_stop.patience: expected an integer >= 1"),
-                           ("min_delta = -1", "train.early_stop.min_delta: expected a number"),
-                           ("patiense = 3", "train.early_stop.patiense: unknown key")):
+    for body, expected in (
+        ("patience = 0", "train.early_stop.patience: expected an integer >= 1"),
+        ("min_delta = -1", "train.early_stop.min_delta: expected a number"),
+        ("patiense = 3", "train.early_stop.patiense: unknown key"),
+    ):
         path = tmp_path / "bad.toml"
         path.write_text(SMALL + f"[train.early_stop]\n{body}\n")
         result = horn("validate", path)
@@ -171,9 +192,14 @@ def test_one_epoch_curve_shows_its_points(tmp_path):
     job.write_text(job.read_text().replace("epochs = 3", "epochs = 1"))
     assert horn("run", job, "--quiet").returncode == 0
     image = matplotlib.image.imread(only_run_dir(tmp_path) / "curve.png")[..., :3]
-    loss_panel = image[:, :image.shape[1] // 2]  # no legend there: C0 is the loss itself
-    blue = ((abs(loss_panel[..., 0] - 0.12) < 0.05) & (abs(loss_panel[..., 1] - 0.47) < 0.05)
-            & (abs(loss_panel[..., 2] - 0.71) < 0.05))  # matplotlib's first colour
+    loss_panel = image[:, : image.shape[1] // 2]  # no legend there: C0 is the loss itself
+    blue = (
+        (abs(loss_panel[..., 0] - 0.12) < 0.05)
+        & (abs(loss_panel[..., 1] - 0.47) < 0.05)
+        & (abs(loss_panel[..., 2] - 0.71) < 0.05)
+    )  # matplotlib's first colour
     assert blue.sum() > 20
-    assert json.loads((only_run_dir(tmp_path) / "metrics.jsonl").read_text()
-                      .splitlines()[-1])["kind"] == "final"
+    assert (
+        json.loads((only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()[-1])["kind"]
+        == "final"
+    )

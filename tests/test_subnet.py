@@ -34,8 +34,9 @@ def test_partition_kinds_have_their_shapes():
     assert max(balanced) - min(balanced) <= 1
     weighted = [len(p) for p in partition(1000, 3, "weighted", rng, weights=[1, 2, 5])]
     assert weighted == [125, 250, 625]
-    sizes = [[len(p) for p in partition(1000, 4, "irregular", rng, min_share=0.5)]
-             for _ in range(20)]
+    sizes = [
+        [len(p) for p in partition(1000, 4, "irregular", rng, min_share=0.5)] for _ in range(20)
+    ]
     assert min(min(s) for s in sizes) >= 125
     assert len({tuple(s) for s in sizes}) > 1 and any(max(s) - min(s) > 10 for s in sizes)
     with pytest.raises(HornError, match="cannot split 3 units among 4 workers"):
@@ -87,7 +88,7 @@ def test_subnetwork_forward_equals_masked_and_scaled_parent(scale):
     layout, plans, parts = plans_for(parent, 3, scale=scale)
     be = get_backend("numpy")
     x = np.random.default_rng(0).standard_normal((5, 6))
-    rule = {"inverse": lambda k: 1 / k, "none": lambda k: 1.0, "sqrt": lambda k: k ** -0.5}[scale]
+    rule = {"inverse": lambda k: 1 / k, "none": lambda k: 1.0, "sqrt": lambda k: k**-0.5}[scale]
     for w, plan in enumerate(plans):
         compact = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
         gather(be, layout, plan, parent.params, compact.params)
@@ -181,14 +182,14 @@ def test_folded_scale_is_a_per_layer_learning_rate_correction():
     factor = np.ones_like(parent.params)
     for i, s in plans[0].scales.items():
         off, shape = layout.parent_slots[f"{i}.W"]
-        factor[off:off + int(np.prod(shape))] = 1 / s ** 2
-    np.testing.assert_allclose(deltas["weights"], deltas["input"] * factor, rtol=1e-9,
-                               atol=1e-15)
+        factor[off : off + int(np.prod(shape))] = 1 / s**2
+    np.testing.assert_allclose(deltas["weights"], deltas["input"] * factor, rtol=1e-9, atol=1e-15)
     assert np.abs(deltas["input"]).max() > 0
 
 
 def test_unpartitionable_models_are_refused():
     from horn.layers import MSE
+
     with pytest.raises(HornError, match="at least two dense layers"):
         SubnetLayout(Model([Dense(3)], MSE(), 4))
 
@@ -274,17 +275,26 @@ def simulate(job, groups, workers):
     return parents[0].params
 
 
-@pytest.mark.parametrize("groups,workers,extra", [
-    (1, 2, ""), (1, 4, ""), (2, 2, ""),
-    (1, 2, 'scale_at = "weights"\nwarmup_steps = 10\n'),
-    (2, 2, 'scale_at = "weights"\nwarmup_steps = 10\n'),
-    (2, 2, "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n")])
+@pytest.mark.parametrize(
+    "groups,workers,extra",
+    [
+        (1, 2, ""),
+        (1, 4, ""),
+        (2, 2, ""),
+        (1, 2, 'scale_at = "weights"\nwarmup_steps = 10\n'),
+        (2, 2, 'scale_at = "weights"\nwarmup_steps = 10\n'),
+        (2, 2, "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n"),
+    ],
+)
 def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, workers, extra):
     from horn.jobs import load_job
+
     path = tmp_path / "sub.toml"
-    path.write_text(textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n"
-                    f"[parallel.subnet]\npartition = 'irregular'\n{extra}"
-                    f"[log]\ndir = '{tmp_path}'\n")
+    path.write_text(
+        textwrap.dedent(JOB) + f"groups = {groups}\nworkers = {workers}\n"
+        f"[parallel.subnet]\npartition = 'irregular'\n{extra}"
+        f"[log]\ndir = '{tmp_path}'\n"
+    )
     result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=120)
     assert result.returncode == 0, result.stderr
     run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
@@ -294,8 +304,9 @@ def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, 
     rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
     rounds = [r for r in rows if "partition_sizes" in r]
     warmup = load_job(path).parallel.of("subnet").warmup_steps
-    assert len(rounds) == (30 - warmup) // 5 and all(sum(s) == n for r in rounds
-                                          for s, n in zip(r["partition_sizes"], [24, 20]))
+    assert len(rounds) == (30 - warmup) // 5 and all(
+        sum(s) == n for r in rounds for s, n in zip(r["partition_sizes"], [24, 20])
+    )
     assert all(r["bytes_sent"] > 0 for r in rows if "superstep" in r)
 
 
@@ -304,10 +315,19 @@ def cnn_parent(backend="numpy", dtype=np.float32, head="flatten"):
     """conv -> batch norm -> max pool -> conv -> avg pool -> flatten -> dense -> dense (or a
     global average pool head): every partition-protocol role on images."""
     from horn.layers import AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, MaxPool2d
-    layers = [Conv2d(6, 3, padding=1, activation="relu"), BatchNorm(), MaxPool2d(2),
-              Conv2d(5, 3, padding=1, activation="tanh"), AvgPool2d(2)]
-    layers += ([Flatten(), Dense(7, "relu"), Dense(3)] if head == "flatten"
-               else [Conv2d(3, 1), GlobalAvgPool()])
+
+    layers = [
+        Conv2d(6, 3, padding=1, activation="relu"),
+        BatchNorm(),
+        MaxPool2d(2),
+        Conv2d(5, 3, padding=1, activation="tanh"),
+        AvgPool2d(2),
+    ]
+    layers += (
+        [Flatten(), Dense(7, "relu"), Dense(3)]
+        if head == "flatten"
+        else [Conv2d(3, 1), GlobalAvgPool()]
+    )
     parent = Model(layers, SoftmaxCrossEntropy(), (2, 8, 8), backend, seed=3, dtype=dtype)
     parent.params[...] = np.random.default_rng(4).standard_normal(parent.size)  # stats too
     var = parent.layers[1].params["running_var"]
@@ -319,6 +339,7 @@ def cnn_parent(backend="numpy", dtype=np.float32, head="flatten"):
 @pytest.mark.parametrize("workers,head", [(2, "flatten"), (3, "flatten"), (2, "global")])
 def test_cnn_extract_then_assemble_returns_the_parent_bit_for_bit(backend, workers, head):
     from tests.test_partition_protocol import extract_then_assemble
+
     parent = cnn_parent(backend, head=head)
     layout, plans, parts = plans_for(parent, workers)
     assert layout.sizes == ([6, 5, 7] if head == "flatten" else [6, 5])
@@ -328,39 +349,47 @@ def test_cnn_extract_then_assemble_returns_the_parent_bit_for_bit(backend, worke
     for i in (1,):  # batch norm: every channel's parameters and statistics come back whole
         for name in ("gamma", "beta", "running_mean", "running_var"):
             off, shape = layout.parent_slots[f"{i}.{name}"]
-            assert owned[off:off + shape[0]].all(), name
+            assert owned[off : off + shape[0]].all(), name
     w2 = after[slice(*(lambda o, s: (o, o + int(np.prod(s))))(*layout.parent_slots["3.W"]))]
     lost = np.isnan(w2.reshape(5, 6, 3, 3))  # conv 2 keeps only (own out, own in) channels
     for w in range(workers):
         assert not lost[np.ix_(parts[1][w], parts[0][w])].any()
-    assert lost.all(axis=(2, 3)).sum() == 5 * 6 - sum(len(a) * len(b) for a, b in
-                                                      zip(parts[1], parts[0]))
+    assert lost.all(axis=(2, 3)).sum() == 5 * 6 - sum(
+        len(a) * len(b) for a, b in zip(parts[1], parts[0])
+    )
     compact = Model.from_spec(plans[0].spec, backend, initialize_params=False)
-    assert [s.get("channels") for s in plans[0].spec["layers"][:4:3]] == \
-        [len(parts[0][0]), len(parts[1][0])] and compact.out_features == parent.out_features
+    assert [s.get("channels") for s in plans[0].spec["layers"][:4:3]] == [
+        len(parts[0][0]),
+        len(parts[1][0]),
+    ] and compact.out_features == parent.out_features
 
 
 @pytest.mark.parametrize("head", ["flatten", "global"])
 @pytest.mark.parametrize("scale", ["inverse", "sqrt"])
 def test_cnn_subnetwork_forward_equals_the_channel_masked_parent(head, scale):
     from tests.test_partition_protocol import masked_parent_forward
+
     parent = cnn_parent(dtype=np.float64, head=head)
     layout, plans, parts = plans_for(parent, 3, scale=scale)
-    rule = {"inverse": lambda k: 1 / k, "sqrt": lambda k: k ** -0.5}[scale]
+    rule = {"inverse": lambda k: 1 / k, "sqrt": lambda k: k**-0.5}[scale]
     x = np.random.default_rng(0).standard_normal((4, 2, 8, 8))
     for w, plan in enumerate(plans):
         compact = Model.from_spec(plan.spec, "numpy", dtype=np.float64, initialize_params=False)
         gather(get_backend("numpy"), layout, plan, parent.params, compact.params)
         for i, s in plan.input_scales.items():
             compact.layers[i].input_scale = s
-        np.testing.assert_allclose(compact.forward(x),
-                                   masked_parent_forward(layout, parts, w, x, rule),
-                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            compact.forward(x),
+            masked_parent_forward(layout, parts, w, x, rule),
+            rtol=1e-10,
+            atol=1e-12,
+        )
 
 
 def test_conv_input_scale_passes_check_layer(monkeypatch):
     import horn
     from horn.layers import Conv2d
+
     monkeypatch.setattr(Conv2d, "input_scale", 2.5)  # check_layer rebuilds the layer
     horn.check_layer(Conv2d(3, 3, padding=1, activation="relu"), in_features=(2, 6, 5))
 
@@ -404,24 +433,25 @@ local_steps = 5
 CNN_SUBNET = "[parallel.subnet]\npartition = 'irregular'\n"
 
 
-@pytest.mark.parametrize("groups,workers,extra", [
-    (1, 4, 'scale = "sqrt"\n'), (2, 2, "")])
+@pytest.mark.parametrize("groups,workers,extra", [(1, 4, 'scale = "sqrt"\n'), (2, 2, "")])
 def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, workers, extra):
     """Every hidden conv layer's output channels (and the dense layer's units) are shared
     out; the parent saved by rank 0 equals the single-process simulation, and it trained."""
     from horn.data import load_dataset
     from horn.jobs import load_job
+
     path = tmp_path / "cnn.toml"
-    path.write_text(textwrap.dedent(CNN_JOB) + f"groups = {groups}\nworkers = {workers}\n"
-                    f'{CNN_SUBNET}scale_at = "weights"\nwarmup_steps = 10\n{extra}'
-                    f"[log]\ndir = '{tmp_path}'\n")
+    path.write_text(
+        textwrap.dedent(CNN_JOB) + f"groups = {groups}\nworkers = {workers}\n"
+        f'{CNN_SUBNET}scale_at = "weights"\nwarmup_steps = 10\n{extra}'
+        f"[log]\ndir = '{tmp_path}'\n"
+    )
     result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=180)
     assert result.returncode == 0, result.stderr
     run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
     saved, _ = Model.load(f"{run_dir}/model.npz")
     job = load_job(path)
-    np.testing.assert_allclose(saved.params, simulate(job, groups, workers), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(saved.params, simulate(job, groups, workers), rtol=1e-5, atol=1e-6)
     with open(f"{run_dir}/metrics.jsonl") as f:
         rounds = [r for r in map(json.loads, f) if "partition_sizes" in r]
     assert len(rounds) == (30 - job.parallel.of("subnet").warmup_steps) // 5
@@ -435,12 +465,14 @@ def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, wor
 def test_reassembled_cnn_parent_equals_the_scattered_pieces_on_every_rank(tmp_path):
     """tests/mpi_progs/cnn_subnet.py on 4 ranks (1 x 4), 3 rounds: bit-exact bookkeeping."""
     from tests.mpirun import PROGS
+
     path = tmp_path / "cnn.toml"
     path.write_text(textwrap.dedent(CNN_JOB) + "groups = 1\nworkers = 4\n" + CNN_SUBNET)
     result = mpirun(4, [PROGS / "cnn_subnet.py", path, 3], timeout=120)
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line[7:]) for line in result.stdout.splitlines()
-            if line.startswith("RESULT ")]
+    rows = [
+        json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT ")
+    ]
     assert sorted(r["rank"] for r in rows) == [0, 1, 2, 3]
     for row in rows:
         assert row["finite"] and len(row["rounds"]) == 3

@@ -38,8 +38,17 @@ def trainer(every, skip, epochs=4):
     model = Model([Dense(8, "relu"), Dense(2)], SoftmaxCrossEntropy(), 6, "numpy", seed=1)
     stream = Poisoned(x, y, 20, 0, get_backend("numpy"), every=every)
     steps = epochs * stream.per_epoch
-    return Trainer(model, SGD(model, 0.9), Schedule("constant", 0.1, steps), stream, data,
-                   MetricsLog(None), steps, progress=False, skip_bad_batches=skip), model
+    return Trainer(
+        model,
+        SGD(model, 0.9),
+        Schedule("constant", 0.1, steps),
+        stream,
+        data,
+        MetricsLog(None),
+        steps,
+        progress=False,
+        skip_bad_batches=skip,
+    ), model
 
 
 def test_skip_batch_drops_poisoned_updates_and_keeps_learning():
@@ -52,8 +61,11 @@ def test_skip_batch_drops_poisoned_updates_and_keeps_learning():
 
 def test_stop_names_step_and_layer():
     t, _ = trainer(every=3, skip=False)
-    with pytest.raises(DivergenceError, match=r"diverged at step 2: loss is nan; first "
-                                              r"non-finite value: gradient 'W' of layer 0 \(dense\)"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"diverged at step 2: loss is nan; first "
+        r"non-finite value: gradient 'W' of layer 0 \(dense\)",
+    ):
         t.run()
 
 

@@ -22,9 +22,11 @@ from horn.runner import prepare
 from tests.cli import ROOT, horn
 from tests.mpirun import mpirun
 
-LAYERS = ('[model]\nlayers = [{ type = "dense", units = 16, activation = "relu" }, '
-          '{ type = "dense", units = 10 }]\n')
-QUICK = "[train]\nepochs = 1\nbackend = \"numpy\"\n[log]\nplot = false\n"
+LAYERS = (
+    '[model]\nlayers = [{ type = "dense", units = 16, activation = "relu" }, '
+    '{ type = "dense", units = 10 }]\n'
+)
+QUICK = '[train]\nepochs = 1\nbackend = "numpy"\n[log]\nplot = false\n'
 
 
 def job_file(tmp_path, body, name="job.toml"):
@@ -55,12 +57,18 @@ BAD_JOBS = {
     "classes": (LAYERS.replace("units = 10", "units = 12"), "has 10 classes"),
     "missing data": (LAYERS + "[data]\nname = 'npz'\npath = 'missing.npz'\n", "missing.npz"),
     "pickled npz": (LAYERS + "[data]\nname = 'npz'\npath = 'pickled.npz'\n", "object array"),
-    "labels": (LAYERS.replace("units = 10", "units = 3") + "[data]\nname = 'npz'\n"
-               "path = 'labels.npz'\n", "expected labels below 3"),
-    "initializer": (LAYERS.replace('units = 16,', 'units = 16, init = "bogus",'),
-                    "expected an initializer"),
-    "float units": (LAYERS.replace("units = 16", "units = 1e9"),
-                    "model.layers[0] (dense): option 'units': expected int, found 1000000000.0"),
+    "labels": (
+        LAYERS.replace("units = 10", "units = 3") + "[data]\nname = 'npz'\npath = 'labels.npz'\n",
+        "expected labels below 3",
+    ),
+    "initializer": (
+        LAYERS.replace("units = 16,", 'units = 16, init = "bogus",'),
+        "expected an initializer",
+    ),
+    "float units": (
+        LAYERS.replace("units = 16", "units = 1e9"),
+        "model.layers[0] (dense): option 'units': expected int, found 1000000000.0",
+    ),
     "memory": (LAYERS.replace("units = 16", "units = 20_000_000"), "does not fit in memory"),
 }
 
@@ -82,7 +90,9 @@ def test_validate_says_what_it_checked_and_trains_nothing(tmp_path):
     checks = [line.split(":")[0].strip() for line in lines[:-1]]
     assert checks == ["data", "model", "memory", "training", "layout"], lines
     assert "10 outputs for 10 classes" in result.stdout and "GiB available" in result.stdout
-    assert lines[-1].endswith("digits.toml: ok (digits: " + str(ROOT / "jobs/digits.toml") + ")") and not list(tmp_path.iterdir())
+    assert lines[-1].endswith(
+        "digits.toml: ok (digits: " + str(ROOT / "jobs/digits.toml") + ")"
+    ) and not list(tmp_path.iterdir())
 
 
 def test_prepare_is_the_one_pre_training_check_and_sizes_memory(monkeypatch):
@@ -93,18 +103,23 @@ def test_prepare_is_the_one_pre_training_check_and_sizes_memory(monkeypatch):
     # params, grads, initial values, momentum: four float32 buffers, plus activations
     assert need.rank_bytes == need.parameters * 4 * 4 + need.activation_bytes
     monkeypatch.setattr(memory, "available_bytes", lambda: need.rank_bytes - 1)
-    with pytest.raises(HornError, match=r"does not fit in memory: it needs about .* is "
-                                        r"available"):
+    with pytest.raises(
+        HornError,
+        match=r"does not fit in memory: it needs about .* is "
+        r"available",
+    ):
         prepare(job)
     monkeypatch.setattr(memory, "available_bytes", lambda: need.rank_bytes)
     assert prepare(job).available == need.rank_bytes
 
 
-@pytest.mark.parametrize("optimizer,momentum,buffers", [("sgd", 0.0, 3), ("sgd", 0.9, 4),
-                                                        ("adam", 0.9, 5)])
+@pytest.mark.parametrize(
+    "optimizer,momentum,buffers", [("sgd", 0.0, 3), ("sgd", 0.9, 4), ("adam", 0.9, 5)]
+)
 def test_memory_counts_the_optimizer_state(optimizer, momentum, buffers):
-    job = load_job(ROOT / "jobs/digits.toml", [f"train.optimizer={optimizer!r}",
-                                               f"train.momentum={momentum}"])
+    job = load_job(
+        ROOT / "jobs/digits.toml", [f"train.optimizer={optimizer!r}", f"train.momentum={momentum}"]
+    )
     assert sum(memory.parameter_buffers(job).values()) == buffers
 
 
@@ -116,15 +131,19 @@ def test_available_memory_reads_meminfo(tmp_path):
 
 
 # Defect 7: silent coercions.
-@pytest.mark.parametrize("option,value,expected", [
-    ("units", "true", "expected int, found True"),
-    ("units", '"abc"', "expected int, found 'abc'"),
-    ("bias", '"no"', "option 'bias': expected bool, found 'no'"),
-    ("activation", "1", "option 'activation': expected str, found 1"),
-])
+@pytest.mark.parametrize(
+    "option,value,expected",
+    [
+        ("units", "true", "expected int, found True"),
+        ("units", '"abc"', "expected int, found 'abc'"),
+        ("bias", '"no"', "option 'bias': expected bool, found 'no'"),
+        ("activation", "1", "option 'activation': expected str, found 1"),
+    ],
+)
 def test_layer_options_are_typed(tmp_path, option, value, expected):
-    body = LAYERS.replace("units = 16" if option == "units" else 'activation = "relu"',
-                          f"{option} = {value}")
+    body = LAYERS.replace(
+        "units = 16" if option == "units" else 'activation = "relu"', f"{option} = {value}"
+    )
     line = one_error_line(horn("validate", job_file(tmp_path, body)))
     assert "job.toml" in line and "model.layers[0] (dense)" in line and expected in line, line
 
@@ -141,10 +160,14 @@ def test_user_layers_get_the_check_from_their_annotations():
     for bad in ({"scale": True}, {"scale": "2"}, {"shape": [1, "2"]}, {"shape": 3}):
         with pytest.raises(TypeError, match=f"option '{next(iter(bad))}': expected"):
             Annotated(**bad)
-    with pytest.raises(HornError, match=r"x.toml: model.layers\[2\] \(tests.test_validate:"
-                                        r"Annotated\): option 'scale': expected float, found 'a'"):
-        layer_from_spec({"type": "tests.test_validate:Annotated", "scale": "a"},
-                        "x.toml: model.layers[2]")
+    with pytest.raises(
+        HornError,
+        match=r"x.toml: model.layers\[2\] \(tests.test_validate:"
+        r"Annotated\): option 'scale': expected float, found 'a'",
+    ):
+        layer_from_spec(
+            {"type": "tests.test_validate:Annotated", "scale": "a"}, "x.toml: model.layers[2]"
+        )
 
 
 def test_check_options_reads_the_constructor():
@@ -159,14 +182,17 @@ def test_horn_layers_lists_every_layer_with_its_options():
     assert result.stdout.strip() == layer_table()
     dense = next(line for line in result.stdout.splitlines() if line.startswith("dense "))
     assert "units: int, activation: str = 'identity'" in dense and "bias: bool = True" in dense
-    assert any(line.startswith("conv2d ") and "kernel: int | list[int] = 3" in line
-               for line in result.stdout.splitlines())
+    assert any(
+        line.startswith("conv2d ") and "kernel: int | list[int] = 3" in line
+        for line in result.stdout.splitlines()
+    )
 
 
 # Defect 5: tracebacks that never happen.
 def test_resume_of_another_architecture_names_the_checkpoint(tmp_path):
-    path = job_file(tmp_path, LAYERS + QUICK + f"dir = '{tmp_path / 'runs'}'\n"
-                    "[checkpoint]\nevery = 5\n")
+    path = job_file(
+        tmp_path, LAYERS + QUICK + f"dir = '{tmp_path / 'runs'}'\n[checkpoint]\nevery = 5\n"
+    )
     assert horn("run", path, "--quiet").returncode == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     job = json.loads((run_dir / "job.json").read_text())
@@ -183,25 +209,37 @@ def test_resume_of_another_architecture_names_the_checkpoint(tmp_path):
     assert "checkpoints/ckpt-" in line and "'rank0/params' holds" in line, line
 
 
-@pytest.mark.parametrize("weights,found", [('["a", 1]', "['a', 1]"), ("[1, true]", "[1, True]"),
-                                           ("[1, -2]", "[1, -2]"), ("[1, nan]", "[1, nan]"),
-                                           ("[1, 2, 3]", "expected 2 shares (one per worker)")])
+@pytest.mark.parametrize(
+    "weights,found",
+    [
+        ('["a", 1]', "['a', 1]"),
+        ("[1, true]", "[1, True]"),
+        ("[1, -2]", "[1, -2]"),
+        ("[1, nan]", "[1, nan]"),
+        ("[1, 2, 3]", "expected 2 shares (one per worker)"),
+    ],
+)
 def test_partition_weights_are_checked(tmp_path, weights, found):
-    body = LAYERS + "[parallel]\nworkers = 2\n[parallel.subnet]\npartition = 'weighted'\n" \
-                    f"weights = {weights}\n"
+    body = (
+        LAYERS + "[parallel]\nworkers = 2\n[parallel.subnet]\npartition = 'weighted'\n"
+        f"weights = {weights}\n"
+    )
     line = one_error_line(horn("validate", job_file(tmp_path, body)))
     assert "job.toml:7: parallel.subnet.weights: expected" in line and found in line, line
 
 
-@pytest.mark.parametrize("item,message", [
-    ("train.lr=abc", "train.lr: expected a number"),
-    ("train.lrr=1", "train.lrr: unknown key"),
-    ("model.layers.0.units=true", "model.layers[0] (dense): option 'units': expected int"),
-    ("model.layers.1.units=12", "model.layers[1] makes the model output 12 values"),
-    ("parallel.groups=2", "needs 2 ranks"),
-    ("parallel.subnet.weights=['x']", "parallel.subnet.weights: expected"),
-    ("parallel.partition_weights=[1]", "parallel.partition_weights: moved"),
-])
+@pytest.mark.parametrize(
+    "item,message",
+    [
+        ("train.lr=abc", "train.lr: expected a number"),
+        ("train.lrr=1", "train.lrr: unknown key"),
+        ("model.layers.0.units=true", "model.layers[0] (dense): option 'units': expected int"),
+        ("model.layers.1.units=12", "model.layers[1] makes the model output 12 values"),
+        ("parallel.groups=2", "needs 2 ranks"),
+        ("parallel.subnet.weights=['x']", "parallel.subnet.weights: expected"),
+        ("parallel.partition_weights=[1]", "parallel.partition_weights: moved"),
+    ],
+)
 def test_every_set_error_names_the_set(tmp_path, item, message):
     path = job_file(tmp_path, LAYERS + QUICK)
     for command in ("validate", "run"):
@@ -216,8 +254,10 @@ def test_every_set_error_names_the_set(tmp_path, item, message):
 @pytest.mark.parametrize("lr", ["1e10", "1e30"])
 def test_divergence_is_caught_without_numpy_warnings(tmp_path, backend, lr):
     path = job_file(tmp_path, LAYERS + QUICK.replace("numpy", backend))
-    line = one_error_line(horn("run", path, "--quiet", "--set", f"train.lr={lr}", "--set",
-                               f"log.dir='{tmp_path}'"), code=3)
+    line = one_error_line(
+        horn("run", path, "--quiet", "--set", f"train.lr={lr}", "--set", f"log.dir='{tmp_path}'"),
+        code=3,
+    )
     assert "training diverged at step" in line and "of layer" in line, line
 
 

@@ -20,8 +20,7 @@ class Affine(Layer):
         self.width, self.activation = int(width), activation
 
     def build(self, inputs):
-        self.declare("kernel", (self.width, inputs), init="he", fan_in=inputs,
-                     fan_out=self.width)
+        self.declare("kernel", (self.width, inputs), init="he", fan_in=inputs, fan_out=self.width)
         self.declare("offset", (self.width,), init="normal")
         return self.width
 

@@ -16,11 +16,13 @@ def available_backends():
     names = ["numpy"]
     try:
         import numba  # noqa: F401
+
         names.append("numba")
     except ImportError:
         pass
     try:
         import cupy
+
         if cupy.cuda.runtime.getDeviceCount() > 0:
             names.append("cupy")
     except Exception:  # no cupy, no driver or no device: the GPU path is simply absent
@@ -34,15 +36,20 @@ def get_backend(name="auto"):
         name = "numba" if "numba" in available_backends() else "numpy"
     if name == "numpy":
         from horn.backends.numpy_backend import NumpyBackend
+
         return NumpyBackend()
     if name == "numba":
         from horn.backends.numba_backend import NumbaBackend
+
         return NumbaBackend()
     if name == "cupy":
         if "cupy" not in available_backends():
-            raise HornError("backend 'cupy' needs CuPy and a CUDA GPU; found none "
-                            "(pip install 'horn[gpu]' on a GPU machine, or use backend = \"numba\")")
+            raise HornError(
+                "backend 'cupy' needs CuPy and a CUDA GPU; found none "
+                "(pip install 'horn[gpu]' on a GPU machine, or use backend = \"numba\")"
+            )
         from horn.backends.cupy_backend import CupyBackend
+
         return CupyBackend()
     raise HornError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
 

@@ -62,10 +62,10 @@ KERNEL_NAMES = (
     "decompress_int8_add",
 )
 
-_BLOCK = 256            # threads per block of the 1-D grid-stride kernels
-_ROWS_PER_BLOCK = 8     # warps (rows) per block of softmax / softmax_xent
-_COLSUM_ROWS = 8        # blockDim.y of act_backward_bias / col_sum (HORN_COLSUM_ROWS)
-_MIN_CHUNK = 64         # fewest rows one act_backward_bias block sums
+_BLOCK = 256  # threads per block of the 1-D grid-stride kernels
+_ROWS_PER_BLOCK = 8  # warps (rows) per block of softmax / softmax_xent
+_COLSUM_ROWS = 8  # blockDim.y of act_backward_bias / col_sum (HORN_COLSUM_ROWS)
+_MIN_CHUNK = 64  # fewest rows one act_backward_bias block sums
 
 
 def kernel_source():
@@ -89,7 +89,9 @@ def _act_code(act):
     try:
         return _ACT_CODE[act]
     except KeyError:
-        raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+        raise ValueError(
+            f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}"
+        ) from None
 
 
 def _target(a, name):
@@ -97,8 +99,10 @@ def _target(a, name):
     if not isinstance(a, cupy.ndarray):
         raise TypeError(f"{name} must be a cupy array, got {type(a).__name__}")
     if a.dtype != cupy.float32 or not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be float32 and C-contiguous, got {a.dtype} "
-                         f"(c_contiguous={a.flags.c_contiguous})")
+        raise ValueError(
+            f"{name} must be float32 and C-contiguous, got {a.dtype} "
+            f"(c_contiguous={a.flags.c_contiguous})"
+        )
     return a
 
 
@@ -113,9 +117,9 @@ class CupyBackend(Backend):
 
     def __init__(self):
         self._source = kernel_source()
-        self._modules = {}      # device id -> cupy.RawModule
-        self._functions = {}    # (device id, name) -> cupy.RawKernel
-        self._sm_count = {}     # device id -> multiprocessor count
+        self._modules = {}  # device id -> cupy.RawModule
+        self._functions = {}  # (device id, name) -> cupy.RawKernel
+        self._sm_count = {}  # device id -> multiprocessor count
 
     # --- kernel plumbing ----------------------------------------------------
     def _fn(self, name):
@@ -175,8 +179,9 @@ class CupyBackend(Backend):
             raise ValueError(f"bias has {b.size} elements for {m} columns")
         if z.size == 0:
             return
-        self._launch_1d("bias_act", z.size,
-                        (z, b, _i64(z.size), _i64(m), _i32(_act_code(act)), _f32(scale)))
+        self._launch_1d(
+            "bias_act", z.size, (z, b, _i64(z.size), _i64(m), _i32(_act_code(act)), _f32(scale))
+        )
 
     def act_backward(self, dy, y, act, db=None):
         _target(dy, "dy")
@@ -202,9 +207,11 @@ class CupyBackend(Backend):
         chunk = -(-n // chunks)
         chunks = -(-n // chunk)
         partial = db if chunks == 1 else cupy.empty((chunks, m), dtype=cupy.float32)
-        self._fn("act_backward_bias")((col_tiles, chunks), (32, _COLSUM_ROWS),
-                                      (dy, y, partial, _i64(n), _i64(m), _i32(code),
-                                       _i64(chunk)))
+        self._fn("act_backward_bias")(
+            (col_tiles, chunks),
+            (32, _COLSUM_ROWS),
+            (dy, y, partial, _i64(n), _i64(m), _i32(code), _i64(chunk)),
+        )
         if chunks > 1:
             self._col_sum(partial, db)
 
@@ -238,8 +245,9 @@ class CupyBackend(Backend):
         x = _source(x)
         if x.size != out.size:
             raise ValueError(f"dropout: x has {x.size} elements, out {out.size}")
-        self._launch_1d("dropout", x.size,
-                        (x, out, _i64(x.size), np.uint64(key), _f32(keep), _f32(1.0 / keep)))
+        self._launch_1d(
+            "dropout", x.size, (x, out, _i64(x.size), np.uint64(key), _f32(keep), _f32(1.0 / keep))
+        )
 
     def hash_uniform(self, key, n):
         """The uniform floats behind the masks, as a device array (for tests)."""
@@ -269,9 +277,22 @@ class CupyBackend(Backend):
             return math.nan
         losses = cupy.empty(n, dtype=cupy.float32)
         coef = weight / (n * temperature)
-        self._launch_rows("softmax_xent", n,
-                          (logits, labels, soft, _i32(use_soft), grad, losses, _i64(n), _i64(c),
-                           _f32(1.0 / temperature), _f32(coef)))
+        self._launch_rows(
+            "softmax_xent",
+            n,
+            (
+                logits,
+                labels,
+                soft,
+                _i32(use_soft),
+                grad,
+                losses,
+                _i64(n),
+                _i64(c),
+                _f32(1.0 / temperature),
+                _f32(coef),
+            ),
+        )
         return float(losses.sum(dtype=cupy.float64).item()) / n
 
     def softmax(self, logits, out, temperature=1.0):
@@ -296,9 +317,21 @@ class CupyBackend(Backend):
             raise ValueError(f"gather: out has shape {out.shape}, expected {(n, m)}")
         r, all_rows = self._index(rows)
         c, all_cols = self._index(cols)
-        self._launch_1d("gather", n * m,
-                        (parent, r, c, out, _i64(n), _i64(m), _i64(parent.shape[1]),
-                         _i32(all_rows), _i32(all_cols)))
+        self._launch_1d(
+            "gather",
+            n * m,
+            (
+                parent,
+                r,
+                c,
+                out,
+                _i64(n),
+                _i64(m),
+                _i64(parent.shape[1]),
+                _i32(all_rows),
+                _i32(all_cols),
+            ),
+        )
 
     def scatter(self, compact, rows, cols, parent):
         _target(parent, "parent")
@@ -308,9 +341,21 @@ class CupyBackend(Backend):
             raise ValueError(f"scatter: compact has shape {compact.shape}, expected {(n, m)}")
         r, all_rows = self._index(rows)
         c, all_cols = self._index(cols)
-        self._launch_1d("scatter", n * m,
-                        (compact, r, c, parent, _i64(n), _i64(m), _i64(parent.shape[1]),
-                         _i32(all_rows), _i32(all_cols)))
+        self._launch_1d(
+            "scatter",
+            n * m,
+            (
+                compact,
+                r,
+                c,
+                parent,
+                _i64(n),
+                _i64(m),
+                _i64(parent.shape[1]),
+                _i32(all_rows),
+                _i32(all_cols),
+            ),
+        )
 
     # --- convolution and pooling -----------------------------------------------------
     @staticmethod
@@ -318,7 +363,10 @@ class CupyBackend(Backend):
         """The 12 sizes kernels.cu's HORN_WINDOW_ARGS take (int64 scalars) for a window
         sliding over ``images`` (the input side: x forward, dx backward)."""
         n, c, h, w = images.shape
-        oh, ow = out_size(h, kernel[0], stride[0], pad[0]), out_size(w, kernel[1], stride[1], pad[1])
+        oh, ow = (
+            out_size(h, kernel[0], stride[0], pad[0]),
+            out_size(w, kernel[1], stride[1], pad[1]),
+        )
         return tuple(_i64(v) for v in (n, c, h, w, *kernel, *stride, *pad, oh, ow))
 
     def im2col(self, x, kernel, stride, pad, out):
@@ -328,21 +376,28 @@ class CupyBackend(Backend):
 
     def col2im(self, cols, kernel, stride, pad, out):
         _target(out, "out")
-        self._launch_1d("col2im", out.size,
-                        (_source(cols), out, *self._window(out, kernel, stride, pad)))
+        self._launch_1d(
+            "col2im", out.size, (_source(cols), out, *self._window(out, kernel, stride, pad))
+        )
 
     def bias_act_nchw(self, z, b, act, out):
         _target(out, "out")
         n, o, p = out.shape
-        self._launch_1d("bias_act_nchw", out.size, (_source(z), _source(b), out, _i64(n), _i64(o),
-                                                    _i64(p), _i32(_act_code(act))))
+        self._launch_1d(
+            "bias_act_nchw",
+            out.size,
+            (_source(z), _source(b), out, _i64(n), _i64(o), _i64(p), _i32(_act_code(act))),
+        )
 
     def act_backward_nchw(self, dy, y, act, dz, db):
         _target(dz, "dz")
         _target(db, "db")
         n, o, p = dy.shape
-        self._launch_1d("act_backward_nchw", dz.size, (_source(dy), _source(y), dz, _i64(n),
-                                                       _i64(o), _i64(p), _i32(_act_code(act))))
+        self._launch_1d(
+            "act_backward_nchw",
+            dz.size,
+            (_source(dy), _source(y), dz, _i64(n), _i64(o), _i64(p), _i32(_act_code(act))),
+        )
         self._fn("row_sum")((min(o, 65535),), (256,), (dz, db, _i64(o), _i64(n * p)))
 
     def max_pool(self, x, kernel, stride, pad, out, argmax):
@@ -350,25 +405,33 @@ class CupyBackend(Backend):
         x = _source(x)
         if argmax.dtype != cupy.int32:
             raise ValueError(f"argmax must be int32, got {argmax.dtype}")
-        self._launch_1d("max_pool", out.size,
-                        (x, out, argmax, *self._window(x, kernel, stride, pad)))
+        self._launch_1d(
+            "max_pool", out.size, (x, out, argmax, *self._window(x, kernel, stride, pad))
+        )
 
     def max_pool_backward(self, dy, argmax, kernel, stride, pad, dx):
         _target(dx, "dx")
-        self._launch_1d("max_pool_backward", dx.size,
-                        (_source(dy), cupy.ascontiguousarray(argmax, dtype=cupy.int32), dx,
-                         *self._window(dx, kernel, stride, pad)))
+        self._launch_1d(
+            "max_pool_backward",
+            dx.size,
+            (
+                _source(dy),
+                cupy.ascontiguousarray(argmax, dtype=cupy.int32),
+                dx,
+                *self._window(dx, kernel, stride, pad),
+            ),
+        )
 
     def avg_pool(self, x, kernel, stride, pad, out):
         _target(out, "out")
         x = _source(x)
-        self._launch_1d("avg_pool", out.size,
-                        (x, out, *self._window(x, kernel, stride, pad)))
+        self._launch_1d("avg_pool", out.size, (x, out, *self._window(x, kernel, stride, pad)))
 
     def avg_pool_backward(self, dy, kernel, stride, pad, dx):
         _target(dx, "dx")
-        self._launch_1d("avg_pool_backward", dx.size,
-                        (_source(dy), dx, *self._window(dx, kernel, stride, pad)))
+        self._launch_1d(
+            "avg_pool_backward", dx.size, (_source(dy), dx, *self._window(dx, kernel, stride, pad))
+        )
 
     # --- optimizer updates on the flat buffers --------------------------------------
     def sgd_update(self, p, g, v, lr, momentum, weight_decay, nesterov):
@@ -378,18 +441,44 @@ class CupyBackend(Backend):
             _target(v, "v")
         else:
             v = p  # never read or written when momentum == 0
-        self._launch_1d("sgd_update", p.size,
-                        (p, g, v, _i64(p.size), _f32(lr), _f32(momentum), _f32(weight_decay),
-                         _i32(bool(nesterov))))
+        self._launch_1d(
+            "sgd_update",
+            p.size,
+            (
+                p,
+                g,
+                v,
+                _i64(p.size),
+                _f32(lr),
+                _f32(momentum),
+                _f32(weight_decay),
+                _i32(bool(nesterov)),
+            ),
+        )
 
     def adam_update(self, p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
         _target(p, "p")
         _target(m, "m")
         _target(v, "v")
         g = _source(g)
-        self._launch_1d("adam_update", p.size,
-                        (p, g, m, v, _i64(p.size), _f32(lr), _f32(beta1), _f32(beta2), _f32(eps),
-                         _f32(weight_decay), _f32(1 - beta1 ** t), _f32(1 - beta2 ** t)))
+        self._launch_1d(
+            "adam_update",
+            p.size,
+            (
+                p,
+                g,
+                m,
+                v,
+                _i64(p.size),
+                _f32(lr),
+                _f32(beta1),
+                _f32(beta2),
+                _f32(eps),
+                _f32(weight_decay),
+                _f32(1 - beta1**t),
+                _f32(1 - beta2**t),
+            ),
+        )
 
     # --- compressed exchanges ---------------------------------------------------
     def compress(self, codec, x, residual, block, message):
@@ -397,25 +486,47 @@ class CupyBackend(Backend):
         x = _source(x)
         if codec == "int8":
             nb = -(-x.size // block)
-            self._launch_1d("compress_int8", nb,
-                            (x, residual, message[:4 * nb].view(cupy.float32),
-                             message[4 * nb:].view(cupy.int8), _i64(x.size), _i64(block),
-                             _i64(nb)))
+            self._launch_1d(
+                "compress_int8",
+                nb,
+                (
+                    x,
+                    residual,
+                    message[: 4 * nb].view(cupy.float32),
+                    message[4 * nb :].view(cupy.int8),
+                    _i64(x.size),
+                    _i64(block),
+                    _i64(nb),
+                ),
+            )
         else:
-            self._launch_1d("compress_half", x.size,
-                            (x, residual, message.view(cupy.uint16), _i64(x.size),
-                             _i32(codec == "bf16")))
+            self._launch_1d(
+                "compress_half",
+                x.size,
+                (x, residual, message.view(cupy.uint16), _i64(x.size), _i32(codec == "bf16")),
+            )
 
     def decompress_add(self, codec, message, block, out):
         _target(out, "out")
         if codec == "int8":
             nb = -(-out.size // block)
-            self._launch_1d("decompress_int8_add", out.size,
-                            (message[4 * nb:].view(cupy.int8), message[:4 * nb].view(cupy.float32),
-                             out, _i64(out.size), _i64(block)))
+            self._launch_1d(
+                "decompress_int8_add",
+                out.size,
+                (
+                    message[4 * nb :].view(cupy.int8),
+                    message[: 4 * nb].view(cupy.float32),
+                    out,
+                    _i64(out.size),
+                    _i64(block),
+                ),
+            )
         else:
-            self._launch_1d("decompress_half_add", out.size,
-                            (message.view(cupy.uint16), out, _i64(out.size), _i32(codec == "bf16")))
+            self._launch_1d(
+                "decompress_half_add",
+                out.size,
+                (message.view(cupy.uint16), out, _i64(out.size), _i32(codec == "bf16")),
+            )
 
     # --- reductions -------------------------------------------------------------
     def all_finite(self, a):

@@ -21,7 +21,7 @@ _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # identity, relu, t
 _GOLDEN, _MIX1, _MIX2 = np.uint64(GOLDEN), np.uint64(MIX1), np.uint64(MIX2)
 _S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
 _ONE = np.uint64(1)
-_INV24 = np.float32(2.0 ** -24)
+_INV24 = np.float32(2.0**-24)
 _BF16_MAX_BITS = np.uint32(BF16_MAX_BITS)
 
 # OpenBLAS's worker threads spin after each matmul; GNU OpenMP's spin too, and on
@@ -208,6 +208,7 @@ def _scatter(compact, rows, cols, parent):
 # ---- convolution and pooling: every kernel runs one sample (or one (n, c) plane) per
 # thread, so no two threads write the same output and the sums are deterministic.
 
+
 @njit(inline="always", cache=True)
 def _valid(size, out, stride, offset):
     """[j0, j1): the output positions j whose input j * stride + offset is in [0, size)."""
@@ -229,9 +230,9 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, out):
                 i0, i1 = _valid(h, oh, sh, a - ph)
                 for b in range(kw):
                     j0, j1 = _valid(w, ow, sw, b - pw)
-                    dst = out[(ch * kh + a) * kw + b, s * oh * ow:(s + 1) * oh * ow]
+                    dst = out[(ch * kh + a) * kw + b, s * oh * ow : (s + 1) * oh * ow]
                     for i in range(oh):
-                        row = dst[i * ow:(i + 1) * ow]
+                        row = dst[i * ow : (i + 1) * ow]
                         if i < i0 or i >= i1:
                             row[:] = 0
                             continue
@@ -295,7 +296,7 @@ def _bias_act_nchw(z, b, act, out):
     n, o, p = out.shape
     for s in prange(n):
         for k in range(o):
-            src, dst, bias = z[k, s * p:(s + 1) * p], out[s, k], b[k]
+            src, dst, bias = z[k, s * p : (s + 1) * p], out[s, k], b[k]
             for q in range(p):
                 dst[q] = _act1(src[q] + bias, act)
 
@@ -306,7 +307,7 @@ def _act_backward_nchw(dy, y, act, dz, db):
     partial = np.zeros((n, o), dtype=np.float32)  # per-sample bias sums, added in order
     for s in prange(n):
         for k in range(o):
-            dst, g, v = dz[k, s * p:(s + 1) * p], dy[s, k], y[s, k]
+            dst, g, v = dz[k, s * p : (s + 1) * p], dy[s, k], y[s, k]
             total = np.float32(0)
             for q in range(p):
                 d = g[q] * _deriv1(v[q], act)
@@ -533,8 +534,7 @@ def _compress_int8(x, residual, block, scales, q):
             v = x[i] + residual[i]
             k = np.float32(0)
             if s > 0:
-                k = min(max(np.floor(v / s + np.float32(0.5)), np.float32(-127)),
-                        np.float32(127))
+                k = min(max(np.floor(v / s + np.float32(0.5)), np.float32(-127)), np.float32(127))
             q[i] = np.int8(k)
             residual[i] = v - k * s
 
@@ -589,16 +589,35 @@ class NumbaBackend(Backend):
     def softmax_xent(self, logits, targets, grad, temperature=1.0, weight=1.0):
         coef = weight / (logits.shape[0] * temperature)
         if targets.ndim == 1:
-            return float(_pick(_softmax_xent, logits.size)(logits, targets.astype(np.int64, copy=False), _NO_SOFT,
-                                       False, grad, 1.0 / temperature, coef))
-        return float(_pick(_softmax_xent, logits.size)(logits, _NO_LABELS, targets, True, grad, 1.0 / temperature, coef))
+            return float(
+                _pick(_softmax_xent, logits.size)(
+                    logits,
+                    targets.astype(np.int64, copy=False),
+                    _NO_SOFT,
+                    False,
+                    grad,
+                    1.0 / temperature,
+                    coef,
+                )
+            )
+        return float(
+            _pick(_softmax_xent, logits.size)(
+                logits, _NO_LABELS, targets, True, grad, 1.0 / temperature, coef
+            )
+        )
 
     def gather(self, parent, rows, cols, out):
-        _pick(_gather, out.size)(parent, _NO_INDEX if rows is None else rows, _NO_INDEX if cols is None else cols, out)
+        _pick(_gather, out.size)(
+            parent, _NO_INDEX if rows is None else rows, _NO_INDEX if cols is None else cols, out
+        )
 
     def scatter(self, compact, rows, cols, parent):
-        _pick(_scatter, compact.size)(compact, _NO_INDEX if rows is None else rows, _NO_INDEX if cols is None else cols,
-                 parent)
+        _pick(_scatter, compact.size)(
+            compact,
+            _NO_INDEX if rows is None else rows,
+            _NO_INDEX if cols is None else cols,
+            parent,
+        )
 
     def im2col(self, x, kernel, stride, pad, out):
         _pick(_im2col, out.size)(x, *kernel, *stride, *pad, out)
@@ -628,29 +647,54 @@ class NumbaBackend(Backend):
         _pick(_avg_pool_backward, dx.size)(dy, *kernel, *stride, *pad, dx)
 
     def sgd_update(self, p, g, v, lr, momentum, weight_decay, nesterov):
-        _pick(_sgd, p.size)(p, g, p if v is None else v, _f32(lr), _f32(momentum), _f32(weight_decay),
-             bool(nesterov))
+        _pick(_sgd, p.size)(
+            p,
+            g,
+            p if v is None else v,
+            _f32(lr),
+            _f32(momentum),
+            _f32(weight_decay),
+            bool(nesterov),
+        )
 
     def adam_update(self, p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
-        _pick(_adam, p.size)(p, g, m, v, _f32(lr), _f32(beta1), _f32(beta2), _f32(eps), _f32(weight_decay),
-              _f32(1 - beta1 ** t), _f32(1 - beta2 ** t))
+        _pick(_adam, p.size)(
+            p,
+            g,
+            m,
+            v,
+            _f32(lr),
+            _f32(beta1),
+            _f32(beta2),
+            _f32(eps),
+            _f32(weight_decay),
+            _f32(1 - beta1**t),
+            _f32(1 - beta2**t),
+        )
 
     def compress(self, codec, x, residual, block, message):
         if codec == "int8":
             nb = -(-x.size // block)
-            _pick(_compress_int8, x.size)(x, residual, block, message[:4 * nb].view(np.float32),
-                                         message[4 * nb:].view(np.int8))
+            _pick(_compress_int8, x.size)(
+                x,
+                residual,
+                block,
+                message[: 4 * nb].view(np.float32),
+                message[4 * nb :].view(np.int8),
+            )
             return
         v = self._work(x.size)
         np.add(x, residual, out=v)
-        _pick(_compress_half, x.size)(v, v.view(np.uint32), residual, message.view(np.uint16),
-                                      codec == "bf16")
+        _pick(_compress_half, x.size)(
+            v, v.view(np.uint32), residual, message.view(np.uint16), codec == "bf16"
+        )
 
     def decompress_add(self, codec, message, block, out):
         if codec == "int8":
             nb = -(-out.size // block)
-            _pick(_decompress_int8_add, out.size)(message[4 * nb:].view(np.int8),
-                                                 message[:4 * nb].view(np.float32), block, out)
+            _pick(_decompress_int8_add, out.size)(
+                message[4 * nb :].view(np.int8), message[: 4 * nb].view(np.float32), block, out
+            )
         else:
             _pick(_decompress_half_add, out.size)(message.view(np.uint16), out, codec == "bf16")
 

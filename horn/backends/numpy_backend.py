@@ -17,7 +17,7 @@ def hash_uniform(key, n, xp=np):
     z ^= z >> u64(27)
     z *= u64(MIX2)
     z ^= z >> u64(31)
-    return (z >> u64(40)).astype(xp.float32) * xp.float32(2.0 ** -24)
+    return (z >> u64(40)).astype(xp.float32) * xp.float32(2.0**-24)
 
 
 def _act(x, act):
@@ -51,11 +51,11 @@ def _windows(x, kernel, stride, pad, fill):
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
     padded = np.full((n, c, h + 2 * ph, w + 2 * pw), fill, dtype=x.dtype)
-    padded[:, :, ph:ph + h, pw:pw + w] = x
+    padded[:, :, ph : ph + h, pw : pw + w] = x
     win = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            win[:, :, i, j] = padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+            win[:, :, i, j] = padded[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
     return win
 
 
@@ -67,8 +67,8 @@ def _unwindow(win, kernel, stride, pad, shape):
     padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=win.dtype)
     for i in range(kh):
         for j in range(kw):
-            padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += win[:, :, i, j]
-    return padded[:, :, ph:ph + h, pw:pw + w]
+            padded[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += win[:, :, i, j]
+    return padded[:, :, ph : ph + h, pw : pw + w]
 
 
 def _log_softmax(logits, temperature):
@@ -173,8 +173,9 @@ class NumpyBackend(Backend):
 
     def avg_pool_backward(self, dy, kernel, stride, pad, dx):
         kh, kw = kernel
-        win = np.broadcast_to((dy / (kh * kw))[:, :, None, None], dy.shape[:2] + (kh, kw) +
-                              dy.shape[2:])
+        win = np.broadcast_to(
+            (dy / (kh * kw))[:, :, None, None], dy.shape[:2] + (kh, kw) + dy.shape[2:]
+        )
         dx[...] = _unwindow(win, kernel, stride, pad, dx.shape)
 
     def sgd_update(self, p, g, v, lr, momentum, weight_decay, nesterov):
@@ -193,8 +194,8 @@ class NumpyBackend(Backend):
         m += np.float32(1 - beta1) * g
         v *= np.float32(beta2)
         v += np.float32(1 - beta2) * g * g
-        mhat = m / np.float32(1 - beta1 ** t)
-        vhat = v / np.float32(1 - beta2 ** t)
+        mhat = m / np.float32(1 - beta1**t)
+        vhat = v / np.float32(1 - beta2**t)
         p -= np.float32(lr) * mhat / (np.sqrt(vhat) + np.float32(eps))
 
     # --- compressed exchanges: the reference the kernels are tested against -----
@@ -203,7 +204,7 @@ class NumpyBackend(Backend):
         n = v.size
         if codec == "int8":
             nb = -(-n // block)
-            scales, q = message[:4 * nb].view(np.float32), message[4 * nb:].view(np.int8)
+            scales, q = message[: 4 * nb].view(np.float32), message[4 * nb :].view(np.int8)
             blocks = np.zeros(nb * block, np.float32)
             blocks[:n] = v
             blocks = blocks.reshape(nb, block)
@@ -226,14 +227,15 @@ def _to_half_bits(codec, v):
         return np.clip(v, -FP16_MAX, FP16_MAX).astype(np.float16).view(np.uint16)
     top = np.float32(np.array([BF16_MAX_BITS], np.uint32).view(np.float32)[0])
     bits = np.clip(v, -top, top).astype(np.float32).view(np.uint32)
-    return ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-            >> np.uint32(16)).astype(np.uint16)
+    return (
+        (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    ).astype(np.uint16)
 
 
 def _decoded(codec, message, block, n):
     if codec == "int8":
         nb = -(-n // block)
-        scales, q = message[:4 * nb].view(np.float32), message[4 * nb:].view(np.int8)
+        scales, q = message[: 4 * nb].view(np.float32), message[4 * nb :].view(np.int8)
         return q.astype(np.float32) * np.repeat(scales, block)[:n]
     half = message.view(np.uint16)
     if codec == "fp16":

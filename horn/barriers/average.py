@@ -25,8 +25,10 @@ class AverageSettings(NoSettings):
 
     def check(self, parallel, where):
         if self.compress != "none" and parallel.workers > 1:
-            raise HornError(f"{where('compress')}: compressed exchanges apply to model averaging "
-                            f"(workers = 1); sub-network groups average their parents in fp32")
+            raise HornError(
+                f"{where('compress')}: compressed exchanges apply to model averaging "
+                f"(workers = 1); sub-network groups average their parents in fp32"
+            )
 
 
 @register_strategy("average", AverageSettings)
@@ -36,11 +38,21 @@ def build(setup, settings, inner):
     if inner is not None:
         inner.average_across_groups(outer_for(setup.model, settings))
         return inner
-    compressed = None if settings.compress == "none" else CompressedMean(
-        setup.peer, setup.model, settings.compress, settings.block)
-    return AverageSync(setup.peer, setup.model, setup.optimizer, setup.local_steps,
-                       setup.total_steps, settings.momentum, outer_for(setup.model, settings),
-                       compressed)
+    compressed = (
+        None
+        if settings.compress == "none"
+        else CompressedMean(setup.peer, setup.model, settings.compress, settings.block)
+    )
+    return AverageSync(
+        setup.peer,
+        setup.model,
+        setup.optimizer,
+        setup.local_steps,
+        setup.total_steps,
+        settings.momentum,
+        outer_for(setup.model, settings),
+        compressed,
+    )
 
 
 def outer_for(model, settings):
@@ -54,8 +66,17 @@ class AverageSync(PeerSync):
     """Every ``local_steps`` steps, one in-place Allreduce-mean of the flat parameter
     buffer (and, optionally, of the optimizer state) over all ranks."""
 
-    def __init__(self, peer, model, optimizer, local_steps, total_steps, average_state=False,
-                 outer=None, compressed=None):
+    def __init__(
+        self,
+        peer,
+        model,
+        optimizer,
+        local_steps,
+        total_steps,
+        average_state=False,
+        outer=None,
+        compressed=None,
+    ):
         super().__init__(peer)
         self.model, self.optimizer, self.outer = model, optimizer, outer
         self.compressed = compressed
@@ -105,8 +126,10 @@ class AverageSync(PeerSync):
             return model
         if self._scratch is None:
             from horn.model import Model
-            self._scratch = Model.from_spec(model.spec(), model.backend, dtype=model.dtype,
-                                            initialize_params=False)
+
+            self._scratch = Model.from_spec(
+                model.spec(), model.backend, dtype=model.dtype, initialize_params=False
+            )
         self._scratch.params[...] = model.params
         self.peer.allreduce_mean(self._scratch.params, "world")
         return self._scratch

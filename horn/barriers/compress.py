@@ -56,5 +56,7 @@ class CompressedMean:
     def checkpoint_buffers(self):
         """``{name: (shared key or None, array)}``: the anchor is the world's, the
         residual each rank's own."""
-        return {"compress.anchor": ("world", self.anchor),
-                "compress.residual": (None, self.residual)}
+        return {
+            "compress.anchor": ("world", self.anchor),
+            "compress.residual": (None, self.residual),
+        }

@@ -34,11 +34,11 @@ from horn.accuracy import accuracy
 from horn.barriers.average import average
 from horn.barriers.base import PeerSync
 from horn.barriers.registry import register_strategy
-from horn.jobs import opt
 from horn.data import load_features
 from horn.distill import DistillBatches, DistillLoss, distill, soft_outputs
 from horn.ensemble_model import Ensemble
 from horn.errors import HornError
+from horn.jobs import opt
 from horn.model import Model
 
 _STREAM = 0xEC  # seeds the distillation rows and batch orders apart from training's
@@ -48,14 +48,27 @@ _STREAM = 0xEC  # seeds the distillation rows and batch orders apart from traini
 class EnsembleSettings:
     """``[parallel.ensemble]``: how the groups' outputs are combined and distilled."""
 
-    FORMERLY = {k: k for k in ("teacher_data", "distill_size", "distill_file", "distill_steps",
-                               "distill_batch", "distill_lr", "temperature", "alpha", "student",
-                               "final", "ensemble_weights")}
+    FORMERLY = {
+        k: k
+        for k in (
+            "teacher_data",
+            "distill_size",
+            "distill_file",
+            "distill_steps",
+            "distill_batch",
+            "distill_lr",
+            "temperature",
+            "alpha",
+            "student",
+            "final",
+            "ensemble_weights",
+        )
+    }
     teacher_data: str = opt("shared", str, ("shared", "local"))
     distill_size: int = opt(2048, int, lo=1)
     distill_file: str = opt(None, str, nullable=True, path=True)
     distill_steps: int = opt(200, int, lo=1)
-    distill_batch: int = opt(0, int, lo=0)   # 0: train.batch_size
+    distill_batch: int = opt(0, int, lo=0)  # 0: train.batch_size
     distill_lr: float = opt(0.0, float, lo=0.0)  # 0: train.lr
     temperature: float = opt(2.0, float, lo=0.0, lo_open=True)
     alpha: float = opt(0.5, float, lo=0.0, hi=1.0, hi_open=True)
@@ -65,12 +78,16 @@ class EnsembleSettings:
 
     def check(self, parallel, where):
         if self.distill_file is not None and self.teacher_data != "shared":
-            raise HornError(f"{where('distill_file')}: needs teacher_data = 'shared' (the local "
-                            f"teacher distills on each group's own shard), found "
-                            f"{self.teacher_data!r}")
+            raise HornError(
+                f"{where('distill_file')}: needs teacher_data = 'shared' (the local "
+                f"teacher distills on each group's own shard), found "
+                f"{self.teacher_data!r}"
+            )
         if parallel.workers > 1 and parallel.of("subnet").warmup_steps:
-            raise HornError(f"{where('warmup_steps', 'subnet')}: sub-network warm-up is not "
-                            f"combined with barrier = 'ensemble'")
+            raise HornError(
+                f"{where('warmup_steps', 'subnet')}: sub-network warm-up is not "
+                f"combined with barrier = 'ensemble'"
+            )
 
 
 @register_strategy("ensemble", EnsembleSettings)
@@ -87,13 +104,17 @@ class EnsembleSync(PeerSync):
         peer, model = setup.peer, setup.model
         super().__init__(peer)
         if peer.groups < 2:
-            raise HornError(f"{setup.source}: parallel.barrier = 'ensemble' needs at least 2 "
-                            f"groups; the layout has {peer.groups}")
+            raise HornError(
+                f"{setup.source}: parallel.barrier = 'ensemble' needs at least 2 "
+                f"groups; the layout has {peer.groups}"
+            )
         if not model.loss.predicts_probabilities:
-            raise HornError(f"{setup.source}: parallel.barrier = 'ensemble' distills class "
-                            f"probabilities: model.loss ({model.loss.spec()['type']}) does not "
-                            f"predict them (Loss.predicts_probabilities); use "
-                            f"softmax_cross_entropy")
+            raise HornError(
+                f"{setup.source}: parallel.barrier = 'ensemble' distills class "
+                f"probabilities: model.loss ({model.loss.spec()['type']}) does not "
+                f"predict them (Loss.predicts_probabilities); use "
+                f"softmax_cross_entropy"
+            )
         p = settings
         self.model, self.inner, self.make_optimizer = model, inner, setup.make_optimizer
         self.p, self.total_steps, self.seed = p, setup.total_steps, setup.seed
@@ -105,8 +126,9 @@ class EnsembleSync(PeerSync):
         if p.teacher_data == "shared":
             self.teacher = SharedTeacher(peer, shared_inputs(setup, settings), p.temperature)
         else:
-            self.teacher = LocalTeacher(peer, setup.local, p.distill_size, p.temperature,
-                                        self.seed, model)
+            self.teacher = LocalTeacher(
+                peer, setup.local, p.distill_size, p.temperature, self.seed, model
+            )
         self.round = self.barrier = 0
         self.final = None  # the model training ends with, once the last barrier is done
         self._records = []
@@ -168,8 +190,12 @@ class EnsembleSync(PeerSync):
         val_probs = member.predict(x_val)
         member_acc = accuracy(val_probs, y_val)
         weight = member_acc if self.p.ensemble_weights == "validation" else 1.0
-        record = {"kind": "barrier", "barrier": self.barrier, "step": done,
-                  "teacher_data": self.p.teacher_data}
+        record = {
+            "kind": "barrier",
+            "barrier": self.barrier,
+            "step": done,
+            "teacher_data": self.p.teacher_data,
+        }
         if done == self.total_steps and self.p.final == "ensemble":
             return self._keep_ensemble(record, member, member_acc, tally)
         start = time.perf_counter()
@@ -188,13 +214,16 @@ class EnsembleSync(PeerSync):
             record["final_group"] = winner = int(np.argmax(accs[:, 1]))
             params = self._to_root(member, [winner])
             if params is not None:
-                self.final = Model.from_spec(member.spec(), member.backend,
-                                             initialize_params=False)
+                self.final = Model.from_spec(member.spec(), member.backend, initialize_params=False)
                 self.final.params[...] = self.final.backend.asarray(params[0])
             bytes_ += tally.take()
-        record.update(member_val_accuracy=accs[:, 0].tolist(), ensemble_val_accuracy=ensemble_acc,
-                      compressed_val_accuracy=accs[:, 1].tolist(), bytes_sent=bytes_,
-                      metric_bytes_sent=metric_bytes)
+        record.update(
+            member_val_accuracy=accs[:, 0].tolist(),
+            ensemble_val_accuracy=ensemble_acc,
+            compressed_val_accuracy=accs[:, 1].tolist(),
+            bytes_sent=bytes_,
+            metric_bytes_sent=metric_bytes,
+        )
         return record
 
     def _compress(self, member, x, teacher, labels):
@@ -206,12 +235,14 @@ class EnsembleSync(PeerSync):
             if self.inner:
                 self.inner.refresh()
         student = self.student
-        rng = np.random.default_rng((self.seed, _STREAM, self.barrier, self.peer.group,
-                                     self.peer.worker))
+        rng = np.random.default_rng(
+            (self.seed, _STREAM, self.barrier, self.peer.group, self.peer.worker)
+        )
         own = (self.local.x_train, self.local.y_train) if labels is None and p.alpha else None
         batches = DistillBatches(student.backend, x, teacher, self.batch, rng, labels, own)
-        losses = distill(student, self.make_optimizer(student), self.loss, batches,
-                         p.distill_steps, self.lr)
+        losses = distill(
+            student, self.make_optimizer(student), self.loss, batches, p.distill_steps, self.lr
+        )
         if self.inner:
             self.inner.commit()
         return list(losses)
@@ -246,8 +277,10 @@ class EnsembleSync(PeerSync):
         peer.sync()
         if peer.rank != 0:
             return None
-        return [host(member.params) if g == peer.group else peer.received(g * peer.workers)[0]
-                for g in groups]
+        return [
+            host(member.params) if g == peer.group else peer.received(g * peer.workers)[0]
+            for g in groups
+        ]
 
 
 class _Tally:
@@ -273,8 +306,10 @@ def shared_inputs(setup, settings):
         path = Path(setup.base_dir or ".") / p.distill_file
         source = data.scaler.apply(load_features(path))
         if source.shape[1] != data.features:
-            raise HornError(f"{path}: parallel.ensemble.distill_file has {source.shape[1]} features per "
-                            f"row, the data ({data.name}) has {data.features}")
+            raise HornError(
+                f"{path}: parallel.ensemble.distill_file has {source.shape[1]} features per "
+                f"row, the data ({data.name}) has {data.features}"
+            )
     rng = np.random.default_rng((setup.seed, _STREAM))
     rows = np.sort(rng.choice(len(source), min(p.distill_size, len(source)), replace=False))
     return source[np.array_split(rows, peer.workers)[peer.worker]]

@@ -33,8 +33,9 @@ class OuterOptimizer:
         if kind == "adam":
             self.optimizer = Adam(self.flat, beta1=momentum)
         else:
-            self.optimizer = SGD(self.flat, momentum if kind == "nesterov" else 0.0,
-                                 nesterov=kind == "nesterov")
+            self.optimizer = SGD(
+                self.flat, momentum if kind == "nesterov" else 0.0, nesterov=kind == "nesterov"
+            )
         self.lr = lr
 
     @staticmethod

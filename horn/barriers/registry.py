@@ -11,15 +11,19 @@ inside each group of several workers and is handed to the group strategy as
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from horn.errors import HornError
 from horn.suggest import did_you_mean
 
 _STRATEGIES = {}
-_BUILT_INS = ("horn.barriers.average", "horn.barriers.subnet", "horn.barriers.ensemble",
-              "horn.barriers.none")
+_BUILT_INS = (
+    "horn.barriers.average",
+    "horn.barriers.subnet",
+    "horn.barriers.ensemble",
+    "horn.barriers.none",
+)
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,10 @@ class Setup:
     seed: int
     batch_size: int
     lr: float
-    source: str = "<job>"           # the job file, for messages
-    base_dir: str | None = None     # relative files in strategy settings resolve here
-    data: object = None             # the whole data set (validation split, shared inputs)
-    local: object = None            # this group's shard of the training data
+    source: str = "<job>"  # the job file, for messages
+    base_dir: str | None = None  # relative files in strategy settings resolve here
+    data: object = None  # the whole data set (validation split, shared inputs)
+    local: object = None  # this group's shard of the training data
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ def register_strategy(name, settings=NoSettings, scope="group"):
     def wrap(build):
         _STRATEGIES[name] = Strategy(name, settings, build, scope)
         return build
+
     return wrap
 
 
@@ -85,8 +90,10 @@ def strategies():
 def group_strategy(name, where):
     known = {n: s for n, s in strategies().items() if s.scope == "group"}
     if name not in known:
-        raise HornError(f"{where}: expected one of {', '.join(map(repr, known))}, found "
-                        f"{name!r}{did_you_mean(name, known)}")
+        raise HornError(
+            f"{where}: expected one of {', '.join(map(repr, known))}, found "
+            f"{name!r}{did_you_mean(name, known)}"
+        )
     return known[name]
 
 
@@ -98,5 +105,8 @@ def worker_strategy():
 def moved_keys():
     """Old flat ``[parallel]`` keys -> their new place, from each settings class's
     ``FORMERLY`` (old name -> new name): an old job gets a one-line pointer."""
-    return {old: f"[parallel.{s.name}] {new}" for s in strategies().values()
-            for old, new in getattr(s.settings, "FORMERLY", {}).items()}
+    return {
+        old: f"[parallel.{s.name}] {new}"
+        for s in strategies().values()
+        for old, new in getattr(s.settings, "FORMERLY", {}).items()
+    }

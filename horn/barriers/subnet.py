@@ -40,10 +40,16 @@ from horn.subnet import SCALE_AT, SCALE_RULES, SubnetLayout, gather, scatter
 class SubnetSettings:
     """``[parallel.subnet]``: how a group of several workers splits its parent."""
 
-    FORMERLY = {"partition": "partition", "partition_weights": "weights",
-                "min_share": "min_share", "subnet_scale": "scale", "subnet_momentum": "momentum",
-                "subnet_scale_at": "scale_at", "subnet_warmup_steps": "warmup_steps",
-                "dropconnect": "dropconnect"}
+    FORMERLY = {
+        "partition": "partition",
+        "partition_weights": "weights",
+        "min_share": "min_share",
+        "subnet_scale": "scale",
+        "subnet_momentum": "momentum",
+        "subnet_scale_at": "scale_at",
+        "subnet_warmup_steps": "warmup_steps",
+        "dropconnect": "dropconnect",
+    }
     partition: str = opt("balanced", str, PARTITION_KINDS)
     weights: list = opt([], list)  # partition = "weighted": one share per worker
     min_share: float = opt(0.5, float, lo=0.0, hi=1.0)
@@ -54,38 +60,55 @@ class SubnetSettings:
     dropconnect: float = opt(0.0, float, lo=0.0, hi=1.0, hi_open=True)
 
     def check(self, parallel, where):
-        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
-                   for w in self.weights):
-            raise HornError(f"{where('weights')}: expected a list of positive numbers, found "
-                            f"{self.weights!r}")
-        if self.partition == "weighted" and parallel.workers > 1 \
-                and len(self.weights) != parallel.workers:
-            raise HornError(f"{where('weights')}: expected {parallel.workers} shares (one per "
-                            f"worker), found {len(self.weights)}")
+        if not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
+            for w in self.weights
+        ):
+            raise HornError(
+                f"{where('weights')}: expected a list of positive numbers, found {self.weights!r}"
+            )
+        if (
+            self.partition == "weighted"
+            and parallel.workers > 1
+            and len(self.weights) != parallel.workers
+        ):
+            raise HornError(
+                f"{where('weights')}: expected {parallel.workers} shares (one per "
+                f"worker), found {len(self.weights)}"
+            )
 
 
 @register_strategy("subnet", SubnetSettings, scope="worker")
 def build(setup, settings, inner):
     if settings.partition == "weighted" and len(settings.weights) != setup.peer.workers:
-        raise HornError(f"{setup.source}: parallel.subnet.weights has {len(settings.weights)} "
-                        f"entries; the layout has {setup.peer.workers} workers per group")
+        raise HornError(
+            f"{setup.source}: parallel.subnet.weights has {len(settings.weights)} "
+            f"entries; the layout has {setup.peer.workers} workers per group"
+        )
     return SubnetSync(setup, settings)
 
 
 class SubnetSync(PeerSync):
     def __init__(self, setup, settings):
         super().__init__(setup.peer)
-        self.parent, self.parent_optimizer, self.make_optimizer = setup.model, \
-            setup.optimizer, setup.make_optimizer
+        self.parent, self.parent_optimizer, self.make_optimizer = (
+            setup.model,
+            setup.optimizer,
+            setup.make_optimizer,
+        )
         self.local_steps, self.total_steps = setup.local_steps, setup.total_steps
-        self.kind, self.weights, self.min_share = settings.partition, settings.weights, \
-            settings.min_share
+        self.kind, self.weights, self.min_share = (
+            settings.partition,
+            settings.weights,
+            settings.min_share,
+        )
         self.keep_state = settings.momentum == "keep"
         self.cross_average, self.outer = False, None  # see average_across_groups()
         self.global_every = setup.global_every
         self.seed = setup.seed
-        self.layout = SubnetLayout(setup.model, settings.dropconnect, settings.scale,
-                                   settings.scale_at)
+        self.layout = SubnetLayout(
+            setup.model, settings.dropconnect, settings.scale, settings.scale_at
+        )
         self.warmup_steps = min(settings.warmup_steps, setup.total_steps)
         self.steps_done = 0
         self.backend = setup.model.backend
@@ -122,8 +145,13 @@ class SubnetSync(PeerSync):
 
     def refresh(self):
         """Re-gather this worker's sub-network after the parent was replaced."""
-        gather(self.backend, self.layout, self.plans[self.peer.worker], self.parent.params,
-               self.model.params)
+        gather(
+            self.backend,
+            self.layout,
+            self.plans[self.peer.worker],
+            self.parent.params,
+            self.model.params,
+        )
 
     def checkpoint_buffers(self, model, optimizer):
         """The group's parent (and its optimizer state when it is kept across rounds):
@@ -131,8 +159,7 @@ class SubnetSync(PeerSync):
         key = f"group{self.peer.group}"
         buffers = {"parent": (key, self.parent.params)}
         if self.keep_state:
-            buffers.update({f"opt.{k}": (key, v)
-                            for k, v in self.parent_optimizer.state().items()})
+            buffers.update({f"opt.{k}": (key, v) for k, v in self.parent_optimizer.state().items()})
         if self.outer is not None:  # stepped from the cross-group mean: the same everywhere
             buffers.update({f"outer.{k}": ("world", v) for k, v in self.outer.buffers().items()})
         return buffers
@@ -153,8 +180,10 @@ class SubnetSync(PeerSync):
     # ---- rounds ----------------------------------------------------------------
     def _begin_round(self):
         rng = np.random.default_rng(derive_seed(self.seed + self.round, self.peer.group, 1 << 20))
-        parts = [partition(n, self.peer.workers, self.kind, rng, self.weights, self.min_share)
-                 for n in self.layout.sizes]
+        parts = [
+            partition(n, self.peer.workers, self.kind, rng, self.weights, self.min_share)
+            for n in self.layout.sizes
+        ]
         self.plans = [self.layout.plan(parts, w) for w in range(self.peer.workers)]
         plan = self.plans[self.peer.worker]
         model, optimizer = self._compact_for(plan)
@@ -169,9 +198,15 @@ class SubnetSync(PeerSync):
         model.mask_draws = self.mask_draws
         self.model, self.optimizer = model, optimizer
         digest = hashlib.sha256(b"".join(u.tobytes() for p in parts for u in p)).hexdigest()[:16]
-        self._partitions.append({"kind": "partition", "round": self.round, "group": self.peer.group,
-                                 "partition_sizes": [[len(u) for u in p] for p in parts],
-                                 "partition_sha256": digest})
+        self._partitions.append(
+            {
+                "kind": "partition",
+                "round": self.round,
+                "group": self.peer.group,
+                "partition_sizes": [[len(u) for u in p] for p in parts],
+                "partition_sha256": digest,
+            }
+        )
 
     def _compact_for(self, plan):
         if plan.key not in self._compact:
@@ -185,8 +220,9 @@ class SubnetSync(PeerSync):
         if done <= self.warmup_steps:
             self._warmup_barrier(done)
             return
-        if not self.is_boundary(done - self.warmup_steps, self.local_steps,
-                                self.total_steps - self.warmup_steps):
+        if not self.is_boundary(
+            done - self.warmup_steps, self.local_steps, self.total_steps - self.warmup_steps
+        ):
             return
         self.mask_draws = self.model.mask_draws
         self._assemble(self.model.params, self.parent.params)
@@ -205,8 +241,9 @@ class SubnetSync(PeerSync):
 
     def _warmup_barrier(self, done):
         """Model averaging of the whole parent; the first round begins after the last."""
-        if not (self.is_boundary(done, self.local_steps, self.total_steps)
-                or done == self.warmup_steps):
+        if not (
+            self.is_boundary(done, self.local_steps, self.total_steps) or done == self.warmup_steps
+        ):
             return
         average(self.peer, self.parent, self.parent_optimizer, self.keep_state, "world")
         self.peer.sync()
@@ -225,5 +262,5 @@ class SubnetSync(PeerSync):
         self.backend.synchronize()
         self.peer.allgatherv(compact_buf, recv, counts, "group")
         bounds = np.cumsum([0] + counts)
-        blocks = [recv[bounds[w]:bounds[w + 1]] for w in range(len(counts))]
+        blocks = [recv[bounds[w] : bounds[w + 1]] for w in range(len(counts))]
         scatter(self.backend, self.layout, self.plans, blocks, parent_buf)

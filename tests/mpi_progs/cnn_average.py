@@ -9,8 +9,7 @@ from mpi4py import MPI
 from horn.abort import install_abort_hook
 from horn.barriers.average import average
 from horn.bsp import Peer
-from horn.layers import BatchNorm, Conv2d, Dense, MaxPool2d, SoftmaxCrossEntropy
-from horn.layers import Flatten
+from horn.layers import BatchNorm, Conv2d, Dense, Flatten, MaxPool2d, SoftmaxCrossEntropy
 from horn.model import Model
 from horn.optim import SGD
 
@@ -18,8 +17,13 @@ from horn.optim import SGD
 def main():
     install_abort_hook()
     peer = Peer.create(MPI.COMM_WORLD, 0, 1, timeout_s=30)
-    layers = [Conv2d(4, 3, padding=1, activation="relu"), BatchNorm(), MaxPool2d(2), Flatten(),
-              Dense(10)]
+    layers = [
+        Conv2d(4, 3, padding=1, activation="relu"),
+        BatchNorm(),
+        MaxPool2d(2),
+        Flatten(),
+        Dense(10),
+    ]
     model = Model(layers, SoftmaxCrossEntropy(), (1, 8, 8), backend="numba", seed=0)
     opt = SGD(model, momentum=0.9)
     rng = np.random.default_rng(peer.rank)  # each rank its own data
@@ -33,13 +37,22 @@ def main():
     average(peer, model, opt, False, "world")
     stats = {name: (off, int(np.prod(shape))) for name, _, off, shape in model.slots}
     off, size = stats["1.running_mean"]
-    print("RESULT " + json.dumps({
-        "rank": peer.rank,
-        "averaged": bool(np.allclose(model.params, everyone.mean(axis=0), rtol=1e-6, atol=1e-7)),
-        "stats_differed": bool(not np.allclose(everyone[0, off:off + size],
-                                               everyone[-1, off:off + size])),
-        "running_mean": model.params[off:off + size].tolist(),
-    }), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "rank": peer.rank,
+                "averaged": bool(
+                    np.allclose(model.params, everyone.mean(axis=0), rtol=1e-6, atol=1e-7)
+                ),
+                "stats_differed": bool(
+                    not np.allclose(everyone[0, off : off + size], everyone[-1, off : off + size])
+                ),
+                "running_mean": model.params[off : off + size].tolist(),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

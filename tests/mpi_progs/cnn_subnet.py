@@ -45,27 +45,47 @@ def check_round(backend, layout, plans, before, after, blocks):
     for name, total in shared_total.items():
         off, shape = layout.parent_slots[name]
         expected = (total / len(plans)).astype(after.dtype)
-        shared_ok &= bool(np.array_equal(after[off:off + expected.size], expected))
-    through = [name for name, _ in layout.parent_slots.items()
-               if layout.parent.layers[int(name.split(".")[0])].partition_role == "through"]
-    through_held = all(held[off:off + int(np.prod(shape))].all()
-                       for off, shape in (layout.parent_slots[n] for n in through))
-    return {"block_mismatches": mismatches, "shared_is_mean": shared_ok,
-            "unheld": int((~held).sum()),
-            "unheld_changed": int((after[~held] != before[~held]).sum()),
-            "through_params": len(through), "through_params_held": bool(through_held)}
+        shared_ok &= bool(np.array_equal(after[off : off + expected.size], expected))
+    through = [
+        name
+        for name, _ in layout.parent_slots.items()
+        if layout.parent.layers[int(name.split(".")[0])].partition_role == "through"
+    ]
+    through_held = all(
+        held[off : off + int(np.prod(shape))].all()
+        for off, shape in (layout.parent_slots[n] for n in through)
+    )
+    return {
+        "block_mismatches": mismatches,
+        "shared_is_mean": shared_ok,
+        "unheld": int((~held).sum()),
+        "unheld_changed": int((after[~held] != before[~held]).sum()),
+        "through_params": len(through),
+        "through_params_held": bool(through_held),
+    }
 
 
 def main():
     install_abort_hook()
     job, rounds = load_job(sys.argv[1]), int(sys.argv[2])
     peer = Peer.create(MPI.COMM_WORLD, job.parallel.groups, job.parallel.workers, timeout_s=60)
-    parent, optimizer, schedule, stream, _ = build(job, load_dataset(job.data),
-                                                   get_backend("numpy"), peer.group, peer.worker)
+    parent, optimizer, schedule, stream, _ = build(
+        job, load_dataset(job.data), get_backend("numpy"), peer.group, peer.worker
+    )
     local = job.parallel.local_steps
-    setup = Setup(peer, parent, optimizer, lambda m: make_optimizer(job.train, m),
-                  rounds * local, local, job.parallel.global_every, job.train.seed,
-                  job.train.batch_size, job.train.lr, job.source)
+    setup = Setup(
+        peer,
+        parent,
+        optimizer,
+        lambda m: make_optimizer(job.train, m),
+        rounds * local,
+        local,
+        job.parallel.global_every,
+        job.train.seed,
+        job.train.batch_size,
+        job.train.lr,
+        job.source,
+    )
     sync = SubnetSync(setup, job.parallel.of("subnet"))
     results = []
     for step in range(rounds * local):
@@ -78,11 +98,21 @@ def main():
         plans, before = sync.plans, parent.params.copy()
         blocks = MPI.COMM_WORLD.allgather(model.params.copy())  # outside horn's exchange
         sync.after_step(step)  # assembles the parent and begins the next round
-        results.append(check_round(parent.backend, sync.layout, plans, before, parent.params,
-                                   blocks))
-    print("RESULT " + json.dumps({
-        "rank": peer.rank, "rounds": results, "finite": bool(np.isfinite(parent.params).all()),
-        "parent_sha256": hashlib.sha256(parent.params.tobytes()).hexdigest()}), flush=True)
+        results.append(
+            check_round(parent.backend, sync.layout, plans, before, parent.params, blocks)
+        )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "rank": peer.rank,
+                "rounds": results,
+                "finite": bool(np.isfinite(parent.params).all()),
+                "parent_sha256": hashlib.sha256(parent.params.tobytes()).hexdigest(),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ import sys
 import time
 
 import numpy as np
+from mpi4py import MPI
 
 from horn.abort import install_abort_hook
 from horn.bsp import Peer  # before mpi4py.MPI: horn.bsp sets an MCA default
-from mpi4py import MPI
 
 
 def main():

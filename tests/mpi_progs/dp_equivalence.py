@@ -7,13 +7,13 @@ import numpy as np
 from mpi4py import MPI
 
 from horn.backends import get_backend
+from horn.barriers.average import AverageSync
 from horn.batches import BatchStream
 from horn.bsp import Peer
 from horn.data import load_dataset
 from horn.jobs import load_job
 from horn.model import Model
 from horn.optim import make_optimizer
-from horn.barriers.average import AverageSync
 from horn.parallel import derive_seed
 from horn.runner import build, shard
 from horn.schedules import make_schedule
@@ -36,8 +36,15 @@ if peer.rank == 0:
     streams = []
     for g in range(peer.size):
         part = shard(data, type("P", (), {"groups": peer.size, "group": g})(), job.train.seed)
-        streams.append(BatchStream(part.x_train, part.y_train, job.train.batch_size,
-                                   derive_seed(job.train.seed, g, 0), backend))
+        streams.append(
+            BatchStream(
+                part.x_train,
+                part.y_train,
+                job.train.batch_size,
+                derive_seed(job.train.seed, g, 0),
+                backend,
+            )
+        )
     ref = Model.from_spec(model.spec(), backend, seed=job.train.seed)
     ref_opt = make_optimizer(job.train, ref)
     ref_schedule = make_schedule(job.train, steps)

@@ -81,7 +81,10 @@ def main():
     peer.verify_same("world", "same job text")
     peer.sync()
     result["layout"] = {
-        "group": peer.group, "worker": peer.worker, "groups": peer.groups, "workers": peer.workers,
+        "group": peer.group,
+        "worker": peer.worker,
+        "groups": peer.groups,
+        "workers": peer.workers,
         "group_comm": [peer.group_comm.Get_rank(), peer.group_comm.Get_size()],
         "cross_comm": [peer.cross_comm.Get_rank(), peer.cross_comm.Get_size()],
     }
