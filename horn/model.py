@@ -19,6 +19,7 @@ from horn.initializers import INITIALIZERS, initialize
 from horn.layer import Layer, Loss, as_shape, batch_shape, mix64, shape_size
 from horn.npz_header import header_array, read_header
 from horn.registry import class_path, is_builtin, resolve
+from horn.suggest import did_you_mean
 
 ALIGN = 16  # elements: every view starts on a 64-byte boundary for aligned SIMD loads
 FORMAT = "horn-model-1"
@@ -48,11 +49,10 @@ def layer_from_spec(spec, where="layer", classes=None):
     params = inspect.signature(cls.__init__).parameters
     for key in options:
         if key not in params:
-            import difflib
-
-            close = difflib.get_close_matches(key, params, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise HornError(f"{where}: unknown option {key!r} for layer {spec['type']!r}{hint}")
+            raise HornError(
+                f"{where}: unknown option {key!r} for layer {spec['type']!r}"
+                f"{did_you_mean(key, params)}"
+            )
     try:
         return cls(**options)
     except (TypeError, ValueError) as exc:

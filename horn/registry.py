@@ -9,7 +9,6 @@ point at classes of modules that are already imported, so no file makes horn run
 code: a class path into any other module is refused, never imported.
 """
 
-import difflib
 import importlib
 import re
 import sys
@@ -18,6 +17,7 @@ from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 
 from horn.errors import HornError
+from horn.suggest import did_you_mean
 
 BUILTIN_PACKAGE = "horn.layers"  # the allow-list: always importable
 _LAYERS = {}
@@ -78,10 +78,8 @@ def resolve(type_name, where="layer", classes=None):
         return cls
     layers = registered()
     if type_name not in layers:
-        close = difflib.get_close_matches(type_name, layers, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise HornError(
-            f"{where}: unknown layer type {type_name!r}{hint}; known: "
+            f"{where}: unknown layer type {type_name!r}{did_you_mean(type_name, layers)}; known: "
             f"{', '.join(sorted(layers))} (a layer of your own is known once its "
             f"module is imported: model.imports in a job, --import for eval/predict)"
         )
