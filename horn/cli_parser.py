@@ -4,12 +4,13 @@ without the reST markup of the docstrings it is taken from."""
 import argparse
 import re
 
-_MARKUP = re.compile(r"(?::[\w.:-]+:)?(`{1,2})~?([^`]+?)\1")
+_ROLE = re.compile(r":[\w.:-]+:(`{1,2})~?([^`]+?)\1")  # :func:`~x.y` -> x.y (~ is Sphinx's)
+_CODE = re.compile(r"(`{1,2})([^`]+?)\1")  # ``x`` and `x` -> x, a ~ inside kept
 
 
 def plain(text):
     """``x``, `x` and :role:`x` (also :role:`~x`) -> x: help is read in a terminal."""
-    return _MARKUP.sub(r"\2", text)
+    return _CODE.sub(r"\2", _ROLE.sub(r"\2", text))
 
 
 class PlainHelpFormatter(argparse.HelpFormatter):
