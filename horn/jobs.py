@@ -340,6 +340,8 @@ def _convert(value, meta, where):
             or (hi is not None and (value > hi or (meta["hi_open"] and value == hi)))
         ):
             raise HornError(f"{where()}: expected {_describe(meta)}, found {value!r}")
+    if meta.get("path") and "\x00" in value:  # no file system takes one
+        raise HornError(f"{where()}: expected a file name, found one with a NUL byte: {value!r}")
     return value
 
 

@@ -96,6 +96,10 @@ def test_good_job_is_frozen_with_defaults(tmp_path):
             r"job.toml:12: parallel.subnet.warmup_steps: sub-network warm-up is not combined",
         ),
         (
+            GOOD + '[data]\npath = "a\\u0000b"\n',
+            r"job.toml:9: data.path: expected a file name, found one with a NUL byte",
+        ),
+        (
             GOOD + "[parallel]\nshard_alpha = 0.1\n",
             r"job.toml:9: parallel.shard_alpha: applies only to shard = 'dirichlet'",
         ),

@@ -161,9 +161,17 @@ def test_plain_removes_every_role_and_backtick_but_keeps_the_words(words, marks)
     text = " ".join(mark.format(word) for word, mark in zip(words, marks))
     out = plain(text)
     assert "`" not in out
-    assert out.split() == [
-        w.lstrip("~") if m.startswith(":") and "~" in m else w for w, m in zip(words, marks)
-    ]
+    assert out.split() == [shown(word, mark) for word, mark in zip(words, marks)]
+
+
+def shown(word, mark):
+    """What help shows of ``word`` in ``mark``: the text between the backticks, and after
+    a Sphinx role without its one leading ~ (Sphinx's "last component only")."""
+    content = mark.format(word)
+    if mark.startswith(":"):
+        content = content.split("`")[1]
+        return content[1:] if content.startswith("~") else content
+    return content.strip("`")
 
 
 def test_resume_of_a_run_with_checkpoints_off_says_how_to_turn_them_on(tmp_path):
