@@ -33,3 +33,13 @@ def mpirun(n, args, timeout=60, env=None):
     return subprocess.run(
         cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def train_on_ranks(job_path, ranks, timeout=120):
+    """``horn run JOB`` on ``ranks`` ranks: the run directory and its saved model."""
+    from horn.model import Model
+
+    result = mpirun(ranks, ["-m", "horn.cli", "run", job_path, "--quiet"], timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
+    return run_dir, Model.load(f"{run_dir}/model.npz")[0]

@@ -19,7 +19,7 @@ from horn.layers import MSE, Dense, Dropout, SoftmaxCrossEntropy, Tanh
 from horn.model import Model
 from horn.partition import PARTITION_KINDS, partition
 from horn.subnet import SubnetLayout, gather, scatter
-from tests.mpirun import mpirun
+from tests.mpirun import train_on_ranks
 from tests.test_subnet import simulate
 from tests.user_layers import Affine, Gain
 
@@ -242,10 +242,7 @@ def test_a_user_layer_trains_in_sub_networks_across_ranks(tmp_path, groups, work
         f"[parallel.subnet]\npartition = 'irregular'\n{extra}"
         f"[log]\ndir = '{tmp_path}'\n"
     )
-    result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=120)
-    assert result.returncode == 0, result.stderr
-    run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
-    saved, _ = Model.load(f"{run_dir}/model.npz")
+    run_dir, saved = train_on_ranks(path, groups * workers, timeout=120)
     assert saved.layers[0].type_name is None and type(saved.layers[0]).__name__ == "Affine"
     job = load_job(path)
     np.testing.assert_allclose(saved.params, simulate(job, groups, workers), rtol=1e-5, atol=1e-6)

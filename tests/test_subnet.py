@@ -13,7 +13,7 @@ from horn.layers import Dense, Dropout, SoftmaxCrossEntropy
 from horn.model import Model
 from horn.partition import PARTITION_KINDS, partition
 from horn.subnet import SubnetLayout, gather, scatter
-from tests.mpirun import mpirun
+from tests.mpirun import mpirun, train_on_ranks
 
 
 @pytest.mark.parametrize("kind", PARTITION_KINDS)
@@ -295,10 +295,7 @@ def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, 
         f"[parallel.subnet]\npartition = 'irregular'\n{extra}"
         f"[log]\ndir = '{tmp_path}'\n"
     )
-    result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=120)
-    assert result.returncode == 0, result.stderr
-    run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
-    saved, _ = Model.load(f"{run_dir}/model.npz")
+    run_dir, saved = train_on_ranks(path, groups * workers, timeout=120)
     expected = simulate(load_job(path), groups, workers)
     np.testing.assert_allclose(saved.params, expected, rtol=1e-5, atol=1e-6)
     rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
@@ -446,10 +443,7 @@ def test_a_cnn_trains_in_channel_sub_networks_across_ranks(tmp_path, groups, wor
         f'{CNN_SUBNET}scale_at = "weights"\nwarmup_steps = 10\n{extra}'
         f"[log]\ndir = '{tmp_path}'\n"
     )
-    result = mpirun(groups * workers, ["-m", "horn.cli", "run", path, "--quiet"], timeout=180)
-    assert result.returncode == 0, result.stderr
-    run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
-    saved, _ = Model.load(f"{run_dir}/model.npz")
+    run_dir, saved = train_on_ranks(path, groups * workers, timeout=180)
     job = load_job(path)
     np.testing.assert_allclose(saved.params, simulate(job, groups, workers), rtol=1e-5, atol=1e-6)
     with open(f"{run_dir}/metrics.jsonl") as f:
