@@ -43,7 +43,10 @@ def run(job, overrides=(), progress=False):
     else:
         raise HornError(f"horn.run: expected a job file path or a dict, found {type(job).__name__}")
     install_preemption_handlers()  # a stop signal ends at a round boundary, as for horn run
-    out = run_job(resolved, progress=progress, peer=create_peer(resolved), every_rank=True)
+    peer = create_peer(resolved)
+    out = run_job(resolved, progress=progress, peer=peer, every_rank=True)
+    if peer is not None:  # a sweep calls run in a loop: free this run's communicators
+        peer.close()
     run_dir = out.pop("run_dir")
     history, model = out.pop("history"), out.pop("model")
     return RunResult(history, model, Path(run_dir) if run_dir else None, out if run_dir else None)
