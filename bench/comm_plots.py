@@ -25,12 +25,12 @@ COMPUTE_S = 10.1 / 422
 RATES = {"1 Gbit/s": 1e9 / 8, "100 Mbit/s": 100e6 / 8}  # bytes per second on the wire
 # PyTorch DDP to 0.88 (docs/cluster.md): seconds (extrapolated there), MB per rank
 DDP = {"1 Gbit/s": (191.7, 6262), "100 Mbit/s": (557.8, 6262)}
-SHOWN = {  # configuration -> label (seed 0)
+SHOWN = {  # configuration -> label (seed 0, else the tuning seed's run)
     "L128-plain": "MA every 128 steps, fp32",
     "L128-int8": "MA every 128 steps, int8 + error feedback",
-    "L128-nesterov-lr0.7-m0.9": "MA every 128, outer Nesterov lr 0.7 m 0.9",
-    "L64-plain": "MA every 64 steps, fp32 (seed 100)",
-    "L64-nesterov-lr0.7-m0.9": "MA every 64, outer Nesterov lr 0.7 m 0.9 (seed 100)",
+    "L128-nesterov-lr1.0-m0.5": "MA every 128, outer Nesterov lr 1.0 m 0.5",
+    "L64-plain": "MA every 64 steps, fp32",
+    "L64-nesterov-lr1.0-m0.5": "MA every 64, outer Nesterov lr 1.0 m 0.5",
 }
 
 

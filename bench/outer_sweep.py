@@ -1,6 +1,7 @@
 """Rounds to 0.88 validation with outer optimizers, bytes of int8 averaging (issue 14).
 
     python bench/outer_sweep.py              # grid, then the winner vs plain and int8 vs fp32
+    python bench/outer_sweep.py --part grid --steps 64,128    # a part, a smaller grid
     python bench/outer_sweep.py --report     # only print the tables from the results so far
 
 The job is jobs/bench_cluster_100mbit.toml (MLP 784-1024-1024-10 on Fashion-MNIST, 2 ranks
