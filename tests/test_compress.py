@@ -189,3 +189,97 @@ def test_compressed_subnet_bytes_in_metrics_follow_the_formula(tmp_path, codec, 
     # beyond it, only the preemption check's float64 Allreduce: 2 (p-1)/p 8 = 12 bytes
     extra = [got - want for got, want in zip(steps, expected)]
     assert set(extra) <= {0, 12} and extra.count(12) >= 6, (steps, expected)
+
+
+@pytest.mark.parametrize("codec,block", [("int8", 16), ("bf16", 256), ("fp16", 256)])
+def test_compressed_teacher_matches_the_numpy_reference_on_every_rank(codec, block):
+    from tests.mpirun import PROGS
+
+    result = mpirun(3, [PROGS / "compressed_teacher.py", codec, block], timeout=120)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+
+
+EC_JOB = """
+name = "compressed-ec"
+[model]
+layers = [{ type = "dense", units = 16, activation = "relu" }, { type = "dense", units = 10 }]
+[train]
+steps = 30
+batch_size = 16
+backend = "numba"
+[parallel]
+barrier = "ensemble"
+local_steps = 10
+[parallel.ensemble]
+distill_size = 101
+distill_steps = 5
+compress = "int8"
+block = 64
+"""
+
+
+def test_compressed_teacher_bytes_in_metrics_follow_the_formula(tmp_path):
+    """Each barrier but the last (which also sends the final model to rank 0):
+    (G - 1) (4 + N C + 4 ceil(N C / B)) bytes from every rank."""
+    path = tmp_path / "ec.toml"
+    path.write_text(textwrap.dedent(EC_JOB) + f"[log]\ndir = '{tmp_path}'\nplot = false\n")
+    run_dir, _ = train_on_ranks(path, 2, timeout=180)
+    barriers = [
+        r for r in map(json.loads, open(f"{run_dir}/metrics.jsonl")) if r.get("kind") == "barrier"
+    ]
+    assert len(barriers) == 3
+    want = 4 + message_size("int8", 101 * 10, 64)
+    assert [b["bytes_sent"] for b in barriers[:-1]] == [want, want]
+    assert barriers[-1]["bytes_sent"] > want
+
+
+@pytest.mark.parametrize(
+    "parallel,message",
+    [
+        (
+            "[parallel.subnet]\ncompress = 'int8'\n",
+            "parallel.subnet.compress: compresses the exchange of sub-network groups",
+        ),
+        (
+            "groups = 1\nworkers = 2\n[parallel.average]\ncompress = 'bf16'\n",
+            "parallel.average.compress: one group of sub-networks has no cross-group average",
+        ),
+        (
+            "barrier = 'ensemble'\n[parallel.ensemble]\nteacher_data = 'local'\n"
+            "compress = 'fp16'\n",
+            "parallel.ensemble.compress: compresses the shared teacher's outputs",
+        ),
+        (
+            "workers = 2\n[parallel.subnet]\ncompress = 'int4'\n",
+            "parallel.subnet.compress: expected one of",
+        ),
+        ("workers = 2\n[parallel.subnet]\nblock = 0\n", "parallel.subnet.block"),
+    ],
+    ids=["subnet-without-workers", "average-one-group", "ensemble-local", "codec", "block"],
+)
+def test_bad_compress_settings_are_one_line_with_exit_code_2(tmp_path, parallel, message):
+    from tests.cli import horn
+
+    path = tmp_path / "bad.toml"
+    path.write_text(textwrap.dedent(JOB).replace("[parallel.average]\n", parallel))
+    result = horn("validate", path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("horn: error: ") and message in lines[0], lines
+
+
+def test_model_averaging_evaluates_between_barriers_on_a_compressed_copy(tmp_path):
+    """An epoch ending mid-round evaluates the replicas' mean: (p - 1) codec messages
+    more in that superstep, where fp32 would send 2 (p - 1)/p 4 P."""
+    path = tmp_path / "job.toml"
+    path.write_text(
+        textwrap.dedent(JOB).replace("steps = 24", "steps = 40").replace("= 6", "= 10")
+        + f"compress = 'int8'\nblock = 64\n[log]\ndir = '{tmp_path / 'runs'}'\nplot = false\n"
+    )
+    run_dir, model = train_on_ranks(path, 3, timeout=180)
+    rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
+    epochs = [r for r in rows if "val_accuracy" in r and "epoch" in r]
+    steps = [r["bytes_sent"] for r in rows if r.get("kind") == "superstep"]
+    assert len(epochs) >= 2 and len(steps) == 4  # an epoch ends inside a round
+    copy = max(steps) - min(steps) - 2 * message_size("int8", model.size, 64)
+    assert 0 <= copy < 200, steps
