@@ -121,6 +121,10 @@ class Peer:
         report_start(peer.rank, peer.size, peer.hosts[peer.rank])
         return peer
 
+    def comm_size(self, comm):
+        """How many ranks ``comm`` ("world", "group" or "cross") has."""
+        return self._channels[comm].size
+
     def layout_text(self):
         """One line for rank 0 to print so users can check the layout they asked for."""
         w = self.workers
@@ -303,8 +307,9 @@ class Peer:
             (self._channels[comm].size - 1) * sendbuf.nbytes,
         )
 
-    def allgatherv(self, sendbuf, recvbuf, counts, comm="world"):
-        """Gather blocks of ``counts[i]`` elements. Sends (p-1) * own block bytes.
+    def allgatherv(self, sendbuf, recvbuf, counts, comm="world", displs=None):
+        """Gather blocks of ``counts[i]`` elements (at element offsets ``displs[i]``,
+        packed by default). Sends (p-1) * own block bytes.
 
         (Ring allgatherv: summed over ranks this equals the ring's total traffic.)
         """
@@ -315,10 +320,11 @@ class Peer:
                 f"is {counts[channel.rank]}"
             )
         counts = list(counts)
+        layout = counts if displs is None else (counts, list(displs))
         self._collective(
             comm,
             "allgatherv",
-            lambda c: c.Iallgatherv(sendbuf, [recvbuf, counts]),
+            lambda c: c.Iallgatherv(sendbuf, [recvbuf, layout]),
             (channel.size - 1) * sendbuf.nbytes,
         )
 
