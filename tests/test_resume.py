@@ -81,15 +81,22 @@ def same_run(a, b):
         "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n",
         "[parallel.average]\nouter = 'adam'\nouter_lr = 0.01\n",
         "[parallel.average]\ncompress = 'int8'\nblock = 64\nouter = 'nesterov'\nouter_lr = 0.7\n",
+        "local_steps = 1\n[parallel.average]\nreduce = 'gradients'\nbucket_mb = 0.001\n",
     ],
-    ids=["model-averaging", "sub-networks", "outer-nesterov", "outer-adam", "int8-nesterov"],
+    ids=[
+        "model-averaging",
+        "sub-networks",
+        "outer-nesterov",
+        "outer-adam",
+        "int8-nesterov",
+        "overlapped-gradients",
+    ],
 )
 def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path, parallel):
     for name in ("whole", "killed"):
         path = write_job(tmp_path, name)
-        path.write_text(
-            path.read_text().replace("local_steps = 4\n", "local_steps = 4\n" + parallel)
-        )
+        rounds = "" if parallel.startswith("local_steps") else "local_steps = 4\n"
+        path.write_text(path.read_text().replace("local_steps = 4\n", rounds + parallel))
     whole = mpirun(2, ["-m", "horn.cli", "run", tmp_path / "whole.toml", "--quiet"], 120, ENV)
     assert whole.returncode == 0, whole.stderr
     start = time.monotonic()
