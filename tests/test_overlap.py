@@ -36,6 +36,21 @@ def write_job(tmp_path, extra="", name="overlap.toml"):
     return path
 
 
+def test_buckets_cover_the_trainable_gradients_last_layer_first():
+    from horn.barriers.gradients import plan_buckets
+    from horn.jobs import load_job, model_spec
+    from horn.model import Model
+
+    model = Model.from_spec(model_spec(load_job(str(ROOT / "jobs/digits.toml")), 64))
+    with_params = len({id(layer) for _, layer, _, _ in model.slots})  # dropout has none
+    assert with_params == 3
+    for mb, count in ((1e-6, with_params), (100.0, 1)):
+        buckets = plan_buckets(model, mb)
+        assert len(buckets) == count
+        assert buckets[0][1] == model.trainable_size and buckets[-1][0] == 0
+        assert all(a[0] == b[1] for a, b in zip(buckets, buckets[1:]))
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_bucketed_overlap_equals_plain_reduction_and_the_concatenated_batch(tmp_path, ranks):
     """0.001 MB (262 floats) buckets: one per dense layer (3120, 1568 and 336 floats)."""

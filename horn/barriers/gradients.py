@@ -17,8 +17,8 @@ from horn.barriers.base import PeerSync
 
 def plan_buckets(model, bucket_mb):
     """``[(lo, hi)]``: contiguous slices of ``grads[:trainable_size]`` in the order
-    backward completes them (last first); each ends at a layer's first trainable
-    offset once it holds ``bucket_mb`` or more (a layer is never split)."""
+    backward completes them (last first). Each starts at a layer's first trainable
+    offset and holds ``bucket_mb`` or more, but the last (a layer is never split)."""
     k = model.trainable_size
     starts = {}
     for _, layer, off, _ in model.slots:
@@ -43,13 +43,15 @@ class GradientSync(PeerSync):
         self._requests, self._started = [], 0
         model.add_backward_hook(self._layer_done)
 
+    def _next_is_ready(self, ready):
+        return self._started < len(self.buckets) and self.buckets[self._started][0] >= ready
+
     def _layer_done(self, index, ready):
-        grads = self.model.grads
-        if self._started < len(self.buckets) and self.buckets[self._started][0] >= ready:
+        if self._next_is_ready(ready):
             self.model.backend.synchronize()  # the device's kernels wrote them
-        while self._started < len(self.buckets) and self.buckets[self._started][0] >= ready:
+        while self._next_is_ready(ready):
             lo, hi = self.buckets[self._started]
-            self._requests.append(self.peer.start_allreduce_sum(grads[lo:hi]))
+            self._requests.append(self.peer.start_allreduce_sum(self.model.grads[lo:hi]))
             self._started += 1
         if index == 0:
             self._finish()
