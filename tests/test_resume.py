@@ -84,6 +84,7 @@ def same_run(a, b):
         "groups = 1\nworkers = 2\n[parallel.subnet]\ncompress = 'int8'\nblock = 64\n",
         "workers = 2\nglobal_every = 3\n[parallel.subnet]\ncompress = 'bf16'\n"
         "[parallel.average]\ncompress = 'int8'\nblock = 32\n",
+        "local_steps = 1\n[parallel.average]\nreduce = 'gradients'\n",
     ],
     ids=[
         "model-averaging",
@@ -93,6 +94,7 @@ def same_run(a, b):
         "int8-nesterov",
         "sub-networks-int8",
         "2x2-bf16-cross-int8",
+        "overlapped-gradients",
     ],
 )
 def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path, parallel):
@@ -100,9 +102,10 @@ def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path, parallel
     prompt_s = 15 * ranks  # 4 oversubscribed ranks start and step about twice as slowly
     for name in ("whole", "killed"):
         path = write_job(tmp_path, name)
-        path.write_text(
-            path.read_text().replace("local_steps = 4\n", "local_steps = 4\n" + parallel)
-        )
+        text, rounds = path.read_text(), "local_steps = 4\n"
+        if parallel.startswith("local_steps = 1"):  # rounds of 1 step: checkpoint as often
+            text, rounds = text.replace("every = 5", "every = 20"), ""
+        path.write_text(text.replace("local_steps = 4\n", rounds + parallel))
     whole = mpirun(ranks, ["-m", "horn.cli", "run", tmp_path / "whole.toml", "--quiet"], 120, ENV)
     assert whole.returncode == 0, whole.stderr
     start = time.monotonic()

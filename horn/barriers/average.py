@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from horn.backends.base import CODECS
 from horn.barriers.base import PeerSync
 from horn.barriers.compress import CompressedMean
+from horn.barriers.gradients import GradientSync
 from horn.barriers.outer import OUTER_OPTIMIZERS, OuterOptimizer
 from horn.barriers.registry import NoSettings, register_strategy
 from horn.errors import HornError
@@ -22,8 +23,25 @@ class AverageSettings(NoSettings):
     outer_momentum: float = opt(0.9, float, lo=0.0, hi=1.0, hi_open=True)  # nesterov; adam's beta1
     compress: str = opt("none", str, ("none", *CODECS))  # what each rank sends (barriers.compress)
     block: int = opt(256, int, lo=1, hi=1 << 24)  # int8: values per scale
+    reduce: str = opt("parameters", str, ("parameters", "gradients"))  # what is averaged
+    bucket_mb: float = opt(4.0, float, lo=0.0, lo_open=True)  # gradients: per Iallreduce
 
     def check(self, parallel, where):
+        if self.reduce == "gradients":
+            if parallel.local_steps != 1 or parallel.workers != 1:
+                raise HornError(
+                    f'{where("reduce")}: reduce = "gradients" averages every step\'s '
+                    f"gradients: it needs parallel.local_steps = 1 and parallel.workers = 1, "
+                    f"found local_steps = {parallel.local_steps}, workers = {parallel.workers}"
+                )
+            plain = {"momentum": False, "outer": "sgd", "outer_lr": 1.0, "compress": "none"}
+            for key, default in plain.items():
+                if getattr(self, key) != default:
+                    raise HornError(
+                        f'{where(key)}: reduce = "gradients" keeps every rank identical '
+                        f"(no {key} to apply): expected {default!r}, found "
+                        f"{getattr(self, key)!r}"
+                    )
         if self.compress != "none" and parallel.workers > 1 and parallel.groups == 1:
             raise HornError(
                 f"{where('compress')}: one group of sub-networks has no cross-group "
@@ -41,6 +59,8 @@ def build(setup, settings, inner):
             outer_for(setup.model, settings), compressed_for(setup, settings, "cross")
         )
         return inner
+    if settings.reduce == "gradients":
+        return GradientSync(setup.peer, setup.model, settings.bucket_mb)
     return AverageSync(
         setup.peer,
         setup.model,
