@@ -176,9 +176,7 @@ class Trainer:
         }
         if self.skip_bad_batches:
             record["skipped_batches"] = int(skipped)
-        per_rank = self.sync.bytes_per_rank()
-        if per_rank is not None:
-            record["bytes_sent_per_rank"] = per_rank
+        record.update(self.sync.byte_totals())
         for extra in self.sync.records():
             self.metrics.write(extra)
         self.metrics.write(record)

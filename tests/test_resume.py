@@ -81,8 +81,16 @@ def same_run(a, b):
         "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n",
         "[parallel.average]\nouter = 'adam'\nouter_lr = 0.01\n",
         "[parallel.average]\ncompress = 'int8'\nblock = 64\nouter = 'nesterov'\nouter_lr = 0.7\n",
+        "[parallel.average]\nacross_every = 3\nmomentum = true\nouter = 'nesterov'\nouter_lr = 0.7\n",
     ],
-    ids=["model-averaging", "sub-networks", "outer-nesterov", "outer-adam", "int8-nesterov"],
+    ids=[
+        "model-averaging",
+        "sub-networks",
+        "outer-nesterov",
+        "outer-adam",
+        "int8-nesterov",
+        "hierarchical-nesterov",
+    ],
 )
 def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path, parallel):
     for name in ("whole", "killed"):

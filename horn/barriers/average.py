@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from horn.backends.base import CODECS
 from horn.barriers.base import PeerSync
 from horn.barriers.compress import CompressedMean
+from horn.barriers.hosts import HostMeans
 from horn.barriers.outer import OUTER_OPTIMIZERS, OuterOptimizer
 from horn.barriers.registry import NoSettings, register_strategy
 from horn.errors import HornError
@@ -22,12 +23,25 @@ class AverageSettings(NoSettings):
     outer_momentum: float = opt(0.9, float, lo=0.0, hi=1.0, hi_open=True)  # nesterov; adam's beta1
     compress: str = opt("none", str, ("none", *CODECS))  # what each rank sends (barriers.compress)
     block: int = opt(256, int, lo=1, hi=1 << 24)  # int8: values per scale
+    # 0: flat (the world mean every round); k: the host's mean every round and the
+    # world's every k-th, through one leader per host (horn.barriers.hosts)
+    across_every: int = opt(0, int, lo=0, hi=1 << 20)
 
     def check(self, parallel, where):
         if self.compress != "none" and parallel.workers > 1:
             raise HornError(
                 f"{where('compress')}: compressed exchanges apply to model averaging "
                 f"(workers = 1); sub-network groups average their parents in fp32"
+            )
+        if self.across_every and parallel.workers > 1:
+            raise HornError(
+                f"{where('across_every')}: hierarchical averaging applies to model averaging "
+                f"(workers = 1), found workers = {parallel.workers}"
+            )
+        if self.across_every and self.compress != "none":
+            raise HornError(
+                f"{where('across_every')}: hierarchical averaging sends fp32; expected "
+                f'compress = "none" with it, found {self.compress!r}'
             )
 
 
@@ -52,6 +66,7 @@ def build(setup, settings, inner):
         settings.momentum,
         outer_for(setup.model, settings),
         compressed,
+        settings.across_every,
     )
 
 
@@ -64,7 +79,14 @@ def outer_for(model, settings):
 
 class AverageSync(PeerSync):
     """Every ``local_steps`` steps, one in-place Allreduce-mean of the flat parameter
-    buffer (and, optionally, of the optimizer state) over all ranks."""
+    buffer (and, optionally, of the optimizer state) over all ranks.
+
+    With ``across_every = k`` (hierarchical): every round the mean over each host,
+    every k-th round (and the last) the world mean through the host leaders. Only a
+    world round ends a superstep and is a boundary (checkpoints, early stops): the
+    ranks of different hosts differ in between. The outer optimizer steps at world
+    rounds only, on the world mean: its anchor is the model at the last world round.
+    """
 
     def __init__(
         self,
@@ -76,8 +98,14 @@ class AverageSync(PeerSync):
         average_state=False,
         outer=None,
         compressed=None,
+        across_every=0,
     ):
         super().__init__(peer)
+        self.across_every = across_every
+        self.hosts = HostMeans(peer) if across_every else None
+        self.world_mean = (
+            self.hosts.world if self.hosts else lambda buf: peer.allreduce_mean(buf, "world")
+        )
         self.model, self.optimizer, self.outer = model, optimizer, outer
         self.compressed = compressed
         self.local_steps, self.total_steps = local_steps, total_steps
@@ -88,8 +116,11 @@ class AverageSync(PeerSync):
     def after_step(self, step):
         self.steps_done = step + 1
         if self.is_boundary(self.steps_done, self.local_steps, self.total_steps):
+            if self.hosts is not None and not self._across_now():
+                self._average(self.hosts.host)
+                return
             if self.compressed is None:
-                average(self.peer, self.model, self.optimizer, self.average_state, "world")
+                self._average(self.world_mean)
             else:
                 self.compressed.average(self.model)
                 average_state(self.peer, self.optimizer, self.average_state, "world")
@@ -99,6 +130,19 @@ class AverageSync(PeerSync):
                 self.compressed.rebase(self.model.params)
             self.peer.sync()
             self.boundary_at = self.steps_done
+
+    def _across_now(self):
+        """A hierarchical world round: every ``across_every``-th round, and the last."""
+        rounds = -(-self.steps_done // self.local_steps)
+        return rounds % self.across_every == 0 or self.steps_done == self.total_steps
+
+    def _average(self, mean):
+        """Replace the parameters (and optimizer state) by ``mean`` of them, in place."""
+        self.model.backend.synchronize()
+        mean(self.model.params)
+        if self.average_state:
+            for buf in self.optimizer.state().values():
+                mean(buf)
 
     def checkpoint_buffers(self, model, optimizer):
         state_key = "world" if self.average_state else None  # momentum differs per rank
@@ -131,7 +175,7 @@ class AverageSync(PeerSync):
                 model.spec(), model.backend, dtype=model.dtype, initialize_params=False
             )
         self._scratch.params[...] = model.params
-        self.peer.allreduce_mean(self._scratch.params, "world")
+        self.world_mean(self._scratch.params)
         return self._scratch
 
 

@@ -30,9 +30,10 @@ class Sync:
         """Extra metrics records (supersteps, bytes, partitions) for metrics.jsonl."""
         return []
 
-    def bytes_per_rank(self):
-        """Bytes each rank has sent so far (None without communication)."""
-        return None
+    def byte_totals(self):
+        """``{"bytes_sent_per_rank": [...], ...}``: what each rank has sent so far, for
+        the epoch and final records (empty without communication)."""
+        return {}
 
     # ---- checkpoints (called at round boundaries) --------------------------------
     def checkpoint_buffers(self, model, optimizer):
@@ -69,11 +70,15 @@ class PeerSync(Sync):
     def records(self):
         return self.peer.drain_records()
 
-    def bytes_per_rank(self):
-        """One small Allgather: leaders and workers move different amounts."""
-        totals = np.zeros(self.peer.size, np.int64)
-        self.peer.allgather(np.array([self.peer.bytes_sent_total], np.int64), totals, "world")
-        return totals.tolist()
+    def byte_totals(self):
+        """One small Allgather: leaders and workers move different amounts. A job
+        across hosts adds each rank's inter-host part (``bytes_sent_inter_host_per_rank``)."""
+        peer = self.peer
+        mine = [peer.bytes_sent_total, peer.bytes_across_total][: 1 + peer.multi_host]
+        totals = np.zeros((peer.size, len(mine)), np.int64)
+        peer.allgather(np.array(mine, np.int64), totals, "world")
+        names = ("bytes_sent_per_rank", "bytes_sent_inter_host_per_rank")
+        return {name: totals[:, i].tolist() for i, name in enumerate(names[: len(mine)])}
 
     def after_step(self, step):
         self.boundary_at = step + 1  # no barrier at all: every step is a boundary
