@@ -72,13 +72,16 @@ class PeerSync(Sync):
 
     def byte_totals(self):
         """One small Allgather: leaders and workers move different amounts. A job
-        across hosts adds each rank's inter-host part (``bytes_sent_inter_host_per_rank``)."""
+        across hosts adds each rank's inter-host part (``bytes_sent_inter_host_per_rank``);
+        both are gathered either way, so a job sends the same bytes on one host and on many."""
         peer = self.peer
-        mine = [peer.bytes_sent_total, peer.bytes_across_total][: 1 + peer.multi_host]
-        totals = np.zeros((peer.size, len(mine)), np.int64)
-        peer.allgather(np.array(mine, np.int64), totals, "world")
-        names = ("bytes_sent_per_rank", "bytes_sent_inter_host_per_rank")
-        return {name: totals[:, i].tolist() for i, name in enumerate(names[: len(mine)])}
+        totals = np.zeros((peer.size, 2), np.int64)
+        mine = np.array([peer.bytes_sent_total, peer.bytes_across_total], np.int64)
+        peer.allgather(mine, totals, "world")
+        counts = {"bytes_sent_per_rank": totals[:, 0].tolist()}
+        if peer.multi_host:
+            counts["bytes_sent_inter_host_per_rank"] = totals[:, 1].tolist()
+        return counts
 
     def after_step(self, step):
         self.boundary_at = step + 1  # no barrier at all: every step is a boundary
