@@ -192,9 +192,7 @@ class Run:
                 best_val_accuracy=self.best.best,
                 best_test_accuracy=best.accuracy(data.x_test, data.y_test),
             )
-        per_rank = self.prepared.sync.bytes_per_rank()
-        if per_rank is not None:
-            final["bytes_sent_per_rank"] = per_rank
+        final.update(self.prepared.sync.byte_totals())
         return final
 
     # ---- save --------------------------------------------------------------------

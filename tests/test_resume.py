@@ -85,6 +85,7 @@ def same_run(a, b):
         "workers = 2\nglobal_every = 3\n[parallel.subnet]\ncompress = 'bf16'\n"
         "[parallel.average]\ncompress = 'int8'\nblock = 32\n",
         "local_steps = 1\n[parallel.average]\nreduce = 'gradients'\n",
+        "[parallel.average]\nacross_every = 3\nmomentum = true\nouter = 'nesterov'\nouter_lr = 0.7\n",
     ],
     ids=[
         "model-averaging",
@@ -95,6 +96,7 @@ def same_run(a, b):
         "sub-networks-int8",
         "2x2-bf16-cross-int8",
         "overlapped-gradients",
+        "hierarchical-nesterov",
     ],
 )
 def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path, parallel):

@@ -6,6 +6,7 @@ from horn.backends.base import CODECS
 from horn.barriers.base import PeerSync
 from horn.barriers.compress import CompressedMean
 from horn.barriers.gradients import GradientSync
+from horn.barriers.hosts import HostMeans
 from horn.barriers.outer import OUTER_OPTIMIZERS, OuterOptimizer
 from horn.barriers.registry import NoSettings, register_strategy
 from horn.errors import HornError
@@ -25,6 +26,9 @@ class AverageSettings(NoSettings):
     block: int = opt(256, int, lo=1, hi=1 << 24)  # int8: values per scale
     reduce: str = opt("parameters", str, ("parameters", "gradients"))  # what is averaged
     bucket_mb: float = opt(4.0, float, lo=0.0, lo_open=True)  # gradients: per Iallreduce
+    # 0: flat (the world mean every round); k: the host's mean every round and the
+    # world's every k-th, through one leader per host (horn.barriers.hosts)
+    across_every: int = opt(0, int, lo=0, hi=1 << 20)
 
     def check(self, parallel, where):
         if self.reduce == "gradients":
@@ -34,7 +38,13 @@ class AverageSettings(NoSettings):
                     f"gradients: it needs parallel.local_steps = 1 and parallel.workers = 1, "
                     f"found local_steps = {parallel.local_steps}, workers = {parallel.workers}"
                 )
-            plain = {"momentum": False, "outer": "sgd", "outer_lr": 1.0, "compress": "none"}
+            plain = {
+                "momentum": False,
+                "outer": "sgd",
+                "outer_lr": 1.0,
+                "compress": "none",
+                "across_every": 0,
+            }
             for key, default in plain.items():
                 if getattr(self, key) != default:
                     raise HornError(
@@ -47,6 +57,16 @@ class AverageSettings(NoSettings):
                 f"{where('compress')}: one group of sub-networks has no cross-group "
                 f"average to compress (its own exchange is [parallel.subnet] compress), "
                 f"found compress = {self.compress!r}"
+            )
+        if self.across_every and parallel.workers > 1:
+            raise HornError(
+                f"{where('across_every')}: hierarchical averaging applies to model averaging "
+                f"(workers = 1), found workers = {parallel.workers}"
+            )
+        if self.across_every and self.compress != "none":
+            raise HornError(
+                f"{where('across_every')}: hierarchical averaging sends fp32; expected "
+                f'compress = "none" with it, found {self.compress!r}'
             )
 
 
@@ -70,6 +90,7 @@ def build(setup, settings, inner):
         settings.momentum,
         outer_for(setup.model, settings),
         compressed_for(setup, settings, "world"),
+        settings.across_every,
     )
 
 
@@ -89,7 +110,14 @@ def outer_for(model, settings):
 
 class AverageSync(PeerSync):
     """Every ``local_steps`` steps, one in-place Allreduce-mean of the flat parameter
-    buffer (and, optionally, of the optimizer state) over all ranks."""
+    buffer (and, optionally, of the optimizer state) over all ranks.
+
+    With ``across_every = k`` (hierarchical): every round the mean over each host,
+    every k-th round (and the last) the world mean through the host leaders. Only a
+    world round ends a superstep and is a boundary (checkpoints, early stops): the
+    ranks of different hosts differ in between. The outer optimizer steps at world
+    rounds only, on the world mean: its anchor is the model at the last world round.
+    """
 
     def __init__(
         self,
@@ -101,8 +129,14 @@ class AverageSync(PeerSync):
         average_state=False,
         outer=None,
         compressed=None,
+        across_every=0,
     ):
         super().__init__(peer)
+        self.across_every = across_every
+        self.hosts = HostMeans(peer) if across_every else None
+        self.world_mean = (
+            self.hosts.world if self.hosts else lambda buf: peer.allreduce_mean(buf, "world")
+        )
         self.model, self.optimizer, self.outer = model, optimizer, outer
         self.compressed = compressed
         self.local_steps, self.total_steps = local_steps, total_steps
@@ -113,17 +147,38 @@ class AverageSync(PeerSync):
     def after_step(self, step):
         self.steps_done = step + 1
         if self.is_boundary(self.steps_done, self.local_steps, self.total_steps):
-            mean_and_step(
-                self.peer,
-                self.model,
-                self.optimizer,
-                self.average_state,
-                "world",
-                self.compressed,
-                self.outer,
-            )
+            if self.hosts is None:
+                mean_and_step(
+                    self.peer,
+                    self.model,
+                    self.optimizer,
+                    self.average_state,
+                    "world",
+                    self.compressed,
+                    self.outer,
+                )
+            elif self._across_now():  # fp32 only: check() refuses compress with hosts
+                self._average(self.hosts.world)
+                if self.outer is not None:
+                    self.outer.step(self.model)
+            else:
+                self._average(self.hosts.host)
+                return
             self.peer.sync()
             self.boundary_at = self.steps_done
+
+    def _across_now(self):
+        """A hierarchical world round: every ``across_every``-th round, and the last."""
+        rounds = -(-self.steps_done // self.local_steps)
+        return rounds % self.across_every == 0 or self.steps_done == self.total_steps
+
+    def _average(self, mean):
+        """Replace the parameters (and optimizer state) by ``mean`` of them, in place."""
+        self.model.backend.synchronize()
+        mean(self.model.params)
+        if self.average_state:
+            for buf in self.optimizer.state().values():
+                mean(buf)
 
     def checkpoint_buffers(self, model, optimizer):
         state_key = "world" if self.average_state else None  # momentum differs per rank
@@ -160,7 +215,7 @@ class AverageSync(PeerSync):
             )
         if self.compressed is None:
             self._scratch.params[...] = model.params
-            self.peer.allreduce_mean(self._scratch.params, "world")
+            self.world_mean(self._scratch.params)
         else:
             self.compressed.mean_copy(model, self._scratch.params)
         return self._scratch
