@@ -237,9 +237,20 @@ def cnn_step_flops(model, batch=CNN_BATCH):
 
 
 def cnn_matmuls(model, batch=CNN_BATCH):
-    """One step's matmuls alone, on the shapes and orientations the layers use (conv2d:
-    W @ cols, dz @ cols.T and, but for the first layer, W.T @ dz; dense: x @ W, x.T @ dy,
-    dy @ W.T): what is left of a step for any other kernel to win back."""
+    """One step's matmuls alone (:func:`cnn_matmul_calls`), as a function."""
+    calls = cnn_matmul_calls(model, batch)
+
+    def step():
+        for a, b, out in calls:
+            np.matmul(a, b, out=out)
+
+    return step
+
+
+def cnn_matmul_calls(model, batch=CNN_BATCH):
+    """(a, b, out) of one step's matmuls, on the shapes and orientations the layers use (conv2d:
+    W @ cols, dz @ cols.T; dense: x @ W, x.T @ dy; and the input gradient, W.T @ dz or
+    dy @ W.T, but for the first layer): what is left of a step for any other kernel to win back."""
     rng = np.random.default_rng(SEED)
     calls = []
     split = [layer for layer in model.layers if layer.partition_role == "split"]
@@ -257,13 +268,9 @@ def cnn_matmuls(model, batch=CNN_BATCH):
             x = rng.random((batch, w.shape[0]), dtype=np.float32)
             dy = rng.random((batch, w.shape[1]), dtype=np.float32)
             calls += [(x, w, np.empty_like(dy)), (x.T, dy, np.empty_like(w))]
-            calls.append((dy, w.T, np.empty_like(x)))
-
-    def step():
-        for a, b, out in calls:
-            np.matmul(a, b, out=out)
-
-    return step
+            if k:
+                calls.append((dy, w.T, np.empty_like(x)))
+    return calls
 
 
 def cnn_rows(backend_name):
