@@ -53,7 +53,7 @@ DOCS = REPO / "docs"
 RATES = ("unlimited", "1gbit", "100mbit")
 TARGET = 0.88
 LIMIT = 8192  # training samples of an extrapolation run (its seconds per step)
-NAME = "bench"
+NAME = "bench"  # the simulated cluster's name (--cluster: two benches at once must differ)
 CONFIGS = {
     name: vs_torch.CONFIGS[name]
     for name in ("ddp", "sync", "ma", "ma_tuned", "subnet_tuned", "ec")
@@ -334,6 +334,7 @@ def main():
     )
     parser.add_argument("--timeout", type=int, default=900, help="seconds per run")
     parser.add_argument("--resume", action="store_true", help="reuse runs/cluster/results.jsonl")
+    parser.add_argument("--cluster", default=NAME, help=f"simulated cluster name ({NAME})")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.limit = 2, 8192
@@ -355,7 +356,7 @@ def main():
     elif results_path.exists() and not tuning:
         results_path.unlink()
     for rate in rates:
-        c = simulated.up(2, rate=rate, name=NAME)
+        c = simulated.up(2, rate=rate, name=simulated.check_name(args.cluster))
         try:
             for name in names:
                 extrapolate = (name, rate) in EXTRAPOLATED and (
@@ -378,7 +379,7 @@ def main():
                     flush=True,
                 )
         finally:
-            simulated.down(NAME)
+            simulated.down(args.cluster)
     rows_by_rate = {
         rate: [row for name in names if (row := row_of(name, rate, results)) is not None]
         for rate in rates

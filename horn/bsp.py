@@ -121,6 +121,10 @@ class Peer:
         report_start(peer.rank, peer.size, peer.hosts[peer.rank])
         return peer
 
+    def comm_size(self, comm):
+        """How many ranks ``comm`` ("world", "group" or "cross") has."""
+        return self._channels[comm].size
+
     def layout_text(self):
         """One line for rank 0 to print so users can check the layout they asked for."""
         w = self.workers
@@ -294,6 +298,30 @@ class Peer:
             2 * (p - 1) * buf.nbytes // p,
         )
 
+    def start_allreduce_sum(self, buf, comm="world"):
+        """Start an in-place sum over ``comm`` and return its request, accounting its
+        bytes (as allreduce_sum) now: the caller overlaps it with work, calls
+        :meth:`progress` now and then, and ends it (with others) in :meth:`wait_all`."""
+        channel = self._channels[comm]
+        t0 = time.perf_counter()
+        request = channel.comm.Iallreduce(MPI.IN_PLACE, buf, MPI.SUM)
+        p = channel.size
+        self._account(time.perf_counter() - t0, 2 * (p - 1) * buf.nbytes // p)
+        return request
+
+    def progress(self, requests):
+        """One cheap ``Testall`` over started requests: Open MPI's non-blocking
+        collectives advance only inside MPI calls."""
+        t0 = time.perf_counter()
+        MPI.Request.Testall(requests)
+        self._account(time.perf_counter() - t0, 0)
+
+    def wait_all(self, requests, name, comm="world"):
+        """Complete started requests in one watchdog poll loop (no round trip each)."""
+        t0 = time.perf_counter()
+        self._wait(requests, self._channels[comm], name)
+        self._account(time.perf_counter() - t0, 0)
+
     def allgather(self, sendbuf, recvbuf, comm="world"):
         """Gather equal blocks from every rank. Sends (p-1) * own block bytes."""
         self._collective(
@@ -303,8 +331,9 @@ class Peer:
             (self._channels[comm].size - 1) * sendbuf.nbytes,
         )
 
-    def allgatherv(self, sendbuf, recvbuf, counts, comm="world"):
-        """Gather blocks of ``counts[i]`` elements. Sends (p-1) * own block bytes.
+    def allgatherv(self, sendbuf, recvbuf, counts, comm="world", displs=None):
+        """Gather blocks of ``counts[i]`` elements (at element offsets ``displs[i]``,
+        packed by default). Sends (p-1) * own block bytes.
 
         (Ring allgatherv: summed over ranks this equals the ring's total traffic.)
         """
@@ -315,10 +344,11 @@ class Peer:
                 f"is {counts[channel.rank]}"
             )
         counts = list(counts)
+        layout = counts if displs is None else (counts, list(displs))
         self._collective(
             comm,
             "allgatherv",
-            lambda c: c.Iallgatherv(sendbuf, [recvbuf, counts]),
+            lambda c: c.Iallgatherv(sendbuf, [recvbuf, layout]),
             (channel.size - 1) * sendbuf.nbytes,
         )
 
@@ -394,22 +424,21 @@ class Peer:
         account its seconds and ``nbytes`` (this rank's share, by the cost model)."""
         channel = self._channels[comm] if isinstance(comm, str) else comm
         t0 = time.perf_counter()
-        request = start(channel.comm)
-        self._wait(request, channel, name)
+        self._wait([start(channel.comm)], channel, name)
         self._account(time.perf_counter() - t0, nbytes)
 
-    def _wait(self, request, channel, name):
-        """Poll ``request``: spin briefly, then nap (idle ranks stay cheap) and answer
-        roll calls. The channel's rank 0 gives up first, the others a little later,
-        so that one clear message is printed before the abort."""
+    def _wait(self, requests, channel, name):
+        """Poll ``requests`` together: spin briefly, then nap (idle ranks stay cheap)
+        and answer roll calls. The channel's rank 0 gives up first, the others a little
+        later, so that one clear message is printed before the abort."""
         if channel.size == 1:
-            request.Wait()
+            MPI.Request.Waitall(requests)
             return
         timeout_s = self.timeout_s
         if channel.rank != 0:
             timeout_s += min(2.0, 0.5 * self.timeout_s)
         start = time.monotonic()
-        while not request.Test():
+        while not MPI.Request.Testall(requests):
             waited = time.monotonic() - start
             if waited > _SPIN_S:
                 self._answer_roll_calls(name, channel)

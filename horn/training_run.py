@@ -113,6 +113,7 @@ class Run:
                 p.steps,
                 sync=p.sync,
                 eval_every=self.job.train.eval_every,
+                eval_steps=self.job.train.eval_steps,
                 progress=self.show,
                 rank_name=f"rank {self.peer.rank}" if self.peer else "",
                 on_round_end=self._on_round_end,
