@@ -53,7 +53,7 @@ DOCS = REPO / "docs"
 RATES = ("unlimited", "1gbit", "100mbit")
 TARGET = 0.88
 LIMIT = 8192  # training samples of an extrapolation run (its seconds per step)
-NAME = "bench"
+NAME = "bench"  # the simulated cluster's name (--cluster: two benches at once must differ)
 CONFIGS = {
     name: vs_torch.CONFIGS[name]
     for name in ("ddp", "sync", "ma", "ma_tuned", "subnet_tuned", "ec")
@@ -89,6 +89,33 @@ TUNED = {
     },
 }
 CONFIGS.update({n: c for n, c in TUNED.items() if (REPO / c["job"]).exists()})
+# Hierarchical averaging (issue 14): 2 hosts x 2 ranks ("slots": ranks per host), flat
+# against the host's mean every local_steps and the world's every across_every rounds.
+# Choices tuned on the validation split only (seeds 100+).
+HIERARCHY = {
+    "ma2x2_flat": ("flat averaging every 64 steps", {"local_steps": 64}),
+    "ma2x2_hier_32x4": (
+        "hierarchical: host every 32 steps, world every 128",
+        {"local_steps": 32, "average": {"across_every": 4}},
+    ),
+    "ma2x2_hier_64x2": (
+        "hierarchical: host every 64 steps, world every 128",
+        {"local_steps": 64, "average": {"across_every": 2}},
+    ),
+}
+CONFIGS.update(
+    {
+        name: {
+            "label": f"horn 2 hosts x 2 ranks, {what} (jobs/bench_cluster_2x2.toml)",
+            "kind": "horn",
+            "procs": 4,
+            "slots": 2,
+            "job": "jobs/bench_cluster_2x2.toml",
+            "parallel": parallel,
+        }
+        for name, (what, parallel) in HIERARCHY.items()
+    }
+)
 EXTRAPOLATED = {
     ("ddp", "1gbit"),
     ("ddp", "100mbit"),
@@ -182,6 +209,7 @@ def row_of(name, rate, results):
         hit = vs_torch.first_reach(r, TARGET)
         time_s, bytes_, epochs = hit if hit else (None, None, None)
         per_epoch = r["epochs"][0]["time_s"] if r["epochs"] else None
+    reached = next((e for e in r["epochs"] if e["val_accuracy"] >= TARGET), None)
     share = r["comm_share"]
     if CONFIGS[name]["kind"] == "ddp" and base and rate != "unlimited":
         share = max(0.0, 1 - seconds_per_step(base) / seconds_per_step(r))
@@ -196,6 +224,11 @@ def row_of(name, rate, results):
         "extrapolated": r["extrapolation_run"],
         "load": r["load"],
         "val": r["epochs"][-1]["val_accuracy"] if r["epochs"] else None,
+        # extrapolated rows: not measured at this rate
+        "inter_host": reached.get("inter_host_bytes")
+        if reached and not r["extrapolation_run"]
+        else None,
+        "test": r["test_at"].get(str(TARGET)),
     }
 
 
@@ -205,9 +238,9 @@ def fmt(value, spec, missing="n/a"):
 
 def table(rows_by_rate):
     lines = [
-        "| configuration | rate | s to 0.88 val | vs DDP | MB to 0.88 / rank | epochs | "
-        "s / epoch | comm share | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | rate | s to 0.88 val | vs DDP | MB to 0.88 / rank | inter-host MB "
+        "to 0.88, all ranks | test acc. at 0.88 val | epochs | s / epoch | comm share | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rate, rows in rows_by_rate.items():
         ddp = next((r for r in rows if r["config"] == "ddp"), None)
@@ -220,6 +253,7 @@ def table(rows_by_rate):
                 f"| {CONFIGS[r['config']]['label']} | {rate} | "
                 f"{fmt(r['time'], '.1f', 'not reached')}{' (extrapolated)' if r['extrapolated'] else ''} | "
                 f"{fmt(ratio, '.2f') + 'x' if ratio else 'n/a'} | {fmt(r['bytes'] and r['bytes'] / 1e6, ',.0f')} | "
+                f"{fmt(r['inter_host'] and r['inter_host'] / 1e6, ',.0f')} | {fmt(r['test'], '.4f')} | "
                 f"{fmt(r['epochs'], '.0f')} | {fmt(r['s_per_epoch'], '.1f')} | {share_text} | "
                 f"{r['load']:.1f} |"
             )
@@ -334,6 +368,7 @@ def main():
     )
     parser.add_argument("--timeout", type=int, default=900, help="seconds per run")
     parser.add_argument("--resume", action="store_true", help="reuse runs/cluster/results.jsonl")
+    parser.add_argument("--cluster", default=NAME, help=f"simulated cluster name ({NAME})")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.limit = 2, 8192
@@ -342,6 +377,7 @@ def main():
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         parser.error(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
+    slots_of = {n: CONFIGS[n].get("slots", 1) for n in names}  # ranks per host
     simulated.require_privileges()
     OUT.mkdir(parents=True, exist_ok=True)
     tuning = bool(args.seed or args.set or args.quick)
@@ -354,10 +390,10 @@ def main():
                 results[(r["config"], r["rate"])] = r
     elif results_path.exists() and not tuning:
         results_path.unlink()
-    for rate in rates:
-        c = simulated.up(2, rate=rate, name=NAME)
+    for rate, slots in [(rate, s) for rate in rates for s in sorted(set(slots_of.values()))]:
+        c = simulated.up(2, rate=rate, name=simulated.check_name(args.cluster), slots=slots)
         try:
-            for name in names:
+            for name in [n for n in names if slots_of[n] == slots]:
                 extrapolate = (name, rate) in EXTRAPOLATED and (
                     "unlimited" in rates or (name, "unlimited") in results
                 )
@@ -371,14 +407,15 @@ def main():
                 print(
                     f"  {name:12} {rate:9} to {TARGET}: {fmt(row['time'], '.1f', 'not reached')} s"
                     f"{' (extrapolated)' if extrapolate else ''}  "
-                    f"{fmt(row['bytes'] and row['bytes'] / 1e6, ',.0f')} MB  "
+                    f"{fmt(row['bytes'] and row['bytes'] / 1e6, ',.0f')} MB  inter-host "
+                    f"{fmt(row['inter_host'] and row['inter_host'] / 1e6, ',.0f')} MB  "
                     f"{fmt(row['s_per_epoch'], '.1f')} s/epoch  comm "
                     f"{fmt(row['comm_share'] and 100 * row['comm_share'], '.0f')}%  "
                     f"last val {fmt(row['val'], '.4f')}  load {r['load']:.1f}",
                     flush=True,
                 )
         finally:
-            simulated.down(NAME)
+            simulated.down(args.cluster)
     rows_by_rate = {
         rate: [row for name in names if (row := row_of(name, rate, results)) is not None]
         for rate in rates

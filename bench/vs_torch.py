@@ -273,6 +273,8 @@ def horn_worker(spec_path, out_path):
                     "val_accuracy": r["val_accuracy"],
                     "samples_per_s": r["samples_per_s"],
                     "bytes": sent,
+                    # every rank's, summed: what crossed between hosts (absent on one host)
+                    "inter_host_bytes": sum(r.get("bytes_sent_inter_host_per_rank", [])),
                 }
             )
     out = {

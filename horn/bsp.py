@@ -70,14 +70,21 @@ def derive_layout(world_size, groups, workers):
 
 
 class _Channel:
-    """One named communicator and the world ranks of its members."""
+    """One named communicator, the world ranks of its members and which of them live
+    on another host than this rank (what its bytes to them cost across hosts)."""
 
-    def __init__(self, name, comm, world_rank):
+    def __init__(self, name, comm, world_rank, hosts):
         self.name = name
         self.comm = comm
         self.world_ranks = comm.allgather(world_rank)  # setup only, pickling is fine
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
+        self.remote = np.array([hosts[r] != hosts[world_rank] for r in self.world_ranks])
+
+    def ring_across(self, nbytes):
+        """A ring collective's ``nbytes`` all go to this rank's successor on the ring:
+        they cross hosts when the successor lives on another host."""
+        return nbytes if self.remote[(self.rank + 1) % self.size] else 0
 
 
 class Peer:
@@ -95,19 +102,25 @@ class Peer:
         self.control = world.Dup()  # roll calls only: never matches a user message
         self.hosts = world.allgather(MPI.Get_processor_name())  # setup only: pickling is fine
         self._pongs = []  # answers in flight (only after some rank's watchdog fired)
+        self.multi_host = len(set(self.hosts)) > 1
         self._channels = {
-            "world": _Channel("world", world, self.rank),
-            "group": _Channel("group", self.group_comm, self.rank),
-            "cross": _Channel("cross", self.cross_comm, self.rank),
+            name: _Channel(name, comm, self.rank, self.hosts)
+            for name, comm in (
+                ("world", world),
+                ("group", self.group_comm),
+                ("cross", self.cross_comm),
+            )
         }
+        self._host_comms = []  # split_hosts()'s, freed by close()
         self._outbox = [[] for _ in range(self.size)]
         self._inbox = [[] for _ in range(self.size)]
         self.superstep = 0
         self.superstep_records = []
         self.bytes_sent_total = 0
+        self.bytes_across_total = 0  # of which crossed to another host
         self._step_start = time.perf_counter()
         self._step_comm_s = 0.0
-        self._step_bytes = 0
+        self._step_bytes = self._step_across = 0
 
     @classmethod
     def create(cls, world_comm, groups, workers, timeout_s=300.0):
@@ -121,6 +134,10 @@ class Peer:
         report_start(peer.rank, peer.size, peer.hosts[peer.rank])
         return peer
 
+    def comm_size(self, comm):
+        """How many ranks ``comm`` ("world", "group" or "cross") has."""
+        return self._channels[comm].size
+
     def layout_text(self):
         """One line for rank 0 to print so users can check the layout they asked for."""
         w = self.workers
@@ -133,11 +150,43 @@ class Peer:
             f"{self.size} ranks as {self.groups} group(s) x {w} worker(s): {', '.join(spans)}{more}"
         )
 
+    def split_hosts(self):
+        """Add the channels ``host`` (the ranks that share this rank's memory, from
+        ``Split_type(COMM_TYPE_SHARED)``) and, on each host's first rank, ``leaders``
+        (one rank per host); True on a leader. Collective over the world.
+
+        The shared-memory split must agree with the ranks' host names (what the
+        hostfile placed where, and what the inter-host byte counts go by): if it does
+        not, every rank raises the same HornError.
+        """
+        host = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        first = self.world.allgather(host.allreduce(self.rank, MPI.MIN))  # setup only
+        leader = first[self.rank] == self.rank
+        leaders = self.world.Split(0 if leader else MPI.UNDEFINED, key=self.rank)
+        self._host_comms += [c for c in (host, leaders) if c != MPI.COMM_NULL]
+        by_memory = [first.index(first[r]) for r in range(self.size)]
+        by_name = [self.hosts.index(self.hosts[r]) for r in range(self.size)]
+        if by_memory != by_name:
+            odd = next(r for r in range(self.size) if by_memory[r] != by_name[r])
+            raise HornError(
+                f"the ranks that share memory (MPI Split_type COMM_TYPE_SHARED) differ from "
+                f"the ranks' host names: rank {odd} shares memory with ranks "
+                f"{[r for r in range(self.size) if first[r] == first[odd]]}, host "
+                f"{self.hosts[odd]!r} holds ranks "
+                f"{[r for r in range(self.size) if self.hosts[r] == self.hosts[odd]]}"
+            )
+        self._channels["host"] = _Channel("host", host, self.rank, self.hosts)
+        if leader:
+            self._channels["leaders"] = _Channel("leaders", leaders, self.rank, self.hosts)
+        return leader
+
     def close(self):
         """Free the communicators this peer created (not the world)."""
         self.control.Free()
         self.group_comm.Free()
         self.cross_comm.Free()
+        for comm in self._host_comms:
+            comm.Free()
 
     # -- messaging -----------------------------------------------------------
 
@@ -170,7 +219,8 @@ class Peer:
         this rank's compute and wait nanoseconds in the superstep so far: the
         straggler report), then one ``Alltoallv`` of a packed uint8 buffer. Bytes
         counted: the packed bytes (headers and padding included) that leave this
-        rank, plus 24 per peer for the triples.
+        rank, plus 24 per peer for the triples; inter-host: those to ranks on other
+        hosts.
         """
         world = self._channels["world"]
         busy_ns = int(max(time.perf_counter() - self._step_start - self._step_comm_s, 0.0) * 1e9)
@@ -183,6 +233,7 @@ class Peer:
             "sync",
             lambda c: c.Ialltoall([head, 3, MPI.INT64_T], [heads, 3, MPI.INT64_T]),
             24 * (self.size - 1),
+            24 * int(world.remote.sum()),
         )
         recvcounts = np.ascontiguousarray(heads[:, 0])
         recvbuf = np.empty(int(recvcounts.sum()), np.uint8)
@@ -194,6 +245,7 @@ class Peer:
                 [recvbuf, (recvcounts, _displs(recvcounts)), MPI.BYTE],
             ),
             int(sendcounts.sum() - sendcounts[self.rank]),
+            int(sendcounts[world.remote].sum()),
         )
         self._inbox = _unpack(recvbuf, recvcounts)
         self._close_superstep(heads[:, 1] / 1e9, heads[:, 2] / 1e9)
@@ -221,20 +273,22 @@ class Peer:
         now = time.perf_counter()
         total = now - self._step_start
         slowest = int(np.argmax(rank_compute_s))
-        self.superstep_records.append(
-            {
-                "kind": "superstep",
-                "superstep": self.superstep,
-                "compute_s": max(total - self._step_comm_s, 0.0),
-                "comm_s": self._step_comm_s,
-                "bytes_sent": self._step_bytes,
-                "rank_compute_s": np.round(rank_compute_s, 6).tolist(),
-                "rank_wait_s": np.round(rank_wait_s, 6).tolist(),
-                "waited_for": {"rank": slowest, "host": self.hosts[slowest]},
-            }
-        )
+        record = {
+            "kind": "superstep",
+            "superstep": self.superstep,
+            "compute_s": max(total - self._step_comm_s, 0.0),
+            "comm_s": self._step_comm_s,
+            "bytes_sent": self._step_bytes,
+            "rank_compute_s": np.round(rank_compute_s, 6).tolist(),
+            "rank_wait_s": np.round(rank_wait_s, 6).tolist(),
+            "waited_for": {"rank": slowest, "host": self.hosts[slowest]},
+        }
+        if self.multi_host:
+            record["bytes_sent_inter_host"] = self._step_across
+        self.superstep_records.append(record)
         self.superstep += 1
-        self._step_start, self._step_comm_s, self._step_bytes = now, 0.0, 0
+        self._step_start, self._step_comm_s = now, 0.0
+        self._step_bytes = self._step_across = 0
 
     def restart_superstep_clock(self):
         """Line the ranks up and start timing the current superstep now: called when
@@ -251,26 +305,35 @@ class Peer:
             "superstep": self.superstep,
             "bytes_sent_total": self.bytes_sent_total,
             "step_bytes": self._step_bytes,
+            "bytes_across_total": self.bytes_across_total,
+            "step_across": self._step_across,
         }
 
     def restore_counters(self, counters):
         self.superstep = counters["superstep"]
         self.bytes_sent_total = counters["bytes_sent_total"]
         self._step_bytes = counters["step_bytes"]
+        # checkpoints from before inter-host accounting hold none
+        self.bytes_across_total = counters.get("bytes_across_total", 0)
+        self._step_across = counters.get("step_across", 0)
 
     def drain_records(self):
         """Return and forget the finished supersteps' records (for metrics.jsonl)."""
         records, self.superstep_records = self.superstep_records, []
         return records
 
-    def _account(self, seconds, nbytes):
+    def _account(self, seconds, nbytes, across):
         self._step_comm_s += seconds
         self._step_bytes += nbytes
         self.bytes_sent_total += nbytes
+        self._step_across += across
+        self.bytes_across_total += across
 
     # -- collectives ---------------------------------------------------------
     # Bytes are this rank's share under the usual bandwidth-optimal algorithms,
-    # not what Open MPI happened to pick, so numbers compare across runs.
+    # not what Open MPI happened to pick, so numbers compare across runs. Those sent
+    # to a rank on another host are counted again as inter-host bytes: a ring's go
+    # to the rank's successor in channel order, a broadcast's to each receiver.
 
     def allreduce_sum(self, buf, comm="world"):
         """In-place sum over ``comm``. Ring cost model: sends 2*(p-1)/p * nbytes."""
@@ -286,25 +349,55 @@ class Peer:
             buf /= size
 
     def _allreduce(self, buf, comm, name):
-        p = self._channels[comm].size
+        channel = self._channels[comm]
+        nbytes = 2 * (channel.size - 1) * buf.nbytes // channel.size
         self._collective(
-            comm,
+            channel,
             name,
             lambda c: c.Iallreduce(MPI.IN_PLACE, buf, MPI.SUM),
-            2 * (p - 1) * buf.nbytes // p,
+            nbytes,
+            channel.ring_across(nbytes),
         )
+
+    def start_allreduce_sum(self, buf, comm="world"):
+        """Start an in-place sum over ``comm`` and return its request, accounting its
+        bytes (as allreduce_sum) now: the caller overlaps it with work, calls
+        :meth:`progress` now and then, and ends it (with others) in :meth:`wait_all`."""
+        channel = self._channels[comm]
+        t0 = time.perf_counter()
+        request = channel.comm.Iallreduce(MPI.IN_PLACE, buf, MPI.SUM)
+        nbytes = 2 * (channel.size - 1) * buf.nbytes // channel.size
+        self._account(time.perf_counter() - t0, nbytes, channel.ring_across(nbytes))
+        return request
+
+    def progress(self, requests):
+        """One cheap ``Testall`` over started requests: Open MPI's non-blocking
+        collectives advance only inside MPI calls."""
+        t0 = time.perf_counter()
+        MPI.Request.Testall(requests)
+        self._account(time.perf_counter() - t0, 0, 0)
+
+    def wait_all(self, requests, name, comm="world"):
+        """Complete started requests in one watchdog poll loop (no round trip each)."""
+        t0 = time.perf_counter()
+        self._wait(requests, self._channels[comm], name)
+        self._account(time.perf_counter() - t0, 0, 0)
 
     def allgather(self, sendbuf, recvbuf, comm="world"):
         """Gather equal blocks from every rank. Sends (p-1) * own block bytes."""
+        channel = self._channels[comm]
+        nbytes = (channel.size - 1) * sendbuf.nbytes
         self._collective(
-            comm,
+            channel,
             "allgather",
             lambda c: c.Iallgather(sendbuf, recvbuf),
-            (self._channels[comm].size - 1) * sendbuf.nbytes,
+            nbytes,
+            channel.ring_across(nbytes),
         )
 
-    def allgatherv(self, sendbuf, recvbuf, counts, comm="world"):
-        """Gather blocks of ``counts[i]`` elements. Sends (p-1) * own block bytes.
+    def allgatherv(self, sendbuf, recvbuf, counts, comm="world", displs=None):
+        """Gather blocks of ``counts[i]`` elements (at element offsets ``displs[i]``,
+        packed by default). Sends (p-1) * own block bytes.
 
         (Ring allgatherv: summed over ranks this equals the ring's total traffic.)
         """
@@ -315,21 +408,26 @@ class Peer:
                 f"is {counts[channel.rank]}"
             )
         counts = list(counts)
+        layout = counts if displs is None else (counts, list(displs))
+        nbytes = (channel.size - 1) * sendbuf.nbytes
         self._collective(
-            comm,
+            channel,
             "allgatherv",
-            lambda c: c.Iallgatherv(sendbuf, [recvbuf, counts]),
-            (channel.size - 1) * sendbuf.nbytes,
+            lambda c: c.Iallgatherv(sendbuf, [recvbuf, layout]),
+            nbytes,
+            channel.ring_across(nbytes),
         )
 
     def bcast(self, buf, root, comm="world"):
         """Broadcast in place from ``root``. Flat-tree model: root sends (p-1)*nbytes."""
         channel = self._channels[comm]
+        sends = channel.rank == root
         self._collective(
-            comm,
+            channel,
             "bcast",
             lambda c: c.Ibcast(buf, root),
-            (channel.size - 1) * buf.nbytes if channel.rank == root else 0,
+            (channel.size - 1) * buf.nbytes if sends else 0,
+            int(channel.remote.sum()) * buf.nbytes if sends else 0,
         )
 
     def gather_bytes(self, blob, what="gather"):
@@ -388,28 +486,28 @@ class Peer:
         """Explicit watchdog barrier; aborts the job if others do not arrive in time."""
         self._collective(comm, name, lambda c: c.Ibarrier())
 
-    def _collective(self, comm, name, start, nbytes=0):
+    def _collective(self, comm, name, start, nbytes=0, across=0):
         """The one way horn exchanges data: start a non-blocking MPI call on the
         channel's communicator, poll it to completion under the watchdog, and
-        account its seconds and ``nbytes`` (this rank's share, by the cost model)."""
+        account its seconds, ``nbytes`` (this rank's share, by the cost model) and
+        ``across`` (the part of them that goes to other hosts)."""
         channel = self._channels[comm] if isinstance(comm, str) else comm
         t0 = time.perf_counter()
-        request = start(channel.comm)
-        self._wait(request, channel, name)
-        self._account(time.perf_counter() - t0, nbytes)
+        self._wait([start(channel.comm)], channel, name)
+        self._account(time.perf_counter() - t0, nbytes, across)
 
-    def _wait(self, request, channel, name):
-        """Poll ``request``: spin briefly, then nap (idle ranks stay cheap) and answer
-        roll calls. The channel's rank 0 gives up first, the others a little later,
-        so that one clear message is printed before the abort."""
+    def _wait(self, requests, channel, name):
+        """Poll ``requests`` together: spin briefly, then nap (idle ranks stay cheap)
+        and answer roll calls. The channel's rank 0 gives up first, the others a little
+        later, so that one clear message is printed before the abort."""
         if channel.size == 1:
-            request.Wait()
+            MPI.Request.Waitall(requests)
             return
         timeout_s = self.timeout_s
         if channel.rank != 0:
             timeout_s += min(2.0, 0.5 * self.timeout_s)
         start = time.monotonic()
-        while not request.Test():
+        while not MPI.Request.Testall(requests):
             waited = time.monotonic() - start
             if waited > _SPIN_S:
                 self._answer_roll_calls(name, channel)

@@ -89,6 +89,7 @@ class TrainSection:
     backend: str = opt("auto", str, BACKEND_NAMES)
     threads: int = opt(0, int, lo=0)
     eval_every: int = opt(1, int, lo=1)
+    eval_steps: int = opt(0, int, lo=0)  # also validate at the first round end past every N steps
     on_nan: str = opt("stop", str, ("stop", "skip_batch"))
     early_stop: dict = opt({}, dict)  # {patience, min_delta}: see EarlyStopSection
 

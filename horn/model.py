@@ -221,6 +221,13 @@ class Model:
             self.slots.append((f"{index}.{spec.name}", layer, off, spec.shape))
         if initialize_params:
             self.params[...] = self.backend.asarray(host)
+        # trainable parameters sit in layer order: after layer i's backward, the
+        # gradients from its first trainable offset to the prefix's end are final
+        self._ready_from = [self.trainable_size] * (len(self.layers) + 1)
+        for i in reversed(range(len(self.layers))):
+            own = [off for index, spec, off in placed if index == i and spec.trainable]
+            self._ready_from[i] = min([self._ready_from[i + 1], *own])
+        self._backward_hooks = []
 
     @classmethod
     def from_spec(cls, spec, backend="numpy", seed=0, dtype=np.float32, initialize_params=True):
@@ -318,9 +325,18 @@ class Model:
         self._train_output = self.forward(x, train=True)
         value = self.loss.forward(self._train_output, targets)
         dy = self.loss.backward()
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        for i in reversed(range(len(self.layers))):
+            dy = self.layers[i].backward(dy)
+            for hook in self._backward_hooks:
+                hook(i, self._ready_from[i])
         return value
+
+    def add_backward_hook(self, hook):
+        """Call ``hook(index, ready)`` in every :meth:`train_step` right after layer
+        ``index``'s backward (last layer first, any layer, a user's own included): from
+        then on ``grads[ready:trainable_size]`` hold this step's final gradients. For
+        work that overlaps the rest of backward, such as reducing finished gradients."""
+        self._backward_hooks.append(hook)
 
     def correct(self, labels):
         """How many of the last :meth:`train_step` batch's rows the model got right

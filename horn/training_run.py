@@ -113,6 +113,7 @@ class Run:
                 p.steps,
                 sync=p.sync,
                 eval_every=self.job.train.eval_every,
+                eval_steps=self.job.train.eval_steps,
                 progress=self.show,
                 rank_name=f"rank {self.peer.rank}" if self.peer else "",
                 on_round_end=self._on_round_end,
@@ -191,9 +192,7 @@ class Run:
                 best_val_accuracy=self.best.best,
                 best_test_accuracy=best.accuracy(data.x_test, data.y_test),
             )
-        per_rank = self.prepared.sync.bytes_per_rank()
-        if per_rank is not None:
-            final["bytes_sent_per_rank"] = per_rank
+        final.update(self.prepared.sync.byte_totals())
         return final
 
     # ---- save --------------------------------------------------------------------

@@ -92,6 +92,7 @@ TIMING = (
     "distill_s",
     "run_dir",
 )
+INTER_HOST = ("bytes_sent_inter_host", "bytes_sent_inter_host_per_rank")  # only across hosts
 
 
 def write_job(directory, kind):
@@ -113,12 +114,16 @@ def write_job(directory, kind):
     return path
 
 
+def run_dir_of(result):
+    return result.stdout.strip().splitlines()[-1].split("run directory ")[1]
+
+
 def outcome(result):
-    """(metrics without timings, parameters) of a finished ``horn run``."""
+    """(metrics without timings and inter-host bytes, parameters) of a finished ``horn run``."""
     assert result.returncode == 0, result.stdout + result.stderr
-    run_dir = result.stdout.strip().splitlines()[-1].split("run directory ")[1]
+    run_dir = run_dir_of(result)
     rows = [
-        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        {k: v for k, v in json.loads(line).items() if k not in TIMING + INTER_HOST}
         for line in open(f"{run_dir}/metrics.jsonl")
     ]
     with np.load(f"{run_dir}/model.npz") as saved:
@@ -151,6 +156,8 @@ def test_job_across_hosts_equals_one_host_bit_for_bit(tmp_path, one_host, kind, 
     with sim_cluster(hosts, slots=4 // hosts) as c:
         result = run_on(c, ["-m", "horn.cli", "run", job])
     rows, params = outcome(result)
+    final = json.loads(open(f"{run_dir_of(result)}/metrics.jsonl").readlines()[-1])
+    assert sum(final["bytes_sent_inter_host_per_rank"]) > 0
     assert "horn: 4 ranks as" in result.stdout
     assert "1 thread(s)" in result.stdout  # HORN_THREADS: 2 cores shared by 4 ranks
     ref_rows, ref_params = one_host(kind)

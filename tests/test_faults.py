@@ -200,10 +200,18 @@ def test_a_rank_stopped_at_random_moments_never_hangs_the_job(tmp_path):
     print(f"seed {seed}: stop-to-end seconds {[round(t, 1) for t in times]}")
 
 
-def test_a_rank_stuck_while_the_others_are_inside_a_collective(tmp_path):
+@pytest.mark.parametrize(
+    "reduce, exchange", [("parameters", "allreduce_mean"), ("gradients", "allreduce_gradients")]
+)
+def test_a_rank_stuck_while_the_others_are_inside_a_collective(tmp_path, reduce, exchange):
+    """Also with overlapped gradient buckets: the others wait in their one poll loop."""
+    path = write_job(tmp_path)
+    path.write_text(
+        path.read_text().replace("[log]", f'[parallel.average]\nreduce = "{reduce}"\n[log]')
+    )
     job = Job(
         tmp_path,
-        horn_run(write_job(tmp_path)),
+        horn_run(path),
         env={"HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "40", "HORN_TEST_FAULT": "hang"},
     )
     pids = job.pids(2)
@@ -211,7 +219,7 @@ def test_a_rank_stuck_while_the_others_are_inside_a_collective(tmp_path):
     code, seconds = job.wait(60)
     print(f"stuck rank: exit {code} after {seconds:.1f} s from the start")
     assert code != 0
-    assert "'allreduce_mean' (superstep " in job.stderr, job.stderr
+    assert f"'{exchange}' (superstep " in job.stderr, job.stderr
     assert "rank 1 (host " in job.stderr and "never arrived" in job.stderr, job.stderr
     assert_gone(pids.values())
 

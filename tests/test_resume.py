@@ -81,29 +81,47 @@ def same_run(a, b):
         "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n",
         "[parallel.average]\nouter = 'adam'\nouter_lr = 0.01\n",
         "[parallel.average]\ncompress = 'int8'\nblock = 64\nouter = 'nesterov'\nouter_lr = 0.7\n",
+        "groups = 1\nworkers = 2\n[parallel.subnet]\ncompress = 'int8'\nblock = 64\n",
+        "workers = 2\nglobal_every = 3\n[parallel.subnet]\ncompress = 'bf16'\n"
+        "[parallel.average]\ncompress = 'int8'\nblock = 32\n",
+        "local_steps = 1\n[parallel.average]\nreduce = 'gradients'\n",
+        "[parallel.average]\nacross_every = 3\nmomentum = true\nouter = 'nesterov'\nouter_lr = 0.7\n",
     ],
-    ids=["model-averaging", "sub-networks", "outer-nesterov", "outer-adam", "int8-nesterov"],
+    ids=[
+        "model-averaging",
+        "sub-networks",
+        "outer-nesterov",
+        "outer-adam",
+        "int8-nesterov",
+        "sub-networks-int8",
+        "2x2-bf16-cross-int8",
+        "overlapped-gradients",
+        "hierarchical-nesterov",
+    ],
 )
 def test_sigkill_then_resume_equals_uninterrupted_bit_for_bit(tmp_path, parallel):
+    ranks = 4 if parallel.startswith("workers = 2") else 2  # groups of sub-networks
+    prompt_s = 15 * ranks  # 4 oversubscribed ranks start and step about twice as slowly
     for name in ("whole", "killed"):
         path = write_job(tmp_path, name)
-        path.write_text(
-            path.read_text().replace("local_steps = 4\n", "local_steps = 4\n" + parallel)
-        )
-    whole = mpirun(2, ["-m", "horn.cli", "run", tmp_path / "whole.toml", "--quiet"], 120, ENV)
+        text, rounds = path.read_text(), "local_steps = 4\n"
+        if parallel.startswith("local_steps = 1"):  # rounds of 1 step: checkpoint as often
+            text, rounds = text.replace("every = 5", "every = 20"), ""
+        path.write_text(text.replace("local_steps = 4\n", rounds + parallel))
+    whole = mpirun(ranks, ["-m", "horn.cli", "run", tmp_path / "whole.toml", "--quiet"], 120, ENV)
     assert whole.returncode == 0, whole.stderr
     start = time.monotonic()
     killed = mpirun(
-        2,
+        ranks,
         ["-m", "horn.cli", "run", tmp_path / "killed.toml", "--quiet"],
-        60,
+        4 * prompt_s,
         {**ENV, "HORN_TEST_KILL_RANK": "1", "HORN_TEST_KILL_AT": "190"},
     )
-    assert killed.returncode != 0 and time.monotonic() - start < 30
+    assert killed.returncode != 0 and time.monotonic() - start < prompt_s
     assert "rank 1" in killed.stdout + killed.stderr
     run_dir = run_dir_in(tmp_path, "killed")
     assert not (run_dir / "model.npz").exists()
-    resumed = mpirun(2, ["-m", "horn.cli", "run", "--resume", run_dir, "--quiet"], 120, ENV)
+    resumed = mpirun(ranks, ["-m", "horn.cli", "run", "--resume", run_dir, "--quiet"], 120, ENV)
     assert resumed.returncode == 0, resumed.stderr
     same_run(run_dir_in(tmp_path, "whole"), run_dir)
 

@@ -475,3 +475,25 @@ def test_reassembled_cnn_parent_equals_the_scattered_pieces_on_every_rank(tmp_pa
             assert check["unheld"] > 0 and check["unheld_changed"] == 0
             assert check["through_params"] == 4 and check["through_params_held"]
     assert len({r["parent_sha256"] for r in rows}) == 1  # every rank holds the same parent
+
+
+@pytest.mark.parametrize("head", ["flatten", "global"])
+def test_the_cnn_benchmarks_matmul_floor_runs_exactly_the_counted_flops(head):
+    """bench/subnet.py --net cnn's "matmuls alone" step does the matmuls whose FLOPs make
+    its ideal fraction: no more, no fewer (a shape that cannot multiply raises)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "subnet.py"
+    spec = importlib.util.spec_from_file_location("bench_subnet", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    parent = cnn_parent(head=head)
+    layout = SubnetLayout(parent)
+    parts = [partition(n, 2, "balanced", np.random.default_rng(0)) for n in layout.sizes]
+    compact = Model.from_spec(layout.plan(parts, 0).spec, "numpy", initialize_params=False)
+    for model in (parent, compact):
+        calls = bench.cnn_matmul_calls(model, batch=5)
+        flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b, _ in calls)
+        assert flops == bench.cnn_step_flops(model, batch=5)
+        bench.cnn_matmuls(model, batch=5)()

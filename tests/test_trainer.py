@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from horn.backends import get_backend
+from horn.barriers.base import Sync
 from horn.batches import BatchStream
 from horn.errors import DivergenceError
 from horn.layers import Dense, SoftmaxCrossEntropy
@@ -73,3 +74,39 @@ def test_an_epoch_with_every_batch_skipped_stops():
     t, _ = trainer(every=1, skip=True)
     with pytest.raises(DivergenceError, match="every batch of epoch 1"):
         t.run()
+
+
+class EveryFour(Sync):
+    """A strategy whose rounds end every 4 steps; counts the models it is asked to evaluate."""
+
+    def __init__(self):
+        self.evaluated = []
+
+    def at_boundary(self, steps_done):
+        return steps_done % 4 == 0
+
+    def eval_model(self, model):
+        self.evaluated.append(model.params.copy())
+        return model
+
+
+def test_eval_steps_validates_at_the_first_round_end_past_each_multiple():
+    t, model = trainer(every=0, skip=False, epochs=2)  # 20 steps an epoch, 40 in all
+    t.sync, t.eval_steps = EveryFour(), 6
+    written = []
+    t.metrics = type("M", (), {"write": lambda self, r: written.append(r)})()
+    t.run()
+    evals = [r for r in written if r["kind"] == "eval"]
+    # past 6: 8; past 12: 12; past 18: 20 is an epoch end, already validated; then 24, 32, 36
+    assert [r["step"] for r in evals] == [8, 12, 24, 32, 36]
+    assert [r["step"] for r in written if r["kind"] == "epoch"] == [20, 40]
+    times = [r["time_s"] for r in written if "time_s" in r]
+    assert times == sorted(times)
+    # each record is the accuracy of the model handed out at that round's end
+    evaluated = t.sync.evaluated
+    assert len(evaluated) == len(evals) + 2
+    x, y = t.data.x_val, t.data.y_val
+    final = model.accuracy(x, y)
+    assert written[-1]["val_accuracy"] == final
+    model.params[...] = evaluated[0]
+    assert evals[0]["val_accuracy"] == model.accuracy(x, y)

@@ -30,9 +30,10 @@ class Sync:
         """Extra metrics records (supersteps, bytes, partitions) for metrics.jsonl."""
         return []
 
-    def bytes_per_rank(self):
-        """Bytes each rank has sent so far (None without communication)."""
-        return None
+    def byte_totals(self):
+        """``{"bytes_sent_per_rank": [...], ...}``: what each rank has sent so far, for
+        the epoch and final records (empty without communication)."""
+        return {}
 
     # ---- checkpoints (called at round boundaries) --------------------------------
     def checkpoint_buffers(self, model, optimizer):
@@ -69,11 +70,18 @@ class PeerSync(Sync):
     def records(self):
         return self.peer.drain_records()
 
-    def bytes_per_rank(self):
-        """One small Allgather: leaders and workers move different amounts."""
-        totals = np.zeros(self.peer.size, np.int64)
-        self.peer.allgather(np.array([self.peer.bytes_sent_total], np.int64), totals, "world")
-        return totals.tolist()
+    def byte_totals(self):
+        """One small Allgather: leaders and workers move different amounts. A job
+        across hosts adds each rank's inter-host part (``bytes_sent_inter_host_per_rank``);
+        both are gathered either way, so a job sends the same bytes on one host and on many."""
+        peer = self.peer
+        totals = np.zeros((peer.size, 2), np.int64)
+        mine = np.array([peer.bytes_sent_total, peer.bytes_across_total], np.int64)
+        peer.allgather(mine, totals, "world")
+        counts = {"bytes_sent_per_rank": totals[:, 0].tolist()}
+        if peer.multi_host:
+            counts["bytes_sent_inter_host_per_rank"] = totals[:, 1].tolist()
+        return counts
 
     def after_step(self, step):
         self.boundary_at = step + 1  # no barrier at all: every step is a boundary

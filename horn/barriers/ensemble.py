@@ -11,6 +11,11 @@ Teachers (``teacher_data``), with G groups, C classes, P parameters:
 - "shared": every rank holds the same N distillation inputs; each member's outputs
   on them are summed by one Allreduce of N*C + 1 floats (the +1 carries the weight
   sum): ``4 * 2 (G-1)/G * (N C + 1)`` bytes per rank, whatever the model size.
+  With ``compress`` (fp16 | bf16 | int8) each member's weighted outputs go out in the
+  codec instead (:class:`horn.barriers.compress.CompressedWeightedMean`): one
+  Allgatherv of ``(G-1) (4 + 2 N C)`` (fp16/bf16) or ``(G-1) (4 + N C + 4 ceil(N C /
+  B))`` (int8) bytes per rank, every rank decoding every member's in group order, so
+  the teacher is the same on every rank; its rows are renormalised to sum to 1.
 - "local" (the paper's): members' flat parameters are exchanged once (Allgather,
   ``4 (G-1) (P + 1)`` bytes per rank) and every group evaluates the ensemble on N
   rows of its own shard.
@@ -31,8 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from horn.accuracy import accuracy
+from horn.backends.base import CODECS
 from horn.barriers.average import average
 from horn.barriers.base import PeerSync
+from horn.barriers.compress import CompressedWeightedMean
 from horn.barriers.registry import register_strategy
 from horn.data import load_features
 from horn.distill import DistillBatches, DistillLoss, distill, soft_outputs
@@ -75,8 +82,15 @@ class EnsembleSettings:
     student: str = opt("local", str, ("local", "average"))
     final: str = opt("compressed", str, ("compressed", "ensemble"))
     ensemble_weights: str = opt("average", str, ("average", "validation"))
+    compress: str = opt("none", str, ("none", *CODECS))  # the shared teacher's outputs
+    block: int = opt(256, int, lo=1, hi=1 << 24)  # int8: values per scale
 
     def check(self, parallel, where):
+        if self.compress != "none" and self.teacher_data != "shared":
+            raise HornError(
+                f"{where('compress')}: compresses the shared teacher's outputs; "
+                f"teacher_data = {self.teacher_data!r} exchanges parameters, not outputs"
+            )
         if self.distill_file is not None and self.teacher_data != "shared":
             raise HornError(
                 f"{where('distill_file')}: needs teacher_data = 'shared' (the local "
@@ -124,7 +138,9 @@ class EnsembleSync(PeerSync):
         self.batch = p.distill_batch or setup.batch_size
         self.lr = p.distill_lr or setup.lr
         if p.teacher_data == "shared":
-            self.teacher = SharedTeacher(peer, shared_inputs(setup, settings), p.temperature)
+            self.teacher = SharedTeacher(
+                peer, shared_inputs(setup, settings), p.temperature, p.compress, p.block, model
+            )
         else:
             self.teacher = LocalTeacher(
                 peer, setup.local, p.distill_size, p.temperature, self.seed, model
@@ -337,16 +353,25 @@ def gather_members(peer, member, weight):
 
 
 class SharedTeacher:
-    """The same inputs on every rank; the ensemble's outputs on them are one Allreduce."""
+    """The same inputs on every rank; the ensemble's outputs on them are one Allreduce
+    (or, with a codec, one Allgatherv of the compressed outputs)."""
 
-    def __init__(self, peer, x, temperature):
+    def __init__(self, peer, x, temperature, codec="none", block=256, model=None):
         self.peer, self.x, self.temperature = peer, x, temperature
+        self.compressed = None
+        if codec != "none":
+            n = len(x) * model.out_features
+            self.compressed = CompressedWeightedMean(peer, model.backend, codec, block, "cross", n)
 
     def targets(self, member, weight, barrier):
         """``(inputs, teacher probabilities, labels or None)`` to distill this rank on."""
         outputs = np.empty((len(self.x), member.out_features), np.float32)
         soft_outputs(member, self.x, self.temperature, outputs)
-        return self.x, weighted_mean(self.peer, outputs, weight), None
+        if self.compressed is None:
+            return self.x, weighted_mean(self.peer, outputs, weight), None
+        teacher = self.compressed(outputs, weight)
+        teacher /= teacher.sum(axis=1, keepdims=True)  # a distribution again
+        return self.x, teacher, None
 
     def ensemble_accuracy(self, probs, weight, x, y):
         """The ensemble's accuracy on (x, y), given this member's probabilities there."""

@@ -17,6 +17,18 @@ whole parent on every rank, averaged over the world every ``local_steps`` steps
 (model averaging, ``4 * 2 (R - 1)/R * P`` bytes per barrier on R ranks), so that
 partitioning starts from features the sub-networks can share instead of from
 random ones that each worker would pull its own way.
+
+Compressed (``compress`` = fp16 | bf16 | int8, ``block``): each worker sends its
+block's **change since the round began** in the codec, with error feedback, in the
+same Allgatherv (messages at aligned offsets: :class:`horn.barriers.compress.Messages`).
+Every rank -- the owner too -- gathers each worker's round-start block from the
+parent it holds, adds the decoded change and scatters, so all ranks' parents stay
+bit-identical. Bytes per rank per round: ``(W - 1) 2 |theta_w|`` (fp16/bf16) or
+``(W - 1) (|theta_w| + 4 ceil(|theta_w| / B))`` (int8) instead of ``(W - 1) 4
+|theta_w|``. The residual lives over the parent's flat buffer, one per rank: a round
+reads and updates only the entries of the worker's own block, so what a partition
+dropped this round goes out with the next block that holds the entry. With
+``momentum = "keep"`` the optimizer state still travels in fp32.
 """
 
 import hashlib
@@ -25,8 +37,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from horn.barriers.average import average
+from horn.backends.base import CODECS, message_size
+from horn.barriers.average import average, mean_and_step
 from horn.barriers.base import PeerSync
+from horn.barriers.compress import Messages
 from horn.barriers.registry import register_strategy
 from horn.errors import HornError
 from horn.jobs import opt
@@ -58,8 +72,16 @@ class SubnetSettings:
     scale_at: str = opt("input", str, SCALE_AT)
     warmup_steps: int = opt(0, int, lo=0)
     dropconnect: float = opt(0.0, float, lo=0.0, hi=1.0, hi_open=True)
+    compress: str = opt("none", str, ("none", *CODECS))  # the blocks' changes (see above)
+    block: int = opt(256, int, lo=1, hi=1 << 24)  # int8: values per scale
 
     def check(self, parallel, where):
+        if self.compress != "none" and parallel.workers == 1:
+            raise HornError(
+                f"{where('compress')}: compresses the exchange of sub-network groups "
+                f"(workers > 1), found workers = 1 (model averaging's is "
+                f"[parallel.average] compress)"
+            )
         if not all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
             for w in self.weights
@@ -103,7 +125,11 @@ class SubnetSync(PeerSync):
             settings.min_share,
         )
         self.keep_state = settings.momentum == "keep"
-        self.cross_average, self.outer = False, None  # see average_across_groups()
+        self.cross_average, self.outer, self.cross = False, None, None  # average_across_groups
+        self.codec, self.block = settings.compress, settings.block
+        if self.codec != "none":
+            self.residual = setup.model.xp.zeros_like(setup.model.params)
+            self._messages = Messages(setup.peer, setup.model.xp, "group")
         self.global_every = setup.global_every
         self.seed = setup.seed
         self.layout = SubnetLayout(
@@ -133,15 +159,19 @@ class SubnetSync(PeerSync):
         return records
 
     # ---- hooks for a cross-group strategy on top (average, ensemble) -----------------
-    def average_across_groups(self, outer=None):
+    def average_across_groups(self, outer=None, compressed=None):
         """Average the groups' reassembled parents every ``global_every`` rounds, then
-        step them with ``outer`` (an OuterOptimizer over the parent) if given."""
+        step them with ``outer`` (an OuterOptimizer over the parent) if given;
+        ``compressed`` (a CompressedMean over "cross") sends codec-compressed changes."""
         self.cross_average = self.peer.groups > 1
         self.outer = outer if self.cross_average else None
+        self.cross = compressed if self.cross_average else None
 
     def commit(self):
         """Write the current sub-networks into the parent (one Allgatherv in the group)."""
-        self._assemble(self.model.params, self.parent.params)
+        self._assemble_params()
+        if self.codec != "none":  # train on from what every rank decoded, not the original
+            self.refresh()
 
     def refresh(self):
         """Re-gather this worker's sub-network after the parent was replaced."""
@@ -162,6 +192,10 @@ class SubnetSync(PeerSync):
             buffers.update({f"opt.{k}": (key, v) for k, v in self.parent_optimizer.state().items()})
         if self.outer is not None:  # stepped from the cross-group mean: the same everywhere
             buffers.update({f"outer.{k}": ("world", v) for k, v in self.outer.buffers().items()})
+        if self.codec != "none":
+            buffers["subnet.residual"] = (None, self.residual)  # each rank's own
+        if self.cross is not None:
+            buffers.update(self.cross.checkpoint_buffers("cross.compress"))
         return buffers
 
     def checkpoint_meta(self):
@@ -225,15 +259,21 @@ class SubnetSync(PeerSync):
         ):
             return
         self.mask_draws = self.model.mask_draws
-        self._assemble(self.model.params, self.parent.params)
+        self._assemble_params()
         if self.keep_state:
             for name, buf in self.optimizer.state().items():
                 self._assemble(buf, self.parent_optimizer.state()[name])
         self.round += 1
         if self.cross_average and (self.round % self.global_every == 0 or done == self.total_steps):
-            average(self.peer, self.parent, self.parent_optimizer, self.keep_state, "cross")
-            if self.outer is not None:
-                self.outer.step(self.parent)
+            mean_and_step(
+                self.peer,
+                self.parent,
+                self.parent_optimizer,
+                self.keep_state,
+                "cross",
+                self.cross,
+                self.outer,
+            )
         self.peer.sync()
         self.boundary_at = done
         if done < self.total_steps:
@@ -246,21 +286,55 @@ class SubnetSync(PeerSync):
         ):
             return
         average(self.peer, self.parent, self.parent_optimizer, self.keep_state, "world")
+        if self.cross is not None:  # cross-group changes are measured from here on
+            self.cross.rebase(self.parent.params)
         self.peer.sync()
         self.boundary_at = done
         if done == self.warmup_steps and done < self.total_steps:
             self.mask_draws = self.parent.mask_draws
             self._begin_round()
 
+    def _assemble_params(self):
+        """The parameters into the parent: the blocks, or their compressed changes."""
+        if self.codec == "none":
+            self._assemble(self.model.params, self.parent.params)
+        else:
+            self._assemble_changes()
+
     def _assemble(self, compact_buf, parent_buf):
         """Allgatherv every worker's block in the group, then scatter them all."""
+        recv, counts, blocks = self._blocks()
+        self.backend.synchronize()
+        self.peer.allgatherv(compact_buf, recv, counts, "group")
+        scatter(self.backend, self.layout, self.plans, blocks, parent_buf)
+
+    def _assemble_changes(self):
+        """Every worker's block rebuilt on every rank as its round-start block (gathered
+        from the parent, unchanged during the round) plus its decoded change."""
+        backend, layout, xp = self.backend, self.layout, self.parent.xp
+        plan = self.plans[self.peer.worker]
+        recv, _, blocks = self._blocks()
+        recv[...] = 0  # the alignment gaps between parameters, which gather leaves alone
+        for each, block in zip(self.plans, blocks):
+            gather(backend, layout, each, self.parent.params, block)
+        change = self.model.params - blocks[self.peer.worker]
+        residual = xp.zeros_like(change)  # this block's part of the parent-wide residual
+        gather(backend, layout, plan, self.residual, residual)
+        message = xp.empty(message_size(self.codec, plan.size, self.block), xp.uint8)
+        backend.compress(self.codec, change, residual, self.block, message)
+        scatter(backend, layout, [plan], [residual], self.residual)
+        backend.synchronize()
+        sizes = [message_size(self.codec, each.size, self.block) for each in self.plans]
+        for block, received in zip(blocks, self._messages.exchange(message, sizes)):
+            backend.decompress_add(self.codec, received, self.block, block)
+        scatter(backend, layout, self.plans, blocks, self.parent.params)
+
+    def _blocks(self):
+        """A float buffer holding one compact block per worker: (it, counts, views)."""
         counts = [plan.size for plan in self.plans]
         total = sum(counts)
         if self._recv is None or self._recv.size < total:
             self._recv = self.parent.xp.empty(total, dtype=self.parent.dtype)
         recv = self._recv[:total]
-        self.backend.synchronize()
-        self.peer.allgatherv(compact_buf, recv, counts, "group")
         bounds = np.cumsum([0] + counts)
-        blocks = [recv[bounds[w] : bounds[w + 1]] for w in range(len(counts))]
-        scatter(self.backend, self.layout, self.plans, blocks, parent_buf)
+        return recv, counts, [recv[bounds[w] : bounds[w + 1]] for w in range(len(counts))]
