@@ -4,7 +4,7 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-from horn.errors import HornError
+from horn.errors import HornError, Preempted
 
 
 @dataclass
@@ -26,7 +26,9 @@ def run(job, overrides=(), progress=False):
     """Train ``job``: a job file's path, or a dict shaped like one (as TOML would parse).
 
     ``overrides`` are ``--set`` strings (``"train.lr=0.05"``). Under mpirun, call it on
-    every rank (``mpirun -n 4 python script.py``): the ranks train together.
+    every rank (``mpirun -n 4 python script.py``): the ranks train together. A stop
+    signal ends the run at a round boundary with a checkpoint and raises
+    :class:`horn.errors.Preempted`.
     """
     from horn.jobs import apply_override, job_from_dict, load_job
     from horn.parallel import create_peer
@@ -47,6 +49,8 @@ def run(job, overrides=(), progress=False):
     out = run_job(resolved, progress=progress, peer=peer, every_rank=True)
     if peer is not None:  # a sweep calls run in a loop: free this run's communicators
         peer.close()
+    if out is None or out.get("preempted"):  # ranks other than 0 return None then
+        raise Preempted(out and out["step"], out and out["run_dir"])
     run_dir = out.pop("run_dir")
     history, model = out.pop("history"), out.pop("model")
     return RunResult(history, model, Path(run_dir) if run_dir else None, out if run_dir else None)

@@ -15,3 +15,18 @@ class DivergenceError(HornError):
     """Training produced NaN/Inf; the message names the step and the layer."""
 
     exit_code = 3
+
+
+class Preempted(Exception):
+    """``horn.run`` stopped by a signal (SIGTERM, SIGINT, SIGUSR1) at a round boundary,
+    with a checkpoint: not a failure of the job, so not a HornError. ``run_dir`` (None
+    on ranks other than 0) is what ``horn run --resume`` continues."""
+
+    def __init__(self, step, run_dir):
+        self.step, self.run_dir = step, run_dir
+        at = f" at step {step}" if step is not None else ""
+        where = run_dir if run_dir else "RUN_DIR (rank 0's Preempted names it)"
+        super().__init__(
+            f"horn.run: stopped by a signal{at} with a checkpoint; continue with: "
+            f"horn run --resume {where}"
+        )

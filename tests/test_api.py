@@ -91,3 +91,40 @@ def test_under_mpirun_every_rank_gets_a_result(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert lines[0][:4] == ["RANK", "0", "2", str(run_dir)]
     assert lines[1][:4] == ["RANK", "1", "2", "None"] and lines[0][4] == lines[1][4]
+
+
+def test_a_stop_signal_raises_preempted_naming_the_checkpointed_run(tmp_path):
+    """A sweep calling horn.run must learn that a run was stopped, not get a KeyError."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os, pathlib, signal, threading, time
+        import horn
+        from horn.errors import Preempted
+
+        def stop_once_training():  # the first epoch record: handlers are installed
+            while not any("epoch" in p.read_text()
+                          for p in pathlib.Path({str(runs)!r}).glob("*/metrics.jsonl")):
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=stop_once_training, daemon=True).start()
+        try:
+            horn.run({str(ROOT / "jobs/digits.toml")!r}, overrides=[
+                "train.epochs=100000", "train.backend='numpy'", "log.dir='{runs}'"])
+        except Preempted as stopped:
+            print("STOPPED", stopped.step, stopped.run_dir)
+            print(stopped)
+        """)
+    )
+    result = subprocess.run(
+        [sys.executable, script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    head, message = result.stdout.strip().splitlines()[-2:]
+    _, step, run_dir = head.split()
+    (only,) = runs.iterdir()
+    assert run_dir == str(only) and int(step) > 0
+    assert any(only.glob("checkpoint*")), sorted(p.name for p in only.iterdir())
+    assert message.endswith(f"continue with: horn run --resume {run_dir}")
