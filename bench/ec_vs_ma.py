@@ -155,33 +155,25 @@ def no_communication(net):
 
 def series(net):
     """{series name: ranks, workers per group, {method: job overrides}} for ``net``."""
-    if net.name == "cnn":  # the paper's comparison only: the budget allows no more
-        return {
-            "4 groups x 1 worker": {
-                "ranks": 4,
-                "workers": 1,
-                "methods": {
-                    "no communication": no_communication(net),
-                    **{f"MA x{n}": ma(net, n) for n in (1, 3)},
-                    "EC shared": ec(net),
-                    "EC shared, final ensemble": ec(net, final="ensemble"),
-                },
-            }
+    cnn = net.name == "cnn"  # the paper's comparison only: the budget allows no more
+    methods = {
+        "no communication": no_communication(net),
+        **{f"MA x{n}": ma(net, n) for n in ((1, 3) if cnn else (1, 3, 9, 27))},
+        "EC shared": ec(net),
+        "EC shared, final ensemble": ec(net, final="ensemble"),
+    }
+    groups = {"4 groups x 1 worker": {"ranks": 4, "workers": 1, "methods": methods}}
+    if cnn:
+        return groups
+    methods.update(
+        {
+            "EC shared, 12 barriers": ec(net, 12, net.barriers * net.distill // 12),
+            "EC local (paper)": ec(net, teacher_data="local"),
+            "EC hybrid (average student)": ec(net, student="average"),
         }
+    )
     return {
-        "4 groups x 1 worker": {
-            "ranks": 4,
-            "workers": 1,
-            "methods": {
-                "no communication": no_communication(net),
-                **{f"MA x{n}": ma(net, n) for n in (1, 3, 9, 27)},
-                "EC shared": ec(net),
-                "EC shared, final ensemble": ec(net, final="ensemble"),
-                "EC shared, 12 barriers": ec(net, 12, net.barriers * net.distill // 12),
-                "EC local (paper)": ec(net, teacher_data="local"),
-                "EC hybrid (average student)": ec(net, student="average"),
-            },
-        },
+        **groups,
         "4 groups x 2 workers (sub-networks)": {
             "ranks": 8,
             "workers": 2,
