@@ -135,7 +135,7 @@ def versus_ddp(args):
     import torch
     import torch.distributed as dist
     from mpi4py import MPI
-    from vs_torch import torch_sequential
+    from vs_torch import torch_sequential, torch_sgd
 
     from horn.barriers.average import AverageSync
     from horn.barriers.gradients import GradientSync
@@ -186,13 +186,7 @@ def versus_ddp(args):
         world_size=world.size,
     )
     ddp = torch.nn.parallel.DistributedDataParallel(torch_sequential(torch, spec, init))
-    topt = torch.optim.SGD(
-        ddp.parameters(),
-        lr=t.lr,
-        momentum=t.momentum,
-        nesterov=t.nesterov,
-        weight_decay=t.weight_decay,
-    )
+    topt = torch_sgd(torch, ddp.parameters(), t)
     xt, yt, loss_fn = torch.from_numpy(x), torch.from_numpy(y), torch.nn.CrossEntropyLoss()
 
     def ddp_step():

@@ -312,6 +312,17 @@ def model_size(job, data):
 
 
 # ---- PyTorch worker (one process, or one DDP rank) ------------------------------------------
+def torch_sgd(torch, parameters, train):
+    """PyTorch's SGD with the job's ``train`` settings (lr, momentum, nesterov, weight decay)."""
+    return torch.optim.SGD(
+        parameters,
+        lr=train.lr,
+        momentum=train.momentum,
+        nesterov=train.nesterov,
+        weight_decay=train.weight_decay,
+    )
+
+
 def torch_sequential(torch, spec, init):
     """nn.Sequential of the horn model spec (dense + activation, dropout) holding horn's
     initial weights (horn's W is (in, out); Linear.weight is (out, in))."""
@@ -368,13 +379,7 @@ def torch_worker(spec_path, out_path, rank, world, threads):
         model = torch.nn.parallel.DistributedDataParallel(net)
     else:
         model = net
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=t.lr,
-        momentum=t.momentum,
-        nesterov=t.nesterov,
-        weight_decay=t.weight_decay,
-    )
+    opt = torch_sgd(torch, model.parameters(), t)
     loss_fn = torch.nn.CrossEntropyLoss()
     batch = spec["global_batch"] // world
     n = len(data.y_train)
