@@ -117,12 +117,8 @@ class CompressedWeightedMean:
     """
 
     def __init__(self, peer, backend, codec, block, comm, n):
-        self.backend, self.codec, self.block, self.ranks = (
-            backend,
-            codec,
-            block,
-            peer.comm_size(comm),
-        )
+        self.backend, self.codec, self.block = backend, codec, block
+        self.ranks = peer.comm_size(comm)
         xp = backend.xp
         self.message = xp.empty(4 + message_size(codec, n, block), xp.uint8)
         self.values = xp.empty(n, xp.float32)
