@@ -96,6 +96,11 @@ def test_good_job_is_frozen_with_defaults(tmp_path):
             r"job.toml:12: parallel.subnet.warmup_steps: sub-network warm-up is not combined",
         ),
         (
+            GOOD
+            + "[parallel]\nworkers = 2\nbarrier = 'ensemble'\n[parallel.subnet]\ncooldown_steps = 5\n",
+            r"job.toml:12: parallel.subnet.cooldown_steps: sub-network cool-down is not combined",
+        ),
+        (
             GOOD + '[data]\npath = "a\\u0000b"\n',
             r"job.toml:9: data.path: expected a file name, found one with a NUL byte",
         ),

@@ -84,6 +84,7 @@ def same_run(a, b):
         "groups = 1\nworkers = 2\n[parallel.subnet]\ncompress = 'int8'\nblock = 64\n",
         "workers = 2\nglobal_every = 3\n[parallel.subnet]\ncompress = 'bf16'\n"
         "[parallel.average]\ncompress = 'int8'\nblock = 32\n",
+        "groups = 1\nworkers = 2\n[parallel.subnet]\nwarmup_steps = 30\ncooldown_steps = 320\n",
         "local_steps = 1\n[parallel.average]\nreduce = 'gradients'\n",
         "[parallel.average]\nacross_every = 3\nmomentum = true\nouter = 'nesterov'\nouter_lr = 0.7\n",
     ],
@@ -95,6 +96,7 @@ def same_run(a, b):
         "int8-nesterov",
         "sub-networks-int8",
         "2x2-bf16-cross-int8",
+        "sub-networks-warmup-cooldown",
         "overlapped-gradients",
         "hierarchical-nesterov",
     ],

@@ -217,7 +217,8 @@ local_steps = 5
 def simulate(job, groups, workers):
     """The same rounds in one process: the warm-up (every rank trains the whole parent,
     averaged over all ranks every local_steps), then every worker's local steps and
-    assembly (and the cross-group average), with no MPI at all."""
+    assembly (and the cross-group average), then the cool-down (the whole parent again,
+    from fresh momentum), with no MPI at all."""
     from horn.data import load_dataset
     from horn.optim import make_optimizer
     from horn.parallel import derive_seed
@@ -236,16 +237,20 @@ def simulate(job, groups, workers):
     p, settings, steps = job.parallel, job.parallel.of("subnet"), job.train.steps
     layout = SubnetLayout(parents[0], scale=settings.scale, scale_at=settings.scale_at)
     schedule = ranks[0][2]
-    warmup = settings.warmup_steps
-    for start in range(0, warmup, p.local_steps):
-        for model, opt, _, stream, _ in ranks:
-            for step in range(start, min(start + p.local_steps, warmup)):
-                model.train_step(*stream.next())
-                opt.step(schedule(step))
-        mean = np.mean([r[0].params for r in ranks], axis=0, dtype=np.float64)
-        for r in ranks:
-            r[0].params[...] = mean
-    for r in range((steps - warmup) // p.local_steps):
+    warmup, cooldown = settings.warmup_steps, settings.cooldown_steps
+
+    def whole_parents(first, last):
+        for start in range(first, last, p.local_steps):
+            for model, opt, _, stream, _ in ranks:
+                for step in range(start, min(start + p.local_steps, last)):
+                    model.train_step(*stream.next())
+                    opt.step(schedule(step))
+            mean = np.mean([r[0].params for r in ranks], axis=0, dtype=np.float64)
+            for r in ranks:
+                r[0].params[...] = mean
+
+    whole_parents(0, warmup)
+    for r in range((steps - warmup - cooldown) // p.local_steps):
         for g in range(groups):
             rng = np.random.default_rng(derive_seed(job.train.seed + r, g, 1 << 20))
             parts = [partition(n, workers, settings.partition, rng) for n in layout.sizes]
@@ -272,6 +277,12 @@ def simulate(job, groups, workers):
                 mean = anchor = anchor - outer.outer_lr * (delta + outer.outer_momentum * velocity)
             for m in parents:
                 m.params[...] = mean
+    if cooldown:
+        for i, (model, opt, *_) in enumerate(ranks):
+            model.params[...] = parents[i // workers].params
+            for buf in opt.state().values():
+                buf[...] = 0
+        whole_parents(steps - cooldown, steps)
     return parents[0].params
 
 
@@ -284,6 +295,8 @@ def simulate(job, groups, workers):
         (1, 2, 'scale_at = "weights"\nwarmup_steps = 10\n'),
         (2, 2, 'scale_at = "weights"\nwarmup_steps = 10\n'),
         (2, 2, "[parallel.average]\nouter = 'nesterov'\nouter_lr = 0.7\n"),
+        (1, 2, "warmup_steps = 5\ncooldown_steps = 10\n"),
+        (2, 2, 'scale_at = "weights"\ncooldown_steps = 10\n'),
     ],
 )
 def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, workers, extra):
@@ -300,8 +313,8 @@ def test_multi_rank_parents_match_a_single_process_simulation(tmp_path, groups, 
     np.testing.assert_allclose(saved.params, expected, rtol=1e-5, atol=1e-6)
     rows = [json.loads(line) for line in open(f"{run_dir}/metrics.jsonl")]
     rounds = [r for r in rows if "partition_sizes" in r]
-    warmup = load_job(path).parallel.of("subnet").warmup_steps
-    assert len(rounds) == (30 - warmup) // 5 and all(
+    settings = load_job(path).parallel.of("subnet")
+    assert len(rounds) == (30 - settings.warmup_steps - settings.cooldown_steps) // 5 and all(
         sum(s) == n for r in rounds for s, n in zip(r["partition_sizes"], [24, 20])
     )
     assert all(r["bytes_sent"] > 0 for r in rows if "superstep" in r)

@@ -97,11 +97,13 @@ class EnsembleSettings:
                 f"teacher distills on each group's own shard), found "
                 f"{self.teacher_data!r}"
             )
-        if parallel.workers > 1 and parallel.of("subnet").warmup_steps:
-            raise HornError(
-                f"{where('warmup_steps', 'subnet')}: sub-network warm-up is not "
-                f"combined with barrier = 'ensemble'"
-            )
+        subnet = parallel.of("subnet")
+        for key, phase in (("warmup_steps", "warm-up"), ("cooldown_steps", "cool-down")):
+            if parallel.workers > 1 and getattr(subnet, key):
+                raise HornError(
+                    f"{where(key, 'subnet')}: sub-network {phase} is not "
+                    f"combined with barrier = 'ensemble'"
+                )
 
 
 @register_strategy("ensemble", EnsembleSettings)

@@ -18,6 +18,12 @@ whole parent on every rank, averaged over the world every ``local_steps`` steps
 partitioning starts from features the sub-networks can share instead of from
 random ones that each worker would pull its own way.
 
+Cool-down (``cooldown_steps``): the last steps train the whole parent again, averaged
+the same way, so that the weights between different workers' channels or units --
+which no compact net holds in the round that drew them apart -- are fitted together
+once the rounds have found the features (a reassembled parent is a sum of compact
+nets that never saw each other's inputs).
+
 Compressed (``compress`` = fp16 | bf16 | int8, ``block``): each worker sends its
 block's **change since the round began** in the codec, with error feedback, in the
 same Allgatherv (messages at aligned offsets: :class:`horn.barriers.compress.Messages`).
@@ -71,6 +77,7 @@ class SubnetSettings:
     momentum: str = opt("reset", str, ("reset", "keep"))
     scale_at: str = opt("input", str, SCALE_AT)
     warmup_steps: int = opt(0, int, lo=0)
+    cooldown_steps: int = opt(0, int, lo=0)  # the last steps: the whole parent, averaged
     dropconnect: float = opt(0.0, float, lo=0.0, hi=1.0, hi_open=True)
     compress: str = opt("none", str, ("none", *CODECS))  # the blocks' changes (see above)
     block: int = opt(256, int, lo=1, hi=1 << 24)  # int8: values per scale
@@ -136,6 +143,7 @@ class SubnetSync(PeerSync):
             setup.model, settings.dropconnect, settings.scale, settings.scale_at
         )
         self.warmup_steps = min(settings.warmup_steps, setup.total_steps)
+        self.cooldown_from = max(setup.total_steps - settings.cooldown_steps, self.warmup_steps)
         self.steps_done = 0
         self.backend = setup.model.backend
         self.round = 0
@@ -143,7 +151,7 @@ class SubnetSync(PeerSync):
         self._compact = {}  # plan key -> (model, optimizer): reused while sizes repeat
         self._recv = None
         self._partitions = []
-        if self.warmup_steps:
+        if self.warmup_steps or not self.cooldown_from:  # the whole parent first
             self.model, self.optimizer = setup.model, setup.optimizer
         else:
             self._begin_round()
@@ -184,12 +192,17 @@ class SubnetSync(PeerSync):
         )
 
     def checkpoint_buffers(self, model, optimizer):
-        """The group's parent (and its optimizer state when it is kept across rounds):
-        a round's sub-network is re-gathered from it on resume."""
+        """The group's parent (and its optimizer state when it is kept across rounds or
+        trains in a warm-up or cool-down): a round's sub-network is re-gathered from it
+        on resume."""
         key = f"group{self.peer.group}"
         buffers = {"parent": (key, self.parent.params)}
-        if self.keep_state:
-            buffers.update({f"opt.{k}": (key, v) for k, v in self.parent_optimizer.state().items()})
+        if self.keep_state or self.warmup_steps or self.cooldown_from < self.total_steps:
+            # kept: the group's; else live on each rank while the whole parent trains
+            owner = key if self.keep_state else None
+            buffers.update(
+                {f"opt.{k}": (owner, v) for k, v in self.parent_optimizer.state().items()}
+            )
         if self.outer is not None:  # stepped from the cross-group mean: the same everywhere
             buffers.update({f"outer.{k}": ("world", v) for k, v in self.outer.buffers().items()})
         if self.codec != "none":
@@ -207,8 +220,10 @@ class SubnetSync(PeerSync):
             self.outer.restore_counters(meta["outer"])
         self.round, self.mask_draws = meta["round"], meta["mask_draws"]
         self.steps_done = self.boundary_at = meta.get("steps_done", 0)
-        if self.steps_done >= self.warmup_steps:  # else: still warming up the whole parent
+        if self.warmup_steps <= self.steps_done < self.cooldown_from:  # else: whole parent
             self._begin_round()
+        elif self.steps_done >= self.cooldown_from:
+            self._begin_cooldown(restored=True)
         self._partitions = []  # this round's record went out with the checkpoint
 
     # ---- rounds ----------------------------------------------------------------
@@ -254,8 +269,11 @@ class SubnetSync(PeerSync):
         if done <= self.warmup_steps:
             self._warmup_barrier(done)
             return
+        if done > self.cooldown_from:
+            self._cooldown_barrier(done)
+            return
         if not self.is_boundary(
-            done - self.warmup_steps, self.local_steps, self.total_steps - self.warmup_steps
+            done - self.warmup_steps, self.local_steps, self.cooldown_from - self.warmup_steps
         ):
             return
         self.mask_draws = self.model.mask_draws
@@ -276,7 +294,9 @@ class SubnetSync(PeerSync):
             )
         self.peer.sync()
         self.boundary_at = done
-        if done < self.total_steps:
+        if done == self.cooldown_from < self.total_steps:
+            self._begin_cooldown()
+        elif done < self.total_steps:
             self._begin_round()
 
     def _warmup_barrier(self, done):
@@ -290,9 +310,30 @@ class SubnetSync(PeerSync):
             self.cross.rebase(self.parent.params)
         self.peer.sync()
         self.boundary_at = done
-        if done == self.warmup_steps and done < self.total_steps:
+        if done == self.warmup_steps < self.cooldown_from:  # else: straight on to the cool-down
             self.mask_draws = self.parent.mask_draws
             self._begin_round()
+
+    def _begin_cooldown(self, restored=False):
+        """Every rank trains the group's reassembled parent from here to the end: on
+        from the rounds' mask draws and, unless kept, fresh optimizer state (a resumed
+        run has both from its checkpoint)."""
+        if not restored:
+            self.parent.mask_draws = self.mask_draws
+            if not self.keep_state:
+                for buf in self.parent_optimizer.state().values():
+                    buf[...] = 0
+        self.model, self.optimizer = self.parent, self.parent_optimizer
+
+    def _cooldown_barrier(self, done):
+        """Model averaging of the whole parent every ``local_steps`` of the cool-down."""
+        if not self.is_boundary(
+            done - self.cooldown_from, self.local_steps, self.total_steps - self.cooldown_from
+        ):
+            return
+        average(self.peer, self.parent, self.parent_optimizer, self.keep_state, "world")
+        self.peer.sync()
+        self.boundary_at = done
 
     def _assemble_params(self):
         """The parameters into the parent: the blocks, or their compressed changes."""
