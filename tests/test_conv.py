@@ -119,6 +119,41 @@ def test_im2col_col2im_match_the_reference_and_are_adjoint(window, seed):
     )
 
 
+@st.composite
+def full_row_windows(draw):
+    """Stride-1 windows whose output rows are as wide as the input's (numba's flat-shift
+    lowering): odd kernel widths with "same" padding, any kernel height and padding."""
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kw = draw(st.sampled_from([1, 3, 5]))
+    kh, ph = draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 8))
+    w = draw(st.integers(1, 8))
+    return (n, c, h, w), (kh, kw), (ph, kw // 2)
+
+
+@KERNEL_SETTINGS
+@given(full_row_windows(), st.integers(0, 99), st.booleans())
+def test_full_row_lowering_equals_the_general_kernels_bit_for_bit(window, seed, parallel):
+    """numba's stride-1 fast path (one shifted slice per tap) against its general
+    row-by-row kernels, serial and parallel: the same columns, the same sums."""
+    from horn.backends import numba_backend as nb
+
+    shape, kernel, pad = window
+    x = rand(shape, seed)
+    cols = im2col(NB, x, kernel, (1, 1), pad)
+    fast = np.full(cols.shape, np.nan, np.float32)
+    general = np.full(cols.shape, np.nan, np.float32)
+    nb._im2col_full_rows[parallel](x, *kernel, *pad, fast)
+    nb._im2col[parallel](x, *kernel, 1, 1, *pad, general)
+    np.testing.assert_array_equal(fast, general)
+    np.testing.assert_array_equal(cols, general)  # what the backend's im2col gives
+    c = rand(cols.shape, seed + 1)
+    dx_fast, dx_general = (np.full(shape, np.nan, np.float32) for _ in range(2))
+    nb._col2im_full_rows[parallel](c, *kernel, *pad, dx_fast)
+    nb._col2im[parallel](c, *kernel, 1, 1, *pad, dx_general)
+    np.testing.assert_array_equal(dx_fast, dx_general)
+
+
 def pool_out(x, kernel, stride, pad, dtype=np.float32):
     n, c, h, w = x.shape
     return np.full(

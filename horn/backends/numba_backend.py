@@ -246,6 +246,37 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, out):
 
 
 @_kernel
+def _im2col_full_rows(x, kh, kw, ph, pw, out):
+    """``_im2col`` for stride 1 and output rows as wide as the input's (C-contiguous x and
+    out): each row of ``out`` holds, per sample, the image plane shifted by one flat offset,
+    so one slice copy fills it; then the out-of-range rows and the columns that wrapped
+    around from the neighbouring image row are zeroed. 2-8x faster than ``_im2col``'s
+    row-by-row copies on bench/step.py's layers."""
+    n, c, h, w = x.shape
+    oh, p, cols = h + 2 * ph - kh + 1, (h + 2 * ph - kh + 1) * w, out.shape[1]
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    for s in prange(n):
+        for ch in range(c):
+            for a in range(kh):
+                i0, i1 = _valid(h, oh, 1, a - ph)
+                for b in range(kw):
+                    j0, j1 = _valid(w, w, 1, b - pw)
+                    start = ((ch * kh + a) * kw + b) * cols + s * p
+                    shift = (s * c + ch) * h * w + (a - ph) * w + b - pw
+                    # a run from the first valid pixel to the last (none: all zeros)
+                    lo, hi = (i0 * w + j0, (i1 - 1) * w + j1) if i0 < i1 and j0 < j1 else (0, 0)
+                    flat_out[start : start + lo] = 0
+                    flat_out[start + lo : start + hi] = flat_x[shift + lo : shift + hi]
+                    flat_out[start + hi : start + p] = 0
+                    for i in range(i0, i1):  # scalar loops: 0-2 elements each
+                        row = start + i * w
+                        for j in range(j0):
+                            flat_out[row + j] = 0
+                        for j in range(j1, w):
+                            flat_out[row + j] = 0
+
+
+@_kernel
 def _col2im(cols, kh, kw, sh, sw, ph, pw, out):
     n, c, h, w = out.shape
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
@@ -267,6 +298,43 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, out):
                         dst = plane + (i * sh + a - ph) * w + b - pw
                         for j in range(j0, j1):
                             flat[dst + j * sw] += src[row + j]
+
+
+@_kernel
+def _col2im_full_rows(cols, kh, kw, ph, pw, out):
+    """``_col2im`` for stride 1 and output rows as wide as the input's (C-contiguous cols
+    and out), ``_im2col_full_rows``'s adjoint: per sample, channel and tap, the tap's row of
+    ``cols`` is copied to a scratch run, its wrapped-around columns zeroed, and the run
+    added to the image plane at one flat offset (taps add in the same order as
+    ``_col2im``'s, plus exact zeros)."""
+    n, c, h, w = out.shape
+    oh, p, width = h + 2 * ph - kh + 1, (h + 2 * ph - kh + 1) * w, cols.shape[1]
+    flat_cols, flat_out = cols.reshape(-1), out.reshape(-1)
+    for s in prange(n):  # sample s owns out[s]: no two threads add into one pixel
+        run = np.empty(p, out.dtype)
+        for ch in range(c):
+            plane = (s * c + ch) * h * w
+            flat_out[plane : plane + h * w] = 0
+            for a in range(kh):
+                i0, i1 = _valid(h, oh, 1, a - ph)
+                if i0 >= i1:
+                    continue
+                for b in range(kw):
+                    j0, j1 = _valid(w, w, 1, b - pw)
+                    if j0 >= j1:  # this tap sees only padding
+                        continue
+                    start = ((ch * kh + a) * kw + b) * width + s * p
+                    shift = plane + (a - ph) * w + b - pw
+                    lo, hi = i0 * w + j0, (i1 - 1) * w + j1
+                    run[lo:hi] = flat_cols[start + lo : start + hi]
+                    for i in range(i0, i1):  # scalar loops: 0-2 elements each
+                        for j in range(j0):
+                            run[i * w + j] = 0
+                        for j in range(j1, w):
+                            run[i * w + j] = 0
+                    target, source = flat_out[shift + lo : shift + hi], run[lo:hi]
+                    for q in range(hi - lo):
+                        target[q] += source[q]
 
 
 @njit(inline="always", cache=True)
@@ -620,10 +688,18 @@ class NumbaBackend(Backend):
         )
 
     def im2col(self, x, kernel, stride, pad, out):
-        _pick(_im2col, out.size)(x, *kernel, *stride, *pad, out)
+        full_rows = x.shape[3] + 2 * pad[1] - kernel[1] + 1 == x.shape[3]
+        if stride == (1, 1) and full_rows and x.flags.c_contiguous and out.flags.c_contiguous:
+            _pick(_im2col_full_rows, out.size)(x, *kernel, *pad, out)
+        else:
+            _pick(_im2col, out.size)(x, *kernel, *stride, *pad, out)
 
     def col2im(self, cols, kernel, stride, pad, out):
-        _pick(_col2im, cols.size)(cols, *kernel, *stride, *pad, out)
+        full_rows = out.shape[3] + 2 * pad[1] - kernel[1] + 1 == out.shape[3]
+        if stride == (1, 1) and full_rows and cols.flags.c_contiguous and out.flags.c_contiguous:
+            _pick(_col2im_full_rows, cols.size)(cols, *kernel, *pad, out)
+        else:
+            _pick(_col2im, cols.size)(cols, *kernel, *stride, *pad, out)
 
     def bias_act_nchw(self, z, b, act, out):
         _pick(_bias_act_nchw, z.size)(z, b, _ACT_CODE[act], out)
