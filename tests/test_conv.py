@@ -146,6 +146,7 @@ def test_full_row_lowering_equals_the_general_kernels_bit_for_bit(window, seed, 
     nb._im2col_full_rows[parallel](x, *kernel, *pad, fast)
     nb._im2col[parallel](x, *kernel, 1, 1, *pad, general)
     np.testing.assert_array_equal(fast, general)
+    assert nb._full_rows(kernel, [1, 1], pad)  # the backend takes this path for the window
     np.testing.assert_array_equal(cols, general)  # what the backend's im2col gives
     c = rand(cols.shape, seed + 1)
     dx_fast, dx_general = (np.full(shape, np.nan, np.float32) for _ in range(2))
