@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import horn
 from horn.backends import get_backend
 from horn.backends.base import out_size
-from horn.backends.numba_backend import PARALLEL_MIN
+from horn.backends.numba_backend import PARALLEL_MIN, SAMPLES_PER_TASK
 from horn.data import load_dataset
 from horn.errors import HornError
 from horn.jobs import load_job
@@ -122,8 +122,10 @@ def test_im2col_col2im_match_the_reference_and_are_adjoint(window, seed):
 @st.composite
 def full_row_windows(draw):
     """Stride-1 windows whose output rows are as wide as the input's (numba's flat-shift
-    lowering): odd kernel widths with "same" padding, any kernel height and padding."""
-    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    lowering): odd kernel widths with "same" padding, any kernel height and padding;
+    batches of a few samples, or of one or more blocks of samples and a partial one."""
+    blocks = st.integers(SAMPLES_PER_TASK - 1, 2 * SAMPLES_PER_TASK + 1)
+    n, c = draw(st.one_of(st.integers(1, 3), blocks)), draw(st.integers(1, 3))
     kw = draw(st.sampled_from([1, 3, 5]))
     kh, ph = draw(st.integers(1, 3)), draw(st.integers(0, 2))
     h = draw(st.integers(max(1, kh - 2 * ph), 8))
