@@ -252,9 +252,10 @@ def _full_rows(kernel, stride, pad):
 
 
 # The flat-shift kernels split work into (row or channel, block of samples) tasks, so each
-# thread writes long contiguous runs: per sample, 288 scattered 784-byte runs made im2col
-# of bench/step.py's conv(32->64) 6.4 ms at 2 threads; by row and block of 32, 2.2 ms (a
-# plain copy of its 29 MB output takes 3.2-3.9 ms); col2im by channel 5.0-7.9 -> 3.0 ms.
+# thread writes long contiguous runs instead of, per sample, 288 scattered 784-byte runs.
+# bench/step.py's conv(32->64), between the step's matmuls: im2col 8.3-9.6 -> 4.3-4.6 ms
+# at 1 thread, 5.1-5.3 -> 3.9-4.0 ms at 2 (a plain copy of its 29 MB takes 3.2-3.9 ms);
+# col2im 7.9-8.1 -> 5.4-5.8 ms at 1 thread, unchanged (4.6-5.3 ms) at 2.
 SAMPLES_PER_TASK = 32
 
 
