@@ -161,7 +161,7 @@ def test_sigusr1_on_mpirun_checkpoints_and_exits_cleanly(tmp_path):
 
 def test_sigterm_on_a_single_process_run_checkpoints_and_resumes(tmp_path):
     path = write_job(tmp_path, "single")
-    path.write_text(path.read_text().replace("epochs = 6", "epochs = 300"))
+    path.write_text(path.read_text().replace("epochs = 6", "epochs = 20"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "horn.cli", "run", path],
         cwd=ROOT,

@@ -105,7 +105,7 @@ def test_every_record_has_a_kind_and_superstep_0_excludes_start_up(tmp_path, lay
 
 def test_time_continues_across_resume(tmp_path):
     job = write_job(tmp_path, "[checkpoint]\nevery = 1\n")
-    job.write_text(job.read_text().replace("epochs = 3", "epochs = 200"))
+    job.write_text(job.read_text().replace("epochs = 3", "epochs = 20"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "horn.cli", "run", job],
         cwd=ROOT,
@@ -127,7 +127,7 @@ def test_time_continues_across_resume(tmp_path):
         for r in read_metrics(run_dir / "metrics.jsonl")
         if r["kind"] in ("epoch", "final")
     ]
-    assert len(times) == 201
+    assert len(times) == 21
     assert times == sorted(times), "time_s went backwards at the resume"
     assert times[len(before)] > before[-1]
 
