@@ -30,14 +30,30 @@ HOW_TO_NAME = (
 
 
 def register_layer(name):
-    """Class decorator: make a layer (or loss) available to job files as ``name``."""
+    """Class decorator: make a layer (or loss) available to job files as ``name``.
+
+    A name names one class: taking a built-in's or another module's name is an error
+    (which one a job got would depend on import order). The same class path again (a
+    module or notebook cell run twice) replaces the old class."""
 
     def wrap(cls):
+        if not is_builtin(cls):
+            importlib.import_module(BUILTIN_PACKAGE)  # built-in names are taken first
+        taken = _LAYERS.get(name)
+        if taken is not None and _identity(taken) != _identity(cls):
+            raise HornError(
+                f"register_layer({name!r}) for {_identity(cls)}: the name is taken by "
+                f"{_identity(taken)}; register this layer under another name"
+            )
         _LAYERS[name] = cls
         cls.type_name = name
         return cls
 
     return wrap
+
+
+def _identity(cls):
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def registered():
@@ -253,5 +269,7 @@ def _load(name, spec, where):
 
 
 def _reason(exc):
+    if isinstance(exc, HornError):  # horn's own one-line message, as it is
+        return str(exc)
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -212,6 +212,48 @@ def test_job_needs_its_module_named(tmp_path):
     assert Path(sys.modules["prelu"].__file__) == tmp_path / "prelu.py"
 
 
+CLAIMS = """
+import horn
+
+
+@horn.register_layer({name!r})
+class Claimant(horn.Layer):
+    partition_role = "through"
+
+    def forward(self, x, train):
+        return x
+
+    def backward(self, dy):
+        return dy
+"""
+
+
+@pytest.mark.parametrize("taken", ["relu", "dense", "prelu"])
+def test_a_layer_name_names_one_class(tmp_path, taken):
+    """A built-in's or another module's name is refused on one line naming both classes,
+    whichever module was imported first; the same class path again replaces itself."""
+    (tmp_path / "prelu.py").write_text(PRELU)
+    (tmp_path / "claims.py").write_text(CLAIMS.format(name=taken))
+    path = write_job(tmp_path, LAYERS_BODY.format(imports='["prelu", "claims"]', kind="relu"))
+    owner = {
+        "relu": "horn.layers.activations:ReLU",
+        "dense": "horn.layers.dense:Dense",
+        "prelu": "prelu:PReLU",
+    }[taken]
+    with pytest.raises(HornError) as refused:
+        load_job(path)
+    message = str(refused.value)
+    assert "model.imports[1]: importing 'claims'" in message and "\n" not in message
+    assert f"register_layer({taken!r}) for claims:Claimant: the name is taken by {owner}" in message
+    assert registry.registered()[taken].__module__ != "claims"
+    (tmp_path / "again.py").write_text(CLAIMS.format(name="claimed_once"))
+    registry.import_modules(["again"], tmp_path)
+    first = sys.modules.pop("again").Claimant
+    registry.import_modules(["again"], tmp_path)  # the same path again: a re-run module
+    second = sys.modules["again"].Claimant
+    assert first is not second and registry.registered()["claimed_once"] is second
+
+
 def test_job_directory_is_importable_only_for_named_modules(tmp_path):
     tripwire = tmp_path / "TRIPWIRE"
     (tmp_path / "sneaky.py").write_text(hostile_source(tripwire))
