@@ -34,8 +34,13 @@ class _Probe(Loss):
 
 
 def _fresh(layer):
-    """An unbuilt copy of ``layer`` from its recorded constructor arguments."""
-    return type(layer)(**layer.config)
+    """An unbuilt copy of ``layer`` from its recorded constructor arguments, with the
+    partition protocol's ``input_scale`` (set on the instance, so a split layer's
+    scaled path is checked: ``layer.input_scale = 2.0; check_layer(layer)``)."""
+    copy = type(layer)(**layer.config)
+    if getattr(layer, "input_scale", 1.0) != 1.0:
+        copy.input_scale = layer.input_scale
+    return copy
 
 
 def _fail(layer, what):

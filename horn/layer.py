@@ -60,6 +60,13 @@ def batch_shape(n, shape):
     return (n, shape) if isinstance(shape, int) else (n, *shape)
 
 
+def _is_shape(shape):
+    """A tuple or list of non-negative ints (numpy's too, never bool)."""
+    return isinstance(shape, (tuple, list)) and all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in shape
+    )
+
+
 class ParamSpec:
     """A declared parameter: where it lives in the flat buffer is the model's business.
 
@@ -182,6 +189,12 @@ class Layer:
         its gradient with zeros like any other."""
         if any(s.name == name for s in self._specs):
             raise ValueError(f"parameter {name!r} declared twice")
+        if not _is_shape(shape):
+            nested = isinstance(shape, (tuple, list)) and any(isinstance(s, tuple) for s in shape)
+            hint = " (build received an image shape: one entry per channel?)" if nested else ""
+            raise ValueError(
+                f"declare({name!r}): expected a shape of non-negative ints, found {shape!r}{hint}"
+            )
         self._specs.append(ParamSpec(name, shape, init, fan_in, fan_out, trainable))
 
     def buffer(self, name, shape, dtype=None):

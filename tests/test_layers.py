@@ -2,9 +2,12 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import horn
 from horn.checks import LayerCheckError
+from horn.errors import HornError
 from horn.layers import (
     MSE,
     Dense,
@@ -146,10 +149,81 @@ def test_layers_are_importable_under_the_horn_namespace_only():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_dense_input_scale_passes_check_layer(bias, monkeypatch):
-    monkeypatch.setattr(Dense, "input_scale", 2.5)  # check_layer rebuilds the layer
-    assert horn.check_layer(Dense(4, "tanh", bias=bias))
-    m = Model([Dense(3, bias=bias)], SoftmaxCrossEntropy(), 5, "numpy")
+def test_dense_input_scale_passes_check_layer(bias):
+    layer = Dense(4, "tanh", bias=bias)
+    layer.input_scale = 2.5  # check_layer's rebuilt copy keeps it
+    assert horn.check_layer(layer)
+    scaled = Dense(3, bias=bias)
+    scaled.input_scale = 2.5
+    m = Model([scaled], SoftmaxCrossEntropy(), 5, "numpy")
     x = np.ones((2, 5), np.float32)
     w = m.layers[0].params["W"]
     np.testing.assert_allclose(m.forward(x), 2.5 * x @ w, rtol=1e-6)
+
+
+class ForgetsTheScale(horn.Layer):
+    """y = input_scale * x * w, whose weight gradient leaves the scale out."""
+
+    partition_role = "split"
+
+    def build(self, n):
+        self.declare("w", (n,), init="ones")
+        return n
+
+    def forward(self, x, train):
+        self.x = x
+        return self.input_scale * x * self.params["w"]
+
+    def backward(self, dy):
+        self.grads["w"][...] = (dy * self.x).sum(axis=0)
+        return self.input_scale * dy * self.params["w"]
+
+
+def test_check_layer_checks_the_input_scale_set_on_the_instance():
+    assert horn.check_layer(ForgetsTheScale())  # at scale 1 the bug cannot show
+    layer = ForgetsTheScale()
+    layer.input_scale = 2.5
+    with pytest.raises(LayerCheckError, match="gradient of parameter 'w'"):
+        horn.check_layer(layer)
+
+
+SHAPES = st.one_of(
+    st.integers(-3, 5),
+    st.floats(allow_nan=True),
+    st.text(max_size=3),
+    st.none(),
+    st.lists(
+        st.one_of(st.integers(-3, 5), st.booleans(), st.floats(0, 4), st.tuples(st.integers(1, 4))),
+        max_size=3,
+    ).flatmap(lambda dims: st.sampled_from([dims, tuple(dims)])),
+)
+
+
+class Declares(horn.Layer):
+    def __init__(self, shape=None):
+        self.shape = shape
+
+    def build(self, n):
+        self.declare("p", self.shape)
+        return n
+
+    def forward(self, x, train):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=SHAPES)
+def test_a_declared_shape_is_ints_or_a_one_line_error_naming_the_layer(shape):
+    """Any shape a build() may pass (an image shape where a width was meant included):
+    a model is built, or refused with horn's one-line error; never another exception."""
+    good = isinstance(shape, (list, tuple)) and all(type(s) is int and s >= 0 for s in shape)
+    try:
+        model = Model([Declares(shape), Dense(2)], SoftmaxCrossEntropy(), 3, "numpy")
+    except HornError as exc:
+        assert not good and str(exc).startswith("layer 0 (") and "declare('p')" in str(exc)
+        assert "\n" not in str(exc)
+        return
+    assert good and model.layers[0].params["p"].shape == tuple(shape)

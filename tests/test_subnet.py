@@ -396,12 +396,13 @@ def test_cnn_subnetwork_forward_equals_the_channel_masked_parent(head, scale):
         )
 
 
-def test_conv_input_scale_passes_check_layer(monkeypatch):
+def test_conv_input_scale_passes_check_layer():
     import horn
     from horn.layers import Conv2d
 
-    monkeypatch.setattr(Conv2d, "input_scale", 2.5)  # check_layer rebuilds the layer
-    horn.check_layer(Conv2d(3, 3, padding=1, activation="relu"), in_features=(2, 6, 5))
+    layer = Conv2d(3, 3, padding=1, activation="relu")
+    layer.input_scale = 2.5  # check_layer's rebuilt copy keeps it
+    horn.check_layer(layer, in_features=(2, 6, 5))
 
 
 def test_cnn_folded_scale_gives_the_same_function():
