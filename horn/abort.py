@@ -52,7 +52,7 @@ def _who(rank):
 def _abort(world, exc):
     """Print the one-line reason (plus traceback in debug mode), then abort every rank."""
     who = _who(world.Get_rank())
-    text = " ".join(str(exc).split("\n"))
+    text = " ".join(str(exc).split("\n") + [f"({note})" for note in getattr(exc, "__notes__", [])])
     if isinstance(exc, HornError):
         line, code = f"horn: error: {who}: {text}", exc.exit_code
     else:

@@ -111,11 +111,14 @@ def cmd_launch(args):
 
 def cmd_validate(args):
     """Every check ``horn run`` makes before training (horn.runner.prepare), no training."""
-    from horn.runner import prepare
+    from horn.runner import prepare, rehearse
 
     job = _load(args)
-    for name, finding in prepare(job, single_process_rule=False).checks():
+    prepared = prepare(job, single_process_rule=False)
+    stepped = rehearse(prepared)
+    for name, finding in prepared.checks():
         print(f"  {name + ':':<10} {finding}")
+    print(f"  {'step:':<10} one training step of 2 samples through {stepped}")
     print(f"{args.job}: ok ({job.name}: {job.source})")
     return 0
 
@@ -131,6 +134,25 @@ def _model_path(path):
             )
         return path / "model.npz"
     return path
+
+
+def add_import_option(parser, what):
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help=f"import the module with {what}: a name (looked up in the current "
+        "directory, then installed) or a .py file (repeatable)",
+    )
+
+
+def cmd_layers(args):
+    """``horn layers``: the built-ins and the layers of the modules named with --import."""
+    from horn.registry import import_modules
+
+    import_modules(args.imports or [], os.getcwd(), "--import")
+    return print_layer_table()
 
 
 def _load_model(args):
@@ -356,15 +378,7 @@ def build_parser():
         p = sub.add_parser(name, help=help_text)
         p.add_argument("model", help="model .npz or run directory")
         p.add_argument("--backend", default="numpy", choices=("numpy", "numba", "cupy"))
-        p.add_argument(
-            "--import",
-            dest="imports",
-            action="append",
-            metavar="MODULE",
-            help="import the module with the model's own layers: a name (looked up "
-            "in the current directory, then installed) or a .py file "
-            "(repeatable); a model file never imports anything itself",
-        )
+        add_import_option(p, "the model's own layers; a model file never imports anything itself")
         p.set_defaults(func=func)
         if name == "eval":
             p.add_argument(
@@ -397,7 +411,9 @@ def build_parser():
     sub.add_parser("info", help="versions, backends, BLAS, threads, MPI").set_defaults(
         func=cmd_info
     )
-    sub.add_parser("layers", help="layers and their options").set_defaults(func=print_layer_table)
+    layers = sub.add_parser("layers", help="layers and their options")
+    add_import_option(layers, "your own layers, listed with the built-ins")
+    layers.set_defaults(func=cmd_layers)
     hosts = sub.add_parser("hosts", help="hostfile tools").add_subparsers(
         dest="hosts_command", required=True
     )

@@ -316,8 +316,12 @@ class Model:
         """Output for ``x``: flat rows (n, input_size) or already (n, *in_features)."""
         if not isinstance(self.in_features, int) and x.ndim == 2:
             x = x.reshape(batch_shape(len(x), self.in_features))  # a view: rows are C-order images
-        for layer in self.layers:
-            x = layer.forward(x, train)
+        for i, layer in enumerate(self.layers):
+            try:
+                x = layer.forward(x, train)
+            except Exception as exc:
+                self._note_layer(exc, i, "forward")
+                raise
         return x
 
     def train_step(self, x, targets):
@@ -326,10 +330,18 @@ class Model:
         value = self.loss.forward(self._train_output, targets)
         dy = self.loss.backward()
         for i in reversed(range(len(self.layers))):
-            dy = self.layers[i].backward(dy)
+            try:
+                dy = self.layers[i].backward(dy)
+            except Exception as exc:
+                self._note_layer(exc, i, "backward")
+                raise
             for hook in self._backward_hooks:
                 hook(i, self._ready_from[i])
         return value
+
+    def _note_layer(self, exc, index, what):
+        """Say which layer raised (a user layer's bug shows where it is, on every rank)."""
+        exc.add_note(f"in {what} of layer {index} ({self.layers[index].spec()['type']})")
 
     def add_backward_hook(self, hook):
         """Call ``hook(index, ready)`` in every :meth:`train_step` right after layer

@@ -104,6 +104,6 @@ def layer_table():
     return "\n".join(lines)
 
 
-def print_layer_table(args=None):
+def print_layer_table():
     print(layer_table())
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from horn.backends import get_backend
-from horn.barriers import Setup, make_sync
+from horn.barriers import Setup, make_sync, preview_models
 from horn.batches import BatchStream
 from horn.data import load_dataset
 from horn.errors import HornError
@@ -90,10 +90,15 @@ def input_shape(job, data):
     shape = data.sample_shape
     if isinstance(shape, tuple) and len(shape) == rank:
         return shape
+    axes = {2: "[C, L]", 3: "[C, H, W]"}.get(rank, f"[{rank} sizes]")
+    found = (
+        f"flat vectors of {data.features} values"
+        if isinstance(shape, int)
+        else f"samples of shape {shape}"
+    )
     raise HornError(
-        f"{where} ({first['type']}) takes samples of {rank} axes (C, H, W) but the "
-        f"data ({data.name}) gives flat vectors of {data.features} values; set "
-        f"model.inputs = [C, H, W]"
+        f"{where} ({first['type']}) takes samples of {rank} axes but the data "
+        f"({data.name}) gives {found}; set model.inputs = {axes}"
     )
 
 
@@ -283,3 +288,36 @@ def prepare(job, peer=None, single_process_rule=True):
         need,
         available,
     )
+
+
+def rehearse(prepared):
+    """One training step (forward, loss, backward; no update) of 2 training samples
+    through the model and through every model the job's layout trains besides it
+    (sub-networks' compact nets of round 0), built as ``horn run`` would build them on
+    its ranks: what ``horn validate`` adds to :func:`prepare`, so that a partition that
+    does not fit or a layer whose shapes break in its first step fails here, not on
+    the cluster. Returns what was stepped, in words."""
+    job, local, model = prepared.job, prepared.local, prepared.model
+    models = [("the model", model)]
+    if needed_ranks(job.parallel) > 1:
+        try:
+            models += preview_models(model, job.parallel, job.train.seed, job.source)
+        except HornError as exc:
+            raise HornError(f"{job.source}: {exc}") from None
+    x = np.ascontiguousarray(local.x_train[:2], model.dtype)
+    y = np.asarray(local.y_train[:2])
+    for label, each in models:
+        try:
+            each.train_step(each.backend.asarray(x), each.backend.asarray(y))
+        except HornError as exc:
+            raise HornError(f"{job.source}: {label}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a layer's own failure, named on one line
+            where = "; ".join(getattr(exc, "__notes__", [])) or "in its first step"
+            raise HornError(
+                f"{job.source}: {label} fails {where} on 2 training samples: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
+    labels = [label for label, _ in models]
+    if len(labels) > 3:
+        return f"{labels[0]} and {len(labels) - 1} more ({labels[1]} to {labels[-1]})"
+    return ", ".join(labels)

@@ -88,7 +88,7 @@ def test_validate_says_what_it_checked_and_trains_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     checks = [line.split(":")[0].strip() for line in lines[:-1]]
-    assert checks == ["data", "model", "memory", "training", "layout"], lines
+    assert checks == ["data", "model", "memory", "training", "layout", "step"], lines
     assert "10 outputs for 10 classes" in result.stdout and "GiB available" in result.stdout
     assert lines[-1].endswith(
         "digits.toml: ok (digits: " + str(ROOT / "jobs/digits.toml") + ")"
@@ -189,6 +189,19 @@ def test_horn_layers_lists_every_layer_with_its_options():
     )
 
 
+def test_horn_layers_lists_the_layers_of_an_imported_module(tmp_path):
+    (tmp_path / "sublayers.py").write_text(SUBNET_LAYERS)
+    result = horn("layers", "--import", "sublayers", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ours = [line for line in result.stdout.splitlines() if "[sublayers:" in line]
+    assert [line.split()[0] for line in ours] == ["gain", "scale_units", "unflatten"], ours
+    assert "shape: list[int]" in ours[-1]
+    built_ins = [line for line in layer_table().splitlines() if "  [horn.layers." in line]
+    assert len(result.stdout.splitlines()) == len(ours) + len(built_ins)
+    missing = one_error_line(horn("layers", "--import", "nosuch", cwd=tmp_path))
+    assert "--import[0]: no module 'nosuch'" in missing, missing
+
+
 # Defect 5: tracebacks that never happen.
 def test_resume_of_another_architecture_names_the_checkpoint(tmp_path):
     path = job_file(
@@ -280,3 +293,108 @@ def test_parallel_settings_without_mpirun_refuse_with_the_command(tmp_path):
     assert result.returncode == 0 and "layout:    4 ranks: mpirun" in result.stdout
     refused = mpirun(1, ["-m", "horn.cli", "run", str(path)])  # the same rule under mpirun
     assert refused.returncode != 0 and "parallel.groups=4" in refused.stderr + refused.stdout
+
+
+# ---- sub-network layouts: validate builds and steps what each rank would train ----------
+SUBNET_LAYERS = '''
+import horn
+
+
+@horn.register_layer("gain")
+class Gain(horn.Layer):
+    """Keeps the default partition_role (None): no sub-network can hold it."""
+
+    def forward(self, x, train):
+        return 2 * x
+
+    def backward(self, dy):
+        return 2 * dy
+
+
+@horn.register_layer("scale_units")
+class ScaleUnits(horn.Layer):
+    """A through layer whose partition_axes() leaves out its parameter."""
+
+    partition_role = "through"
+
+    def build(self, in_features):
+        self.declare("s", (in_features,), init="ones")
+        return in_features
+
+    def forward(self, x, train):
+        self.x = x
+        return x * self.params["s"]
+
+    def backward(self, dy):
+        self.grads["s"][...] = (dy * self.x).sum(axis=0)
+        return dy * self.params["s"]
+
+
+@horn.register_layer("unflatten")
+class Unflatten(horn.Layer):
+    """A through layer whose option fixes a shape: wrong for a worker's fewer units."""
+
+    partition_role = "through"
+
+    def __init__(self, shape: list[int]):
+        self.shape = shape
+
+    def build(self, in_features):
+        return tuple(self.shape)
+
+    def map_partition(self, kept):
+        import numpy as np
+
+        return np.unique(np.asarray(kept, np.int64) // int(np.prod(self.shape[1:])))
+
+    def forward(self, x, train):
+        self.in_shape = x.shape
+        return x.reshape(len(x), *self.shape)
+
+    def backward(self, dy):
+        return dy.reshape(self.in_shape)
+'''
+DENSE = '{ type = "dense", units = 16, activation = "relu" }'
+SUBNET_DEFECTS = {
+    "no protocol": (
+        f'{DENSE}, {{ type = "gain" }}, {DENSE}',
+        "",
+        "does not implement the partition protocol",
+    ),
+    "axes left out": (
+        f'{DENSE}, {{ type = "scale_units" }}, {DENSE}',
+        "",
+        "partition_axes() must name every parameter",
+    ),
+    "dropconnect on conv2d": (
+        '{ type = "conv2d", channels = 4, padding = 1 }, { type = "flatten" }, ' + DENSE,
+        "[parallel.subnet]\ndropconnect = 0.2\n",
+        "has no DropConnect variant",
+    ),
+    "one split layer": ('{ type = "relu" }', "", "need at least two dense layers"),
+    "a fixed shape": (
+        '{ type = "dense", units = 32 }, { type = "unflatten", shape = [2, 4, 4] }, '
+        '{ type = "conv2d", channels = 4, padding = 1 }, { type = "flatten" }',
+        "",
+        "in forward of layer 1 (unflatten)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUBNET_DEFECTS))
+def test_validate_refuses_what_a_sub_network_run_refuses(tmp_path, case):
+    """Run meets these only on its ranks, when the strategy builds each worker's compact
+    net and steps it; validate builds and steps them too, and says the same."""
+    layers, extra, message = SUBNET_DEFECTS[case]
+    (tmp_path / "sublayers.py").write_text(SUBNET_LAYERS)
+    path = job_file(
+        tmp_path,
+        f'name = "sub"\n[data]\nname = "digits"\n[model]\nimports = ["sublayers"]\n'
+        f'layers = [{layers}, {{ type = "dense", units = 10 }}]\n{QUICK}'
+        f"[parallel]\ngroups = 1\nworkers = 2\n{extra}",
+    )
+    line = one_error_line(horn("validate", path, cwd=tmp_path))
+    assert message in line and str(path) in line, line
+    ran = mpirun(2, ["-m", "horn.cli", "run", path, "--set", f"log.dir='{tmp_path}'"], 120)
+    assert ran.returncode != 0 and message in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr

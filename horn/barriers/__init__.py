@@ -23,4 +23,18 @@ def make_sync(setup, parallel):
     return group.build(setup, parallel.of(group.name), inner)
 
 
-__all__ = ["PeerSync", "Setup", "Sync", "make_sync", "register_strategy"]
+def preview_models(parent, parallel, seed, source):
+    """``[(label, Model)]``: the models besides ``parent`` that the layout's strategies
+    would train on some rank, built without a peer (see ``register_strategy``)."""
+    chosen = [group_strategy(parallel.barrier, f"{source}: parallel.barrier")]
+    if parallel.workers > 1:
+        chosen.insert(0, worker_strategy())
+    return [
+        model
+        for strategy in chosen
+        if strategy.preview is not None
+        for model in strategy.preview(parent, parallel.of(strategy.name), parallel.workers, seed)
+    ]
+
+
+__all__ = ["PeerSync", "Setup", "Sync", "make_sync", "preview_models", "register_strategy"]

@@ -62,19 +62,25 @@ class Strategy:
     settings: type
     build: Callable
     scope: str  # "group" (a value of parallel.barrier) or "worker" (inside a group)
+    preview: Callable | None = None  # see register_strategy
 
 
-def register_strategy(name, settings=NoSettings, scope="group"):
+def register_strategy(name, settings=NoSettings, scope="group", preview=None):
     """Decorator of a ``build(setup, settings, inner)`` function: makes the strategy
     known as ``name`` (``parallel.barrier = name`` for a group strategy) with its
-    settings read from ``[parallel.NAME]``."""
+    settings read from ``[parallel.NAME]``.
+
+    ``preview(parent, settings, workers, seed) -> [(label, Model)]``, if given, builds
+    without a peer the models other than the parent that the strategy's ranks train
+    (sub-networks' compact nets), raising the errors ``build`` would: ``horn validate``
+    checks them and steps each once."""
     if scope not in ("group", "worker"):
         raise ValueError(f"scope must be 'group' or 'worker', found {scope!r}")
     if not (dataclasses.is_dataclass(settings) and settings.__dataclass_params__.frozen):
         raise TypeError(f"strategy {name!r}: settings must be a frozen dataclass")
 
     def wrap(build):
-        _STRATEGIES[name] = Strategy(name, settings, build, scope)
+        _STRATEGIES[name] = Strategy(name, settings, build, scope, preview)
         return build
 
     return wrap

@@ -107,7 +107,41 @@ class SubnetSettings:
             )
 
 
-@register_strategy("subnet", SubnetSettings, scope="worker")
+def preview(parent, settings, workers, seed):
+    """Round 0's compact nets of group 0, one per worker, gathered from ``parent``."""
+    layout = SubnetLayout(parent, settings.dropconnect, settings.scale, settings.scale_at)
+    _, plans = draw_plans(layout, settings, workers, seed, 0, 0)
+    models = []
+    for worker, plan in enumerate(plans):
+        model = compact_model(parent.backend, plan)
+        gather(parent.backend, layout, plan, parent.params, model.params)
+        set_input_scales(model, layout, plan)
+        models.append((f"worker {worker}'s sub-network", model))
+    return models
+
+
+def draw_plans(layout, settings, workers, seed, round_, group):
+    """A round's partition of every hidden layer (the same on every rank of the group)
+    and each worker's plan from it."""
+    rng = np.random.default_rng(derive_seed(seed + round_, group, 1 << 20))
+    parts = [
+        partition(n, workers, settings.partition, rng, settings.weights, settings.min_share)
+        for n in layout.sizes
+    ]
+    return parts, [layout.plan(parts, w) for w in range(workers)]
+
+
+def compact_model(backend, plan):
+    """A worker's compact net, its parameters left for ``gather`` to fill."""
+    return Model.from_spec(plan.spec, backend, initialize_params=False)
+
+
+def set_input_scales(model, layout, plan):
+    for index in layout.split:  # the partition protocol's input scale
+        model.layers[index].input_scale = plan.input_scales.get(index, 1.0)
+
+
+@register_strategy("subnet", SubnetSettings, scope="worker", preview=preview)
 def build(setup, settings, inner):
     if settings.partition == "weighted" and len(settings.weights) != setup.peer.workers:
         raise HornError(
@@ -126,11 +160,7 @@ class SubnetSync(PeerSync):
             setup.make_optimizer,
         )
         self.local_steps, self.total_steps = setup.local_steps, setup.total_steps
-        self.kind, self.weights, self.min_share = (
-            settings.partition,
-            settings.weights,
-            settings.min_share,
-        )
+        self.settings = settings
         self.keep_state = settings.momentum == "keep"
         self.cross_average, self.outer, self.cross = False, None, None  # average_across_groups
         self.codec, self.block = settings.compress, settings.block
@@ -228,12 +258,9 @@ class SubnetSync(PeerSync):
 
     # ---- rounds ----------------------------------------------------------------
     def _begin_round(self):
-        rng = np.random.default_rng(derive_seed(self.seed + self.round, self.peer.group, 1 << 20))
-        parts = [
-            partition(n, self.peer.workers, self.kind, rng, self.weights, self.min_share)
-            for n in self.layout.sizes
-        ]
-        self.plans = [self.layout.plan(parts, w) for w in range(self.peer.workers)]
+        parts, self.plans = draw_plans(
+            self.layout, self.settings, self.peer.workers, self.seed, self.round, self.peer.group
+        )
         plan = self.plans[self.peer.worker]
         model, optimizer = self._compact_for(plan)
         gather(self.backend, self.layout, plan, self.parent.params, model.params)
@@ -242,8 +269,7 @@ class SubnetSync(PeerSync):
                 gather(self.backend, self.layout, plan, self.parent_optimizer.state()[name], buf)
             else:
                 buf[...] = 0
-        for index in self.layout.split:  # the partition protocol's input scale
-            model.layers[index].input_scale = plan.input_scales.get(index, 1.0)
+        set_input_scales(model, self.layout, plan)
         model.mask_draws = self.mask_draws
         self.model, self.optimizer = model, optimizer
         digest = hashlib.sha256(b"".join(u.tobytes() for p in parts for u in p)).hexdigest()[:16]
@@ -259,7 +285,7 @@ class SubnetSync(PeerSync):
 
     def _compact_for(self, plan):
         if plan.key not in self._compact:
-            model = Model.from_spec(plan.spec, self.backend, initialize_params=False)
+            model = compact_model(self.backend, plan)
             model.mask_seed = derive_seed(self.seed, self.peer.group, self.peer.worker)
             self._compact[plan.key] = (model, self.make_optimizer(model))
         return self._compact[plan.key]
