@@ -11,6 +11,12 @@ class HornError(Exception):
     exit_code = 2
 
 
+def in_file(source, exc):
+    """``exc`` (a HornError) prefixed with the job file it came from, unless it names it."""
+    text = str(exc)
+    return exc if text.startswith(f"{source}") else type(exc)(f"{source}: {text}")
+
+
 class DivergenceError(HornError):
     """Training produced NaN/Inf; the message names the step and the layer."""
 

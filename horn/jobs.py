@@ -15,6 +15,7 @@ from pathlib import Path
 from horn.backends import BACKEND_NAMES
 from horn.data import DATASET_NAMES, SCALE_KINDS
 from horn.errors import HornError
+from horn.options import FLOAT32_MAX
 from horn.suggest import did_you_mean
 
 
@@ -341,6 +342,11 @@ def _convert(value, meta, where):
             or (hi is not None and (value > hi or (meta["hi_open"] and value == hi)))
         ):
             raise HornError(f"{where()}: expected {_describe(meta)}, found {value!r}")
+        if kind is float and abs(value) > FLOAT32_MAX:  # training computes in float32
+            raise HornError(
+                f"{where()}: expected {_describe(meta)} within float32 range "
+                f"(|x| <= {FLOAT32_MAX:.4g}), found {value!r}"
+            )
     if meta.get("path") and "\x00" in value:  # no file system takes one
         raise HornError(f"{where()}: expected a file name, found one with a NUL byte: {value!r}")
     return value

@@ -26,6 +26,7 @@ FORMAT = "horn-model-1"
 # A sanity limit: a spec (job or model file) asking for more parameters than this is
 # refused before anything is allocated, instead of failing deep inside numpy.
 MAX_PARAMS = 2**31
+MAX_SAMPLE_VALUES = 2**31 - 1  # one sample's activations: beyond it no batch fits anywhere
 
 
 def layer_from_spec(spec, where="layer", classes=None):
@@ -122,6 +123,11 @@ def layout(layers, in_features):
                 f"layer {i} ({layer.spec()['type']}): build() must return a "
                 f"positive output width or a shape tuple of them, returned "
                 f"{built!r}"
+            )
+        if math.prod((out,) if isinstance(out, int) else out) > MAX_SAMPLE_VALUES:
+            raise HornError(  # here, not at the first layer it makes too large
+                f"{where}: outputs samples of shape {out}, more than {MAX_SAMPLE_VALUES} "
+                f"values each; refusing to build it"
             )
         for spec in layer._specs:
             where = f"layer {i} ({layer.spec()['type']}): parameter {spec.name!r}"

@@ -14,6 +14,8 @@ import numbers
 import types
 import typing
 
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
+
 
 def option_types(cls):
     """``{option: (annotation, default)}`` of a layer class's constructor (the
@@ -87,6 +89,11 @@ def check_options(cls, arguments):
         kind = declared.get(name, (inspect.Parameter.empty,))[0]
         if not matches(value, kind):
             raise TypeError(f"option {name!r}: expected {describe(kind)}, found {value!r}")
+        if kind is float and abs(value) > FLOAT32_MAX:  # layers compute in float32
+            raise TypeError(
+                f"option {name!r}: expected float within float32 range "
+                f"(|x| <= {FLOAT32_MAX:.4g}), found {value!r}"
+            )
 
 
 def layer_table():

@@ -71,8 +71,15 @@ def input_shape(job, data):
 
     ``model.inputs`` when the job sets it (an int, or a list such as [1, 28, 28]; its
     size must be the data's width); else the data's image shape (C, H, W) when the
-    first layer needs images (``input_rank = 3``: conv2d, the pools); else flat vectors.
+    first layer that states a sample rank needs images (``input_rank = 3``: conv2d, the
+    pools; layers of any rank before it, such as batch_norm or relu, take what it
+    takes); else flat vectors.
     """
+    layers = job.model.layers
+    classes = [
+        resolve(s["type"], f"{job.locate('model', 'layers', i)}: model.layers[{i}]")
+        for i, s in enumerate(layers)
+    ]
     inputs = job.model.inputs
     if inputs is not None:
         shape = as_shape(inputs)
@@ -81,10 +88,20 @@ def input_shape(job, data):
                 f"{job.locate('model', 'inputs')}: model.inputs is {inputs} but "
                 f"the data ({data.name}) has {data.features} features"
             )
+        wants = classes[0].input_rank
+        if wants is not None and wants != (1 if isinstance(shape, int) else len(shape)):
+            raise HornError(
+                f"{job.locate('model', 'inputs')}: model.inputs = {inputs} gives samples "
+                f"of shape {shape}, but model.layers[0] ({layers[0]['type']}) takes "
+                f"samples of {wants} axes"
+            )
         return shape
-    first = job.model.layers[0]
-    where = f"{job.locate('model', 'layers', 0)}: model.layers[0]"
-    rank = resolve(first["type"], where).input_rank
+    index, rank = next(
+        ((i, cls.input_rank) for i, cls in enumerate(classes) if cls.input_rank is not None),
+        (0, None),
+    )
+    first = layers[index]
+    where = f"{job.locate('model', 'layers', index)}: model.layers[{index}]"
     if rank is None or rank == 1:
         return data.features
     shape = data.sample_shape
@@ -197,6 +214,7 @@ class Prepared:
     sync: object
     memory: Estimate
     available: int  # bytes (None: unknown or on the GPU, not checked)
+    setup: Setup  # what the strategies were built from (peer None under horn validate)
 
     def checks(self):
         """What was checked, one ``(name, finding)`` per check, for ``horn validate``."""
@@ -254,25 +272,23 @@ def prepare(job, peer=None, single_process_rule=True):
     available = None if backend.name == "cupy" else check_fits(need, where)
     model, optimizer, schedule, stream, steps = build(job, local, backend, group, worker, spec)
     check_fit(job, data, model)
-    sync = make_sync(
-        Setup(
-            peer,
-            model,
-            optimizer,
-            lambda m: make_optimizer(job.train, m),
-            steps,
-            job.parallel.local_steps,
-            job.parallel.global_every,
-            job.train.seed,
-            job.train.batch_size,
-            job.train.lr,
-            job.source,
-            job.base_dir,
-            data,
-            local,
-        ),
-        job.parallel,
+    setup = Setup(
+        peer,
+        model,
+        optimizer,
+        lambda m: make_optimizer(job.train, m),
+        steps,
+        job.parallel.local_steps,
+        job.parallel.global_every,
+        job.train.seed,
+        job.train.batch_size,
+        job.train.lr,
+        job.source,
+        job.base_dir,
+        data,
+        local,
     )
+    sync = make_sync(setup, job.parallel)
     return Prepared(
         job,
         threads,
@@ -287,6 +303,7 @@ def prepare(job, peer=None, single_process_rule=True):
         sync,
         need,
         available,
+        setup,
     )
 
 
@@ -300,10 +317,7 @@ def rehearse(prepared):
     job, local, model = prepared.job, prepared.local, prepared.model
     models = [("the model", model)]
     if needed_ranks(job.parallel) > 1:
-        try:
-            models += preview_models(model, job.parallel, job.train.seed, job.source)
-        except HornError as exc:
-            raise HornError(f"{job.source}: {exc}") from None
+        models += preview_models(prepared.setup, job.parallel)
     x = np.ascontiguousarray(local.x_train[:2], model.dtype)
     y = np.asarray(local.y_train[:2])
     for label, each in models:

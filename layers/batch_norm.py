@@ -33,8 +33,8 @@ class BatchNorm(Layer):
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5):
         if not 0 < momentum <= 1:
             raise ValueError(f"momentum must be in (0, 1], found {momentum!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, found {eps!r}")
+        if not 0 < eps <= 1:  # larger ones flatten every channel (and overflow float32)
+            raise ValueError(f"eps must be in (0, 1], found {eps!r}")
         self.momentum, self.eps = momentum, eps
 
     def build(self, in_shape):

@@ -15,8 +15,8 @@ class SoftmaxCrossEntropy(Loss):
     predicts_probabilities = True  # softmax rows: an ensemble averages and distils them
 
     def __init__(self, temperature: float = 1.0):
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, found {temperature!r}")
+        if not 0.01 <= temperature <= 100:  # T^2 and x / T stay well inside float32
+            raise ValueError(f"temperature must be in [0.01, 100], found {temperature!r}")
         self.temperature = temperature
 
     def forward(self, x, targets):

@@ -125,7 +125,7 @@ def test_shared_inputs_are_a_seeded_sample_split_across_workers(tmp_path):
         x_train=rng.standard_normal((50, 3)).astype(np.float32),
         features=3,
         name="t",
-        scaler=types.SimpleNamespace(apply=lambda a: a * 2),
+        scaler=types.SimpleNamespace(apply=lambda a, where="scaler": a * 2),
     )
     settings = EnsembleSettings(distill_size=20)
 
@@ -135,6 +135,7 @@ def test_shared_inputs_are_a_seeded_sample_split_across_workers(tmp_path):
             seed=0,
             base_dir=str(tmp_path),
             peer=types.SimpleNamespace(workers=workers, worker=worker),
+            model=types.SimpleNamespace(in_features=3),
         )
 
     parts = [shared_inputs(setup(2, w), settings) for w in (0, 1)]

@@ -11,12 +11,14 @@ import textwrap
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from horn import memory
 from horn.errors import DivergenceError, HornError
 from horn.jobs import load_job
 from horn.layer import Layer
-from horn.model import layer_from_spec
+from horn.model import layer_from_spec, layout
 from horn.options import check_options, layer_table
 from horn.runner import prepare
 from tests.cli import ROOT, horn
@@ -398,3 +400,102 @@ def test_validate_refuses_what_a_sub_network_run_refuses(tmp_path, case):
     ran = mpirun(2, ["-m", "horn.cli", "run", path, "--set", f"log.dir='{tmp_path}'"], 120)
     assert ran.returncode != 0 and message in ran.stderr, ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+def distill_files(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "narrow.npy", rng.random((50, 63), np.float32))
+    nan = rng.random((50, 64), np.float32)
+    nan[7, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("missing.npy", "missing.npy: expected an input file, found nothing"),
+        ("narrow.npy", "distill_file has 63 features per row, the data (digits) has 64"),
+        ("nan.npy", "nan.npy: expected finite features, found NaN or Inf"),
+    ],
+)
+def test_validate_reads_the_distillation_file_as_the_ranks_do(tmp_path, name, message):
+    distill_files(tmp_path)
+    path = job_file(
+        tmp_path,
+        f'name = "ec"\n[data]\nname = "digits"\n{LAYERS}{QUICK}[parallel]\ngroups = 2\n'
+        f'barrier = "ensemble"\nlocal_steps = 20\n[parallel.ensemble]\ndistill_file = "{name}"\n',
+    )
+    line = one_error_line(horn("validate", path, cwd=tmp_path))
+    assert message in line and str(path) in line, line
+    ran = mpirun(2, ["-m", "horn.cli", "run", path, "--set", f"log.dir='{tmp_path}'"], 120)
+    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
+
+
+FLOAT_KEYS = ["train.lr", "train.eps", "train.weight_decay", "parallel.ensemble.temperature"]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    key=st.sampled_from(FLOAT_KEYS),
+    value=st.floats(min_value=3.5e38, max_value=1e308).flatmap(lambda v: st.sampled_from([v, -v])),
+)
+def test_a_float_setting_beyond_float32_is_refused_naming_it(key, value):
+    """Training computes in float32: 1e300 would overflow to inf in the kernels (or
+    leave a raw numpy warning and a model that learns nothing)."""
+    with pytest.raises(HornError) as refused:
+        load_job(ROOT / "jobs/digits.toml", [f"{key}={value!r}"])
+    message = str(refused.value)
+    assert message.startswith(f"--set '{key}={value!r}': {key}: expected "), message
+    assert "within float32 range" in message or "at most" in message or ">" in message, message
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    layer=st.sampled_from([("batch_norm", "eps"), ("batch_norm", "momentum"), ("dropout", "p")]),
+    value=st.floats(min_value=3.5e38, max_value=1e308),
+)
+def test_a_float_layer_option_beyond_float32_is_refused_naming_it(layer, value):
+    kind, option = layer
+    with pytest.raises(HornError, match=rf"\({kind}\): (option '{option}'|{option} must)"):
+        layer_from_spec({"type": kind, option: value}, "job.toml: model.layers[0]")
+
+
+IMAGE_LAYERS = '{ type = "conv2d", channels = 4, padding = 1 }, { type = "flatten" }, '
+
+
+@pytest.mark.parametrize("first", ["batch_norm", "relu", "dropout"])
+def test_layers_of_any_rank_before_a_conv_take_the_data_images(tmp_path, first):
+    path = job_file(
+        tmp_path,
+        f'[data]\nname = "digits"\n[model]\nlayers = [{{ type = "{first}" }}, '
+        f'{IMAGE_LAYERS}{{ type = "dense", units = 10 }}]\n{QUICK}',
+    )
+    result = horn("validate", path)
+    assert result.returncode == 0, result.stderr
+    assert "built on samples of shape (1, 8, 8)" in result.stdout, result.stdout
+
+
+def test_model_inputs_that_do_not_suit_the_first_layer_name_the_set(tmp_path):
+    path = job_file(
+        tmp_path,
+        f'[data]\nname = "digits"\n[model]\nlayers = [{IMAGE_LAYERS}'
+        f'{{ type = "dense", units = 10 }}]\n{QUICK}',
+    )
+    line = one_error_line(horn("validate", path, "--set", "model.inputs=64"))
+    assert line.startswith("horn: error: --set 'model.inputs=64': model.inputs = 64 gives"), line
+    assert "model.layers[0] (conv2d) takes samples of 3 axes" in line
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(padding=st.integers(10**5, 10**15), stride=st.integers(1, 3))
+def test_a_layer_whose_output_cannot_fit_is_named_itself(padding, stride):
+    """Not the first layer after it whose parameters it makes too large."""
+    layers = [
+        layer_from_spec(
+            {"type": "conv2d", "channels": 2, "padding": padding, "stride": stride}, "x"
+        ),
+        layer_from_spec({"type": "flatten"}, "x"),
+        layer_from_spec({"type": "dense", "units": 3}, "x"),
+    ]
+    with pytest.raises(HornError, match=r"^layer 0 \(conv2d\): outputs samples of shape"):
+        layout(layers, (1, 8, 8))

@@ -8,6 +8,7 @@ group strategy that ``parallel.barrier`` names.
 
 from horn.barriers.base import PeerSync, Sync
 from horn.barriers.registry import Setup, group_strategy, register_strategy, worker_strategy
+from horn.errors import HornError, in_file
 
 
 def make_sync(setup, parallel):
@@ -15,26 +16,33 @@ def make_sync(setup, parallel):
     (``Sync()`` for a world of one)."""
     if setup.peer is None:
         return Sync()
-    inner = None
-    if setup.peer.workers > 1:
-        worker = worker_strategy()
-        inner = worker.build(setup, parallel.of(worker.name), None)
-    group = group_strategy(parallel.barrier, f"{setup.source}: parallel.barrier")
-    return group.build(setup, parallel.of(group.name), inner)
+    try:
+        inner = None
+        if setup.peer.workers > 1:
+            worker = worker_strategy()
+            inner = worker.build(setup, parallel.of(worker.name), None)
+        group = group_strategy(parallel.barrier, f"{setup.source}: parallel.barrier")
+        return group.build(setup, parallel.of(group.name), inner)
+    except HornError as exc:  # a rank's message names the job, as validate's does
+        raise in_file(setup.source, exc) from None
 
 
-def preview_models(parent, parallel, seed, source):
-    """``[(label, Model)]``: the models besides ``parent`` that the layout's strategies
-    would train on some rank, built without a peer (see ``register_strategy``)."""
-    chosen = [group_strategy(parallel.barrier, f"{source}: parallel.barrier")]
+def preview_models(setup, parallel):
+    """``[(label, Model)]``: the models besides ``setup.model`` that the layout's
+    strategies would train on some rank, checked and built without a peer (see
+    ``register_strategy``)."""
+    chosen = [group_strategy(parallel.barrier, f"{setup.source}: parallel.barrier")]
     if parallel.workers > 1:
         chosen.insert(0, worker_strategy())
-    return [
-        model
-        for strategy in chosen
-        if strategy.preview is not None
-        for model in strategy.preview(parent, parallel.of(strategy.name), parallel.workers, seed)
-    ]
+    try:
+        return [
+            model
+            for strategy in chosen
+            if strategy.preview is not None
+            for model in strategy.preview(setup, parallel.of(strategy.name), parallel.workers)
+        ]
+    except HornError as exc:
+        raise in_file(setup.source, exc) from None
 
 
 __all__ = ["PeerSync", "Setup", "Sync", "make_sync", "preview_models", "register_strategy"]

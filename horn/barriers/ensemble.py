@@ -77,7 +77,7 @@ class EnsembleSettings:
     distill_steps: int = opt(200, int, lo=1)
     distill_batch: int = opt(0, int, lo=0)  # 0: train.batch_size
     distill_lr: float = opt(0.0, float, lo=0.0)  # 0: train.lr
-    temperature: float = opt(2.0, float, lo=0.0, lo_open=True)
+    temperature: float = opt(2.0, float, lo=0.01, hi=100.0)  # as softmax_cross_entropy's
     alpha: float = opt(0.5, float, lo=0.0, hi=1.0, hi_open=True)
     student: str = opt("local", str, ("local", "average"))
     final: str = opt("compressed", str, ("compressed", "ensemble"))
@@ -106,9 +106,29 @@ class EnsembleSettings:
                 )
 
 
-@register_strategy("ensemble", EnsembleSettings)
+def preview(setup, settings, workers):
+    """The checks the ranks make: the loss, and the distillation file when one is named
+    (no models besides the parent: the student is it)."""
+    check_loss(setup)
+    if settings.teacher_data == "shared":
+        distill_source(setup, settings)
+    return []
+
+
+@register_strategy("ensemble", EnsembleSettings, preview=preview)
 def build(setup, settings, inner):
     return EnsembleSync(setup, settings, inner)
+
+
+def check_loss(setup):
+    loss = setup.model.loss
+    if not loss.predicts_probabilities:
+        raise HornError(
+            f"{setup.source}: parallel.barrier = 'ensemble' distills class "
+            f"probabilities: model.loss ({loss.spec()['type']}) does not "
+            f"predict them (Loss.predicts_probabilities); use "
+            f"softmax_cross_entropy"
+        )
 
 
 class EnsembleSync(PeerSync):
@@ -124,13 +144,7 @@ class EnsembleSync(PeerSync):
                 f"{setup.source}: parallel.barrier = 'ensemble' needs at least 2 "
                 f"groups; the layout has {peer.groups}"
             )
-        if not model.loss.predicts_probabilities:
-            raise HornError(
-                f"{setup.source}: parallel.barrier = 'ensemble' distills class "
-                f"probabilities: model.loss ({model.loss.spec()['type']}) does not "
-                f"predict them (Loss.predicts_probabilities); use "
-                f"softmax_cross_entropy"
-            )
+        check_loss(setup)
         p = settings
         self.model, self.inner, self.make_optimizer = model, inner, setup.make_optimizer
         self.p, self.total_steps, self.seed = p, setup.total_steps, setup.seed
@@ -317,20 +331,27 @@ def shared_inputs(setup, settings):
     """This rank's share of the distillation inputs every rank holds: a seeded sample of
     ``distill_size`` rows of the training inputs or of ``distill_file`` (scaled like the
     training data), split across a group's workers."""
-    p, data, peer = settings, setup.data, setup.peer
-    if p.distill_file is None:
-        source = data.x_train
-    else:
-        path = Path(setup.base_dir or ".") / p.distill_file
-        source = data.scaler.apply(load_features(path))
-        if source.shape[1] != data.features:
-            raise HornError(
-                f"{path}: parallel.ensemble.distill_file has {source.shape[1]} features per "
-                f"row, the data ({data.name}) has {data.features}"
-            )
+    p, peer = settings, setup.peer
+    source = distill_source(setup, settings)
     rng = np.random.default_rng((setup.seed, _STREAM))
     rows = np.sort(rng.choice(len(source), min(p.distill_size, len(source)), replace=False))
     return source[np.array_split(rows, peer.workers)[peer.worker]]
+
+
+def distill_source(setup, settings):
+    """The rows distillation inputs are drawn from: the training inputs, or
+    ``distill_file`` scaled like them (checked: it must fit the model's inputs)."""
+    data = setup.data
+    if settings.distill_file is None:
+        return data.x_train
+    path = Path(setup.base_dir or ".") / settings.distill_file
+    source = data.scaler.apply(load_features(path, setup.model.in_features), str(path))
+    if source.shape[1] != data.features:
+        raise HornError(
+            f"{path}: parallel.ensemble.distill_file has {source.shape[1]} features per "
+            f"row, the data ({data.name}) has {data.features}"
+        )
+    return source
 
 
 def weighted_mean(peer, outputs, weight):

@@ -70,10 +70,11 @@ def register_strategy(name, settings=NoSettings, scope="group", preview=None):
     known as ``name`` (``parallel.barrier = name`` for a group strategy) with its
     settings read from ``[parallel.NAME]``.
 
-    ``preview(parent, settings, workers, seed) -> [(label, Model)]``, if given, builds
-    without a peer the models other than the parent that the strategy's ranks train
-    (sub-networks' compact nets), raising the errors ``build`` would: ``horn validate``
-    checks them and steps each once."""
+    ``preview(setup, settings, workers) -> [(label, Model)]``, if given, makes without
+    a peer (``setup.peer`` is None) the checks ``build`` would make on the ranks (files
+    it reads, models it builds) and returns the models other than ``setup.model`` that
+    the strategy's ranks train (sub-networks' compact nets): ``horn validate`` calls it
+    and steps each model once."""
     if scope not in ("group", "worker"):
         raise ValueError(f"scope must be 'group' or 'worker', found {scope!r}")
     if not (dataclasses.is_dataclass(settings) and settings.__dataclass_params__.frozen):

@@ -107,10 +107,11 @@ class SubnetSettings:
             )
 
 
-def preview(parent, settings, workers, seed):
-    """Round 0's compact nets of group 0, one per worker, gathered from ``parent``."""
+def preview(setup, settings, workers):
+    """Round 0's compact nets of group 0, one per worker, gathered from the parent."""
+    parent = setup.model
     layout = SubnetLayout(parent, settings.dropconnect, settings.scale, settings.scale_at)
-    _, plans = draw_plans(layout, settings, workers, seed, 0, 0)
+    _, plans = draw_plans(layout, settings, workers, setup.seed, 0, 0)
     models = []
     for worker, plan in enumerate(plans):
         model = compact_model(parent.backend, plan)
