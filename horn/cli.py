@@ -226,7 +226,7 @@ def _eval_file(args, model, meta):
     from horn.data import load_labelled
 
     column = -1 if args.label_column is None else args.label_column
-    x, y = load_labelled(args.data, args.labels, column)
+    x, y = load_labelled(args.data, args.labels, column, expect=model.in_features)
     _check_width(model, x, args.data)
     classes = model.out_features
     if isinstance(classes, int) and y.max() >= classes:
@@ -263,7 +263,7 @@ def cmd_predict(args):
 
     out = _output_file(args.out)
     model, meta = _load_model(args)
-    x = load_features(args.input)
+    x = load_features(args.input, expect=model.in_features)
     _check_width(model, x, args.input)
     probs = model.predict(_scaler(meta).apply(x, args.input))
     header = "label," + ",".join(f"p{i}" for i in range(probs.shape[1]))

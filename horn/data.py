@@ -154,6 +154,10 @@ class _Raw:
     train_where: str  # names used in error messages
     test_where: str
     row_name: object = None  # i -> "row i" / "line n" for error messages
+    # The test features alone and what the training features are called, for the
+    # check that both state the same sample shape (see check_sample_shape).
+    x_test_where: object = None
+    x_name: str = "the training data"
 
 
 # --------------------------------------------------------------------------- IDX
@@ -269,6 +273,8 @@ def _load_idx(opts, base_dir):
         source=str(directory),
         train_where=f"{paths[0]} / {paths[1].name}",
         test_where=f"{paths[2]} / {paths[3].name}",
+        x_test_where=str(paths[2]),
+        x_name=paths[0].name,
     )
 
 
@@ -341,6 +347,8 @@ def _load_npz(opts, base_dir):
         source=str(path),
         train_where=f"{path} [x/y]",
         test_where=f"{path} [x_test/y_test]",
+        x_test_where=f"{path} [x_test]",
+        x_name="x",
     )
 
 
@@ -567,6 +575,9 @@ def load_dataset(spec, base_dir=None):
     else:
         classes = int(y.max()) + 1
         x_test = _features(raw.x_test, raw.test_where, lambda i: f"row {i}")
+        check_sample_shape(
+            np.shape(raw.x_test), shape, raw.x_test_where or raw.test_where, f"like {raw.x_name}"
+        )
         y_test = _labels(raw.y_test, raw.test_where, len(x_test), lambda i: f"row {i}")
         _check_test(x_test, y_test, x.shape[1], classes, raw.test_where)
     val, train = _split(len(x), opts.val_fraction, opts.seed, "val_fraction")
@@ -599,11 +610,48 @@ def sample_shape(array_shape):
     return math.prod(rest)
 
 
-def load_features(path):
+def check_sample_shape(array_shape, expected, where, whose):
+    """Refuse a file whose array states a sample shape other than the ``expected`` one.
+
+    ``array_shape`` is the array as stored, first axis samples. Only an array that states
+    an image shape (3 or more axes: (n, H, W) is read as (1, H, W), (n, C, H, W) as it
+    is) is checked, and only against an image shape (a tuple ``expected``); leading unit
+    axes aside, the shapes must be equal, since the same size in another shape (say
+    transposed images) would be silently misread. Flat rows (2-D arrays, CSV) are how
+    data travels and stay accepted for image models, and images stay accepted for a
+    flat (MLP) model, as an MLP on flattened images is common: the width is checked
+    elsewhere. ``whose`` says where ``expected`` comes from, e.g. "the model's input".
+    """
+    found = tuple(int(d) for d in array_shape[1:])
+    if len(found) < 2 or not isinstance(expected, tuple):
+        return
+    if _without_unit_axes(found) != _without_unit_axes(expected):
+        raise HornError(f"{where}: expected samples of shape {expected} ({whose}), found {found}")
+
+
+def _without_unit_axes(shape):
+    """``shape`` less its leading size-1 axes: (1, 8, 8) and (8, 8) are the same image."""
+    shape = tuple(shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def _stated_features(x, where, row_name, expect):
+    """:func:`_features` of ``x``, its stated sample shape checked against ``expect``."""
+    shape = np.shape(x)
+    x = _features(x, where, row_name)
+    check_sample_shape(shape, expect, where, "the model's input")
+    return x
+
+
+def load_features(path, expect=None):
     """Unscaled float32 (n, features) inputs for prediction.
 
     Accepts .npz (key ``x`` or its only array), .npy, .csv without labels, or
     an IDX file; the first axis is always samples. Apply the model's Scaler next.
+    ``expect``, the model's input shape when given, refuses an image-shaped file
+    that states another image (see :func:`check_sample_shape`).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -615,25 +663,26 @@ def load_features(path):
             raise HornError(
                 f"{path}: expected key 'x' or a single array, found {sorted(arrays) or 'no arrays'}"
             )
-        return _features(
-            arrays.get("x", next(iter(arrays.values()), None)), str(path), lambda i: f"row {i}"
-        )
+        key = "x" if "x" in arrays else next(iter(arrays), None)
+        where = str(path) if key is None else f"{path} [{key}]"
+        return _stated_features(arrays.get(key), where, lambda i: f"row {i}", expect)
     if suffix == ".npy":
-        return _features(_read_npy(path), str(path), lambda i: f"row {i}")
+        return _stated_features(_read_npy(path), str(path), lambda i: f"row {i}", expect)
     if suffix == ".csv":
         table, lines = _read_csv(path)
         return _features(table, str(path), lambda i: f"line {lines[i]}")
-    return _features(read_idx(path), str(path), lambda i: f"row {i}")
+    return _stated_features(read_idx(path), str(path), lambda i: f"row {i}", expect)
 
 
-def load_labelled(path, labels=None, label_column=-1):
+def load_labelled(path, labels=None, label_column=-1, expect=None):
     """Unscaled float32 (n, features) inputs and int64 labels from a user's own file
     (``horn eval --data``): an .npz with ``x`` and ``y``, a .csv with the label in
     ``label_column``, or any :func:`load_features` file (IDX images among them) with
-    ``labels`` naming its labels file (IDX, .npy, or a one-column .csv)."""
+    ``labels`` naming its labels file (IDX, .npy, or a one-column .csv). ``expect`` as
+    for :func:`load_features`."""
     path = Path(path)
     if labels is not None:
-        x = load_features(path)
+        x = load_features(path, expect)
         return x, _labels(_read_labels(Path(labels)), str(labels), len(x), lambda i: f"row {i}")
     kind = path.suffix.lower().lstrip(".")
     if kind not in ("npz", "csv"):
@@ -655,6 +704,7 @@ def load_labelled(path, labels=None, label_column=-1):
     raw = _LOADERS[kind](opts, None)
     row_name = raw.row_name or (lambda i: f"row {i}")
     x = _features(raw.x, raw.train_where, row_name)
+    check_sample_shape(np.shape(raw.x), expect, f"{raw.source} [x]", "the model's input")
     return x, _labels(raw.y, raw.train_where, len(x), row_name)
 
 

@@ -521,3 +521,151 @@ def test_scaler_apply_checks_feature_count():
     np.testing.assert_allclose(scaler.apply([[2.0, 4.0]]), [[0.0, 0.0]])
     with pytest.raises(HornError, match=r"expected features of shape \(n, 2\), found \(1, 3\)"):
         scaler.apply(np.ones((1, 3)))
+
+
+# --------------------------------------------------------------------------- stated sample shapes
+
+
+def stripped(shape):
+    """A shape less its leading size-1 axes: (1, 8, 8) and (8, 8) state the same image."""
+    shape = tuple(shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+@st.composite
+def image_and_other(draw):
+    """An image shape (C, H, W) and another per-sample shape of 2 or 3 axes holding the
+    same number of values (a transposed or re-cut image), never the same image."""
+    image = (draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(2, 6)))
+    size = int(np.prod(image))
+    divisors = [d for d in range(1, size + 1) if size % d == 0]
+    first = draw(st.sampled_from(divisors))
+    if draw(st.booleans()):
+        other = (first, size // first)
+    else:
+        rest = size // first
+        second = draw(st.sampled_from([d for d in divisors if rest % d == 0]))
+        other = (first, second, rest // second)
+    return image, other, stripped(other) != stripped(image)
+
+
+def image_files(directory, array, stem):
+    """The same samples as .npy, .npz (key x, and a lone array) and IDX: the paths."""
+    np.save(directory / f"{stem}.npy", array)
+    np.savez(directory / f"{stem}.npz", x=array, y=np.zeros(len(array), int))
+    np.savez(directory / f"{stem}-lone.npz", array)
+    write(directory / f"{stem}-idx3-ubyte", idx_bytes(array.astype(np.uint8)))
+    return {
+        f"{stem}.npy": str(directory / f"{stem}.npy"),
+        f"{stem}.npz": f"{directory / f'{stem}.npz'} [x]",
+        f"{stem}-lone.npz": f"{directory / f'{stem}-lone.npz'} [arr_0]",
+        f"{stem}-idx3-ubyte": str(directory / f"{stem}-idx3-ubyte"),
+    }
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(image_and_other(), st.integers(1, 4))
+def test_inputs_that_state_another_image_shape_are_refused(tmp_path, shapes, n):
+    from horn.data import load_labelled
+
+    image, other, differs = shapes
+    size = int(np.prod(image))
+    x = (np.arange(n * size) % 200).astype(np.float64)
+    (tmp_path / "y.npy").unlink(missing_ok=True)
+    np.save(tmp_path / "y.npy", np.zeros(n, int))
+    flat = x.reshape(n, size)
+    wrong = image_files(tmp_path, x.reshape(n, *other), "wrong")
+    right = {
+        **image_files(tmp_path, x.reshape(n, *image), "right"),
+        **(image_files(tmp_path, x.reshape(n, *image[1:]), "right2") if image[0] == 1 else {}),
+    }
+    np.save(tmp_path / "flat.npy", flat)
+    np.savetxt(tmp_path / "flat.csv", flat, delimiter=",")
+    for name, where in wrong.items():
+        path = tmp_path / name
+        load_features(path)  # no model named: nothing to compare with
+        np.testing.assert_array_equal(load_features(path, expect=size), flat)  # an MLP
+        if not differs:
+            continue
+        message = f"{where}: expected samples of shape {image} (the model's input), found {other}"
+        with pytest.raises(HornError) as refused:
+            load_features(path, expect=image)
+        assert str(refused.value) == message
+        with pytest.raises(HornError) as refused:
+            if name.endswith(".npz") and "lone" not in name:
+                load_labelled(path, expect=image)
+            else:
+                load_labelled(path, tmp_path / "y.npy", expect=image)
+        assert str(refused.value) == message
+    for name in [*right, "flat.npy", "flat.csv"]:
+        np.testing.assert_array_equal(load_features(tmp_path / name, expect=image), flat)
+        got, _ = load_labelled(tmp_path / name, tmp_path / "y.npy", expect=image)
+        np.testing.assert_array_equal(got, flat)
+    got, _ = load_labelled(tmp_path / "right.npz", expect=image)
+    np.testing.assert_array_equal(got, flat)
+
+
+def test_the_shape_strategy_finds_real_mismatches():
+    """The property above is not vacuous: most drawn shapes differ from the image."""
+    seen = []
+
+    @settings(max_examples=50, deadline=None)
+    @given(image_and_other())
+    def collect(shapes):
+        seen.append(shapes[2])
+
+    collect()
+    assert sum(seen) > len(seen) // 2
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(image_and_other())
+def test_npz_test_split_must_state_the_shape_of_x(tmp_path, shapes):
+    image, other, differs = shapes
+    size = int(np.prod(image))
+    x = np.random.default_rng(0).random((20, size))
+    y, y_test = np.arange(20) % 2, np.arange(6) % 2
+    x_test = x[:6]
+
+    def load(train, test):
+        path = save_npz(tmp_path / "d.npz", x=train, y=y, x_test=test, y_test=y_test)
+        return load_dataset({"name": "npz", "path": str(path), "scale": "none"})
+
+    trains = [x.reshape(20, *image)] + ([x.reshape(20, *image[1:])] if image[0] == 1 else [])
+    tests = [x_test.reshape(6, *image), x_test]
+    tests += [x_test.reshape(6, *image[1:])] if image[0] == 1 else []
+    for train in trains:  # both declare the sample shape `image`
+        for test in tests:
+            np.testing.assert_array_equal(load(train, test).x_test, x_test.astype(np.float32))
+        if differs:
+            with pytest.raises(HornError) as refused:
+                load(train, x_test.reshape(6, *other))
+            assert str(refused.value) == (
+                f"{tmp_path / 'd.npz'} [x_test]: expected samples of shape "
+                f"{image} (like x), found {other}"
+            )
+    # flat training rows declare no image, so any test layout of that width is read
+    assert load(x, x_test.reshape(6, *other)).x_test.shape == (6, size)
+    assert load(x.reshape(20, *other), x_test).x_test.shape == (6, size)  # flat test rows
+
+
+def test_idx_test_images_must_have_the_training_images_shape(tmp_path):
+    write_idx_dir(tmp_path, gz=False)  # images of 3x2
+    spec = {"name": "idx", "path": str(tmp_path)}
+    assert load_dataset(spec).sample_shape == (1, 3, 2)
+    test_images = tmp_path / "t10k-images-idx3-ubyte"
+    write(test_images, idx_bytes(np.zeros((5, 2, 3), np.uint8)))
+    with pytest.raises(HornError) as refused:
+        load_dataset(spec)
+    assert str(refused.value) == (
+        f"{test_images}: expected samples of shape (1, 3, 2) "
+        f"(like train-images-idx3-ubyte), found (2, 3)"
+    )
+    write(test_images, idx_bytes(np.zeros((5, 6), np.uint8)))  # flat rows: accepted
+    assert load_dataset(spec).x_test.shape == (5, 6)
