@@ -49,12 +49,37 @@ def _who(rank):
     return f"rank {rank} (group {_context['group']}, worker {_context['worker']})"
 
 
+def _text(exc):
+    """The exception's message and notes (which layer raised) on one line."""
+    return " ".join(
+        [part for part in str(exc).split("\n") if part]
+        + [f"({note})" for note in getattr(exc, "__notes__", [])]
+    )
+
+
+OUT_OF_MEMORY_EXIT = 2
+
+
+def out_of_memory(exc):
+    """The one-line reason for a MemoryError (numpy's names the array it could not
+    allocate; the model's note names the layer): what ran out and what to try."""
+    text = _text(exc)
+    return (
+        f"memory ran out{f' ({text})' if text else ''}; try a smaller train.batch_size, "
+        f"a smaller model, or fewer evaluation samples (the validation and test sets are "
+        f"evaluated up to 2,048 rows at a time), and see horn validate's memory estimate "
+        f"for the job (--debug shows the traceback)"
+    )
+
+
 def _abort(world, exc):
     """Print the one-line reason (plus traceback in debug mode), then abort every rank."""
     who = _who(world.Get_rank())
-    text = " ".join(str(exc).split("\n") + [f"({note})" for note in getattr(exc, "__notes__", [])])
+    text = _text(exc)
     if isinstance(exc, HornError):
         line, code = f"horn: error: {who}: {text}", exc.exit_code
+    elif isinstance(exc, MemoryError):
+        line, code = f"horn: error: {who}: {out_of_memory(exc)}", OUT_OF_MEMORY_EXIT
     else:
         line, code = f"horn: {who} failed: {type(exc).__name__}: {text}", 1
     if _debug():
@@ -88,9 +113,11 @@ def run_guarded(fn, *, debug=False):
     """Run a CLI main; return its result, or the HornError's exit code.
 
     Single rank: a HornError prints ``horn: error: MESSAGE`` and returns its
-    exit code (2, or 3 for divergence); other exceptions propagate unchanged.
+    exit code (2, or 3 for divergence); a MemoryError prints ``horn: error: memory
+    ran out ...`` (what to try) and returns 2; other exceptions propagate unchanged.
     Several ranks: any exception prints one line naming the rank and aborts
-    the job (exit code 2/3 for HornError, 1 otherwise).
+    the job (exit code 2/3 for HornError, 2 for MemoryError, 1 otherwise).
+    The traceback comes too only with --debug (or HORN_DEBUG=1).
     """
     if debug:
         set_debug(True)
@@ -100,9 +127,13 @@ def run_guarded(fn, *, debug=False):
         world = _multi_rank_world()
         if world is not None:
             _abort(world, exc)
-        if not isinstance(exc, HornError):
+        if isinstance(exc, HornError):
+            message, code = str(exc), exc.exit_code
+        elif isinstance(exc, MemoryError):
+            message, code = out_of_memory(exc), OUT_OF_MEMORY_EXIT
+        else:
             raise
         if _debug():
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-        print(f"horn: error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
+        print(f"horn: error: {message}", file=sys.stderr, flush=True)
+        return code

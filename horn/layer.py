@@ -136,6 +136,32 @@ class Layer:
         """
         raise NotImplementedError
 
+    def work_bytes(self, batch):
+        """Bytes of the work buffers the layer keeps for a batch of ``batch`` rows,
+        besides its output and input gradient (horn counts those itself): the
+        :meth:`buffer` arrays that live from forward to backward and on between steps,
+        e.g. conv2d's im2col columns and matmul output. The default, 0, suits a layer
+        that keeps nothing larger than its output. See :meth:`scratch_bytes` for the
+        temporaries of one step.
+
+        Called after :meth:`build`, before anything is allocated, by ``horn validate``
+        and ``horn run``'s memory estimate (:func:`horn.memory.estimate`), for the
+        training batch and for the evaluation batch; ``self.ops`` is then the backend
+        the job runs on (its ``name`` says which; None on the GPU) and :attr:`itemsize`
+        the bytes of one value. Return a non-negative int. A layer that allocates per
+        batch should override it, so that a job it cannot hold is refused before
+        training instead of running out of memory in it.
+        """
+        return 0
+
+    def scratch_bytes(self, batch):
+        """Bytes of the largest set of temporary arrays alive at once inside one training
+        step of ``batch`` rows (freed before the step ends, unlike :meth:`work_bytes`),
+        e.g. what the numpy reference backend copies while lowering a convolution. Only
+        one layer computes at a time, so the estimate adds the largest layer's.
+        Default 0; called like :meth:`work_bytes`."""
+        return 0
+
     # ---- the partition protocol: how sub-networks split a layer ----------------
     # Sub-network training (horn.subnet) gives each worker a disjoint share of every
     # hidden layer's output units (an image layer's output channels) and a compact copy
@@ -206,6 +232,11 @@ class Layer:
             buf = self.xp.empty(shape, dtype=dtype)
             self._buffers[name] = buf
         return buf
+
+    @property
+    def itemsize(self):
+        """Bytes of one value of the model's dtype (4 for float32)."""
+        return np.dtype(self.dtype).itemsize
 
     def new_key(self):
         """A fresh key for a hash mask (dropout, DropConnect); deterministic per model seed."""

@@ -46,7 +46,7 @@ class Conv2d(Layer):
         self.padding = pair(padding, "padding", 0)
 
     def build(self, in_shape):
-        c, h, w = image_shape(in_shape, "conv2d")
+        c, h, w = self.in_chw = image_shape(in_shape, "conv2d")
         kh, kw = self.kernel
         self.out_hw = output_hw(h, w, self.kernel, self.stride, self.padding, "conv2d")
         self.declare(
@@ -96,6 +96,28 @@ class Conv2d(Layer):
         dx = self.buffer("dx", self.x.shape)
         self.ops.col2im(self.cols, self.kernel, self.stride, self.padding, dx)
         return dx
+
+    def work_bytes(self, batch):
+        """``cols`` (C*KH*KW, N*OH*OW) and ``z`` (O, N*OH*OW): forward fills them,
+        backward reuses them for the column and output gradients, and they stay for
+        the next step."""
+        c = self.in_chw[0]
+        pixels = batch * self.out_hw[0] * self.out_hw[1]
+        return (c * self.kernel[0] * self.kernel[1] + self.channels) * pixels * self.itemsize
+
+    def scratch_bytes(self, batch):
+        """The numba backend's per-sample bias sums (N, O) in backward; the numpy
+        reference's im2col (its windows and their reordered copy, each as large as
+        ``cols``, after the padded batch) or its epilogue's backward (three arrays as
+        large as ``z``)."""
+        if getattr(self.ops, "name", None) != "numpy":
+            return batch * self.channels * self.itemsize
+        c, h, w = self.in_chw
+        (kh, kw), (ph, pw) = self.kernel, self.padding
+        pixels = batch * self.out_hw[0] * self.out_hw[1]
+        padded = batch * c * (h + 2 * ph) * (w + 2 * pw)
+        cols = c * kh * kw * pixels
+        return max(padded + cols, 2 * cols, 3 * self.channels * pixels) * self.itemsize
 
     def partition_axes(self):
         return {"W": (1, 0), "b": (None, 0)} if self.bias else {"W": (1, 0)}

@@ -3,6 +3,8 @@ an independent direct convolution, every layer through check_layer, and the shap
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import horn
+from horn import memory
 from horn.backends import get_backend
 from horn.backends.base import out_size
 from horn.backends.numba_backend import PARALLEL_MIN, SAMPLES_PER_TASK
 from horn.data import load_dataset
 from horn.errors import HornError
-from horn.jobs import load_job
+from horn.jobs import job_from_dict, load_job, model_spec
 from horn.layers import (
     AvgPool2d,
     BatchNorm,
@@ -565,3 +568,235 @@ def resolve_first(job):
     from horn.registry import resolve
 
     return resolve(job.model.layers[0]["type"])
+
+
+# ---- memory: conv2d's work buffers in the estimate; running out is one line ------------
+
+
+def conv_job(batch_size, backend="numba", **train):
+    return job_from_dict(
+        {
+            "name": "mem",
+            "data": {"name": "digits"},
+            "model": {"layers": [{"type": "dense", "units": 10}]},
+            "train": {"batch_size": batch_size, "backend": backend, **train},
+        }
+    )
+
+
+def im2col_bytes(c, o, kernel, n, out_hw):
+    """conv2d's kept buffers, from their shapes: cols (C*KH*KW, N*OH*OW), z (O, N*OH*OW)."""
+    pixels = n * out_hw[0] * out_hw[1]
+    return 4 * (c * kernel[0] * kernel[1] * pixels + o * pixels)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None)
+@given(
+    windows(),
+    st.integers(1, 5),
+    st.integers(1, 40),
+    st.integers(0, 3000),
+    st.sampled_from(["numpy", "numba"]),
+)
+def test_the_memory_estimate_counts_conv2d_work_buffers(window, channels, batch, evals, backend):
+    (_, c, h, w), kernel, stride, pad = window
+    out_hw = tuple((s + 2 * p - k) // t + 1 for s, p, k, t in zip((h, w), pad, kernel, stride))
+    spec = {
+        "in_features": [c, h, w],
+        "layers": [
+            {
+                "type": "conv2d",
+                "channels": channels,
+                "kernel": list(kernel),
+                "stride": list(stride),
+                "padding": list(pad),
+                "activation": "relu",
+            },
+            {"type": "flatten"},
+            {"type": "dense", "units": 3},
+        ],
+        "loss": {"type": "softmax_cross_entropy"},
+    }
+    eval_rows = min(memory.EVAL_ROWS, evals)
+    rows = max(batch, eval_rows)
+    job = conv_job(batch, backend)
+    need = memory.estimate(job, spec, evals)
+    # the trained model's buffers for its largest batch, a second model's for evaluation,
+    # and one step's temporaries: the numba backend's bias sums (N, O) or the numpy
+    # reference's copies of the columns (two) after padding the batch
+    pixels = rows * out_hw[0] * out_hw[1]
+    cols = c * kernel[0] * kernel[1] * pixels
+    if backend == "numba":
+        scratch = 4 * rows * channels
+    else:
+        padded = rows * c * (h + 2 * pad[0]) * (w + 2 * pad[1])
+        scratch = 4 * max(padded + cols, 2 * cols, 3 * channels * pixels)
+    kept = im2col_bytes(c, channels, kernel, rows, out_hw)
+    kept_all = kept + im2col_bytes(c, channels, kernel, eval_rows, out_hw) + scratch
+    assert need.work_bytes == kept_all
+    buffers = sum(memory.parameter_buffers(job).values())
+    assert need.rank_bytes == need.parameters * 4 * buffers + need.activation_bytes + kept_all
+    # and those are the buffers a training step really keeps
+    model = Model.from_spec(spec, backend)
+    x = rand((batch, c * h * w))
+    model.train_step(x, np.arange(batch) % 3)
+    conv = model.layers[0]
+    pixels = batch * out_hw[0] * out_hw[1]
+    assert conv._buffers["cols"].shape == (c * kernel[0] * kernel[1], pixels)
+    assert conv._buffers["z"].shape == (channels, pixels)
+    kept = conv._buffers["cols"].nbytes + conv._buffers["z"].nbytes
+    assert kept == conv.work_bytes(batch) == im2col_bytes(c, channels, kernel, batch, out_hw)
+
+
+def test_work_bytes_must_be_a_byte_count():
+    class Greedy(horn.Layer):
+        def forward(self, x, train):
+            return x
+
+        def work_bytes(self, batch):
+            return -1.5
+
+    with pytest.raises(HornError, match=r"model\[0\] .*work_bytes\(8\) must return a non-neg"):
+        memory.work_bytes([Greedy()], 64, (8,))
+
+
+def big_cnn(tmp_path, channels, batch_size, name="cnn_mem.toml"):
+    path = tmp_path / name
+    path.write_text(
+        f"""
+name = "cnn_mem"
+[data]
+name = "digits"
+[model]
+layers = [
+  {{ type = "conv2d", channels = {channels}, kernel = 3, padding = 1 }},
+  {{ type = "conv2d", channels = {channels}, kernel = 15, padding = 7 }},
+  {{ type = "flatten" }},
+  {{ type = "dense", units = 10 }},
+]
+[train]
+steps = 1
+batch_size = {batch_size}
+[log]
+plot = false
+dir = "{tmp_path / "runs"}"
+"""
+    )
+    return path
+
+
+def test_validate_refuses_a_cnn_whose_im2col_columns_do_not_fit(tmp_path):
+    """The tester's case: 256 channels, batch 2,048 on digits validated "ok" at 1.35 GiB
+    while one training ``cols`` of the second layer is 256*15*15 x 2,048*8*8 floats."""
+    batch = 2048
+    available = memory.available_bytes()
+    one_cols = 256 * 15 * 15 * 64 * 4  # per sample
+    while available is not None and batch * one_cols < available:  # a host with more memory
+        batch *= 2
+    result = horn_cli("validate", big_cnn(tmp_path, 256, batch))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("horn: error: "), result.stderr
+    assert "does not fit in memory" in lines[0] and "of layer work buffers" in lines[0], lines
+    assert "Traceback" not in result.stderr
+    small = horn_cli("validate", big_cnn(tmp_path, 4, 16, "small.toml"))
+    assert small.returncode == 0 and "layer work buffers" in small.stdout, small.stderr
+
+
+RSS_RUN = """
+import json, resource, sys
+from horn.cli import main
+code = main(["run", sys.argv[1], "--quiet"])
+print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, code)
+"""
+
+
+def test_the_estimate_of_a_cnn_is_near_its_measured_peak(tmp_path):
+    """The tester's digits CNN (64 channels, kernels 3 and 15, batch 256, one step): the
+    estimate said 65 MiB, the run peaks at about 2 GiB (evaluation ``cols`` of 1.23 GiB
+    in two models at once: the trained one and best.npz's)."""
+    path = big_cnn(tmp_path, 64, 256)
+    job = load_job(path)
+    data = load_dataset(job.data)
+    spec = model_spec(job, input_shape(job, data))
+    need = memory.estimate(job, spec, max(len(data.y_val), len(data.y_test)))
+    result = subprocess.run(
+        [sys.executable, "-c", RSS_RUN, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    peak = [line for line in result.stdout.splitlines() if line.startswith("PEAK ")]
+    assert result.returncode == 0 and peak, result.stderr
+    rss, code = map(int, peak[0].split()[1:])
+    assert code == 0
+    assert rss / 1.5 <= need.rank_bytes <= rss * 1.5, (rss, need.text())
+
+
+HOG = '''
+from horn import Layer
+
+
+class Hog(Layer):
+    """Runs out of memory on any batch but validate's 2-sample rehearsal."""
+
+    def forward(self, x, train):
+        if len(x) > 2:
+            raise MemoryError("Unable to allocate 1.50 TiB for an array with shape (9, 9)")
+        return x
+
+    def backward(self, dy):
+        return dy
+'''
+
+
+def hog_job(tmp_path, extra=""):
+    (tmp_path / "hog.py").write_text(HOG)
+    path = tmp_path / "hog.toml"
+    path.write_text(
+        f"""
+name = "hog"
+[data]
+name = "digits"
+[model]
+imports = ["hog"]
+layers = [{{ type = "dense", units = 16 }}, {{ type = "hog:Hog" }}, {{ type = "dense", units = 10 }}]
+[train]
+steps = 2
+batch_size = 8
+backend = "numpy"
+[log]
+plot = false
+dir = "{tmp_path / "runs"}"
+{extra}
+"""
+    )
+    return path
+
+
+def test_running_out_of_memory_is_one_line_and_exit_2(tmp_path):
+    path = hog_job(tmp_path)
+    result = horn_cli("run", path, "--quiet")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("horn: error: memory ran out (Unable to allocate 1.50 TiB"), line
+    assert "in forward of layer 1" in line and "train.batch_size" in line, line
+    assert "horn validate" in line and "Traceback" not in result.stderr
+    debug = horn_cli("run", path, "--quiet", "--debug")
+    assert debug.returncode == 2 and "Traceback" in debug.stderr, debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == line
+
+
+def test_running_out_of_memory_on_one_rank_is_one_line_per_job(tmp_path):
+    path = hog_job(tmp_path, "[parallel]\ngroups = 2\n")
+    result = mpirun(2, ["-m", "horn.cli", "run", path, "--quiet"], 120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("horn: ")]
+    assert lines and all(
+        re.match(r"horn: error: rank \d( \(group \d, worker \d\))?: memory ran out \(", line)
+        for line in lines
+    ), result.stderr
+    assert "Traceback" not in result.stderr
