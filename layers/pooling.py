@@ -29,6 +29,7 @@ class _Pool2d(Layer):
 
     def build(self, in_shape):
         c, h, w = image_shape(in_shape, self.type_name)
+        self.channels = c
         self.out_hw = output_hw(h, w, self.kernel, self.stride, self.padding, self.type_name)
         return (c, *self.out_hw)
 
@@ -39,6 +40,10 @@ class _Pool2d(Layer):
 @register_layer("max_pool2d")
 class MaxPool2d(_Pool2d):
     """Window maxima; the winners' positions are kept for backward (int32, one per output)."""
+
+    def work_bytes(self, batch):
+        """The int32 argmax, one per output value, kept for backward."""
+        return 4 * batch * self.channels * self.out_hw[0] * self.out_hw[1]
 
     def forward(self, x, train):
         y, self.argmax = self._out(x), self._out(x, "argmax", "int32")

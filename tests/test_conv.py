@@ -432,7 +432,7 @@ def test_the_model_input_shape_comes_from_the_data_or_model_inputs(tmp_path, lay
             CONV + "{ type = 'flatten' }, { type = 'dense', units = 10 }",
             "",
             "csv",
-            r"model.layers\[0\] \(conv2d\) takes samples of 3 axes \(C, H, W\) but the data \(csv\) "
+            r"model.layers\[0\] \(conv2d\) takes samples of 3 axes but the data \(csv\) "
             r"gives flat vectors of 64 values; set model.inputs = \[C, H, W\]",
         ),
         (
