@@ -664,7 +664,8 @@ def load_features(path, expect=None):
                 f"{path}: expected key 'x' or a single array, found {sorted(arrays) or 'no arrays'}"
             )
         key = "x" if "x" in arrays else next(iter(arrays), None)
-        where = str(path) if key is None else f"{path} [{key}]"
+        shown = key if key is None or key.isidentifier() else repr(key)  # a name may be "\n"
+        where = str(path) if key is None else f"{path} [{shown}]"
         return _stated_features(arrays.get(key), where, lambda i: f"row {i}", expect)
     if suffix == ".npy":
         return _stated_features(_read_npy(path), str(path), lambda i: f"row {i}", expect)

@@ -669,3 +669,15 @@ def test_idx_test_images_must_have_the_training_images_shape(tmp_path):
     )
     write(test_images, idx_bytes(np.zeros((5, 6), np.uint8)))  # flat rows: accepted
     assert load_dataset(spec).x_test.shape == (5, 6)
+
+
+def test_an_npz_array_name_that_is_not_an_identifier_stays_on_one_line(tmp_path):
+    """A zip member may be named anything, a newline included: messages show its repr."""
+    import zipfile
+
+    path = tmp_path / "odd.npz"
+    with zipfile.ZipFile(path, "w") as z, z.open("\n.npy", "w") as member:
+        np.save(member, np.zeros(()))
+    with pytest.raises(HornError) as refused:
+        load_features(path)
+    assert "\n" not in str(refused.value) and "[" + repr("\n") + "]" in str(refused.value)

