@@ -29,6 +29,7 @@ LAYERS = (
     '{ type = "dense", units = 10 }]\n'
 )
 QUICK = '[train]\nepochs = 1\nbackend = "numpy"\n[log]\nplot = false\n'
+REPO_ON_PATH = {"PYTHONPATH": str(ROOT)}  # user modules may import tests.user_layers
 
 
 def job_file(tmp_path, body, name="job.toml"):
@@ -193,14 +194,14 @@ def test_horn_layers_lists_every_layer_with_its_options():
 
 def test_horn_layers_lists_the_layers_of_an_imported_module(tmp_path):
     (tmp_path / "sublayers.py").write_text(SUBNET_LAYERS)
-    result = horn("layers", "--import", "sublayers", cwd=tmp_path)
+    result = horn("layers", "--import", "sublayers", cwd=tmp_path, env=REPO_ON_PATH)
     assert result.returncode == 0, result.stderr
     ours = [line for line in result.stdout.splitlines() if "[sublayers:" in line]
     assert [line.split()[0] for line in ours] == ["gain", "scale_units", "unflatten"], ours
     assert "shape: list[int]" in ours[-1]
     built_ins = [line for line in layer_table().splitlines() if "  [horn.layers." in line]
     assert len(result.stdout.splitlines()) == len(ours) + len(built_ins)
-    missing = one_error_line(horn("layers", "--import", "nosuch", cwd=tmp_path))
+    missing = one_error_line(horn("layers", "--import", "nosuch", cwd=tmp_path, env=REPO_ON_PATH))
     assert "--import[0]: no module 'nosuch'" in missing, missing
 
 
@@ -300,36 +301,19 @@ def test_parallel_settings_without_mpirun_refuse_with_the_command(tmp_path):
 # ---- sub-network layouts: validate builds and steps what each rank would train ----------
 SUBNET_LAYERS = '''
 import horn
+from tests.user_layers import Gain
 
 
 @horn.register_layer("gain")
-class Gain(horn.Layer):
-    """Keeps the default partition_role (None): no sub-network can hold it."""
-
-    def forward(self, x, train):
-        return 2 * x
-
-    def backward(self, dy):
-        return 2 * dy
+class NoProtocol(Gain):
+    """The default partition_role (None): no sub-network can hold it."""
 
 
 @horn.register_layer("scale_units")
-class ScaleUnits(horn.Layer):
-    """A through layer whose partition_axes() leaves out its parameter."""
+class AxesLeftOut(Gain):
+    """A through layer whose partition_axes() (the default, {}) leaves out its gain."""
 
     partition_role = "through"
-
-    def build(self, in_features):
-        self.declare("s", (in_features,), init="ones")
-        return in_features
-
-    def forward(self, x, train):
-        self.x = x
-        return x * self.params["s"]
-
-    def backward(self, dy):
-        self.grads["s"][...] = (dy * self.x).sum(axis=0)
-        return dy * self.params["s"]
 
 
 @horn.register_layer("unflatten")
@@ -395,7 +379,7 @@ def test_validate_refuses_what_a_sub_network_run_refuses(tmp_path, case):
         f'layers = [{layers}, {{ type = "dense", units = 10 }}]\n{QUICK}'
         f"[parallel]\ngroups = 1\nworkers = 2\n{extra}",
     )
-    line = one_error_line(horn("validate", path, cwd=tmp_path))
+    line = one_error_line(horn("validate", path, cwd=tmp_path, env=REPO_ON_PATH))
     assert message in line and str(path) in line, line
     if case in ("no protocol", "a fixed shape"):  # the protocol's checks; a layer's own failure
         ran = mpirun(2, ["-m", "horn.cli", "run", path, "--set", f"log.dir='{tmp_path}'"], 120)
