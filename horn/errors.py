@@ -10,6 +10,12 @@ class HornError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message=""):
+        # one line whatever a message quotes: a file name may hold "\r" or "\n"
+        if isinstance(message, str):
+            message = message.replace("\r", "\\r").replace("\n", "\\n")
+        super().__init__(message)
+
 
 def in_file(source, exc):
     """``exc`` (a HornError) prefixed with the job file it came from, unless it names it."""

@@ -143,3 +143,13 @@ def test_custom_layer_by_import_path(tmp_path):
     )
     job = load_job(write(tmp_path, text))
     assert job.model.layers[0]["type"] == "horn.layers.dense:Dense"
+
+
+def test_a_horn_error_is_one_line_whatever_it_quotes():
+    """A file name (or any quoted value) may hold a newline or carriage return."""
+    from horn.errors import DivergenceError, HornError
+
+    for cls in (HornError, DivergenceError):
+        message = str(cls("data.path: /tmp/a\rb\nc: expected a file"))
+        assert "\n" not in message and "\r" not in message
+        assert message == "data.path: /tmp/a\\rb\\nc: expected a file"
