@@ -88,14 +88,14 @@ def cmd_launch(args):
     from horn.launch import Launch, job_argv, shown
 
     own = args.mpirun[:1] and Path(args.mpirun[0]).name in _MPIRUNS
-    if own and (args.hostfile or args.n):
+    if own and (args.hostfile or args.n is not None):
         raise HornError(
             "horn launch: give either --hostfile/-n and a JOB, or an mpirun command line, not both"
         )
     if own:
         launch = Launch()
         return launch.run([args.mpirun[0], *launch.options, *args.mpirun[1:]])
-    if not (args.hostfile and args.n):
+    if not args.hostfile or args.n is None:
         found = args.mpirun[0] if args.mpirun else "nothing"
         raise HornError(
             f"horn launch: expected --hostfile FILE -n N JOB [--set ...], or an "

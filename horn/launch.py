@@ -185,7 +185,11 @@ def job_argv(hostfile, ranks, run_args, oversubscribe=False, mpirun=None):
     over ``hostfile``, checked first as ``horn hosts check`` does.
 
     The flags are the ones horn needs: this interpreter on every rank (so the venv's
-    horn runs everywhere; hosts need the same path), the clean-finish reports,
+    horn runs everywhere; hosts need the same path), with ``-P`` so that ``-m`` does
+    not put the working directory first on ``sys.path`` (a ``cupy.py`` lying there
+    would be imported), the hosts as ``--host HOST:SLOTS,...`` (the file may be in
+    MPICH's ``node1:4`` syntax, which Open MPI's ``--hostfile`` cannot read), the
+    clean-finish reports,
     ``--bind-to none`` (horn gives each rank its share of the host's cores as threads;
     Open MPI's default binding to one core would stack them), and, as root, the two
     variables Open MPI insists on, for mpirun and forwarded to every host. More ranks
@@ -207,8 +211,8 @@ def job_argv(hostfile, ranks, run_args, oversubscribe=False, mpirun=None):
     argv = [
         mpirun or mpirun_path(),
         *Launch.options,
-        "--hostfile",
-        str(hostfile),
+        "--host",
+        ",".join(f"{host}:{count}" for host, count in hosts),
         "-n",
         str(ranks),
         "--bind-to",
@@ -220,7 +224,7 @@ def job_argv(hostfile, ranks, run_args, oversubscribe=False, mpirun=None):
     if os.geteuid() == 0:
         env.update(ROOT_VARIABLES)
         argv += [arg for key in ROOT_VARIABLES for arg in ("-x", key)]
-    return argv + [sys.executable, "-m", "horn.cli", "run", *run_args], env
+    return argv + [sys.executable, "-P", "-m", "horn.cli", "run", *run_args], env
 
 
 def shown(argv, env):

@@ -24,6 +24,12 @@ def hostfile(tmp_path, text="localhost slots=2\n"):
 
 
 def test_launch_runs_a_job_on_the_hostfile_and_prints_the_mpirun_line(tmp_path):
+    """Run from a directory holding a ``cupy.py`` and a ``sklearn.py``: the ranks must not
+    import them (``python -m`` alone would put the working directory first on sys.path)."""
+    for planted in ("cupy", "sklearn", "numba"):
+        (tmp_path / f"{planted}.py").write_text(
+            f"open({str(tmp_path / planted)!r} + '.imported', 'w').close()\n"
+        )
     result = horn(
         "launch",
         "--hostfile",
@@ -35,12 +41,14 @@ def test_launch_runs_a_job_on_the_hostfile_and_prints_the_mpirun_line(tmp_path):
         "--set",
         f"log.dir='{tmp_path / 'runs'}'",
         timeout=180,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
+    assert not list(tmp_path.glob("*.imported"))
     first, last = result.stdout.splitlines()[0], result.stdout.strip().splitlines()[-1]
     assert first.startswith("horn: ") and " -n 2 " in first and "--bind-to none" in first
-    assert f"--hostfile {tmp_path / 'hosts'}" in first and "-x HORN_REPORT_DIR" in first
-    assert f"{sys.executable} -m horn.cli run {JOB}" in first
+    assert "--host localhost:2 " in first and "-x HORN_REPORT_DIR" in first
+    assert f"{sys.executable} -P -m horn.cli run {JOB}" in first
     assert "--oversubscribe" not in first
     if os.geteuid() == 0:
         assert first.startswith("horn: OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ")
@@ -51,7 +59,8 @@ def test_launch_runs_a_job_on_the_hostfile_and_prints_the_mpirun_line(tmp_path):
 
 
 def test_more_ranks_than_slots_needs_oversubscribe(tmp_path):
-    hosts = hostfile(tmp_path, "localhost slots=1\n")
+    """In MPICH's syntax, which Open MPI's own --hostfile would take for a host name."""
+    hosts = hostfile(tmp_path, "localhost:1\n")
     refused = horn("launch", "--hostfile", hosts, "-n", "2", JOB, *QUICK)
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip() == (
@@ -88,6 +97,9 @@ def test_bad_hostfile_or_job_fails_before_mpirun(tmp_path):
     )
     assert bad_job.returncode == 2 and bad_job.stdout == ""
     assert "train.momentun: unknown key" in bad_job.stderr
+    no_ranks = horn("launch", "--hostfile", hostfile(tmp_path), "-n", "0", JOB)
+    assert no_ranks.returncode == 2
+    assert no_ranks.stderr == "horn: error: horn launch: -n must be at least 1, found 0\n"
     neither = horn("launch", "-n", "2", JOB)
     assert neither.returncode == 2 and "--hostfile FILE -n N JOB" in neither.stderr
     both = horn("launch", "--hostfile", hostfile(tmp_path), "mpirun", "-n", "1", "true")
@@ -120,10 +132,11 @@ HOSTS = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(hosts=HOSTS, ranks=st.integers(-1, 40), oversubscribe=st.booleans())
-def test_job_argv_for_generated_hostfiles(tmp_path_factory, hosts, ranks, oversubscribe):
+@given(hosts=HOSTS, ranks=st.integers(-1, 40), oversubscribe=st.booleans(), mpich=st.booleans())
+def test_job_argv_for_generated_hostfiles(tmp_path_factory, hosts, ranks, oversubscribe, mpich):
     path = tmp_path_factory.mktemp("h") / "hosts"
-    path.write_text("".join(f"{name} slots={slots}\n" for name, slots in hosts))
+    line = "{}:{}\n" if mpich else "{} slots={}\n"
+    path.write_text("".join(line.format(name, slots) for name, slots in hosts))
     slots = sum(s for _, s in hosts)
     if ranks < 1 or (ranks > slots and not oversubscribe):
         with pytest.raises(HornError, match="-n"):
@@ -131,8 +144,8 @@ def test_job_argv_for_generated_hostfiles(tmp_path_factory, hosts, ranks, oversu
         return
     argv, env = job_argv(path, ranks, ["job.toml", "--set", "a=1"], oversubscribe, mpirun="mpirun")
     assert argv[0] == "mpirun" and argv[argv.index("-n") + 1] == str(ranks)
-    assert argv[argv.index("--hostfile") + 1] == str(path)
+    assert argv[argv.index("--host") + 1] == ",".join(f"{h}:{n}" for h, n in hosts)
     assert ("--oversubscribe" in argv) == oversubscribe
-    assert argv[-7:] == [sys.executable, "-m", "horn.cli", "run", "job.toml", "--set", "a=1"]
+    assert argv[-8:] == [sys.executable, "-P", "-m", "horn.cli", "run", "job.toml", "--set", "a=1"]
     if os.geteuid() == 0:  # for mpirun here, and forwarded to every host
         assert all(env[k] == "1" and argv[argv.index(k) - 1] == "-x" for k in ROOT_VARIABLES)
