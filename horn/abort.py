@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 
-from horn.errors import HornError
+from horn.errors import HornError, one_line
 from horn.launch import report_abort
 
 _context = {"group": None, "worker": None, "debug": False}
@@ -44,17 +44,11 @@ def _multi_rank_world():
 
 
 def _who(rank):
-    if _context["group"] is None:
-        return f"rank {rank}"
-    return f"rank {rank} (group {_context['group']}, worker {_context['worker']})"
-
-
-def _text(exc):
-    """The exception's message and notes (which layer raised) on one line."""
-    return " ".join(
-        [part for part in str(exc).split("\n") if part]
-        + [f"({note})" for note in getattr(exc, "__notes__", [])]
-    )
+    """``rank 3 (host node2, group 1, worker 1)``: where to look, on a cluster."""
+    place = [f"host {sys.modules['mpi4py.MPI'].Get_processor_name()}"]
+    if _context["group"] is not None:
+        place += [f"group {_context['group']}", f"worker {_context['worker']}"]
+    return f"rank {rank} ({', '.join(place)})"
 
 
 OUT_OF_MEMORY_EXIT = 2
@@ -63,7 +57,7 @@ OUT_OF_MEMORY_EXIT = 2
 def out_of_memory(exc):
     """The one-line reason for a MemoryError (numpy's names the array it could not
     allocate; the model's note names the layer): what ran out and what to try."""
-    text = _text(exc)
+    text = one_line(exc)
     return (
         f"memory ran out{f' ({text})' if text else ''}; try a smaller train.batch_size, "
         f"a smaller model, or fewer evaluation samples (the validation and test sets are "
@@ -75,7 +69,7 @@ def out_of_memory(exc):
 def _abort(world, exc):
     """Print the one-line reason (plus traceback in debug mode), then abort every rank."""
     who = _who(world.Get_rank())
-    text = _text(exc)
+    text = one_line(exc)
     if isinstance(exc, HornError):
         line, code = f"horn: error: {who}: {text}", exc.exit_code
     elif isinstance(exc, MemoryError):
@@ -114,15 +108,22 @@ def run_guarded(fn, *, debug=False):
 
     Single rank: a HornError prints ``horn: error: MESSAGE`` and returns its
     exit code (2, or 3 for divergence); a MemoryError prints ``horn: error: memory
-    ran out ...`` (what to try) and returns 2; other exceptions propagate unchanged.
-    Several ranks: any exception prints one line naming the rank and aborts
-    the job (exit code 2/3 for HornError, 2 for MemoryError, 1 otherwise).
-    The traceback comes too only with --debug (or HORN_DEBUG=1).
+    ran out ...`` (what to try) and returns 2; any other exception (a user layer's
+    bug, with the note naming the layer) prints ``horn: error: TYPE: MESSAGE`` and
+    returns 1, as a rank of a multi-rank job does. Several ranks: any exception
+    prints one line naming the rank and its host and aborts the job (exit code 2/3
+    for HornError, 2 for MemoryError, 1 otherwise). The traceback comes too only
+    with --debug (or HORN_DEBUG=1).
     """
     if debug:
         set_debug(True)
     try:
         return fn()
+    except KeyboardInterrupt:  # Ctrl-C (a run checkpoints first: horn.resume) ends quietly
+        if _multi_rank_world() is not None:
+            raise
+        print("horn: interrupted", file=sys.stderr, flush=True)
+        return 130
     except Exception as exc:
         world = _multi_rank_world()
         if world is not None:
@@ -132,7 +133,8 @@ def run_guarded(fn, *, debug=False):
         elif isinstance(exc, MemoryError):
             message, code = out_of_memory(exc), OUT_OF_MEMORY_EXIT
         else:
-            raise
+            message = f"{type(exc).__name__}: {one_line(exc)} (--debug shows the traceback)"
+            code = 1
         if _debug():
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         print(f"horn: error: {message}", file=sys.stderr, flush=True)

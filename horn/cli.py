@@ -12,6 +12,7 @@ from horn.abort import install_abort_hook, run_guarded
 from horn.cli_parser import HornArgumentParser
 from horn.errors import HornError
 from horn.options import print_layer_table
+from horn.paths import output_file
 from horn.shipped_jobs import add_jobs_command, resolve_job
 
 
@@ -118,7 +119,7 @@ def cmd_validate(args):
     stepped = rehearse(prepared)
     for name, finding in prepared.checks():
         print(f"  {name + ':':<10} {finding}")
-    print(f"  {'step:':<10} one training step of 2 samples through {stepped}")
+    print(f"  {'step:':<10} one training step and one evaluation of 2 samples through {stepped}")
     print(f"{args.job}: ok ({job.name}: {job.source})")
     return 0
 
@@ -239,29 +240,10 @@ def _eval_file(args, model, meta):
     return 0
 
 
-def _output_file(path):
-    """--out checked before any work: a file in an existing directory (none is created,
-    so a mistyped directory is an error rather than a new tree)."""
-    path = Path(path)
-    if path.is_dir():
-        raise HornError(
-            f"--out {path}: expected a file to write, found a directory "
-            f"(for example --out {path / 'predictions.csv'})"
-        )
-    parent = path.parent
-    if not parent.is_dir():
-        found = "a file" if parent.exists() else "nothing"
-        raise HornError(
-            f"--out {path}: expected an existing directory {parent}, found {found} "
-            f"(horn creates no directories; make it first)"
-        )
-    return path
-
-
 def cmd_predict(args):
     from horn.data import load_features
 
-    out = _output_file(args.out)
+    out = output_file(args.out, "predictions.csv")
     model, meta = _load_model(args)
     x = load_features(args.input, expect=model.in_features)
     _check_width(model, x, args.input)

@@ -23,6 +23,25 @@ def in_file(source, exc):
     return exc if text.startswith(f"{source}") else type(exc)(f"{source}: {text}")
 
 
+def one_line(exc):
+    """The exception's message and notes (which layer raised) on one line."""
+    return " ".join(
+        [part for part in str(exc).split("\n") if part]
+        + [f"({note})" for note in getattr(exc, "__notes__", [])]
+    )
+
+
+def blamed(exc, where):
+    """``exc`` with a note saying where in the user's code it was raised ("in forward of
+    layer 2 (mine)"), shown on the failure line of every rank. A ``sys.exit`` there
+    becomes a RuntimeError: a layer or module must not end a job with its exit code
+    (0 would read as success)."""
+    if isinstance(exc, SystemExit):
+        exc = RuntimeError(f"sys.exit({exc.code!r}) was called")
+    exc.add_note(where)
+    return exc
+
+
 class DivergenceError(HornError):
     """Training produced NaN/Inf; the message names the step and the layer."""
 

@@ -16,6 +16,7 @@ from horn.backends import BACKEND_NAMES
 from horn.data import DATASET_NAMES, SCALE_KINDS
 from horn.errors import HornError
 from horn.options import FLOAT32_MAX
+from horn.paths import expand_home
 from horn.suggest import did_you_mean
 
 
@@ -30,8 +31,12 @@ def opt(
     nullable=False,
     path=False,
 ):
-    """A job key: its default, type and allowed values (checked by :func:`_convert`);
-    ``path``: a file name, relative to the job file's directory."""
+    """A job key: its default, type and allowed values (checked by :func:`_convert`).
+
+    ``path`` marks a file name, ``~`` expanded like every other (:func:`_expand`): True,
+    relative to the job file's directory; "cwd", to the current one; "imports", a list
+    of modules whose path entries are file names (relative as :mod:`horn.registry` says).
+    """
     meta = dict(
         kind=kind,
         choices=choices,
@@ -65,7 +70,7 @@ class ModelSection:
     layers: list = opt([], list)
     loss: object = opt("softmax_cross_entropy", (str, dict))
     inputs: object = opt(None, (int, list), nullable=True)  # 784, or a shape [1, 28, 28]
-    imports: list = opt([], list)  # modules with the job's own layers (horn.registry)
+    imports: list = opt([], list, path="imports")  # modules with the job's own layers
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ class CheckpointSection:
 
 @dataclass(frozen=True)
 class LogSection:
-    dir: str = opt("runs", str)
+    dir: str = opt("runs", str, path="cwd")
     progress: str = opt("lines", str, ("lines", "none"))
     plot: bool = opt(True, bool)
 
@@ -146,6 +151,7 @@ SECTIONS = {
     "log": LogSection,
 }
 TOP_LEVEL = ("name", "description")
+NAME = r"[\w.\-]{1,64}"  # a job's name: it names the run directory
 
 
 @dataclass(frozen=True)
@@ -258,7 +264,7 @@ def _line_of(text, section, key):
         header = re.match(r"\s*\[+\s*([\w.\-]+)\s*\]+", line)
         if header:
             current = header.group(1)
-            if section is None and current == key:
+            if current == (f"{section}.{key}" if section else key):  # [data] or [parallel.x]
                 return number
             continue
         if current == section and re.match(rf"\s*{re.escape(key or '')}\s*=", line):
@@ -347,9 +353,24 @@ def _convert(value, meta, where):
                 f"{where()}: expected {_describe(meta)} within float32 range "
                 f"(|x| <= {FLOAT32_MAX:.4g}), found {value!r}"
             )
-    if meta.get("path") and "\x00" in value:  # no file system takes one
+    return _expand(value, meta["path"], where) if meta.get("path") else value
+
+
+def _expand(value, rule, where):
+    """A path key's value with ``~`` expanded: one rule for every file name a job holds,
+    so the code that opens it never sees a ``~`` (for model.imports, its path entries)."""
+    if rule == "imports":
+        from horn.registry import is_path_entry
+
+        return [
+            expand_home(entry, lambda i=i: f"{where()}[{i}]")
+            if isinstance(entry, str) and is_path_entry(entry)
+            else entry
+            for i, entry in enumerate(value)
+        ]
+    if "\x00" in value:  # no file system takes one
         raise HornError(f"{where()}: expected a file name, found one with a NUL byte: {value!r}")
-    return value
+    return expand_home(value, where)
 
 
 def key_fields(cls):
@@ -359,8 +380,10 @@ def key_fields(cls):
 
 def _section(cls, table, source, text, name, moved=None, overrides=()):
     if not isinstance(table, dict):
+        parent, _, key = name.rpartition(".")  # "parallel.average": key average of parallel
         raise HornError(
-            f"{_where(source, text, None, name, overrides)}: expected a table, found {table!r}"
+            f"{_where(source, text, parent or None, key, overrides)}: expected a table, "
+            f"found {table!r}"
         )
     fields = {f.name: f for f in key_fields(cls)}
     values = {}
@@ -407,7 +430,7 @@ def _parallel(table, source, text, overrides=()):
             and settings[name] != strategy.settings()
         ):
             raise HornError(
-                f"{where(None, f'parallel.{name}')}: applies only to "
+                f"{where('parallel', name)}: applies only to "
                 f"barrier = {name!r}, found barrier = {section.barrier!r}"
             )
     section = dataclasses.replace(section, settings=settings)
@@ -432,13 +455,7 @@ def job_from_dict(doc, source="<job>", text="", default_name="job", overrides=()
         if name != "parallel"
     }
     sections["parallel"] = _parallel(doc.get("parallel", {}), source, text, overrides)
-    name = doc.get("name", default_name)
-    if not isinstance(name, str) or not re.fullmatch(r"[\w.\-]{1,64}", name):
-        raise HornError(
-            f"{_where(source, text, None, 'name', overrides)}: expected a short "
-            f"name of letters, "
-            f"digits, '-', '_' or '.', found {name!r}"
-        )
+    name = _job_name(doc, source, text, default_name, overrides)
     sections["train"] = _with_early_stop(sections["train"], source, text, overrides)
     job = Job(
         name=name,
@@ -450,6 +467,24 @@ def job_from_dict(doc, source="<job>", text="", default_name="job", overrides=()
     _check_model(job, text)
     _check_parallel(job, text)
     return job
+
+
+def _job_name(doc, source, text, default_name, overrides):
+    """The job's name: its ``name`` key, else ``default_name`` (the file's stem), which
+    the message then blames, since the user never wrote a name."""
+    name = doc.get("name", default_name)
+    if isinstance(name, str) and re.fullmatch(NAME, name):
+        return name
+    expected = "expected a short name of letters, digits, '-', '_' or '.'"
+    if "name" in doc:
+        raise HornError(
+            f"{_where(source, text, None, 'name', overrides)}: {expected}, found {name!r}"
+        )
+    example = re.sub(r"[^\w.\-]+", "-", name).strip("-")[:64] or "job"
+    raise HornError(
+        f"{source}: name: {expected}, found {name!r}, taken from the file name as the job "
+        f"sets no name; set one, for example name = {example!r}"
+    )
 
 
 def _with_early_stop(train, source, text, overrides=()):
@@ -474,7 +509,9 @@ def _check_model(job, text):
 
     if job.model.imports:  # imported first: the layers below may be theirs
         import_modules(
-            job.model.imports, job.base_dir, _where(job.source, text, "model", "imports")
+            job.model.imports,
+            job.base_dir,
+            _where(job.source, text, "model", "imports", job.overrides),
         )
     layers = job.model.layers
     if not layers:
@@ -488,6 +525,7 @@ def _check_model(job, text):
     layer_from_spec(
         {"type": loss} if isinstance(loss, str) else loss,
         f"{job.locate('model', 'loss')}: model.loss",
+        loss=True,
     )
     inputs = job.model.inputs
     if inputs is not None and as_shape(inputs) is None:
@@ -541,6 +579,7 @@ def write_resolved(job, path):
     for table, section in tables:
         for f in dataclasses.fields(section):
             value = table.get(f.name)
-            if f.metadata.get("path") and value and job.base_dir and not Path(value).is_absolute():
+            job_relative = f.metadata.get("path") is True  # not log.dir, nor the imports
+            if job_relative and value and job.base_dir and not Path(value).is_absolute():
                 table[f.name] = str(Path(job.base_dir) / value)
     Path(path).write_text(json.dumps(doc, indent=2) + "\n")

@@ -14,10 +14,11 @@ import numpy as np
 
 from horn.accuracy import accuracy
 from horn.backends import Backend, get_backend
-from horn.errors import HornError
+from horn.errors import HornError, blamed, one_line
 from horn.initializers import INITIALIZERS, initialize
 from horn.layer import Layer, Loss, as_shape, batch_shape, mix64, shape_size
 from horn.npz_header import header_array, read_header
+from horn.options import storable
 from horn.registry import class_path, is_builtin, resolve
 from horn.suggest import did_you_mean
 
@@ -29,8 +30,9 @@ MAX_PARAMS = 2**31
 MAX_SAMPLE_VALUES = 2**31 - 1  # one sample's activations: beyond it no batch fits anywhere
 
 
-def layer_from_spec(spec, where="layer", classes=None):
-    """Build a layer from ``{"type": name, **options}``; bad options are a clear error.
+def layer_from_spec(spec, where="layer", classes=None, loss=False):
+    """Build a layer (a loss when ``loss``) from ``{"type": name, **options}``; bad
+    options, or a loss among the layers, are a clear error.
 
     ``classes``: a saved model spec's map of registered names to class paths
     (see :func:`horn.registry.resolve`)."""
@@ -39,6 +41,10 @@ def layer_from_spec(spec, where="layer", classes=None):
     if not isinstance(spec, dict) or "type" not in spec:
         raise HornError(f"{where}: expected a table with a 'type' key, found {spec!r}")
     cls = resolve(spec["type"], where, classes)
+    if issubclass(cls, Loss) != loss:
+        wanted = "a loss (a horn.Loss)" if loss else "a layer (a loss goes in model.loss)"
+        found = "a loss" if issubclass(cls, Loss) else "a layer, not a loss"
+        raise HornError(f"{where}: expected {wanted}, found {spec['type']!r}, {found}")
     options = {k: v for k, v in spec.items() if k != "type"}
     for key, value in options.items():
         bad = _not_plain(value)
@@ -117,6 +123,9 @@ def layout(layers, in_features):
             built = layer.build(features)
         except ValueError as exc:  # the layer's own word on what does not fit
             raise HornError(f"{where}: {exc}") from None
+        except (Exception, SystemExit) as exc:  # the layer's own bug, named on one line
+            exc = blamed(exc, "in build()")
+            raise HornError(f"{where}: {type(exc).__name__}: {one_line(exc)}") from exc
         out = as_shape(built)
         if out is None:
             raise HornError(
@@ -260,7 +269,7 @@ class Model:
         layers = [
             layer_from_spec(s, f"model.layers[{i}]", classes) for i, s in enumerate(spec["layers"])
         ]
-        loss = layer_from_spec(spec["loss"], "model.loss", classes)
+        loss = layer_from_spec(spec["loss"], "model.loss", classes, loss=True)
         return cls(layers, loss, spec["in_features"], backend, seed, dtype, initialize_params)
 
     def spec(self):
@@ -325,9 +334,8 @@ class Model:
         for i, layer in enumerate(self.layers):
             try:
                 x = layer.forward(x, train)
-            except Exception as exc:
-                self._note_layer(exc, i, "forward")
-                raise
+            except (Exception, SystemExit) as exc:
+                raise blamed(exc, f"in forward of layer {i} ({layer.spec()['type']})")  # noqa: B904
         return x
 
     def train_step(self, x, targets):
@@ -338,16 +346,12 @@ class Model:
         for i in reversed(range(len(self.layers))):
             try:
                 dy = self.layers[i].backward(dy)
-            except Exception as exc:
-                self._note_layer(exc, i, "backward")
-                raise
+            except (Exception, SystemExit) as exc:
+                where = f"in backward of layer {i} ({self.layers[i].spec()['type']})"
+                raise blamed(exc, where)  # noqa: B904
             for hook in self._backward_hooks:
                 hook(i, self._ready_from[i])
         return value
-
-    def _note_layer(self, exc, index, what):
-        """Say which layer raised (a user layer's bug shows where it is, on every rank)."""
-        exc.add_note(f"in {what} of layer {index} ({self.layers[index].spec()['type']})")
 
     def add_backward_hook(self, hook):
         """Call ``hook(index, ready)`` in every :meth:`train_step` right after layer
@@ -417,8 +421,24 @@ class Model:
                 value = value.reshape(-1).astype(self.dtype)
             self.params[off : off + value.size] = self.backend.asarray(value)
 
+    def check_storable(self, where="model.layers"):
+        """Refuse, before any training, a layer option that a model file cannot hold (a
+        user layer's default such as ``fn=abs``, ``np.float32(1)`` or NaN): otherwise the
+        run would fail at its first save, after the work."""
+        for i, layer in enumerate([*self.layers, self.loss]):
+            label = f"layer {i}" if i < len(self.layers) else "the loss"
+            for option, value in layer.config.items():
+                if not storable(value):
+                    raise HornError(
+                        f"{where}: {label} ({layer.spec()['type']}): option {option!r} is "
+                        f"{value!r}, which a model file cannot hold: expected None, a bool, "
+                        f"an int, a finite float, a string, or a list or table of them (set "
+                        f"it in the job, or give the layer such a default)"
+                    )
+
     def save(self, path, meta=None):
         """Write ``path`` (.npz): named parameter arrays plus the JSON spec. No pickle."""
+        self.check_storable(str(path))
         header = {"format": FORMAT, "spec": self.spec(), "meta": meta or {}}
         arrays = self.state_arrays()
         arrays["__header__"] = header_array(header)

@@ -10,11 +10,13 @@ the same check from their own annotations.
 
 import collections.abc
 import inspect
+import math
 import numbers
 import types
 import typing
 
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
+INT64_MAX = 2**63 - 1  # what the kernels' integers hold (Numba types a larger one as nothing)
 
 
 def option_types(cls):
@@ -62,6 +64,30 @@ def matches(value, kind):
     return isinstance(value, origin or kind) if isinstance(origin or kind, type) else True
 
 
+def integers_in(value):
+    """Every int in an option value (lists and tables included)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        yield int(value)
+    elif isinstance(value, (list, tuple, dict)):
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from integers_in(item)
+
+
+def storable(value):
+    """Whether a model file's JSON header can hold ``value`` and give it back as it is:
+    None, a bool, an int, a finite float, a string, or a list (tuple) or string-keyed
+    table of them. numpy scalars and callables cannot be written; NaN would not be read."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return type(value) in (type(None), bool, int, str)
+    if isinstance(value, float):
+        return type(value) is float and math.isfinite(value)
+    if type(value) in (list, tuple):
+        return all(map(storable, value))
+    if type(value) is dict:
+        return all(isinstance(k, str) and storable(v) for k, v in value.items())
+    return False
+
+
 def describe(kind):
     """An option type as a message shows it: ``int``, ``int | list[int]``, ``bool``."""
     if kind is inspect.Parameter.empty:
@@ -89,6 +115,11 @@ def check_options(cls, arguments):
         kind = declared.get(name, (inspect.Parameter.empty,))[0]
         if not matches(value, kind):
             raise TypeError(f"option {name!r}: expected {describe(kind)}, found {value!r}")
+        if any(abs(v) > INT64_MAX for v in integers_in(value)):
+            raise TypeError(
+                f"option {name!r}: expected integers within int64 range "
+                f"(|x| <= 2**63 - 1), found {value!r}"
+            )
         if kind is float and abs(value) > FLOAT32_MAX:  # layers compute in float32
             raise TypeError(
                 f"option {name!r}: expected float within float32 range "

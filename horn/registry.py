@@ -17,6 +17,7 @@ from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 
 from horn.errors import HornError
+from horn.paths import expand_home
 from horn.suggest import did_you_mean
 
 BUILTIN_PACKAGE = "horn.layers"  # the allow-list: always importable
@@ -157,7 +158,7 @@ def located(entry, base_dir):
     ``base_dir`` (then the package's submodule by name), else the entry itself. A run's
     resolved job.json records these, so ``--resume`` finds the same files."""
     if is_path_entry(entry):
-        return [str(_entry_path(entry, base_dir))]
+        return [str(_entry_path(entry, base_dir, "model.imports"))]
     top = entry.split(".")[0]
     spec = _find_in(top, base_dir)
     if spec is None:
@@ -173,7 +174,7 @@ def _import_entry(entry, base_dir, where):
         raise HornError(f"{where}: expected a module name or a path to a .py file, found {entry!r}")
     if is_path_entry(entry):
         try:
-            path = _entry_path(entry, base_dir)
+            path = _entry_path(entry, base_dir, where)
             spec = _path_spec(path, where)
         except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a loop
             raise HornError(f"{where}: cannot use {entry!r} as a path: {exc}") from None
@@ -197,12 +198,12 @@ def _import_entry(entry, base_dir, where):
                 f"{where}: no module {entry!r} found{here} on the installed path"
             ) from None
         raise HornError(f"{where}: importing {entry!r} failed: {_reason(exc)}") from exc
-    except Exception as exc:  # noqa: BLE001 - the user's module: any failure is theirs, on one line
+    except (Exception, SystemExit) as exc:  # the user's module: any failure is theirs, on one line
         raise HornError(f"{where}: importing {entry!r} failed: {_reason(exc)}") from exc
 
 
-def _entry_path(entry, base_dir):
-    path = Path(entry).expanduser()
+def _entry_path(entry, base_dir, where):
+    path = Path(expand_home(entry, where))
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
     return path.resolve()
@@ -260,7 +261,7 @@ def _load(name, spec, where):
         spec.loader.exec_module(module)
     except BaseException as exc:
         del sys.modules[name]
-        if not isinstance(exc, Exception):
+        if not isinstance(exc, (Exception, SystemExit)):  # Ctrl-C stays an interrupt
             raise
         raise HornError(
             f"{where}: importing {name!r} from {origin} failed: {_reason(exc)}"
@@ -271,5 +272,7 @@ def _load(name, spec, where):
 def _reason(exc):
     if isinstance(exc, HornError):  # horn's own one-line message, as it is
         return str(exc)
+    if isinstance(exc, SystemExit):  # never the job's exit code: 0 would read as success
+        return f"it called sys.exit({exc.code!r})"
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

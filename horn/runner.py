@@ -171,6 +171,16 @@ def shard(data, peer, seed, kind="iid", alpha=0.5):
     return dataclasses.replace(data, x_train=data.x_train[idx], y_train=data.y_train[idx])
 
 
+def check_shards(job, samples, groups):
+    """Every group needs a sample of its own (an empty shard has no step to take)."""
+    if samples < groups:
+        raise HornError(
+            f"{job.locate('data')}: {samples} training sample(s) cannot be split into "
+            f"parallel.groups = {groups} disjoint shards: expected at least one per group "
+            f"(use more data or fewer groups)"
+        )
+
+
 def needed_ranks(parallel):
     """The fewest ranks a job's layout runs on (groups = 0 derives from the world size)."""
     return max(parallel.groups, 1) * parallel.workers
@@ -263,6 +273,7 @@ def prepare(job, peer=None, single_process_rule=True):
     threads = configure_threads(job.train.threads, local_ranks())
     backend = get_backend(job.train.backend)
     data = load_dataset(job.data, base_dir=job.base_dir)
+    check_shards(job, len(data.y_train), peer.groups if peer else job.parallel.groups)
     local = shard(data, peer, job.train.seed, job.parallel.shard, job.parallel.shard_alpha)
     spec = model_spec(job, input_shape(job, local))
     where = job.locate("model", "layers")
@@ -272,6 +283,7 @@ def prepare(job, peer=None, single_process_rule=True):
     available = None if backend.name == "cupy" else check_fits(need, where)
     model, optimizer, schedule, stream, steps = build(job, local, backend, group, worker, spec)
     check_fit(job, data, model)
+    model.check_storable(job.locate("model", "layers"))
     setup = Setup(
         peer,
         model,
@@ -308,8 +320,8 @@ def prepare(job, peer=None, single_process_rule=True):
 
 
 def rehearse(prepared):
-    """One training step (forward, loss, backward; no update) of 2 training samples
-    through the model and through every model the job's layout trains besides it
+    """One training step (forward, loss, backward; no update) and one evaluation forward
+    of 2 training samples through the model and through every model the job's layout trains besides it
     (sub-networks' compact nets of round 0), built as ``horn run`` would build them on
     its ranks: what ``horn validate`` adds to :func:`prepare`, so that a partition that
     does not fit or a layer whose shapes break in its first step fails here, not on
@@ -321,16 +333,20 @@ def rehearse(prepared):
     x = np.ascontiguousarray(local.x_train[:2], model.dtype)
     y = np.asarray(local.y_train[:2])
     for label, each in models:
-        try:
-            each.train_step(each.backend.asarray(x), each.backend.asarray(y))
-        except HornError as exc:
-            raise HornError(f"{job.source}: {label}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - a layer's own failure, named on one line
-            where = "; ".join(getattr(exc, "__notes__", [])) or "in its first step"
-            raise HornError(
-                f"{job.source}: {label} fails {where} on 2 training samples: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from exc
+        for mode, step in (
+            ("training", lambda m: m.train_step(m.backend.asarray(x), m.backend.asarray(y))),
+            ("evaluation", lambda m: m.predict(x)),  # as validation, test and predict run it
+        ):
+            try:
+                step(each)
+            except HornError as exc:
+                raise HornError(f"{job.source}: {label}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - a layer's own failure, named on one line
+                where = "; ".join(getattr(exc, "__notes__", [])) or f"in its first {mode} step"
+                raise HornError(
+                    f"{job.source}: {label} fails {where} on 2 training samples in {mode}: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from exc
     labels = [label for label, _ in models]
     if len(labels) > 3:
         return f"{labels[0]} and {len(labels) - 1} more ({labels[1]} to {labels[-1]})"

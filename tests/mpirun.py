@@ -2,12 +2,14 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PROGS = Path(__file__).resolve().parent / "mpi_progs"
+HOST = socket.gethostname()  # what Open MPI names this machine's ranks' host (one host)
 
 
 def mpirun_path():

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.mpirun import PROGS, REPO, mpirun
+from tests.mpirun import HOST, PROGS, REPO, mpirun
 
 SEMANTICS = PROGS / "semantics.py"
 FAIL = PROGS / "fail.py"
@@ -137,7 +137,7 @@ def test_verify_same_mismatch_names_the_odd_rank_on_every_rank():
     assert proc.returncode == 2, out
     assert "finished normally" not in out
     assert re.search(
-        r"horn: error: rank \d \(group 0, worker \d\): job differs between ranks: "
+        r"horn: error: rank \d \(host [^,]+, group 0, worker \d\): job differs between ranks: "
         r"rank\(s\) 2 disagree with rank 0",
         out,
     ), out
@@ -148,7 +148,7 @@ def test_verify_same_mismatch_names_the_odd_rank_on_every_rank():
 def test_exception_on_one_rank_aborts_the_job_quickly(mode):
     proc, elapsed, out = fail_run(2, mode, 300)
     assert proc.returncode != 0
-    assert "horn: rank 1 (group 0, worker 1) failed: ValueError: boom" in out, out
+    assert f"horn: rank 1 (host {HOST}, group 0, worker 1) failed: ValueError: boom" in out, out
     assert "Traceback" not in out
     assert "finished normally" not in out
     assert elapsed < 15

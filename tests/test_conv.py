@@ -796,7 +796,9 @@ def test_running_out_of_memory_on_one_rank_is_one_line_per_job(tmp_path):
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.startswith("horn: ")]
     assert lines and all(
-        re.match(r"horn: error: rank \d( \(group \d, worker \d\))?: memory ran out \(", line)
+        re.match(
+            r"horn: error: rank \d \(host [^,)]+(, group \d, worker \d)?\): memory ran out \(", line
+        )
         for line in lines
     ), result.stderr
     assert "Traceback" not in result.stderr

@@ -35,10 +35,10 @@ from horn.ensemble_model import load_predictor
 from horn.errors import HornError
 from horn.hosts import check_hostfile
 from horn.jobs import SECTIONS, key_fields, load_job, write_resolved
-from horn.layer import batch_shape
+from horn.layer import Loss, batch_shape
 from horn.layers import Dense, SoftmaxCrossEntropy
 from horn.model import FORMAT, Model, layer_from_spec, spec_layout
-from horn.options import FLOAT32_MAX, matches, option_types
+from horn.options import FLOAT32_MAX, INT64_MAX, integers_in, matches, option_types
 from horn.runner import needed_ranks, prepare
 
 FUZZ = settings(
@@ -731,7 +731,8 @@ def test_fuzz_layer_option_types(case):
     declared = option_types(registry.registered()[kind])
     where = "job.toml: model.layers[1]"
     try:
-        layer = layer_from_spec({"type": kind, **options}, where)
+        cls = registry.registered()[kind]
+        layer = layer_from_spec({"type": kind, **options}, where, loss=issubclass(cls, Loss))
     except HornError as exc:
         message = str(exc)
         assert message.startswith(where) and kind in message and "\n" not in message, message
@@ -743,9 +744,11 @@ def test_fuzz_layer_option_types(case):
         if typed:
             name, value = typed.group(1), options[typed.group(1)]
             beyond_float32 = declared[name][0] is float and "within float32 range" in message
-            assert beyond_float32 or not matches(value, declared[name][0]), message
+            beyond_int64 = "within int64 range" in message
+            assert beyond_float32 or beyond_int64 or not matches(value, declared[name][0]), message
             assert typed.group(3) == repr(value), message
             assert not beyond_float32 or abs(value) > FLOAT32_MAX, message
+            assert not beyond_int64 or max(map(abs, integers_in(value))) > INT64_MAX, message
         else:  # the layer's own word on a value of the right type; a missing option; NaN
             assert re.search("missing a required argument|expected finite numbers", message) or all(
                 matches(v, declared[k][0]) for k, v in options.items()

@@ -533,7 +533,7 @@ def test_eval_on_a_users_own_labelled_files(digits_run, tmp_path, capsys):
         ("labels", "expected labels below 10 (the model's classes), found 12"),
         ("idx alone", "needs its labels file named too"),
         ("missing", "found nothing (no such file)"),
-        ("directory", "cannot read file"),
+        ("directory", "found a directory"),
         ("label count", "expected one label per sample (5), found 4"),
         ("both", "give --split (of the model's own data) or --data FILE, not both"),
         ("labels alone", "give --data too"),
@@ -567,7 +567,7 @@ def test_eval_data_errors_are_one_line(digits_run, tmp_path, capsys, case, fragm
     [
         ("missing directory", "expected an existing directory"),
         ("onto a directory", "found a directory"),
-        ("under a file", "found a file"),
+        ("under a file", "found a regular file"),
     ],
 )
 def test_predict_out_path_errors_are_one_line_and_create_nothing(

@@ -6,7 +6,7 @@ import textwrap
 import time
 
 from tests.cli import ROOT
-from tests.mpirun import mpirun
+from tests.mpirun import HOST, mpirun
 
 JOB = """
 name = "mini"
@@ -151,7 +151,9 @@ def test_a_rank_that_raises_stops_the_job_naming_the_rank(tmp_path):
     )
     elapsed = time.time() - float(stamp.read_text())  # from the fault to the job's end
     assert result.returncode != 0
-    assert "rank 1 (group 1, worker 0) failed: RuntimeError: boom on purpose" in result.stderr
+    assert f"rank 1 (host {HOST}, group 1, worker 0) failed: RuntimeError: boom on purpose" in (
+        result.stderr
+    )
     assert elapsed < 15, elapsed
 
 

@@ -400,7 +400,7 @@ def distill_files(tmp_path):
     [
         ("missing.npy", "missing.npy: expected an input file, found nothing"),
         ("narrow.npy", "distill_file has 63 features per row, the data (digits) has 64"),
-        ("nan.npy", "nan.npy: expected finite features, found NaN or Inf"),
+        ("nan.npy", "nan.npy: expected finite features (within float32 range"),
     ],
 )
 def test_validate_reads_the_distillation_file_as_the_ranks_do(tmp_path, name, message):
@@ -485,3 +485,162 @@ def test_a_layer_whose_output_cannot_fit_is_named_itself(padding, stride):
     ]
     with pytest.raises(HornError, match=r"^layer 0 \(conv2d\): outputs samples of shape"):
         layout(layers, (1, 8, 8))
+
+
+# ---- a user's layer that misbehaves: one line, never exit 0, caught by validate --------
+MISBEHAVING = """
+import sys
+
+import horn
+
+STAGE, ACTION = {stage!r}, {action!r}
+
+
+def misbehave(stage):
+    if stage == STAGE:
+        if ACTION == "exit":
+            sys.exit(0)
+        raise RuntimeError(f"misbehaved in {{stage}}")
+
+
+misbehave("import")
+
+
+@horn.register_layer("odd")
+class Odd(horn.Layer):
+    def build(self, in_features):
+        misbehave("build")
+        self.steps = 0
+        return in_features
+
+    def forward(self, x, train=False):
+        self.steps += train
+        misbehave("training forward" if train else "evaluation forward")
+        if self.steps == 3:
+            misbehave("third step")
+        return x
+
+    def backward(self, dy):
+        misbehave("backward")
+        return dy
+"""
+STAGES = ["import", "build", "training forward", "evaluation forward", "backward", "third step"]
+
+
+@pytest.mark.parametrize("action", ["raise", "exit"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_misbehaving_user_layer_fails_on_one_line_and_never_exits_0(tmp_path, stage, action):
+    """A raise or a ``sys.exit(0)`` anywhere in a user's module: run fails on one line
+    naming the layer (exit 2 while the model is made, 1 in training), and validate fails the
+    same way on everything short of a late step, which only a run can meet."""
+    (tmp_path / "odd.py").write_text(MISBEHAVING.format(stage=stage, action=action))
+    path = job_file(
+        tmp_path,
+        '[data]\nname = "digits"\nlimit = 200\n[model]\nimports = ["odd"]\nlayers = ['
+        f'{DENSE}, {{ type = "odd" }}, {{ type = "dense", units = 10 }}]\n{QUICK}',
+    )
+    code = 2 if stage in ("import", "build") else 1
+    ran = horn("run", path, "--quiet", "--set", f"log.dir='{tmp_path / 'runs'}'", cwd=tmp_path)
+    line = one_error_line(ran, code)
+    said = "sys.exit(0)" if action == "exit" else f"misbehaved in {stage}"
+    assert said in line, line
+    assert stage == "import" or "layer 1 (odd)" in line, line
+    validated = horn("validate", path, cwd=tmp_path)
+    if stage == "third step":
+        assert validated.returncode == 0, validated.stderr
+    else:
+        line = one_error_line(validated)
+        assert said in line and (stage in ("import", "build") or str(path) in line), line
+
+
+@pytest.mark.parametrize(
+    "default, shown",
+    [("abs", "<built-in function abs>"), ("np.float32(1)", "np.float32(1.0)"), ("nan", "nan")],
+)
+def test_a_user_default_a_model_file_cannot_hold_is_refused_before_training(
+    tmp_path, default, shown
+):
+    (tmp_path / "keeps.py").write_text(
+        "import numpy as np\nimport horn\nnan = float('nan')\n\n\n"
+        '@horn.register_layer("keeps")\nclass Keeps(horn.Layer):\n'
+        f"    def __init__(self, how={default}):\n        self.how = how\n\n"
+        "    def build(self, n):\n        return n\n\n"
+        "    def forward(self, x, train=False):\n        return x\n\n"
+        "    def backward(self, dy):\n        return dy\n"
+    )
+    path = job_file(
+        tmp_path,
+        '[data]\nname = "digits"\nlimit = 200\n[model]\nimports = ["keeps"]\nlayers = ['
+        f'{DENSE}, {{ type = "keeps" }}, {{ type = "dense", units = 10 }}]\n{QUICK}',
+    )
+    runs = tmp_path / "runs"
+    for command in (["validate", path], ["run", path, "--set", f"log.dir='{runs}'"]):
+        line = one_error_line(horn(*command, cwd=tmp_path))
+        assert f"layer 1 (keeps): option 'how' is {shown}" in line, line
+        assert "a model file cannot hold" in line, line
+    assert not runs.exists()  # refused before a run directory was made
+
+
+JSON_LIKE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+NOT_JSON = st.sampled_from([np.float32(1), np.int64(2), abs, np.ones(2), {1, 2}, b"x", 1j])
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=JSON_LIKE | st.lists(NOT_JSON | JSON_LIKE, min_size=1, max_size=3))
+def test_storable_is_what_a_model_file_gives_back(value):
+    """``storable`` exactly when the JSON header writes the value and reads it back equal
+    (tuples come back as lists, as a layer's list options take them)."""
+    from horn.options import storable
+
+    def listed(v):
+        if isinstance(v, (list, tuple)):
+            return [listed(e) for e in v]
+        return {k: listed(e) for k, e in v.items()} if isinstance(v, dict) else v
+
+    try:
+        back = json.loads(json.dumps(value, allow_nan=False))
+        same = back == listed(value) and json.dumps(back) == json.dumps(listed(value))
+    except (TypeError, ValueError):
+        same = False
+    assert storable(value) == same, value
+
+
+@pytest.mark.parametrize("groups, kind", [(2, "iid"), (3, "dirichlet")])
+def test_fewer_training_samples_than_groups_is_refused_by_validate_and_run(tmp_path, groups, kind):
+    """A group without a sample has no step to take (a rank crashed dividing by zero)."""
+    path = job_file(
+        tmp_path,
+        f'[data]\nname = "digits"\nlimit = {groups - 1}\n{LAYERS}{QUICK}'
+        f'[parallel]\ngroups = {groups}\nshard = "{kind}"\n',
+    )
+    message = f"{groups - 1} training sample(s) cannot be split into parallel.groups = {groups}"
+    assert message in one_error_line(horn("validate", path))
+    ran = mpirun(groups, ["-m", "horn.cli", "run", path, "--set", f"log.dir='{tmp_path}'"], 120)
+    assert ran.returncode == 2 and message in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr and not list(tmp_path.glob("job-*"))
+
+
+@pytest.mark.parametrize("as_loss", [False, True])
+def test_a_loss_among_the_layers_or_a_layer_as_the_loss_is_named(as_loss):
+    """Every registered type: a loss is refused in model.layers and a layer in model.loss,
+    on one line naming the key (it was a bare 'layer 1: expected a horn.Layer')."""
+    from horn.layer import Loss
+    from horn.registry import registered
+
+    for name, cls in sorted(registered().items()):
+        if issubclass(cls, Loss) == as_loss:
+            continue
+        where = "job.toml: model.loss" if as_loss else "job.toml: model.layers[1]"
+        with pytest.raises(HornError) as refused:
+            layer_from_spec({"type": name}, where, loss=as_loss)
+        assert str(refused.value).startswith(f"{where}: expected a ") and repr(name) in str(
+            refused.value
+        ), refused.value
