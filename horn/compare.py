@@ -10,6 +10,7 @@ from pathlib import Path
 
 from horn.errors import HornError
 from horn.metrics import read_metrics, records_of
+from horn.paths import output_file
 
 
 def load_run(path):
@@ -44,9 +45,12 @@ def _fmt(value, spec):
 
 
 def compare(run_dirs, png_path="compare.png"):
-    """The table's lines; writes the PNG. Unfinished runs are shown up to their last epoch."""
+    """The table's lines; writes the PNG, exactly at ``png_path`` (checked before the runs
+    are read: a ``.png`` file in an existing directory). Unfinished runs are shown up to
+    their last epoch."""
     from horn.plots import plot_compare
 
+    png_path = output_file(png_path, "compare.png", suffix=".png")
     runs = [load_run(d) for d in run_dirs]
     reached = [max((acc for _, _, acc in points), default=None) for _, _, points, _ in runs]
     common = min(reached) if runs and None not in reached else None
@@ -81,7 +85,10 @@ def compare(run_dirs, png_path="compare.png"):
                 _fmt(at and at[1] / 1e6, ",.2f"),
             )
         )
-    plot_compare([(label, points) for label, _, points, _ in runs], png_path, common)
+    try:
+        plot_compare([(label, points) for label, _, points, _ in runs], png_path, common)
+    except OSError as exc:
+        raise HornError(f"--out {png_path}: cannot write: {exc.strerror or exc}") from None
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
     text = [
         "  ".join(
@@ -106,5 +113,9 @@ def add_compare_command(sub):
         "accuracy against seconds and bytes sent",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    p.add_argument("--out", default="compare.png", help="PNG to write (default compare.png)")
+    p.add_argument(
+        "--out",
+        default="compare.png",
+        help="PNG file to write, in an existing directory (default compare.png)",
+    )
     p.set_defaults(func=cmd_compare)

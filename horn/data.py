@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from horn.errors import HornError
+from horn.paths import REGULAR, expand_home, found_at
 
 DATASET_NAMES = ("digits", "idx", "fashion_mnist", "mnist", "npz", "csv")
 SCALE_KINDS = ("unit", "standard", "none")
@@ -140,6 +141,7 @@ class _Options:
     seed: int
     limit: object
     label_column: int
+    where: str = "data.path"  # what named the path, for messages ("--data" for horn eval)
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def read_idx(path):
     """
     path = Path(path)
     if not path.is_file():
-        raise HornError(f"{path}: expected an IDX file, found {_missing(path)}")
+        raise HornError(f"{path}: expected an IDX file, found {found_at(path)}")
     try:
         with open(path, "rb") as raw:
             size = os.fstat(raw.fileno()).st_size
@@ -282,9 +284,9 @@ def _find_idx_dir(opts, base_dir):
     """Search data.path, then HORN_DATA, then /usr/share/datasets/<name>."""
     home = IDX_HOMES[opts.name]
     if opts.path is not None:
-        bases = [_resolve(opts.path, base_dir)]
+        bases = [_resolve(opts.path, base_dir, opts.where)]
     elif os.environ.get("HORN_DATA"):
-        bases = [Path(os.environ["HORN_DATA"]).expanduser().resolve()]
+        bases = [_resolve(os.environ["HORN_DATA"], None, "HORN_DATA")]
     else:
         bases = []
     candidates = [c for b in bases for c in (b, b / home)] or [SYSTEM_DATASETS / home]
@@ -294,7 +296,7 @@ def _find_idx_dir(opts, base_dir):
         if all(files):
             return directory, files
         missing = [f"{n}[.gz]" for n, f in zip(IDX_FILES, files) if f is None]
-        reason = "not a directory" if not directory.is_dir() else f"missing {', '.join(missing)}"
+        reason = f"missing {', '.join(missing)}" if directory.is_dir() else found_at(directory)
         tried.append(f"{directory} ({reason})")
     raise HornError(
         f"{opts.name}: expected a directory with the four IDX files, tried "
@@ -331,7 +333,7 @@ def _load_digits(opts, base_dir):
 
 def _load_npz(opts, base_dir):
     """Arrays ``x``/``y`` and optionally ``x_test``/``y_test`` from one .npz file."""
-    path = _within_root(_require_path(opts, base_dir), opts.root, base_dir)
+    path = _data_file(opts, base_dir)
     arrays = read_npz(path)
     if "x" not in arrays or "y" not in arrays:
         raise HornError(f"{path}: expected keys 'x' and 'y', found {sorted(arrays) or 'none'}")
@@ -387,7 +389,7 @@ def read_npz(path):
     """
     path = Path(path)
     if not path.is_file():
-        raise HornError(f"{path}: expected an .npz file, found {_missing(path)}")
+        raise HornError(f"{path}: expected an .npz file, found {found_at(path)}")
     try:
         archive = zipfile.ZipFile(path)
     except _ZIP_ERRORS as err:
@@ -462,7 +464,7 @@ def _first_line(err):
 
 def _load_csv(opts, base_dir):
     """Numeric CSV: one sample per line, the label in ``label_column`` (default last)."""
-    path = _within_root(_require_path(opts, base_dir), opts.root, base_dir)
+    path = _data_file(opts, base_dir)
     table, lines = _read_csv(path)
     width = table.shape[1]
     if width < 2 or not -width <= opts.label_column < width:
@@ -487,19 +489,22 @@ def _load_csv(opts, base_dir):
 def _read_csv(path):
     """Float64 table plus each row's line number, so errors can point at the line.
 
-    A first row that is not numeric is taken as a header and skipped.
+    A UTF-8 byte order mark is dropped. The first row is a header, and skipped, only
+    when none of its fields is a number: a first row with some numbers is a data row
+    with a bad field or a header with numeric names, and guessing either way could drop
+    a sample, so it is an error.
     """
     rows, lines, width = [], [], None
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             for fields in reader:
                 if not any(s.strip() for s in fields):
                     continue
                 if width is None:
                     width = len(fields)
-                    if not all(map(_is_number, fields)):
-                        continue  # header
+                    if _is_header(fields, path, reader.line_num):
+                        continue
                 if len(fields) != width:
                     raise HornError(
                         f"{path}: line {reader.line_num}: expected {width} fields, "
@@ -521,8 +526,23 @@ def _read_csv(path):
     return np.array(rows, dtype=np.float64), lines
 
 
+def _is_header(fields, path, line):
+    """Whether the first row is a header (no field is a number); a mixed row is refused."""
+    numeric = [_is_number(s) for s in fields]
+    if not any(numeric):
+        return True
+    if all(numeric):
+        return False
+    column = numeric.index(False)
+    raise HornError(
+        f"{path}: line {line}: field {column + 1}: expected a number (a first row with "
+        f"{sum(numeric)} of {len(fields)} fields numbers is data, not a header), "
+        f"found {fields[column]!r}"
+    )
+
+
 def _is_number(text):
-    """Whether ``float()`` accepts ``text`` (used to spot a header row)."""
+    """Whether ``float()`` accepts ``text`` (which is how a header row is told apart)."""
     try:
         float(text)
     except ValueError:
@@ -656,7 +676,7 @@ def load_features(path, expect=None):
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".npz", ".npy", ".csv") and not path.is_file():
-        raise HornError(f"{path}: expected an input file, found {_missing(path)}")
+        raise HornError(f"{path}: expected an input file, found {found_at(path)}")
     if suffix == ".npz":
         arrays = read_npz(path)
         if "x" not in arrays and len(arrays) != 1:
@@ -701,6 +721,7 @@ def load_labelled(path, labels=None, label_column=-1, expect=None):
         seed=0,
         limit=None,
         label_column=label_column,
+        where="--data",
     )
     raw = _LOADERS[kind](opts, None)
     row_name = raw.row_name or (lambda i: f"row {i}")
@@ -714,7 +735,7 @@ def _read_labels(path):
     a one-column .csv."""
     suffix = path.suffix.lower()
     if suffix in (".npz", ".npy", ".csv") and not path.is_file():
-        raise HornError(f"{path}: expected a labels file, found {_missing(path)}")
+        raise HornError(f"{path}: expected a labels file, found {found_at(path)}")
     if suffix == ".npy":
         return _read_npy(path)
     if suffix == ".npz":
@@ -764,11 +785,13 @@ def _features(x, where, row_name):
             f"{where}: expected at least one sample with features, found shape {x.shape}"
         )
     floats = x.dtype.kind == "f"
-    x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes Inf, refused next
+        x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
     bad = ~np.isfinite(x).all(axis=1) if floats else None  # float64 overflow becomes Inf too
     if floats and bad.any():
         raise HornError(
-            f"{where}: expected finite features, found NaN or Inf at {row_name(int(bad.argmax()))}"
+            f"{where}: expected finite features (within float32 range, |x| <= 3.4e38), "
+            f"found NaN or Inf at {row_name(int(bad.argmax()))}"
         )
     return x
 
@@ -881,16 +904,25 @@ def _integer(found, key, low):
     return int(found)
 
 
-def _require_path(opts, base_dir):
-    """data.path resolved; file-based sources cannot guess a default."""
+def _data_file(opts, base_dir):
+    """data.path of a file-based source (which cannot guess a default), resolved, inside
+    data.root, and a regular file: a device or a FIFO would be read until memory runs out,
+    so it is refused before it is opened."""
     if opts.path is None:
-        raise HornError(f"data.path: expected a file for data.name {opts.name!r}, found none")
-    return _resolve(opts.path, base_dir)
+        raise HornError(f"{opts.where}: expected a file for data.name {opts.name!r}, found none")
+    path = _within_root(_resolve(opts.path, base_dir, opts.where), opts.root, base_dir)
+    found = found_at(path)
+    if found != REGULAR:
+        raise HornError(
+            f"{opts.where}: expected a regular file of {opts.name} data, found {found} at {path}"
+        )
+    return path
 
 
-def _resolve(path, base_dir):
-    """Absolute, symlink-free path; relative ones are relative to the job file."""
-    path = Path(path).expanduser()
+def _resolve(path, base_dir, where):
+    """Absolute, symlink-free path; ``~`` as in every job key; relative ones are relative
+    to the job file. ``where`` names the key in errors."""
+    path = Path(expand_home(os.fspath(path), where))
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
     return path.resolve()
@@ -900,12 +932,7 @@ def _within_root(path, root, base_dir):
     """``path`` resolved; with data.root set it must not escape it (symlinks included)."""
     path = Path(path).resolve()
     if root is not None:
-        root = _resolve(root, base_dir)
+        root = _resolve(root, base_dir, "data.root")
         if not path.is_relative_to(root):
             raise HornError(f"path {path} escapes data.root {root}")
     return path
-
-
-def _missing(path):
-    """What sits at ``path`` instead of the expected file, for error messages."""
-    return "a directory" if path.is_dir() else "nothing (no such file)"

@@ -1,6 +1,8 @@
 """Tests for horn.data: strict IDX reading, every source's validation, splits, scaling."""
 
 import gzip
+import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -434,6 +436,89 @@ def test_csv_not_text(tmp_path):
         load_dataset({"name": "csv", "path": str(tmp_path / "bin.csv")})
 
 
+CSV_NAMES = ["a", "x1", "label", "f 2", "", "pixel_0"]  # header fields: none is a number
+# A number as people and tools write it: the header rule must read every one as data.
+NUMBER_FORMATS = [
+    repr,
+    "{:.3e}".format,
+    "{:+g}".format,
+    "{:.2f}".format,
+    "{:E}".format,
+    lambda v: re.sub(r"^([+-]?)0\.", r"\1.", f"{v:.3f}"),  # .5
+    lambda v: f"{int(v)}.",  # 5.
+    lambda v: f"{int(v):06d}",  # 000005
+]
+FINITE = st.floats(-1e30, 1e30, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def csv_cells(draw):
+    """A number's text, maybe padded with blanks (which float() takes), maybe quoted."""
+    value = draw(st.one_of(FINITE, st.floats(-2, 2, allow_nan=False)))
+    text = draw(st.sampled_from(NUMBER_FORMATS))(value)
+    pad = draw(st.sampled_from(["", " ", "  ", "\t"]))
+    text = f"{pad}{text}{pad}"
+    return f'"{text}"' if draw(st.booleans()) else text
+
+
+@st.composite
+def numeric_csvs(draw):
+    """``(bytes, the rows' numbers)``: numeric rows, maybe under a header of names, with
+    or without a byte order mark, blank lines before them, and either line ending."""
+    width = draw(st.integers(1, 4))
+    cells = st.lists(csv_cells(), min_size=width, max_size=width)
+    rows = draw(st.lists(cells, min_size=1, max_size=4))
+    names = st.lists(st.sampled_from(CSV_NAMES), min_size=width, max_size=width).filter(any)
+    header = draw(st.one_of(st.none(), names))
+    eol = draw(st.sampled_from(["\n", "\r\n"]))
+    lines = [""] * draw(st.integers(0, 2)) + ([",".join(header)] if header else [])
+    text = eol.join(lines + [",".join(row) for row in rows]) + draw(st.sampled_from(["", eol]))
+    bom = "\ufeff" if draw(st.booleans()) else ""
+    numbers = [[float(cell.strip('"')) for cell in row] for row in rows]
+    return (bom + text).encode(), numbers
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(numeric_csvs())
+def test_numeric_first_rows_are_never_dropped(tmp_path, case):
+    data, numbers = case
+    (tmp_path / "x.csv").write_bytes(data)
+    np.testing.assert_array_equal(
+        load_features(tmp_path / "x.csv"), np.array(numbers, dtype=np.float32)
+    )
+
+
+def test_a_bom_is_not_part_of_the_first_row(tmp_path):
+    rows = "1,2,0\n3,4,1\n5,6,1\n"
+    (tmp_path / "bom.csv").write_bytes(("\ufeff" + rows).encode())
+    assert load_features(tmp_path / "bom.csv").shape == (3, 3)
+    (tmp_path / "header.csv").write_bytes(("\ufeffa,b,label\n" + rows).encode())
+    assert load_features(tmp_path / "header.csv").shape == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "first, field, found",
+    [
+        ("1,,0", 2, "''"),
+        ("1.5,x,0", 2, "'x'"),
+        ("a,2,label", 1, "'a'"),
+        ("1,2,label", 3, "'label'"),
+    ],
+)
+def test_a_first_row_with_some_numbers_is_refused(tmp_path, first, field, found):
+    """Neither a header (it holds numbers) nor data (it holds a non-number): an error
+    naming the line, never a row silently taken for a header."""
+    (tmp_path / "t.csv").write_text(f"\n{first}\n3,4,1\n5,6,1\n")
+    with pytest.raises(HornError) as info:
+        load_dataset({"name": "csv", "path": str(tmp_path / "t.csv")})
+    assert str(info.value).startswith(
+        f"{tmp_path / 't.csv'}: line 2: field {field}: expected a number (a first row with "
+    )
+    assert str(info.value).endswith(f"is data, not a header), found {found}")
+
+
 # --------------------------------------------------------------------------- paths and options
 
 
@@ -452,6 +537,41 @@ def test_root_escape_refused(tmp_path):
     for path in ("data/../outside.npz", "data/link.npz", str(tmp_path / "outside.npz")):
         with pytest.raises(HornError, match=r"path .*outside\.npz escapes data\.root .*data"):
             load_dataset({"name": "npz", "path": path, "root": "data"}, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["csv", "npz"])
+@pytest.mark.parametrize(
+    "kind, found", [("dir", "a directory"), ("fifo", "a FIFO"), ("device", "a character device")]
+)
+def test_data_that_is_no_regular_file_is_refused_unopened(tmp_path, name, kind, found):
+    """A device or a FIFO would be read until memory runs out (or forever): refused
+    before it is opened, naming the key."""
+    path = {"dir": tmp_path / "d", "fifo": tmp_path / "f", "device": Path("/dev/zero")}[kind]
+    if kind == "dir":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(HornError) as info:
+        load_dataset({"name": name, "path": str(path)})
+    assert (
+        str(info.value)
+        == f"data.path: expected a regular file of {name} data, found {found} at {path}"
+    )
+    if kind == "fifo":  # a features file for predict, too
+        suffixed = tmp_path / f"f.{name}"
+        os.mkfifo(suffixed)
+        with pytest.raises(HornError, match=f"{suffixed}: expected an input file, found a FIFO"):
+            load_features(suffixed)
+
+
+def test_data_paths_expand_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "t.csv").write_text("1,2,0\n3,4,1\n5,6,1\n7,8,0\n9,9,1\n")
+    spec = {"name": "csv", "path": "~/t.csv", "root": "~", "val_fraction": 0.0}
+    assert load_dataset(spec, base_dir="/elsewhere").source == str(tmp_path / "t.csv")
+    for key in ("path", "root"):
+        with pytest.raises(HornError, match=f"^data.{key}: expected '~horn-no-such-user' to name"):
+            load_dataset({**spec, key: "~horn-no-such-user/t.csv"})
 
 
 def test_root_applies_to_idx_search(tmp_path, monkeypatch):
