@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from horn.errors import HornError
+from horn.metrics import record_kind
 from horn.npz_header import header_array, read_header
+from horn.schema import Document, shown
 
 FORMAT = "horn-checkpoint-1"
 
@@ -141,7 +143,7 @@ class Checkpointer:
 
     def valid_steps(self):
         return [
-            m["step"]
+            m.get("step")
             for m in (read_manifest(p) for p in sorted(self.dir.glob("ckpt-*.json")))
             if m is not None
         ]
@@ -150,7 +152,7 @@ class Checkpointer:
 def read_manifest(path):
     try:
         manifest = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return None
@@ -167,6 +169,7 @@ def load_latest(run_dir, warn=print, every=None):
         problem = "unreadable manifest" if manifest is None else None
         arrays = {}
         if manifest is not None:
+            check_header(manifest, path)
             try:
                 with np.load(directory / manifest["file"], allow_pickle=False) as data:
                     arrays = {k: data[k] for k in data.files}
@@ -180,6 +183,7 @@ def load_latest(run_dir, warn=print, every=None):
                 if bad or set(arrays) != set(expected):
                     problem = f"checksum mismatch in {bad[0] if bad else 'its array list'}"
         if problem is None:
+            check_run_files(run_dir, manifest, path)
             return manifest, arrays
         warn(f"horn: warning: skipping checkpoint {path.name}: {problem}", file=sys.stderr)
     if every == 0:
@@ -190,3 +194,123 @@ def load_latest(run_dir, warn=print, every=None):
             f"or [checkpoint] every = N in the job, and run it again"
         )
     raise HornError(f"{run_dir}: no valid checkpoint to resume from (looked in {directory})")
+
+
+def check_header(manifest, path):
+    """The run-level fields of the manifest at ``path`` (what loading it and the run
+    around it use) have the types and ranges horn writes, and its data file is the one
+    beside it; each rank's own state is :meth:`horn.resume.RunState.restore`'s to check.
+    A manifest that parses but breaks this was edited: an error, not a checkpoint to
+    skip."""
+    doc = Document(path, manifest)
+    step = doc.count(("step",))
+    data = f"{path.stem}.npz"
+    if doc.value(("file",), repr(data)) != data:
+        doc.fail(("file",), f"{data!r} (the data file beside this manifest)", manifest["file"])
+    doc.typed(("layout",), dict, "a table of world, groups and workers")
+    world, groups, workers = (
+        doc.count(("layout", k), low=1) for k in ("world", "groups", "workers")
+    )
+    if world != groups * workers:
+        doc.fail(("layout", "world"), f"groups x workers = {groups * workers}", world)
+    doc.typed(("job_digest",), str, "a string")
+    doc.count(("round",), high=step)  # one round is at least one step
+    if "parameters" in manifest:  # manifests before the architecture check have none
+        for i in range(len(doc.typed(("parameters",), list, "a list of [name, shape]"))):
+            if len(doc.typed(("parameters", i), list, "a [name, shape] pair")) != 2:
+                doc.fail(("parameters", i), "a [name, shape] pair", manifest["parameters"][i])
+            doc.typed(("parameters", i, 0), str, "a parameter name")
+            for j in range(len(doc.typed(("parameters", i, 1), list, "a list of dimensions"))):
+                doc.count(("parameters", i, 1, j))
+    doc.count(("metrics_bytes",))
+    if "time_s" in manifest:
+        doc.number(("time_s",), low=0)
+    if manifest.get("best") is not None:  # absent before early stopping
+        _check_best(doc)
+    ranks = doc.typed(("ranks",), dict, "a table of every rank's state")
+    if len(ranks) != world or set(ranks) != {str(r) for r in range(world)}:
+        names = f"0 to {world - 1}" if world > 1 else "0"
+        doc.fail(("ranks",), f"a table for rank {names} (layout.world = {world})", sorted(ranks))
+    for name in doc.typed(("arrays",), dict, "a table of array checksums"):
+        doc.typed(("arrays", name), str, "a SHA-256 digest")
+
+
+def _check_best(doc):
+    """The early-stopping record: the best validation accuracy and its epoch, both
+    null before any, and how many evaluations have gone by without improving on it."""
+    doc.typed(("best",), dict, "a table of best, best_epoch and waited")
+    best, epoch = (doc.value(("best", k), "a value or null") for k in ("best", "best_epoch"))
+    if (best is None) != (epoch is None):
+        doc.fail(("best", "best"), f"null exactly when best_epoch is (it is {epoch!r})", best)
+    if best is not None:
+        doc.number(("best", "best"), low=0, high=1)
+        doc.count(("best", "best_epoch"), low=1)
+    doc.count(("best", "waited"))
+
+
+def check_run_files(run_dir, manifest, path):
+    """The run directory still holds what the checkpoint at ``path`` counts on, so that
+    resuming changes nothing before it is sure to go on: ``best.npz`` when it names a
+    best epoch, and a ``metrics.jsonl`` whose first ``metrics_bytes`` bytes are whole
+    records up to the checkpoint's step, with none of those past them. The resume
+    truncates the file there: it must never cut a record, pad the file, or drop a
+    record that it does not write again."""
+    run_dir = Path(run_dir)
+    best = manifest.get("best") or {}
+    if best.get("best_epoch") is not None and not (run_dir / "best.npz").is_file():
+        raise HornError(
+            f"{path}: best.best_epoch: expected {run_dir / 'best.npz'} (the model of "
+            f"epoch {best['best_epoch']}) to exist, found no such file"
+        )
+    want, step = manifest["metrics_bytes"], manifest["step"]
+    metrics = run_dir / "metrics.jsonl"
+    logged = f"what checkpoint {path} logged (its metrics_bytes)"
+    if not metrics.exists() and not want:
+        return
+    if not metrics.is_file():  # a FIFO would block the read
+        found = "something that is not a file" if metrics.exists() else "no such file"
+        raise HornError(f"{metrics}: expected {want} bytes, {logged}, found {found}")
+    try:
+        text = metrics.read_bytes()
+    except OSError as exc:
+        raise HornError(f"{metrics}: cannot read it: {exc.strerror or exc}") from None
+    if len(text) < want:
+        raise HornError(f"{metrics}: expected at least {want} bytes, {logged}, found {len(text)}")
+    *kept, tail = text[:want].split(b"\n")
+    if tail:
+        raise HornError(
+            f"{metrics}: expected a record to end at byte {want}, {logged}, found "
+            f"{_quoted(tail[-40:])} there"
+        )
+    for number, line in enumerate(kept, 1):
+        record = _record(line)
+        at = record.get("step", 0) if record else None
+        if not record or record_kind(record) in (None, "final") or not _at_most(at, step):
+            raise HornError(
+                f"{metrics}: line {number}: expected a record up to step {step}, "
+                f"{logged}, found {_quoted(line)}"
+            )
+    for number, line in enumerate(text[want:].split(b"\n"), len(kept) + 1):
+        record = _record(line)  # a killed run's last line may be cut: not a record
+        if record and _at_most(record.get("step"), step):
+            raise HornError(
+                f"{metrics}: line {number}: expected the records past byte {want}, "
+                f"{logged}, to come after step {step}, found {_quoted(line)}"
+            )
+
+
+def _record(line):
+    """The JSON object on a metrics line, or None."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _at_most(at, step):
+    return isinstance(at, int) and not isinstance(at, bool) and at <= step
+
+
+def _quoted(raw):
+    return shown(raw.decode(errors="replace"))

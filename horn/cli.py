@@ -29,7 +29,8 @@ def cmd_run(args):
     from horn.resume import install_preemption_handlers
 
     install_preemption_handlers()  # before the slow start-up: see horn.resume.Preemption
-    from horn.parallel import create_peer
+    from horn.parallel import create_peer, launched_by_mpirun
+    from horn.runner import check_single_process
     from horn.training_run import run_job
 
     if args.resume:
@@ -43,6 +44,8 @@ def cmd_run(args):
         from horn.jobs import load_job
 
         job = load_job(Path(args.resume) / "job.json", args.set or [])
+        if not launched_by_mpirun():  # before prepare's check, which would drop --resume
+            check_single_process(job, resume=args.resume)
     elif not args.job:
         raise HornError("horn run: give a JOB file, or --resume RUN_DIR")
     else:

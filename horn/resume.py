@@ -3,11 +3,17 @@ preemption (SIGTERM/SIGINT: finish the superstep, checkpoint, exit cleanly)."""
 
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from horn.errors import HornError
+from horn.schema import Document
 from horn.trainer import EpochCounters
+
+# keys that checkpoints from before inter-host byte accounting lack (the peer's
+# restore_counters defaults them)
+OPTIONAL_KEYS = frozenset({"bytes_across_total", "step_across"})
 
 
 class RunState:
@@ -29,44 +35,88 @@ class RunState:
                 own[name] = host
             else:
                 shared[name] = (key, host)
-        stream_arrays, stream_meta = self.stream.state()
-        own.update({f"stream.{k}": v for k, v in stream_arrays.items()})
+        own.update({f"stream.{k}": v for k, v in self.stream.state()[0].items()})
+        return own, shared, self._meta(step, counters)
+
+    def _meta(self, step, counters):
+        """This rank's JSON state; also the shape :meth:`_check_ranks` holds a
+        checkpoint's to."""
         meta = {
             "step": step,
             "counters": list(counters),
-            "stream": stream_meta,
+            "stream": self.stream.state()[1],
             "mask_draws": self.model.mask_draws,
             "sync": self.sync.checkpoint_meta(),
             "optimizer": self.optimizer.counters(),
         }
         if self.peer is not None:
             meta["peer"] = self.peer.counters()
-        return own, shared, meta
+        return meta
 
     def restore(self, manifest, arrays, layout, where="checkpoint"):
         """Load this rank's part of a checkpoint (``where`` names it in errors); returns
         (step, epoch counters)."""
         check_architecture(manifest, self.model, where)
         rank = self.peer.rank if self.peer else 0
-        same_layout = manifest["layout"] == layout
+        same_layout = all(manifest["layout"][k] == v for k, v in layout.items())
+        self._check_ranks(manifest, where, same_layout)
         if not same_layout:
             return self._restore_on_new_layout(manifest, arrays, layout, where)
         meta = manifest["ranks"][str(rank)]
         for name, (key, buf) in self.sync.checkpoint_buffers(self.model, self.optimizer).items():
             label = f"rank{rank}/{name}" if key is None else f"{key}/{name}"
-            if label not in arrays:
-                raise HornError(
-                    f"{where}: expected an array {label!r}, found none (a checkpoint "
-                    f"of another architecture or optimizer)"
-                )
-            _fill(buf, arrays[label], label, self.model.backend, where)
-        self.stream.restore({"order": arrays[f"rank{rank}/stream.order"]}, meta["stream"])
+            _fill(buf, _array(arrays, label, where), label, self.model.backend, where)
+        order = _array(arrays, f"rank{rank}/stream.order", where)
+        n = self.stream.n
+        if not (
+            order.dtype.kind in "iu"
+            and order.shape == (n,)
+            and np.array_equal(np.sort(order), np.arange(n))
+        ):
+            raise HornError(
+                f"{where}: array 'rank{rank}/stream.order': expected an order of this "
+                f"job's {n} training samples, found {order.dtype} values of shape "
+                f"{order.shape} that are not one"
+            )
+        self.stream.restore({"order": order}, meta["stream"])
         self.model.mask_draws = meta["mask_draws"]
         self.optimizer.restore_counters(meta["optimizer"])
         if self.peer is not None:
             self.peer.restore_counters(meta["peer"])
         self.sync.restore_meta(meta["sync"])
         return meta["step"], EpochCounters(*meta["counters"])
+
+    def _check_ranks(self, manifest, where, same_layout):
+        """Every rank's state in the manifest has the shape this rank's own would have
+        (:meth:`_meta`), the manifest's step, and a data-order position and random
+        state its stream can take -- before any of it is used. On a new layout only
+        rank 0's step, epoch and strategy counters carry over, so only they count."""
+        doc = Document(Path(where).with_suffix(".json"), manifest)
+        step = manifest["step"]
+        meta = self._meta(step, EpochCounters())
+        rng = meta["stream"].pop("rng")
+        if not same_layout:
+            meta = {"step": step, "stream": {"epoch": 0}, "sync": meta["sync"]}
+        for rank in range(manifest["layout"]["world"]) if same_layout else [0]:
+            path = ("ranks", str(rank))
+            doc.like(meta, path, OPTIONAL_KEYS)
+            if manifest["ranks"][str(rank)]["step"] != step:
+                doc.fail(
+                    (*path, "step"), f"{step}, the manifest's step", doc.value((*path, "step"), "")
+                )
+            if same_layout:
+                doc.count((*path, "stream", "position"), high=self.stream.per_epoch)
+                self._check_rng(doc, (*path, "stream", "rng"), rng)
+
+    def _check_rng(self, doc, path, template):
+        """A state this stream's bit generator takes (numpy has the last word on its
+        ranges, tried on a scratch generator)."""
+        doc.like(template, path, high=2**128 - 1)
+        state = doc.value(path, "")
+        try:
+            type(self.stream.rng.bit_generator)().state = state
+        except (TypeError, ValueError, OverflowError):
+            doc.fail(path, f"the state of a {template['bit_generator']} generator", state)
 
     def _restore_on_new_layout(self, manifest, arrays, layout, where):
         """Another world size: only the models carry over -- model averaging's averaged
@@ -78,6 +128,8 @@ class RunState:
         if "world/params" in arrays:
             _fill(model.params, arrays["world/params"], "world/params", model.backend, where)
         elif "group0/parent" in arrays:
+            for g in range(old["groups"]):
+                _array(arrays, f"group{g}/parent", where)
             group = self.peer.group if self.peer else 0
             _fill(
                 model.params,
@@ -135,12 +187,27 @@ def check_architecture(manifest, model, where):
     )
 
 
+def _array(arrays, label, where):
+    """The checkpoint array ``label``; one it lacks is a HornError, not a KeyError."""
+    if label not in arrays:
+        raise HornError(
+            f"{where}: expected an array {label!r}, found none (a checkpoint "
+            f"of another architecture or optimizer)"
+        )
+    return arrays[label]
+
+
 def _fill(buf, saved, label, backend, where):
-    """Copy a checkpoint array into ``buf``: a size mismatch is a HornError, not numpy's."""
+    """Copy a checkpoint array into ``buf``: a size or type mismatch is a HornError,
+    not numpy's (or a silent conversion)."""
     if saved.size != buf.size:
         raise HornError(
             f"{where}: array {label!r} holds {saved.size} values, this job's "
             f"model needs {buf.size} (a checkpoint of another architecture)"
+        )
+    if saved.dtype != buf.dtype:
+        raise HornError(
+            f"{where}: array {label!r}: expected {buf.dtype} values, found {saved.dtype}"
         )
     buf[...] = backend.asarray(saved.reshape(buf.shape))
 

@@ -186,7 +186,7 @@ def needed_ranks(parallel):
     return max(parallel.groups, 1) * parallel.workers
 
 
-def check_single_process(job):
+def check_single_process(job, resume=None):
     """One rule with and without mpirun: the job's layout must fit the world, and a
     process not started by mpirun is a world of one (``mpirun -n 1`` refuses the same
     job). So parallel settings are never silently ignored."""
@@ -195,15 +195,17 @@ def check_single_process(job):
         raise HornError(
             f"{job.locate('parallel')}: parallel.groups = {p.groups} x "
             f"parallel.workers = {p.workers} needs {n} ranks, but this is one "
-            f"process (not started by mpirun); run: {launch_command(job, n)} (or "
+            f"process (not started by mpirun); run: {launch_command(job, n, resume)} (or "
             f"set parallel.groups = 1 and parallel.workers = 1)"
         )
 
 
-def launch_command(job, ranks):
-    """The command line that runs ``job`` (with its --set items) on ``ranks`` ranks."""
+def launch_command(job, ranks, resume=None):
+    """The command line that runs ``job`` (with its --set items) on ``ranks`` ranks;
+    with ``resume`` (a run directory), the one that resumes it."""
     sets = [f"--set {shlex.quote(item)}" for _, item in job.overrides]
-    return " ".join([f"mpirun --oversubscribe -n {ranks} horn run", shlex.quote(job.source), *sets])
+    what = f"--resume {shlex.quote(str(resume))}" if resume else shlex.quote(job.source)
+    return " ".join([f"mpirun --oversubscribe -n {ranks} horn run", what, *sets])
 
 
 @dataclasses.dataclass

@@ -1,18 +1,26 @@
 """Checkpoints and resume: nothing lost, nothing hangs (real mpirun for multi-rank)."""
 
+import io
+import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from horn.checkpoint import Checkpointer, load_latest
+from horn.cli import main
 from horn.errors import HornError
+from horn.metrics import read_metrics
 from tests.cli import ROOT, horn
 from tests.mpirun import PROGS, mpirun
 
@@ -191,6 +199,12 @@ def test_resume_on_another_world_size(tmp_path):
     )
     assert first.returncode != 0
     run_dir = run_dir_in(tmp_path, "ma")
+    alone = horn("run", "--resume", run_dir, "--set", "parallel.groups=2", env=ENV)  # no mpirun
+    assert alone.returncode == 2, alone.stderr
+    suggested = (
+        f"run: mpirun --oversubscribe -n 2 horn run --resume {run_dir} --set parallel.groups=2"
+    )
+    assert suggested in alone.stderr, alone.stderr
     one = mpirun(1, ["-m", "horn.cli", "run", "--resume", run_dir, "--quiet"], 120, ENV)
     assert one.returncode == 0, one.stderr  # model averaging: the averaged model is the state
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "final"
@@ -268,6 +282,12 @@ def test_sub_network_groups_resume_on_fewer_ranks(tmp_path, layout, resume_set, 
     assert first(after) < 0.9 * from_scratch  # measured 0.47x (2 x 2) and 0.82x (1 x 4)
 
 
+def header(step):
+    """The run-level facts a checkpoint manifest holds, for a tiny single-process state."""
+    layout = {"world": 1, "groups": 1, "workers": 1}
+    return {"layout": layout, "job_digest": "", "round": step, "metrics_bytes": 0}
+
+
 def checkpoints(tmp_path):
     """Two valid single-process checkpoints (steps 10 and 20) of a tiny state."""
     ck = Checkpointer(tmp_path, None, keep_last=5)
@@ -277,7 +297,7 @@ def checkpoints(tmp_path):
             {"v": np.full(4, step, np.float32)},
             {"step": step},
             {"params": ("world", np.arange(6, dtype=np.float32) * step)},
-            {"layout": {"world": 1, "groups": 1, "workers": 1}, "metrics_bytes": 0},
+            header(step),
         )
     return ck
 
@@ -331,7 +351,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path
         match=r"No space left on device; the previous checkpoint "
         r"\(step 20\) is intact",
     ):
-        ck.save(30, {}, {}, {}, {"layout": {}, "metrics_bytes": 0})
+        ck.save(30, {}, {}, {}, header(30))
     monkeypatch.undo()
     assert load_latest(tmp_path)[0]["step"] == 20
     assert not list((tmp_path / "checkpoints").glob(".*tmp"))
@@ -351,3 +371,297 @@ def test_an_unwritable_run_directory_is_a_clear_error(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(
         "horn: error: log.dir: cannot create run directory /proc/horn-runs/"
     )
+
+
+# ---- a refused resume says why in one line and changes nothing ----------------------
+DIGITS = """
+name = "digits"
+[data]
+name = "digits"
+[model]
+layers = [{ type = "dense", units = 16, activation = "relu" }, { type = "dense", units = 10 }]
+[train]
+epochs = 2
+backend = "numpy"
+[checkpoint]
+every = 5
+keep_last = 2
+[log]
+plot = false
+"""
+
+
+class Resumable:
+    """A finished digits run (40 steps) whose only checkpoint is step 35's, so that a
+    resume trains again; fresh copies of it to spoil, and ``horn`` run in this process
+    (a refused resume takes milliseconds)."""
+
+    def __init__(self, root):
+        self.root, self.copies = root, itertools.count()
+        job = root / "digits.toml"
+        job.write_text(DIGITS + f"dir = '{root / 'runs'}'\n")
+        assert self.horn("run", job, "--quiet")[0] == 0
+        self.run_dir = run_dir_in(root, "runs")
+        newest = max((self.run_dir / "checkpoints").glob("ckpt-*.json"))
+        newest.unlink()
+        newest.with_suffix(".npz").unlink()
+        (self.manifest_name,) = (p.name for p in (self.run_dir / "checkpoints").glob("*.json"))
+        self.manifest = json.loads(self.manifest_path(self.run_dir).read_text())
+        self.kept = (self.run_dir / "metrics.jsonl").read_bytes()[: self.manifest["metrics_bytes"]]
+
+    def manifest_path(self, run_dir):
+        return run_dir / "checkpoints" / self.manifest_name
+
+    def copy(self):
+        run_dir = self.root / f"copy{next(self.copies)}"
+        shutil.copytree(self.run_dir, run_dir)
+        return run_dir
+
+    @staticmethod
+    def horn(*args):
+        """``horn ARGS`` in this process: (exit code, stderr)."""
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            code = main([str(a) for a in args])
+        return code, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    patch = pytest.MonkeyPatch()  # what horn run installs, kept out of pytest's process
+    patch.setattr("horn.resume.install_preemption_handlers", lambda: None)
+    patch.setattr(sys, "excepthook", sys.excepthook)
+    yield Resumable(tmp_path_factory.mktemp("resumable"))
+    patch.undo()
+
+
+def files(run_dir):
+    """Every path under ``run_dir`` with its bytes (None for a directory)."""
+    return {
+        p.relative_to(run_dir).as_posix(): p.read_bytes() if p.is_file() else None
+        for p in sorted(run_dir.rglob("*"))
+    }
+
+
+def assert_refused(code, err, run_dir, before):
+    """Exit 2 with one ``horn: error:`` line naming the run (after any warnings about
+    checkpoints skipped), no traceback, and every file as it was."""
+    lines = err.splitlines()
+    assert code == 2 and "Traceback" not in err, err
+    assert lines and [line for line in lines if not line.startswith("horn: warning: ")] == [
+        lines[-1]
+    ], err
+    assert lines[-1].startswith("horn: error: ") and str(run_dir) in lines[-1], err
+    assert files(run_dir) == before
+
+
+def put(*path, value):
+    """An edit setting the manifest's ``path`` to ``value``."""
+
+    def edit(manifest, metrics):
+        node = manifest
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return edit
+
+
+def both_steps(value):
+    def edit(manifest, metrics):
+        manifest["step"] = manifest["ranks"]["0"]["step"] = value
+
+    return edit
+
+
+REPORTED = {  # the tester's cases: edit, what the error line says
+    "metrics-deleted": (lambda m, f: f.unlink(), "(its metrics_bytes), found no such file"),
+    "metrics-truncated": (
+        lambda m, f: f.write_bytes(f.read_bytes()[:100]),
+        "metrics.jsonl: expected at least",
+    ),
+    "metrics-garbage-line": (
+        lambda m, f: f.write_bytes(b"garbage\n" + f.read_bytes()),
+        "metrics.jsonl: expected a record to end at byte",
+    ),
+    "metrics-nul-line": (
+        lambda m, f: f.write_bytes(b"\0" * 10 + f.read_bytes()[10:]),
+        "metrics.jsonl: line 1: expected a record up to step 35",
+    ),
+    "metrics_bytes-a-record-early": (
+        put("metrics_bytes", value=0),
+        "metrics.jsonl: line 1: expected the records past byte 0",
+    ),
+    "layout-deleted": (lambda m, f: m.pop("layout"), ".json: layout: expected a table"),
+    "ranks-empty": (put("ranks", value={}), ".json: ranks: expected a table for rank 0"),
+    "layout-a-string": (put("layout", value="x"), ".json: layout: expected a table"),
+    "parameters-a-string": (put("parameters", value="nope"), ".json: parameters: expected"),
+    "best-a-number": (put("best", value=5), ".json: best: expected a table"),
+    "stream-epoch-a-string": (
+        put("ranks", "0", "stream", value={"epoch": "a"}),
+        ".json: ranks.0.stream.epoch: expected a whole number",
+    ),
+    "stream-position-past-the-epoch": (
+        put("ranks", "0", "stream", "position", value=10**6),
+        ".json: ranks.0.stream.position: expected a whole number from 0 to 20",
+    ),
+    "rng-not-a-state": (
+        put("ranks", "0", "stream", "rng", value={"bit_generator": "PCG64", "state": 3}),
+        ".json: ranks.0.stream.rng.state: expected a table",
+    ),
+    "rng-of-another-generator": (
+        put("ranks", "0", "stream", "rng", "bit_generator", value="MT19937"),
+        ".json: ranks.0.stream.rng: expected the state of a PCG64 generator",
+    ),
+    "step-negative": (both_steps(-5), ".json: step: expected a whole number from 0"),
+    "step-not-the-ranks": (
+        put("step", value=36),
+        ".json: ranks.0.step: expected 36, the manifest's step, found 35",
+    ),
+    "metrics_bytes-1e9": (put("metrics_bytes", value=1e9), ".json: metrics_bytes: expected"),
+    "metrics_bytes-past-the-file": (
+        put("metrics_bytes", value=10**9),
+        "metrics.jsonl: expected at least 1000000000 bytes",
+    ),
+    "metrics_bytes-negative": (put("metrics_bytes", value=-1), ".json: metrics_bytes: expected"),
+    "file-absolute": (
+        put("file", value="/etc/hostname"),
+        ".json: file: expected 'ckpt-000000035.npz' (the data file beside this manifest), "
+        "found '/etc/hostname'",
+    ),
+    "file-outside": (put("file", value="../../../etc/passwd"), ".json: file: expected"),
+    "best-model-deleted": (
+        lambda m, f: (f.parent / "best.npz").unlink(),
+        ".json: best.best_epoch: expected",
+    ),
+}
+
+
+def spoil(resumable, edit):
+    """A copy of the run with ``edit(manifest, metrics path)`` applied; its files."""
+    run_dir = resumable.copy()
+    manifest = json.loads(json.dumps(resumable.manifest))
+    edit(manifest, run_dir / "metrics.jsonl")
+    resumable.manifest_path(run_dir).write_text(json.dumps(manifest))
+    return run_dir, files(run_dir)
+
+
+@pytest.mark.parametrize("case", REPORTED)
+def test_a_refused_resume_names_the_key_and_changes_nothing(resumable, case):
+    edit, says = REPORTED[case]
+    run_dir, before = spoil(resumable, edit)
+    code, err = resumable.horn("run", "--resume", run_dir, "--quiet")
+    assert_refused(code, err, run_dir, before)
+    assert says in err, err
+
+
+@pytest.mark.parametrize("case", ["metrics-garbage-line", "file-absolute"])
+def test_the_horn_command_refuses_a_spoilt_resume_in_one_line(resumable, case):
+    run_dir, before = spoil(resumable, REPORTED[case][0])
+    result = horn("run", "--resume", run_dir, "--quiet")
+    assert_refused(result.returncode, result.stderr, run_dir, before)
+
+
+def test_an_unspoilt_copy_resumes_to_the_uninterrupted_run(resumable):
+    run_dir = resumable.copy()
+    assert resumable.horn("run", "--resume", run_dir, "--quiet") == (0, "")
+    same_run(resumable.run_dir, run_dir)
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.sampled_from(["/etc/hostname", "../../../etc/passwd", "ckpt-000000030.npz", "MT19937"]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+METRICS_TEXT = st.sampled_from(
+    [b"\0" * 8, b"garbage\n", b"\n", b"{}\n", b'{"kind": "final", "steps": 40}\n', b'{"step": 1}\n']
+) | st.binary(min_size=1, max_size=12)
+
+
+def keys(node, path=()):
+    """Every key path of a JSON value, its own (the empty path) first."""
+    yield path
+    children = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, child in children:
+        yield from keys(child, (*path, key))
+
+
+def near(value):
+    """Values like ``value`` (a whole number a step or two off, a string cut short)
+    and any JSON value."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return st.integers(-2, 2).map(lambda d: value + d) | JSON
+    if isinstance(value, str):
+        return st.integers(0, len(value)).map(lambda n: value[:n]) | JSON
+    return JSON
+
+
+def edit_manifest(data, manifest):
+    """One to three edits: a value replaced, a key deleted, a key added."""
+    for _ in range(data.draw(st.integers(1, 3))):
+        *parent, key = data.draw(st.sampled_from(list(keys(manifest))[1:]))
+        node = manifest
+        for k in parent:
+            node = node[k]
+        how = data.draw(st.sampled_from(["replace", "delete", "add"]))
+        if how == "replace":
+            node[key] = data.draw(near(node[key]))
+        elif how == "delete":
+            node.pop(key)
+        elif isinstance(node[key], dict):
+            node[key][data.draw(st.text(max_size=6))] = data.draw(JSON)
+
+
+def edit_metrics(data, path):
+    """None, or the file deleted, cut short, or with bytes inserted."""
+    text = path.read_bytes()
+    how = data.draw(st.sampled_from(["none", "delete", "truncate", "insert"]))
+    at = data.draw(st.integers(0, len(text)))
+    if how == "delete":
+        path.unlink()
+    elif how == "truncate":
+        path.write_bytes(text[:at])
+    elif how == "insert":
+        path.write_bytes(text[:at] + data.draw(METRICS_TEXT) + text[at:])
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(data=st.data())
+def test_fuzz_a_spoilt_resume_is_refused_whole_or_loses_nothing(resumable, data):
+    """Generated edits of a real manifest (checksums still valid) and of metrics.jsonl:
+    the resume is refused in one line with every file as it was, or it goes on with the
+    records its checkpoint logged kept and a final record after them."""
+    run_dir = resumable.copy()
+    manifest = json.loads(json.dumps(resumable.manifest))
+    edit_manifest(data, manifest)
+    resumable.manifest_path(run_dir).write_text(json.dumps(manifest))
+    edit_metrics(data, run_dir / "metrics.jsonl")
+    before = files(run_dir)
+    code, err = resumable.horn("run", "--resume", run_dir, "--quiet")
+    if code == 0:
+        event("resumed")
+        assert (run_dir / "metrics.jsonl").read_bytes().startswith(resumable.kept)
+        assert read_metrics(run_dir / "metrics.jsonl")[-1]["kind"] == "final"
+    else:
+        event("refused")
+        assert_refused(code, err, run_dir, before)
+    shutil.rmtree(run_dir)
