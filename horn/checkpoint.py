@@ -246,6 +246,12 @@ def _check_best(doc):
         doc.number(("best", "best"), low=0, high=1)
         doc.count(("best", "best_epoch"), low=1)
     doc.count(("best", "waited"))
+    if "mark" in doc.value(("best",), "a table"):  # absent in older checkpoints
+        mark = doc.value(("best", "mark"), "a value or null")
+        if (mark is None) != (best is None):
+            doc.fail(("best", "mark"), f"null exactly when best is (it is {best!r})", mark)
+        if mark is not None:
+            doc.number(("best", "mark"), low=0, high=1)
 
 
 def check_run_files(run_dir, manifest, path):

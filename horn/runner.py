@@ -330,7 +330,7 @@ def rehearse(prepared):
     the cluster. Returns what was stepped, in words."""
     job, local, model = prepared.job, prepared.local, prepared.model
     models = [("the model", model)]
-    if needed_ranks(job.parallel) > 1:
+    if needed_ranks(job.parallel) > 1 or job.parallel.groups == 0:  # 0: as many as mpirun runs
         models += preview_models(prepared.setup, job.parallel)
     x = np.ascontiguousarray(local.x_train[:2], model.dtype)
     y = np.asarray(local.y_train[:2])

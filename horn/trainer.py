@@ -101,6 +101,9 @@ class Trainer:
         """Train from ``start_step`` (a resumed run passes its checkpoint's step, the
         epoch's running loss sum, correct, seen and skipped counts, and the seconds
         trained before, so ``time_s`` goes on where it stopped)."""
+        if self.stop_requested and start_step < self.total_steps:  # resumed where it stopped
+            self.early_stopped_at = start_step
+            return self.history
         stream = self.stream
         total_epochs = math.ceil(self.total_steps / stream.per_epoch)
         epoch_loss, epoch_correct, epoch_seen, epoch_skipped = counters or EpochCounters()

@@ -184,7 +184,10 @@ class Run:
             "steps": trainer.early_stopped_at or trainer.total_steps,
         }
         if trainer.early_stopped_at is not None:
-            final["stopped_early_at_epoch"] = history[-1]["epoch"]
+            per_epoch = self.prepared.stream.per_epoch  # history is empty if it stopped at once
+            final["stopped_early_at_epoch"] = (
+                history[-1]["epoch"] if history else -(-trainer.early_stopped_at // per_epoch)
+            )
         if self.root and self.best.best_epoch is not None:
             best, _ = load_predictor(self.run_dir / "best.npz", self.prepared.backend.name)
             final.update(

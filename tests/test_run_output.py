@@ -144,8 +144,12 @@ STRATEGIES = {
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_early_stopping_stops_every_rank_and_keeps_the_best_model(tmp_path, strategy):
     """min_delta = 0.5 cannot be beaten after epoch 1: with patience 2 the run stops
-    after epoch 3 of 30, on every rank at the same step (else it would hang or fail)."""
-    extra = "[train.early_stop]\npatience = 2\nmin_delta = 0.5\n" + (STRATEGIES[strategy] or "")
+    after epoch 3 of 30, on every rank at the same step (else it would hang or fail).
+    min_delta decides only when to stop: best.npz is the best of the 3 epochs. A resume
+    from the last checkpoint stops there again and writes the same final record."""
+    extra = "[train.early_stop]\npatience = 2\nmin_delta = 0.5\n[checkpoint]\nevery = 1\n" + (
+        STRATEGIES[strategy] or ""
+    )
     job = write_job(tmp_path, extra)
     job.write_text(job.read_text().replace("epochs = 3", "epochs = 30"))
     args = ["-m", "horn.cli", "run", job]
@@ -162,13 +166,22 @@ def test_early_stopping_stops_every_rank_and_keeps_the_best_model(tmp_path, stra
     epochs, final = [r for r in rows if r["kind"] == "epoch"], rows[-1]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert final["kind"] == "final" and final["stopped_early_at_epoch"] == 3
-    assert final["best_epoch"] == 1 and final["best_val_accuracy"] == epochs[0]["val_accuracy"]
+    accuracies = [r["val_accuracy"] for r in epochs]
+    assert final["best_epoch"] == 1 + accuracies.index(max(accuracies))
+    assert final["best_val_accuracy"] == max(accuracies)
     assert final["steps"] < 30 * epochs[0]["step"]
     last = result.stdout.strip().splitlines()[-1]
-    assert "at epoch 1" in last and "stopped early after epoch 3" in last
+    assert f"at epoch {final['best_epoch']}" in last and "stopped early after epoch 3" in last
     best = horn("eval", run_dir / "best.npz", "--split", "test")
     assert best.returncode == 0, best.stderr
     assert best.stdout.startswith(f"test accuracy {final['best_test_accuracy']:.4f}")
+    if strategy == "single":  # its last checkpoint is where it stopped: it stops again
+        again = horn("run", "--resume", run_dir, "--quiet")
+        assert again.returncode == 0, again.stderr
+        rows_again = read_metrics(run_dir / "metrics.jsonl")
+        assert [r["kind"] for r in rows_again] == [r["kind"] for r in rows]
+        untimed = {k: v for k, v in final.items() if k != "time_s"}
+        assert {k: v for k, v in rows_again[-1].items() if k != "time_s"} == untimed
 
 
 def test_early_stop_keys_are_checked(tmp_path):

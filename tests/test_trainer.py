@@ -1,7 +1,11 @@
 """The training loop's own rules: NaN handling and resumable counters."""
 
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from horn.backends import get_backend
 from horn.barriers.base import Sync
@@ -110,3 +114,29 @@ def test_eval_steps_validates_at_the_first_round_end_past_each_multiple():
     assert written[-1]["val_accuracy"] == final
     model.params[...] = evaluated[0]
     assert evals[0]["val_accuracy"] == model.accuracy(x, y)
+
+
+@given(
+    accuracies=st.lists(st.floats(0, 1) | st.just(float("nan")) | st.none(), max_size=12),
+    min_delta=st.floats(0, 0.5),
+    patience=st.integers(1, 4),
+)
+def test_the_best_is_the_best_whatever_min_delta_and_patience_count_from_improvements(
+    accuracies, min_delta, patience
+):
+    """best.npz follows the highest accuracy (the first of equals); min_delta only sets
+    what counts as an improvement for patience."""
+    from horn.early_stop import BestTracker
+
+    tracker, mark, waited = BestTracker(patience, min_delta), -math.inf, 0
+    for epoch, value in enumerate(accuracies, 1):
+        tracker.update(epoch, value)
+        if value is not None and not math.isnan(value):
+            mark, waited = (value, 0) if value > mark + min_delta else (mark, waited + 1)
+        assert tracker.waited == waited and tracker.exhausted == (waited >= patience)
+    valid = [(v, -e) for e, v in enumerate(accuracies, 1) if v is not None and not math.isnan(v)]
+    if valid:
+        best, epoch = max(valid)
+        assert (tracker.best, tracker.best_epoch) == (best, -epoch)
+    else:
+        assert tracker.best_epoch is None

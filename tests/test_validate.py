@@ -404,14 +404,17 @@ def distill_files(tmp_path):
     ],
 )
 def test_validate_reads_the_distillation_file_as_the_ranks_do(tmp_path, name, message):
+    """With 2 groups and with the layout left to mpirun (groups = 0)."""
     distill_files(tmp_path)
-    path = job_file(
-        tmp_path,
-        f'name = "ec"\n[data]\nname = "digits"\n{LAYERS}{QUICK}[parallel]\ngroups = 2\n'
-        f'barrier = "ensemble"\nlocal_steps = 20\n[parallel.ensemble]\ndistill_file = "{name}"\n',
-    )
-    line = one_error_line(horn("validate", path, cwd=tmp_path))
-    assert message in line and str(path) in line, line
+    for groups in (0, 2):
+        path = job_file(
+            tmp_path,
+            f'name = "ec"\n[data]\nname = "digits"\n{LAYERS}{QUICK}[parallel]\n'
+            f'groups = {groups}\nbarrier = "ensemble"\nlocal_steps = 20\n'
+            f'[parallel.ensemble]\ndistill_file = "{name}"\n',
+        )
+        line = one_error_line(horn("validate", path, cwd=tmp_path))
+        assert message in line and str(path) in line, line
     if name == "narrow.npy":  # the ranks read it with the same function
         ran = mpirun(2, ["-m", "horn.cli", "run", path, "--set", f"log.dir='{tmp_path}'"], 120)
         assert ran.returncode == 2 and message in ran.stderr, ran.stderr
